@@ -1,0 +1,407 @@
+//! Certificates and TLS configuration for the device tunnel.
+//!
+//! * [`Ca`]: the gateway's fleet CA, created on first start in the gateway's data dir.
+//! * Device identities: a key pair and a certificate whose common name is the device uuid.
+//! * The tunnel server certificate, valid for [`TUNNEL_SERVER_NAME`].
+//! * [`server_config`] requires a client certificate from the CA; [`client_config`]
+//!   trusts only the CA. Both are TLS 1.3 only, as QUIC requires.
+//! * [`device_uuid_from_cert`] returns the uuid of a verified peer.
+//!
+//! The agent always connects with the server name [`TUNNEL_SERVER_NAME`], whatever address
+//! it dials, so a gateway reachable by IP address or by several DNS names needs no
+//! certificate change: trust comes from the pinned CA, not from DNS.
+//!
+//! This crate contains no networking code.
+#![warn(missing_docs)]
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use protocol::DeviceUuid;
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
+    IsCa, Issuer, KeyPair, KeyUsagePurpose,
+};
+use rustls::crypto::CryptoProvider;
+use rustls::server::WebPkiClientVerifier;
+use rustls::RootCertStore;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+
+/// The TLS server name the agent verifies, whatever address it dials.
+pub const TUNNEL_SERVER_NAME: &str = "tunnel.gateway.invalid";
+
+/// ALPN protocol id of the tunnel.
+pub const ALPN: &[u8] = b"edge-tunnel/1";
+
+/// Errors from certificate handling.
+#[derive(Debug, thiserror::Error)]
+pub enum CertError {
+    /// Reading or writing a certificate or key file failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file involved.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// Generating or signing a certificate failed.
+    #[error("certificate generation failed: {0}")]
+    Generate(#[from] rcgen::Error),
+    /// A PEM document did not contain what was expected.
+    #[error("invalid PEM ({what}): {detail}")]
+    Pem {
+        /// What was being read (`CA certificate`, `device key`, ...).
+        what: &'static str,
+        /// Why it failed.
+        detail: String,
+    },
+    /// Building the rustls configuration failed.
+    #[error("TLS configuration: {0}")]
+    Tls(#[from] rustls::Error),
+    /// Building the client certificate verifier failed.
+    #[error("client verifier: {0}")]
+    Verifier(#[from] rustls::server::VerifierBuilderError),
+    /// The peer certificate does not carry a device identity.
+    #[error("peer certificate has no device identity: {0}")]
+    NoIdentity(String),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> CertError + '_ {
+    move |source| CertError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// The crypto provider used everywhere (ring: pure Rust + asm, no cmake).
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// A device's identity: its uuid, certificate and private key, all PEM.
+#[derive(Clone)]
+pub struct DeviceIdentity {
+    /// The device uuid (also the certificate's common name).
+    pub uuid: DeviceUuid,
+    /// The device certificate, signed by the fleet CA.
+    pub cert_pem: String,
+    /// The device's private key (PKCS#8).
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for DeviceIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the key.
+        f.debug_struct("DeviceIdentity")
+            .field("uuid", &self.uuid)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A certificate chain and key for the tunnel server.
+#[derive(Clone)]
+pub struct ServerIdentity {
+    /// Server certificate PEM.
+    pub cert_pem: String,
+    /// Server private key PEM.
+    pub key_pem: String,
+}
+
+/// The gateway's certificate authority.
+pub struct Ca {
+    cert_pem: String,
+    cert_der: CertificateDer<'static>,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+impl Ca {
+    /// Loads the CA from `dir/ca.pem` + `dir/ca.key`, creating both on first use.
+    ///
+    /// Safe against two processes creating it at once: the loser reads the winner's files.
+    pub fn load_or_create(dir: &Path) -> Result<Self, CertError> {
+        let cert_path = dir.join("ca.pem");
+        let key_path = dir.join("ca.key");
+        if !cert_path.exists() {
+            fs::create_dir_all(dir).map_err(io_err(dir))?;
+            let key = KeyPair::generate()?;
+            let mut params = CertificateParams::new(Vec::<String>::new())?;
+            let mut dn = DistinguishedName::new();
+            dn.push(DnType::CommonName, "edge tunnel fleet CA");
+            params.distinguished_name = dn;
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            params.key_usages = vec![
+                KeyUsagePurpose::KeyCertSign,
+                KeyUsagePurpose::CrlSign,
+                KeyUsagePurpose::DigitalSignature,
+            ];
+            let cert = params.self_signed(&key)?;
+            // Key first: a reader that sees ca.pem can rely on ca.key existing.
+            if write_new(&key_path, key.serialize_pem().as_bytes(), true)? {
+                write_new(&cert_path, cert.pem().as_bytes(), false)?;
+            }
+        }
+        let cert_pem = fs::read_to_string(&cert_path).map_err(io_err(&cert_path))?;
+        let key_pem = fs::read_to_string(&key_path).map_err(io_err(&key_path))?;
+        Self::from_pem(&cert_pem, &key_pem)
+    }
+
+    /// Builds a CA from PEM strings.
+    pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self, CertError> {
+        let key = KeyPair::from_pem(key_pem)?;
+        let issuer = Issuer::from_ca_cert_pem(cert_pem, key)?;
+        let cert_der = parse_certs(cert_pem, "CA certificate")?
+            .into_iter()
+            .next()
+            .ok_or(CertError::Pem {
+                what: "CA certificate",
+                detail: "no certificate found".into(),
+            })?;
+        Ok(Self {
+            cert_pem: cert_pem.to_string(),
+            cert_der,
+            issuer,
+        })
+    }
+
+    /// The CA certificate, PEM.
+    pub fn cert_pem(&self) -> &str {
+        &self.cert_pem
+    }
+
+    /// SHA-256 of the CA certificate's DER, lowercase hex. Devices pin this.
+    pub fn fingerprint(&self) -> String {
+        fingerprint(&self.cert_der)
+    }
+
+    /// Issues a new device identity (key generated here) for `uuid`.
+    pub fn issue_device(&self, uuid: DeviceUuid) -> Result<DeviceIdentity, CertError> {
+        let key = KeyPair::generate()?;
+        let params = device_params(uuid)?;
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok(DeviceIdentity {
+            uuid,
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+
+    /// Issues a tunnel server certificate valid for [`TUNNEL_SERVER_NAME`] and `extra_names`.
+    pub fn issue_server(&self, extra_names: &[String]) -> Result<ServerIdentity, CertError> {
+        let key = KeyPair::generate()?;
+        let mut names = vec![TUNNEL_SERVER_NAME.to_string()];
+        names.extend(extra_names.iter().cloned());
+        let mut params = CertificateParams::new(names)?;
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "edge tunnel gateway");
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok(ServerIdentity {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+
+    /// Loads the tunnel server identity from `dir/tunnel.pem` + `dir/tunnel.key`, issuing
+    /// it on first use.
+    pub fn load_or_create_server(&self, dir: &Path) -> Result<ServerIdentity, CertError> {
+        let cert_path = dir.join("tunnel.pem");
+        let key_path = dir.join("tunnel.key");
+        if !cert_path.exists() {
+            let id = self.issue_server(&[])?;
+            if write_new(&key_path, id.key_pem.as_bytes(), true)? {
+                write_new(&cert_path, id.cert_pem.as_bytes(), false)?;
+            }
+        }
+        Ok(ServerIdentity {
+            cert_pem: fs::read_to_string(&cert_path).map_err(io_err(&cert_path))?,
+            key_pem: fs::read_to_string(&key_path).map_err(io_err(&key_path))?,
+        })
+    }
+}
+
+fn device_params(uuid: DeviceUuid) -> Result<CertificateParams, CertError> {
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, uuid.as_str());
+    dn.push(DnType::OrganizationalUnitName, "device");
+    params.distinguished_name = dn;
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    Ok(params)
+}
+
+/// Writes `bytes` to `path` only if it does not exist yet, crash-safely (temp file, fsync,
+/// hard link). Returns `false` if another writer got there first.
+fn write_new(path: &Path, bytes: &[u8], secret: bool) -> Result<bool, CertError> {
+    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+    {
+        let mut opts = fs::OpenOptions::new();
+        opts.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            opts.mode(if secret { 0o600 } else { 0o644 });
+        }
+        let mut f = opts.open(&tmp).map_err(io_err(&tmp))?;
+        f.write_all(bytes).map_err(io_err(&tmp))?;
+        f.sync_all().map_err(io_err(&tmp))?;
+    }
+    let won = match fs::hard_link(&tmp, path) {
+        Ok(()) => true,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => false,
+        Err(e) => return Err(io_err(path)(e)),
+    };
+    let _ = fs::remove_file(&tmp);
+    Ok(won)
+}
+
+/// SHA-256 fingerprint of a DER certificate, lowercase hex.
+pub fn fingerprint(der: &[u8]) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, der);
+    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Parses every certificate in a PEM string.
+pub fn parse_certs(
+    pem: &str,
+    what: &'static str,
+) -> Result<Vec<CertificateDer<'static>>, CertError> {
+    use rustls_pki_types::pem::PemObject;
+    let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| CertError::Pem {
+            what,
+            detail: e.to_string(),
+        })?;
+    if certs.is_empty() {
+        return Err(CertError::Pem {
+            what,
+            detail: "no certificate found".into(),
+        });
+    }
+    Ok(certs)
+}
+
+fn parse_key(pem: &str, what: &'static str) -> Result<PrivateKeyDer<'static>, CertError> {
+    use rustls_pki_types::pem::PemObject;
+    PrivatePkcs8KeyDer::from_pem_slice(pem.as_bytes())
+        .map(PrivateKeyDer::from)
+        .map_err(|e| CertError::Pem {
+            what,
+            detail: e.to_string(),
+        })
+}
+
+fn roots(ca_pem: &str) -> Result<RootCertStore, CertError> {
+    let mut roots = RootCertStore::empty();
+    for c in parse_certs(ca_pem, "CA certificate")? {
+        roots.add(c)?;
+    }
+    Ok(roots)
+}
+
+/// TLS server config for the tunnel: TLS 1.3, ALPN [`ALPN`], client certificate from the
+/// CA required.
+pub fn server_config(
+    ca_pem: &str,
+    server: &ServerIdentity,
+) -> Result<rustls::ServerConfig, CertError> {
+    let provider = provider();
+    let verifier =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(roots(ca_pem)?), provider.clone())
+            .build()?;
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(
+            parse_certs(&server.cert_pem, "server certificate")?,
+            parse_key(&server.key_pem, "server key")?,
+        )?;
+    cfg.alpn_protocols = vec![ALPN.to_vec()];
+    // 0-RTT would let a replayed first flight open streams; the tunnel does not need it.
+    cfg.max_early_data_size = 0;
+    Ok(cfg)
+}
+
+/// TLS client config for an agent: trusts only `ca_pem`, presents the device identity.
+pub fn client_config(
+    ca_pem: &str,
+    device: &DeviceIdentity,
+) -> Result<rustls::ClientConfig, CertError> {
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(roots(ca_pem)?)
+        .with_client_auth_cert(
+            parse_certs(&device.cert_pem, "device certificate")?,
+            parse_key(&device.key_pem, "device key")?,
+        )?;
+    cfg.alpn_protocols = vec![ALPN.to_vec()];
+    Ok(cfg)
+}
+
+/// Returns the device uuid of a (verified) peer certificate: its common name.
+pub fn device_uuid_from_cert(der: &[u8]) -> Result<DeviceUuid, CertError> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der)
+        .map_err(|e| CertError::NoIdentity(e.to_string()))?;
+    let cn = cert
+        .subject()
+        .iter_common_name()
+        .next()
+        .ok_or_else(|| CertError::NoIdentity("no common name".into()))?
+        .as_str()
+        .map_err(|e| CertError::NoIdentity(e.to_string()))?;
+    cn.parse()
+        .map_err(|e: protocol::InvalidUuid| CertError::NoIdentity(e.to_string()))
+}
+
+/// Generates a fresh random device uuid.
+pub fn random_uuid() -> DeviceUuid {
+    DeviceUuid::from_bytes(rand::random())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ca_is_created_once_and_reloaded() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = Ca::load_or_create(dir.path()).unwrap();
+        let b = Ca::load_or_create(dir.path()).unwrap();
+        assert_eq!(a.fingerprint(), b.fingerprint());
+        assert_eq!(a.fingerprint().len(), 64);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = fs::metadata(dir.path().join("ca.key"))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600, "CA key must be private");
+        }
+        let s1 = a.load_or_create_server(dir.path()).unwrap();
+        let s2 = b.load_or_create_server(dir.path()).unwrap();
+        assert_eq!(s1.cert_pem, s2.cert_pem);
+    }
+
+    #[test]
+    fn device_cert_carries_uuid_and_builds_configs() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Ca::load_or_create(dir.path()).unwrap();
+        let uuid = random_uuid();
+        let id = ca.issue_device(uuid).unwrap();
+        let der = parse_certs(&id.cert_pem, "device").unwrap();
+        assert_eq!(device_uuid_from_cert(&der[0]).unwrap(), uuid);
+        client_config(ca.cert_pem(), &id).unwrap();
+        let server = ca.load_or_create_server(dir.path()).unwrap();
+        server_config(ca.cert_pem(), &server).unwrap();
+        // The server certificate is not a device identity.
+        let der = parse_certs(&server.cert_pem, "server").unwrap();
+        assert!(device_uuid_from_cert(&der[0]).is_err());
+        assert!(!format!("{id:?}").contains("PRIVATE"));
+    }
+}
