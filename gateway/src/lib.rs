@@ -1,1 +1,217 @@
-//! stub
+//! The gateway: the QUIC endpoint devices dial, the public HTTP router that serves
+//! `http://<uuid>.<domain>/` through those tunnels, and the operator commands.
+//!
+//! [`Gateway::bind`] opens the data dir (CA, tunnel certificate, SQLite store) and binds
+//! both listeners; [`Gateway::run`] serves until its cancellation token fires. The binary
+//! in `main.rs` only parses flags and calls into here.
+#![warn(missing_docs)]
+
+pub mod config;
+pub mod demo;
+mod proxy;
+pub mod sessions;
+pub mod store;
+mod tunnel;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use edge_agent::AgentConfig;
+use protocol::{AppErrorCode, DeviceUuid};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::info;
+
+pub use config::ServeConfig;
+use sessions::Sessions;
+use store::{Store, StoreError};
+
+/// Errors that stop the gateway or an operator command.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// Invalid configuration.
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    /// The CA or a certificate could not be loaded or created.
+    #[error("certificates: {0}")]
+    Certs(#[from] certs::CertError),
+    /// The database failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The TLS configuration could not be turned into a QUIC one.
+    #[error("QUIC TLS configuration: {0}")]
+    Quic(String),
+}
+
+/// A gateway with its listeners bound, ready to [`run`](Gateway::run).
+pub struct Gateway {
+    cfg: ServeConfig,
+    store: Store,
+    sessions: Arc<Sessions>,
+    endpoint: quinn::Endpoint,
+    http: TcpListener,
+    fingerprint: String,
+}
+
+impl Gateway {
+    /// Opens the data dir (creating the CA on first start) and binds both listeners.
+    pub async fn bind(cfg: ServeConfig) -> Result<Self, GatewayError> {
+        cfg.validate()?;
+        let ca = certs::Ca::load_or_create(&cfg.data_dir)?;
+        let server_id = ca.load_or_create_server(&cfg.data_dir)?;
+        let tls = certs::server_config(ca.cert_pem(), &server_id)?;
+        let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
+            .map_err(|e| GatewayError::Quic(e.to_string()))?;
+        let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(quic));
+        server_config.transport_config(Arc::new(tunnel::transport_config(
+            cfg.keep_alive,
+            cfg.idle_timeout,
+        )));
+        let store = Store::open(&cfg.data_dir).await?;
+        store.mark_all_offline().await?;
+        let socket = edge_agent::net::udp_socket(cfg.tunnel_listen).map_err(|source| {
+            GatewayError::Bind {
+                addr: cfg.tunnel_listen,
+                source,
+            }
+        })?;
+        let endpoint = quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            Some(server_config),
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )
+        .map_err(|source| GatewayError::Bind {
+            addr: cfg.tunnel_listen,
+            source,
+        })?;
+        let http =
+            TcpListener::bind(cfg.http_listen)
+                .await
+                .map_err(|source| GatewayError::Bind {
+                    addr: cfg.http_listen,
+                    source,
+                })?;
+        Ok(Self {
+            fingerprint: ca.fingerprint(),
+            cfg,
+            store,
+            sessions: Arc::new(Sessions::default()),
+            endpoint,
+            http,
+        })
+    }
+
+    /// The bound public HTTP address.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http
+            .local_addr()
+            .expect("bound listener has an address")
+    }
+
+    /// The bound tunnel (UDP) address.
+    pub fn tunnel_addr(&self) -> SocketAddr {
+        self.endpoint
+            .local_addr()
+            .expect("bound endpoint has an address")
+    }
+
+    /// SHA-256 fingerprint of the fleet CA.
+    pub fn ca_fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+
+    /// The live session registry (for tests and status pages).
+    pub fn sessions(&self) -> Arc<Sessions> {
+        Arc::clone(&self.sessions)
+    }
+
+    /// Serves until `shutdown` is cancelled, then closes tunnels and drains visitors.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), GatewayError> {
+        let tasks = TaskTracker::new();
+        let domain = self.cfg.normalized_domain();
+        info!(
+            http = %self.http_addr(),
+            tunnel = %self.tunnel_addr(),
+            %domain,
+            data_dir = %self.cfg.data_dir.display(),
+            ca_fingerprint = %self.fingerprint,
+            "gateway serving"
+        );
+        let router_cfg = proxy::router::RouterConfig {
+            domain,
+            upstream_timeout: self.cfg.upstream_timeout,
+            header_read_timeout: self.cfg.header_read_timeout,
+            max_header_bytes: self.cfg.max_header_bytes,
+        };
+        let router = Arc::new(proxy::router::Router::new(
+            &router_cfg,
+            Arc::clone(&self.sessions),
+            self.store.clone(),
+        ));
+        let ctx = Arc::new(tunnel::TunnelCtx {
+            store: self.store.clone(),
+            sessions: Arc::clone(&self.sessions),
+            keep_alive: self.cfg.keep_alive,
+        });
+        let http = tokio::spawn(proxy::router::serve(
+            self.http,
+            router,
+            router_cfg,
+            shutdown.clone(),
+            tasks.clone(),
+        ));
+        let endpoint = self.endpoint.clone();
+        tunnel::accept_loop(endpoint, ctx, shutdown.clone(), tasks.clone()).await;
+        // Shutdown: tell devices to come back later, then drain visitors.
+        self.sessions
+            .close_all(AppErrorCode::Shutdown, b"gateway shutting down");
+        let _ = http.await;
+        tasks.close();
+        let _ = tokio::time::timeout(Duration::from_secs(5), tasks.wait()).await;
+        self.endpoint.close(
+            edge_agent::wire::varint(AppErrorCode::Shutdown),
+            b"gateway shutting down",
+        );
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
+        self.store.close().await;
+        info!("gateway stopped");
+        Ok(())
+    }
+}
+
+/// Registers a device offline and returns the agent configuration file for it: identity,
+/// CA and gateway address (`gateway device add`). A running gateway accepts it at once.
+pub async fn add_device(
+    data_dir: &Path,
+    uuid: Option<DeviceUuid>,
+    public_url: bool,
+    gateway_addr: &str,
+) -> Result<AgentConfig, GatewayError> {
+    let ca = certs::Ca::load_or_create(data_dir)?;
+    let uuid = uuid.unwrap_or_else(certs::random_uuid);
+    let store = Store::open(data_dir).await?;
+    let identity = ca.issue_device(uuid)?;
+    store.add_device(uuid, public_url).await?;
+    store.close().await;
+    Ok(AgentConfig {
+        uuid: uuid.to_string(),
+        gateway: gateway_addr.to_string(),
+        server_name: certs::TUNNEL_SERVER_NAME.to_string(),
+        ca_cert: ca.cert_pem().to_string(),
+        cert: identity.cert_pem,
+        key: identity.key_pem,
+        target: None,
+    })
+}

@@ -143,7 +143,8 @@ impl ControlMessage {
                 frame.ty
             )));
         }
-        serde_json::from_slice(&frame.payload).map_err(|e| DecodeError::InvalidPayload(e.to_string()))
+        serde_json::from_slice(&frame.payload)
+            .map_err(|e| DecodeError::InvalidPayload(e.to_string()))
     }
 }
 
@@ -252,7 +253,10 @@ mod tests {
 
     #[test]
     fn unknown_types_and_fields_are_tolerated() {
-        let f = Frame::new(FrameType::Message, &br#"{"type":"from_the_future","x":1}"#[..]);
+        let f = Frame::new(
+            FrameType::Message,
+            &br#"{"type":"from_the_future","x":1}"#[..],
+        );
         assert_eq!(
             ControlMessage::from_frame(&f).unwrap(),
             ControlMessage::Unknown

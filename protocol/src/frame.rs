@@ -83,7 +83,10 @@ impl Frame {
             return Err(DecodeError::TooShort(0));
         }
         if len - 1 > limit {
-            return Err(DecodeError::TooLarge { len: len - 1, limit });
+            return Err(DecodeError::TooLarge {
+                len: len - 1,
+                limit,
+            });
         }
         if !peek(buf, &mut prefix) {
             return Err(DecodeError::Incomplete);

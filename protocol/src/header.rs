@@ -95,7 +95,10 @@ impl StreamHeader {
             Self::Terminal(m) | Self::Logs(m) if m.is_empty() => Vec::new(),
             Self::Terminal(m) | Self::Logs(m) => serde_json::to_vec(m).expect("map serializes"),
         };
-        assert!(payload.len() <= MAX_HEADER_PAYLOAD, "stream header too large");
+        assert!(
+            payload.len() <= MAX_HEADER_PAYLOAD,
+            "stream header too large"
+        );
         buf.put_u8(HEADER_MAGIC);
         buf.put_u8(self.kind() as u8);
         buf.put_u16(payload.len() as u16);
@@ -168,13 +171,11 @@ mod tests {
     use proptest::prelude::*;
 
     fn arb_header() -> impl Strategy<Value = StreamHeader> {
-        let map = proptest::collection::btree_map("[a-z]{1,8}", any::<i64>(), 0..4).prop_map(
-            |m| {
-                m.into_iter()
-                    .map(|(k, v)| (k, serde_json::Value::from(v)))
-                    .collect::<serde_json::Map<_, _>>()
-            },
-        );
+        let map = proptest::collection::btree_map("[a-z]{1,8}", any::<i64>(), 0..4).prop_map(|m| {
+            m.into_iter()
+                .map(|(k, v)| (k, serde_json::Value::from(v)))
+                .collect::<serde_json::Map<_, _>>()
+        });
         prop_oneof![
             Just(StreamHeader::Control),
             any::<Option<u16>>().prop_map(|port| StreamHeader::Http(HttpHeader { port })),

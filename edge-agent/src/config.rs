@@ -1,0 +1,181 @@
+//! The agent's configuration file (written by `gateway device add`) and runtime options.
+
+use std::path::Path;
+use std::time::Duration;
+
+use certs::DeviceIdentity;
+use protocol::DeviceUuid;
+use serde::{Deserialize, Serialize};
+
+/// Errors in the agent configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has unknown/missing keys.
+    #[error("{path}: {source}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// Why (names the key and line).
+        source: toml::de::Error,
+    },
+    /// A key has an invalid value.
+    #[error("invalid value for `{key}`: {reason}")]
+    Invalid {
+        /// The key.
+        key: &'static str,
+        /// Why.
+        reason: String,
+    },
+}
+
+fn default_server_name() -> String {
+    certs::TUNNEL_SERVER_NAME.to_string()
+}
+
+/// Contents of the agent configuration file: the device identity and where to connect.
+///
+/// Written by `gateway device add --out FILE`. Unknown keys are refused so a typo does not
+/// silently fall back to a default.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// The device uuid (32 hex characters).
+    pub uuid: String,
+    /// Gateway tunnel address, `HOST:PORT` (UDP).
+    pub gateway: String,
+    /// TLS server name to verify. Default is the fixed tunnel name every gateway
+    /// certificate carries.
+    #[serde(default = "default_server_name")]
+    pub server_name: String,
+    /// The fleet CA certificate (PEM) the gateway's certificate must chain to.
+    pub ca_cert: String,
+    /// This device's certificate (PEM).
+    pub cert: String,
+    /// This device's private key (PEM).
+    pub key: String,
+    /// Where `Http` streams go on the device, `HOST:PORT`. Default is `127.0.0.1:80`;
+    /// `--target` overrides it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+}
+
+impl std::fmt::Debug for AgentConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentConfig")
+            .field("uuid", &self.uuid)
+            .field("gateway", &self.gateway)
+            .field("target", &self.target)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AgentConfig {
+    /// Reads and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let cfg: Self = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.display().to_string(),
+            source,
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Serialises to TOML.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("config serializes")
+    }
+
+    /// Checks every key, naming the first bad one.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.device_uuid()?;
+        if !self.gateway.contains(':') {
+            return Err(ConfigError::Invalid {
+                key: "gateway",
+                reason: format!("{:?} is not HOST:PORT", self.gateway),
+            });
+        }
+        if let Some(t) = &self.target {
+            if !t.contains(':') {
+                return Err(ConfigError::Invalid {
+                    key: "target",
+                    reason: format!("{t:?} is not HOST:PORT"),
+                });
+            }
+        }
+        certs::parse_certs(&self.ca_cert, "ca_cert").map_err(|e| ConfigError::Invalid {
+            key: "ca_cert",
+            reason: e.to_string(),
+        })?;
+        certs::client_config(&self.ca_cert, &self.identity()?).map_err(|e| {
+            ConfigError::Invalid {
+                key: "cert",
+                reason: e.to_string(),
+            }
+        })?;
+        Ok(())
+    }
+
+    /// The parsed device uuid.
+    pub fn device_uuid(&self) -> Result<DeviceUuid, ConfigError> {
+        self.uuid
+            .parse()
+            .map_err(|e: protocol::InvalidUuid| ConfigError::Invalid {
+                key: "uuid",
+                reason: e.to_string(),
+            })
+    }
+
+    /// The device identity held in this file.
+    pub fn identity(&self) -> Result<DeviceIdentity, ConfigError> {
+        Ok(DeviceIdentity {
+            uuid: self.device_uuid()?,
+            cert_pem: self.cert.clone(),
+            key_pem: self.key.clone(),
+        })
+    }
+}
+
+/// Runtime knobs of the agent. Every field has a sane default.
+#[derive(Debug, Clone)]
+pub struct AgentOptions {
+    /// Where `Http` streams are piped. Default is `127.0.0.1:80`.
+    pub target: String,
+    /// First backoff ceiling. Default is 500 ms.
+    pub backoff_base: Duration,
+    /// Largest backoff ceiling. Default is 30 s.
+    pub backoff_cap: Duration,
+    /// A connection that lasted this long resets the backoff. Default is 30 s.
+    pub stable_after: Duration,
+    /// QUIC keep-alive interval. Default is 5 s.
+    pub keep_alive: Duration,
+    /// The connection counts as dead after this much silence. Default is 15 s.
+    pub idle_timeout: Duration,
+    /// Timeout for connecting to the local target. Default is 5 s.
+    pub target_connect_timeout: Duration,
+}
+
+impl Default for AgentOptions {
+    fn default() -> Self {
+        Self {
+            target: "127.0.0.1:80".into(),
+            backoff_base: Duration::from_millis(500),
+            backoff_cap: Duration::from_secs(30),
+            stable_after: Duration::from_secs(30),
+            keep_alive: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(15),
+            target_connect_timeout: Duration::from_secs(5),
+        }
+    }
+}

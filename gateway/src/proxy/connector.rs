@@ -1,0 +1,143 @@
+//! A hyper client connector whose connections are `Http` streams on a device's tunnel.
+//!
+//! The pool key is `<uuid>-<session id>`, so pooled streams of a replaced session are never
+//! handed out for the new one. Each stream starts with the `Http` stream header; the first
+//! byte the agent sends back is a [`TargetStatus`]. Reading it is folded into the first
+//! read, so a request costs no extra round trip; an error status surfaces as an
+//! [`UpstreamError`] inside the client's error.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use edge_agent::wire::BiStream;
+use http::Uri;
+use hyper_util::client::legacy::connect::{Connected, Connection};
+use hyper_util::rt::TokioIo;
+use protocol::{DeviceUuid, HttpHeader, StreamHeader, TargetStatus};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::sessions::Sessions;
+
+/// Why a request could not reach the device's web server.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum UpstreamError {
+    /// The device has no live tunnel (or its session was replaced).
+    #[error("device is offline")]
+    Offline,
+    /// The agent could not connect to its local target.
+    #[error("{}", .0.describe())]
+    Target(TargetStatus),
+    /// The tunnel broke while opening the stream.
+    #[error("tunnel: {0}")]
+    Tunnel(#[from] quinn::ConnectionError),
+    /// The pool key did not name a device (a bug).
+    #[error("bad pool key {0}")]
+    BadKey(String),
+}
+
+/// Opens `Http` streams on device sessions.
+#[derive(Clone)]
+pub(crate) struct TunnelConnector {
+    pub(crate) sessions: Arc<Sessions>,
+}
+
+/// The pool key for a device session.
+pub(crate) fn pool_authority(uuid: &DeviceUuid, session: u64) -> String {
+    format!("{uuid}-{session}")
+}
+
+impl tower_service::Service<Uri> for TunnelConnector {
+    type Response = TokioIo<TunnelStream>;
+    type Error = UpstreamError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let sessions = Arc::clone(&self.sessions);
+        Box::pin(async move {
+            let host = uri.host().unwrap_or_default();
+            let (uuid, id) = host
+                .split_once('-')
+                .and_then(|(u, id)| Some((u.parse::<DeviceUuid>().ok()?, id.parse::<u64>().ok()?)))
+                .ok_or_else(|| UpstreamError::BadKey(host.to_string()))?;
+            let session = sessions
+                .get(&uuid)
+                .filter(|s| s.id == id)
+                .ok_or(UpstreamError::Offline)?;
+            let (mut send, recv) = session.conn.open_bi().await?;
+            // Written without waiting: the header and the request leave in one flight.
+            let header = StreamHeader::Http(HttpHeader::default()).to_vec();
+            send.write_all(&header).await.map_err(|e| match e {
+                quinn::WriteError::ConnectionLost(c) => UpstreamError::Tunnel(c),
+                _ => UpstreamError::Offline,
+            })?;
+            Ok(TokioIo::new(TunnelStream {
+                inner: BiStream { send, recv },
+                status_seen: false,
+            }))
+        })
+    }
+}
+
+/// One `Http` stream, as seen by the hyper client.
+pub(crate) struct TunnelStream {
+    inner: BiStream,
+    status_seen: bool,
+}
+
+impl Connection for TunnelStream {
+    fn connected(&self) -> Connected {
+        Connected::new()
+    }
+}
+
+impl AsyncRead for TunnelStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.status_seen {
+            let mut status = [0u8; 1];
+            let mut sb = ReadBuf::new(&mut status);
+            ready!(Pin::new(&mut self.inner).poll_read(cx, &mut sb))?;
+            if sb.filled().is_empty() {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "device closed the stream before answering",
+                )));
+            }
+            match TargetStatus::from_u8(status[0]) {
+                TargetStatus::Connected => self.status_seen = true,
+                other => {
+                    return Poll::Ready(Err(io::Error::other(UpstreamError::Target(other))));
+                }
+            }
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for TunnelStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}

@@ -1,0 +1,9 @@
+//! The public HTTP side: `http://<uuid>.<domain>/` routed through the device's tunnel.
+//!
+//! [`router`] terminates visitors' HTTP/1.1 and HTTP/2, picks the device by `Host`, and
+//! forwards each request as HTTP/1.1 through a pooled client whose "connections" are QUIC
+//! streams opened by [`connector`]. [`pages`] renders the small error pages visitors see.
+
+pub(crate) mod connector;
+pub(crate) mod pages;
+pub(crate) mod router;

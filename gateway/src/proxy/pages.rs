@@ -1,0 +1,52 @@
+//! Error pages visitors see instead of resets: small HTML, or plain text for clients that
+//! do not accept HTML (curl, scripts).
+
+use bytes::Bytes;
+use http::{header, HeaderMap, HeaderValue, Response, StatusCode};
+use http_body_util::Full;
+
+use super::router::Body;
+
+/// Renders an error page for `status` with a one-line `detail`.
+pub(crate) fn error_page(
+    status: StatusCode,
+    detail: &str,
+    request_headers: &HeaderMap,
+) -> Response<Body> {
+    let title = format!(
+        "{} {}",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("Error")
+    );
+    let wants_html = request_headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/html"));
+    let (content_type, body) = if wants_html {
+        (
+            "text/html; charset=utf-8",
+            format!(
+                "<!doctype html><html><head><meta charset=\"utf-8\"><title>{title}</title>\
+                 <style>body{{font-family:system-ui,sans-serif;margin:4em auto;max-width:40em;color:#222}}\
+                 h1{{font-size:1.4em}}p{{color:#555}}</style></head>\
+                 <body><h1>{title}</h1><p>{}</p><hr><p><small>edge gateway</small></p></body></html>\n",
+                escape(detail)
+            ),
+        )
+    } else {
+        ("text/plain; charset=utf-8", format!("{title}: {detail}\n"))
+    };
+    let mut resp = Response::new(Body::Right(Full::new(Bytes::from(body))));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}

@@ -1,0 +1,68 @@
+//! Live device sessions: a sharded map from device uuid to a small handle.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use dashmap::DashMap;
+use protocol::DeviceUuid;
+
+/// One live tunnel of one device.
+#[derive(Debug)]
+pub struct Session {
+    /// Unique per gateway process; tells an old session of a device from its replacement.
+    pub id: u64,
+    /// The device.
+    pub uuid: DeviceUuid,
+    /// The QUIC connection.
+    pub conn: quinn::Connection,
+    /// Whether the device's public URL is served (read from the store at connect time).
+    pub public_url: bool,
+}
+
+/// All live sessions. Values are `Arc`s so lookups clone a pointer and release the shard
+/// lock at once (no map guard is ever held across an `.await`).
+#[derive(Debug, Default)]
+pub struct Sessions {
+    map: DashMap<DeviceUuid, Arc<Session>>,
+    next_id: AtomicU64,
+}
+
+impl Sessions {
+    /// A fresh session id.
+    pub fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Registers `session`, returning the one it replaces, if any.
+    pub fn insert(&self, session: Arc<Session>) -> Option<Arc<Session>> {
+        self.map.insert(session.uuid, session)
+    }
+
+    /// The live session of `uuid`.
+    pub fn get(&self, uuid: &DeviceUuid) -> Option<Arc<Session>> {
+        self.map.get(uuid).map(|r| Arc::clone(r.value()))
+    }
+
+    /// Removes the session of `uuid` only if it is still session `id` (a newer one may
+    /// have replaced it). Returns whether it was removed.
+    pub fn remove_if_current(&self, uuid: &DeviceUuid, id: u64) -> bool {
+        self.map.remove_if(uuid, |_, s| s.id == id).is_some()
+    }
+
+    /// Number of live sessions.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Whether no device is connected.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// Closes every session with `code` (gateway shutdown).
+    pub fn close_all(&self, code: protocol::AppErrorCode, reason: &[u8]) {
+        for s in self.map.iter() {
+            s.conn.close(edge_agent::wire::varint(code), reason);
+        }
+    }
+}

@@ -1,0 +1,305 @@
+//! The QUIC endpoint devices dial: mTLS handshake, registration check, control stream,
+//! session registry.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use edge_agent::wire::{self, FrameReader, WireError};
+use protocol::{
+    negotiate, AppErrorCode, ControlMessage, DeviceUuid, ErrorCode, StreamHeader, CAPABILITIES,
+    MAX_CONTROL_FRAME, SUPPORTED_VERSIONS,
+};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, instrument, warn};
+
+use crate::sessions::{Session, Sessions};
+use crate::store::Store;
+
+/// Time allowed for the TLS handshake plus hello/welcome.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Agent-opened streams allowed at once (control + future log channels).
+const MAX_AGENT_STREAMS: u32 = 16;
+
+/// Shared state the tunnel side needs.
+pub(crate) struct TunnelCtx {
+    pub(crate) store: Store,
+    pub(crate) sessions: Arc<Sessions>,
+    pub(crate) keep_alive: Duration,
+}
+
+/// Accepts device connections until `shutdown`.
+pub(crate) async fn accept_loop(
+    endpoint: quinn::Endpoint,
+    ctx: Arc<TunnelCtx>,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+) {
+    loop {
+        let incoming = tokio::select! {
+            // Stop accepting first; live sessions are closed by the caller.
+            _ = shutdown.cancelled() => break,
+            i = endpoint.accept() => match i {
+                Some(i) => i,
+                None => break,
+            },
+        };
+        let ctx = Arc::clone(&ctx);
+        tasks.spawn(async move {
+            let remote = incoming.remote_address();
+            if let Err(e) = handle_connection(incoming, ctx).await {
+                debug!(%remote, error = %e, "device connection ended");
+            }
+        });
+    }
+}
+
+/// Why a device connection was refused or ended.
+#[derive(Debug, thiserror::Error)]
+enum ConnError {
+    #[error("handshake: {0}")]
+    Handshake(#[from] quinn::ConnectionError),
+    #[error("handshake timed out")]
+    Timeout,
+    #[error("peer certificate: {0}")]
+    Identity(String),
+    #[error("device {0} is not registered")]
+    Unknown(DeviceUuid),
+    #[error("device {0} is revoked")]
+    Revoked(DeviceUuid),
+    #[error("store: {0}")]
+    Store(#[from] crate::store::StoreError),
+    #[error("control stream: {0}")]
+    Wire(#[from] WireError),
+    #[error("protocol: {0}")]
+    Protocol(String),
+}
+
+async fn handle_connection(
+    incoming: quinn::Incoming,
+    ctx: Arc<TunnelCtx>,
+) -> Result<(), ConnError> {
+    let conn = tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming)
+        .await
+        .map_err(|_| ConnError::Timeout)??;
+    let uuid = match peer_uuid(&conn) {
+        Ok(u) => u,
+        Err(e) => {
+            conn.close(
+                wire::varint(AppErrorCode::UnknownDevice),
+                b"no device identity",
+            );
+            return Err(e);
+        }
+    };
+    // The CA vouches for the certificate; the store says whether the device still exists.
+    let record = ctx.store.device(uuid).await?;
+    let record = match record {
+        Some(r) if !r.revoked => r,
+        Some(_) => {
+            warn!(device = %uuid, "refusing revoked device");
+            conn.close(wire::varint(AppErrorCode::UnknownDevice), b"device revoked");
+            return Err(ConnError::Revoked(uuid));
+        }
+        None => {
+            warn!(device = %uuid, "refusing unregistered device");
+            conn.close(
+                wire::varint(AppErrorCode::UnknownDevice),
+                b"device not registered at this gateway",
+            );
+            return Err(ConnError::Unknown(uuid));
+        }
+    };
+    serve_session(conn, uuid, record.public_url, ctx).await
+}
+
+fn peer_uuid(conn: &quinn::Connection) -> Result<DeviceUuid, ConnError> {
+    let certs = conn
+        .peer_identity()
+        .and_then(|id| {
+            id.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+                .ok()
+        })
+        .ok_or_else(|| ConnError::Identity("no client certificate".into()))?;
+    let leaf = certs
+        .first()
+        .ok_or_else(|| ConnError::Identity("empty certificate chain".into()))?;
+    certs::device_uuid_from_cert(leaf).map_err(|e| ConnError::Identity(e.to_string()))
+}
+
+#[instrument(skip_all, fields(device = %uuid, remote = %conn.remote_address()))]
+async fn serve_session(
+    conn: quinn::Connection,
+    uuid: DeviceUuid,
+    public_url: bool,
+    ctx: Arc<TunnelCtx>,
+) -> Result<(), ConnError> {
+    // Hello/welcome on the first agent-opened stream.
+    let handshake = async {
+        let (mut send, mut recv) = conn.accept_bi().await?;
+        match wire::read_header(&mut recv).await? {
+            StreamHeader::Control => {}
+            other => {
+                return Err(ConnError::Protocol(format!(
+                    "first stream must be the control stream, got {:?}",
+                    other.kind()
+                )))
+            }
+        }
+        let mut reader = FrameReader::new(recv, MAX_CONTROL_FRAME);
+        let hello = ControlMessage::from_frame(&reader.next().await?).map_err(WireError::from)?;
+        let ControlMessage::Hello {
+            versions,
+            agent_version,
+            ..
+        } = hello
+        else {
+            return Err(ConnError::Protocol(
+                "first control message must be hello".into(),
+            ));
+        };
+        match negotiate(SUPPORTED_VERSIONS, &versions) {
+            Ok(version) => {
+                let welcome = ControlMessage::Welcome {
+                    version,
+                    capabilities: CAPABILITIES.iter().map(|s| s.to_string()).collect(),
+                    device: uuid.to_string(),
+                    heartbeat_interval_ms: ctx.keep_alive.as_millis() as u64,
+                };
+                wire::write_frame(&mut send, &welcome.to_frame()).await?;
+                Ok((send, reader, agent_version))
+            }
+            Err(e) => {
+                let msg = ControlMessage::Error {
+                    code: ErrorCode::VersionMismatch,
+                    message: e.to_string(),
+                };
+                let _ = wire::write_frame(&mut send, &msg.to_frame()).await;
+                let _ = send.finish();
+                // Let the error frame reach the agent before the close does.
+                let _ = tokio::time::timeout(Duration::from_secs(1), send.stopped()).await;
+                conn.close(
+                    wire::varint(AppErrorCode::VersionMismatch),
+                    e.to_string().as_bytes(),
+                );
+                Err(ConnError::Protocol(e.to_string()))
+            }
+        }
+    };
+    let (mut control_send, mut control_recv, agent_version) =
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+            Ok(Ok(v)) => v,
+            Ok(Err(e)) => {
+                let code = match &e {
+                    ConnError::Wire(w) => w.code(),
+                    _ => AppErrorCode::ProtocolError,
+                };
+                conn.close(wire::varint(code), e.to_string().as_bytes());
+                return Err(e);
+            }
+            Err(_) => {
+                conn.close(
+                    wire::varint(AppErrorCode::HandshakeTimeout),
+                    b"no hello in time",
+                );
+                return Err(ConnError::Timeout);
+            }
+        };
+
+    let session = Arc::new(Session {
+        id: ctx.sessions.next_id(),
+        uuid,
+        conn: conn.clone(),
+        public_url,
+    });
+    if let Some(old) = ctx.sessions.insert(Arc::clone(&session)) {
+        info!(
+            old_session = old.id,
+            "replacing older session of this device"
+        );
+        old.conn.close(
+            wire::varint(AppErrorCode::Replaced),
+            b"replaced by a newer connection",
+        );
+    }
+    if let Err(e) = ctx.store.set_online(uuid, true).await {
+        warn!(error = %e, "cannot record device online");
+    }
+    info!(session = session.id, %agent_version, "device connected");
+
+    let control = async {
+        loop {
+            let frame = control_recv.next().await?;
+            match ControlMessage::from_frame(&frame).map_err(WireError::from)? {
+                ControlMessage::Heartbeat { seq } => {
+                    let ack = ControlMessage::HeartbeatAck { seq }.to_frame();
+                    wire::write_frame(&mut control_send, &ack).await?;
+                }
+                ControlMessage::HeartbeatAck { .. } => {}
+                other => debug!(?other, "ignoring control message"),
+            }
+        }
+    };
+    let streams = async {
+        // No agent-opened stream kind other than control is served yet: refuse each one
+        // on its own, keeping the connection.
+        loop {
+            let (mut send, mut recv) = conn.accept_bi().await?;
+            tokio::spawn(async move {
+                let code =
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, wire::read_header(&mut recv))
+                        .await
+                    {
+                        Ok(Ok(h)) => {
+                            debug!(kind = ?h.kind(), "refusing unsupported agent stream");
+                            AppErrorCode::UnsupportedStream
+                        }
+                        Ok(Err(e)) => {
+                            warn!(error = %e, "refusing agent stream with a malformed header");
+                            e.code()
+                        }
+                        Err(_) => AppErrorCode::ProtocolError,
+                    };
+                wire::reject(&mut send, &mut recv, code);
+            });
+        }
+    };
+    let ended: Result<(), ConnError> = tokio::select! {
+        r = control => r,
+        r = streams => r,
+    };
+    let reason = match (&ended, conn.close_reason()) {
+        (_, Some(reason)) => wire::describe_close(&reason),
+        (Err(e), None) => {
+            let code = match e {
+                ConnError::Wire(w) => w.code(),
+                _ => AppErrorCode::ProtocolError,
+            };
+            conn.close(wire::varint(code), e.to_string().as_bytes());
+            e.to_string()
+        }
+        (Ok(()), None) => "ended".into(),
+    };
+    if ctx.sessions.remove_if_current(&uuid, session.id) {
+        if let Err(e) = ctx.store.set_online(uuid, false).await {
+            warn!(error = %e, "cannot record device offline");
+        }
+    }
+    info!(session = session.id, %reason, "device disconnected");
+    Ok(())
+}
+
+/// QUIC transport settings of the gateway side.
+pub(crate) fn transport_config(keep_alive: Duration, idle: Duration) -> quinn::TransportConfig {
+    let mut t = quinn::TransportConfig::default();
+    t.keep_alive_interval(Some(keep_alive));
+    t.max_idle_timeout(Some(
+        quinn::IdleTimeout::try_from(idle).expect("idle timeout in range"),
+    ));
+    t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(MAX_AGENT_STREAMS));
+    t.max_concurrent_uni_streams(quinn::VarInt::from_u32(0));
+    t.stream_receive_window(quinn::VarInt::from_u32(4 * 1024 * 1024));
+    t.receive_window(quinn::VarInt::from_u32(32 * 1024 * 1024));
+    t.send_window(32 * 1024 * 1024);
+    t
+}
