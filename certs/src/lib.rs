@@ -123,8 +123,11 @@ impl Ca {
     pub fn load_or_create(dir: &Path) -> Result<Self, CertError> {
         let cert_path = dir.join("ca.pem");
         let key_path = dir.join("ca.key");
+        fs::create_dir_all(dir).map_err(io_err(dir))?;
+        // `gateway serve` and `gateway device add` may both create the CA at once: an
+        // advisory lock makes creation happen once, and readers never see half of it.
+        let _lock = lock_dir(dir)?;
         if !cert_path.exists() {
-            fs::create_dir_all(dir).map_err(io_err(dir))?;
             let key = KeyPair::generate()?;
             let mut params = CertificateParams::new(Vec::<String>::new())?;
             let mut dn = DistinguishedName::new();
@@ -137,10 +140,9 @@ impl Ca {
                 KeyUsagePurpose::DigitalSignature,
             ];
             let cert = params.self_signed(&key)?;
-            // Key first: a reader that sees ca.pem can rely on ca.key existing.
-            if write_new(&key_path, key.serialize_pem().as_bytes(), true)? {
-                write_new(&cert_path, cert.pem().as_bytes(), false)?;
-            }
+            // Key first: whoever sees ca.pem can rely on ca.key.
+            write_atomic(&key_path, key.serialize_pem().as_bytes(), true)?;
+            write_atomic(&cert_path, cert.pem().as_bytes(), false)?;
         }
         let cert_pem = fs::read_to_string(&cert_path).map_err(io_err(&cert_path))?;
         let key_pem = fs::read_to_string(&key_path).map_err(io_err(&key_path))?;
@@ -210,11 +212,11 @@ impl Ca {
     pub fn load_or_create_server(&self, dir: &Path) -> Result<ServerIdentity, CertError> {
         let cert_path = dir.join("tunnel.pem");
         let key_path = dir.join("tunnel.key");
+        let _lock = lock_dir(dir)?;
         if !cert_path.exists() {
             let id = self.issue_server(&[])?;
-            if write_new(&key_path, id.key_pem.as_bytes(), true)? {
-                write_new(&cert_path, id.cert_pem.as_bytes(), false)?;
-            }
+            write_atomic(&key_path, id.key_pem.as_bytes(), true)?;
+            write_atomic(&cert_path, id.cert_pem.as_bytes(), false)?;
         }
         Ok(ServerIdentity {
             cert_pem: fs::read_to_string(&cert_path).map_err(io_err(&cert_path))?,
@@ -234,9 +236,21 @@ fn device_params(uuid: DeviceUuid) -> Result<CertificateParams, CertError> {
     Ok(params)
 }
 
-/// Writes `bytes` to `path` only if it does not exist yet, crash-safely (temp file, fsync,
-/// hard link). Returns `false` if another writer got there first.
-fn write_new(path: &Path, bytes: &[u8], secret: bool) -> Result<bool, CertError> {
+/// Takes an exclusive advisory lock on `dir/.certs.lock`, released when dropped.
+fn lock_dir(dir: &Path) -> Result<fs::File, CertError> {
+    let path = dir.join(".certs.lock");
+    let f = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io_err(&path))?;
+    f.lock().map_err(io_err(&path))?;
+    Ok(f)
+}
+
+/// Writes `bytes` to `path` crash-safely: temp file, fsync, rename.
+fn write_atomic(path: &Path, bytes: &[u8], secret: bool) -> Result<(), CertError> {
     let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
     {
         let mut opts = fs::OpenOptions::new();
@@ -250,13 +264,7 @@ fn write_new(path: &Path, bytes: &[u8], secret: bool) -> Result<bool, CertError>
         f.write_all(bytes).map_err(io_err(&tmp))?;
         f.sync_all().map_err(io_err(&tmp))?;
     }
-    let won = match fs::hard_link(&tmp, path) {
-        Ok(()) => true,
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => false,
-        Err(e) => return Err(io_err(path)(e)),
-    };
-    let _ = fs::remove_file(&tmp);
-    Ok(won)
+    fs::rename(&tmp, path).map_err(io_err(path))
 }
 
 /// SHA-256 fingerprint of a DER certificate, lowercase hex.
@@ -386,6 +394,18 @@ mod tests {
         let s1 = a.load_or_create_server(dir.path()).unwrap();
         let s2 = b.load_or_create_server(dir.path()).unwrap();
         assert_eq!(s1.cert_pem, s2.cert_pem);
+    }
+
+    #[test]
+    fn concurrent_creation_yields_one_ca() {
+        let dir = tempfile::tempdir().unwrap();
+        let fps: Vec<String> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..8)
+                .map(|_| s.spawn(|| Ca::load_or_create(dir.path()).unwrap().fingerprint()))
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert!(fps.windows(2).all(|w| w[0] == w[1]), "{fps:?}");
     }
 
     #[test]

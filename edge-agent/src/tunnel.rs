@@ -211,7 +211,9 @@ impl Agent {
             .map_err(|_| SessionError::HandshakeTimeout(HANDSHAKE_TIMEOUT))??;
         let handshake = async {
             let (mut send, recv) = conn.open_bi().await?;
-            let mut hello = StreamHeader::Control.to_vec();
+            let mut hello = StreamHeader::Control
+                .to_vec()
+                .expect("the control header fits");
             ControlMessage::hello(crate::VERSION)
                 .to_frame()
                 .encode(&mut hello);

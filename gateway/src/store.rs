@@ -93,8 +93,21 @@ impl Store {
         Ok(store)
     }
 
+    /// The schema version after migrations.
+    pub async fn schema_version(&self) -> Result<i64, StoreError> {
+        Ok(
+            sqlx::query("SELECT COALESCE(MAX(version), 0) FROM schema_version")
+                .fetch_one(&self.pool)
+                .await?
+                .try_get(0)?,
+        )
+    }
+
     async fn migrate(&self) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        // IMMEDIATE: take the write lock up front, so two processes opening a fresh data
+        // dir at once (`serve` and `device add`) run the migrations one after the other
+        // instead of both reading "version 0" and one failing on the upgrade to a write.
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         sqlx::query("CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)")
             .execute(&mut *tx)
             .await?;
@@ -192,4 +205,38 @@ fn device_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<DeviceRecord, StoreErr
         online: r.try_get("online")?,
         revoked: r.try_get("revoked")?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_opens_of_a_fresh_dir_all_succeed() {
+        let dir = tempfile::tempdir().unwrap();
+        let opens = (0..6).map(|_| Store::open(dir.path()));
+        let stores = futures_util::future::join_all(opens).await;
+        for s in stores {
+            let s = s.expect("open raced another open and failed");
+            assert_eq!(s.schema_version().await.unwrap(), MIGRATIONS.len() as i64);
+        }
+    }
+
+    #[tokio::test]
+    async fn devices_round_trip_and_duplicates_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).await.unwrap();
+        let uuid = DeviceUuid::from_bytes([1; 16]);
+        store.add_device(uuid, true).await.unwrap();
+        assert!(matches!(
+            store.add_device(uuid, false).await,
+            Err(StoreError::DeviceExists(_))
+        ));
+        let d = store.device(uuid).await.unwrap().unwrap();
+        assert!(d.public_url && !d.online && !d.revoked);
+        store.set_online(uuid, true).await.unwrap();
+        assert!(store.device(uuid).await.unwrap().unwrap().online);
+        store.mark_all_offline().await.unwrap();
+        assert!(!store.devices().await.unwrap()[0].online);
+    }
 }

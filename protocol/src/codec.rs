@@ -33,6 +33,19 @@ pub enum DecodeError {
     InvalidPayload(String),
 }
 
+/// Why a value could not be encoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EncodeError {
+    /// The encoded payload would exceed the hard limit the receiver enforces.
+    #[error("encoded length {len} exceeds the limit of {limit} bytes")]
+    TooLarge {
+        /// Encoded length.
+        len: usize,
+        /// Limit that applies.
+        limit: usize,
+    },
+}
+
 /// Copies the first `out.len()` bytes of `buf` into `out` without consuming them.
 /// Returns `false` when `buf` holds fewer bytes.
 pub(crate) fn peek(buf: &impl Buf, out: &mut [u8]) -> bool {

@@ -13,7 +13,7 @@
 use bytes::{Buf, BufMut};
 use serde::{Deserialize, Serialize};
 
-use crate::codec::{peek, DecodeError};
+use crate::codec::{peek, DecodeError, EncodeError};
 
 /// First byte of every stream. Lets a receiver reject garbage immediately.
 pub const HEADER_MAGIC: u8 = 0xE7;
@@ -83,11 +83,9 @@ impl StreamHeader {
 
     /// Appends the encoded header to `buf`.
     ///
-    /// # Panics
-    ///
-    /// Panics if the payload exceeds [`MAX_HEADER_PAYLOAD`], which only a caller-built
-    /// `Terminal`/`Logs` map of absurd size can do.
-    pub fn encode(&self, buf: &mut impl BufMut) {
+    /// Fails, writing nothing, when the payload exceeds [`MAX_HEADER_PAYLOAD`]. `Control`
+    /// and `Http` headers always fit.
+    pub fn encode(&self, buf: &mut impl BufMut) -> Result<(), EncodeError> {
         let payload = match self {
             Self::Control => Vec::new(),
             Self::Http(h) if *h == HttpHeader::default() => Vec::new(),
@@ -95,21 +93,24 @@ impl StreamHeader {
             Self::Terminal(m) | Self::Logs(m) if m.is_empty() => Vec::new(),
             Self::Terminal(m) | Self::Logs(m) => serde_json::to_vec(m).expect("map serializes"),
         };
-        assert!(
-            payload.len() <= MAX_HEADER_PAYLOAD,
-            "stream header too large"
-        );
+        if payload.len() > MAX_HEADER_PAYLOAD {
+            return Err(EncodeError::TooLarge {
+                len: payload.len(),
+                limit: MAX_HEADER_PAYLOAD,
+            });
+        }
         buf.put_u8(HEADER_MAGIC);
         buf.put_u8(self.kind() as u8);
         buf.put_u16(payload.len() as u16);
         buf.put_slice(&payload);
+        Ok(())
     }
 
     /// Encodes into a fresh vector.
-    pub fn to_vec(&self) -> Vec<u8> {
+    pub fn to_vec(&self) -> Result<Vec<u8>, EncodeError> {
         let mut v = Vec::with_capacity(16);
-        self.encode(&mut v);
-        v
+        self.encode(&mut v)?;
+        Ok(v)
     }
 
     /// Decodes a header from the front of `buf`.
@@ -187,7 +188,7 @@ mod tests {
     proptest! {
         #[test]
         fn round_trip(h in arb_header()) {
-            let bytes = h.to_vec();
+            let bytes = h.to_vec().unwrap();
             let mut buf = &bytes[..];
             prop_assert_eq!(StreamHeader::decode(&mut buf).unwrap(), h);
             prop_assert_eq!(buf.len(), 0);
@@ -195,7 +196,7 @@ mod tests {
 
         #[test]
         fn every_prefix_is_incomplete(h in arb_header()) {
-            let bytes = h.to_vec();
+            let bytes = h.to_vec().unwrap();
             for cut in 1..bytes.len() {
                 let mut buf = &bytes[..cut];
                 prop_assert_eq!(StreamHeader::decode(&mut buf), Err(DecodeError::Incomplete));
@@ -239,8 +240,25 @@ mod tests {
     }
 
     #[test]
+    fn oversized_payload_is_an_encode_error() {
+        let mut m = serde_json::Map::new();
+        m.insert(
+            "a".into(),
+            serde_json::Value::from("x".repeat(MAX_HEADER_PAYLOAD)),
+        );
+        let mut v = Vec::new();
+        assert!(matches!(
+            StreamHeader::Terminal(m).encode(&mut v),
+            Err(EncodeError::TooLarge { .. })
+        ));
+        assert!(v.is_empty());
+    }
+
+    #[test]
     fn non_contiguous_buffer() {
-        let bytes = StreamHeader::Http(HttpHeader { port: Some(8080) }).to_vec();
+        let bytes = StreamHeader::Http(HttpHeader { port: Some(8080) })
+            .to_vec()
+            .unwrap();
         let (a, b) = bytes.split_at(2);
         let mut chain = Buf::chain(a, b);
         assert_eq!(

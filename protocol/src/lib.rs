@@ -24,7 +24,7 @@ mod heartbeat;
 mod target;
 mod uuid;
 
-pub use codec::DecodeError;
+pub use codec::{DecodeError, EncodeError};
 pub use control::{
     negotiate, ControlMessage, ErrorCode, VersionMismatch, CAPABILITIES, PROTOCOL_VERSION,
     SUPPORTED_VERSIONS,

@@ -61,7 +61,7 @@ fn gateway_answer(hello: &ControlMessage, ours: &[u16]) -> ControlMessage {
 fn hello_welcome_and_heartbeats_byte_by_byte() {
     // The stream header comes first on the wire.
     let mut header = BytesMut::new();
-    StreamHeader::Control.encode(&mut header);
+    StreamHeader::Control.encode(&mut header).unwrap();
     assert_eq!(
         StreamHeader::decode(&mut header).unwrap(),
         StreamHeader::Control

@@ -72,7 +72,9 @@ impl tower_service::Service<Uri> for TunnelConnector {
                 .ok_or(UpstreamError::Offline)?;
             let (mut send, recv) = session.conn.open_bi().await?;
             // Written without waiting: the header and the request leave in one flight.
-            let header = StreamHeader::Http(HttpHeader::default()).to_vec();
+            let header = StreamHeader::Http(HttpHeader::default())
+                .to_vec()
+                .expect("a default Http header fits");
             send.write_all(&header).await.map_err(|e| match e {
                 quinn::WriteError::ConnectionLost(c) => UpstreamError::Tunnel(c),
                 _ => UpstreamError::Offline,

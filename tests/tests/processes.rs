@@ -1,0 +1,265 @@
+//! The shipped binaries as separate processes: the documented commands, `kill -9` of
+//! either side, and the demo.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use e2e_tests::*;
+use http::StatusCode;
+
+struct ServeProc {
+    proc: Proc,
+    http: u16,
+    tunnel: u16,
+}
+
+fn serve(data: &std::path::Path, http: u16, tunnel: u16, idle: &str) -> ServeProc {
+    let proc = Proc::spawn(
+        Command::new(bin("gateway"))
+            .args(["serve", "--data-dir"])
+            .arg(data)
+            .args(["--domain", "devices.localhost"])
+            .args(["--http-listen", &format!("127.0.0.1:{http}")])
+            .args(["--tunnel-listen", &format!("127.0.0.1:{tunnel}")])
+            .args(["--idle-timeout", idle, "--keep-alive", "500ms"])
+            .env("RUST_LOG", "warn"),
+    );
+    ServeProc { proc, http, tunnel }
+}
+
+/// GET / on the device through the gateway; `None` when the gateway is not reachable.
+async fn try_get(http: u16, host: &str) -> Option<(StatusCode, bytes::Bytes)> {
+    let req = http::Request::builder()
+        .uri(format!("http://127.0.0.1:{http}/"))
+        .header("host", host)
+        .body(empty())
+        .unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(5), http_client().request(req))
+        .await
+        .ok()?
+        .ok()?;
+    let status = resp.status();
+    let body = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .ok()?
+        .to_bytes();
+    Some((status, body))
+}
+
+async fn wait_status(http: u16, host: &str, want: StatusCode, limit: Duration) -> bool {
+    eventually(limit, || async {
+        try_get(http, host)
+            .await
+            .filter(|(s, _)| *s == want)
+            .map(|_| ())
+    })
+    .await
+    .is_some()
+}
+
+fn device_add(data: &std::path::Path, tunnel: u16, out: &std::path::Path) -> String {
+    let output = Command::new(bin("gateway"))
+        .args(["device", "add", "--data-dir"])
+        .arg(data)
+        .args(["--public-url", "--gateway", &format!("127.0.0.1:{tunnel}")])
+        .arg("--out")
+        .arg(out)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let uuid = stdout.lines().last().unwrap().trim().to_string();
+    assert_eq!(uuid.len(), 32, "{stdout}");
+    assert!(uuid
+        .chars()
+        .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+    uuid
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn documented_commands_and_gateway_kill9_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("gw");
+    let backend = Backend::spawn("real-device").await;
+    let (http, tunnel) = (free_port_tcp(), free_port_udp());
+    let mut gw = serve(&data, http, tunnel, "2s");
+
+    // Added while `serve` runs: accepted without a restart.
+    let out = dir.path().join("device.toml");
+    // The dashed form of a uuid is normalised.
+    let output = Command::new(bin("gateway"))
+        .args(["device", "add", "--data-dir"])
+        .arg(&data)
+        .args([
+            "--uuid",
+            "A1B2C3D4-0000-4000-8000-00000000beef",
+            "--public-url",
+        ])
+        .args(["--gateway", &format!("127.0.0.1:{tunnel}"), "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let uuid = String::from_utf8(output.stdout).unwrap().trim().to_string();
+    assert_eq!(uuid, "a1b2c3d400004000800000000000beef");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&out).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "the agent file holds a private key");
+    let host = device_host(&uuid);
+
+    let _agent = Proc::spawn(
+        Command::new(bin("edge-agent"))
+            .args(["run", "--config"])
+            .arg(&out)
+            .args(["--target", &backend.addr.to_string()])
+            .env("RUST_LOG", "warn"),
+    );
+    assert!(
+        wait_status(http, &host, StatusCode::OK, Duration::from_secs(30)).await,
+        "device never became reachable"
+    );
+    let (_, body) = try_get(http, &host).await.unwrap();
+    assert_eq!(body, "hello from real-device");
+
+    // kill -9 the gateway, start it again with the same data dir: the agent comes back
+    // by itself and the URL works again.
+    gw.proc.kill9();
+    assert!(try_get(http, &host).await.is_none());
+    let _gw2 = serve(&data, gw.http, gw.tunnel, "2s");
+    assert!(
+        wait_status(http, &host, StatusCode::OK, Duration::from_secs(60)).await,
+        "device did not come back after the gateway restart"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_agent_is_noticed_and_shown_offline() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("gw");
+    let backend = Backend::spawn("doomed").await;
+    let (http, tunnel) = (free_port_tcp(), free_port_udp());
+    let _gw = serve(&data, http, tunnel, "2s");
+    let out = dir.path().join("device.toml");
+    // Wait for serve to have created the data dir so both processes share one CA.
+    assert!(eventually(Duration::from_secs(20), || async {
+        data.join("gateway.db").exists().then_some(())
+    })
+    .await
+    .is_some());
+    let uuid = device_add(&data, tunnel, &out);
+    let host = device_host(&uuid);
+    let mut agent = Proc::spawn(
+        Command::new(bin("edge-agent"))
+            .args(["run", "--config"])
+            .arg(&out)
+            .args(["--target", &backend.addr.to_string()])
+            .env("RUST_LOG", "warn"),
+    );
+    assert!(wait_status(http, &host, StatusCode::OK, Duration::from_secs(30)).await);
+    let list = || {
+        let o = Command::new(bin("gateway"))
+            .args(["device", "list", "--data-dir"])
+            .arg(&data)
+            .output()
+            .unwrap();
+        String::from_utf8(o.stdout).unwrap()
+    };
+    let line = list()
+        .lines()
+        .find(|l| l.starts_with(&uuid))
+        .unwrap()
+        .to_string();
+    assert!(line.contains(" yes "), "{line}");
+
+    // No goodbye: the process vanishes and its UDP socket with it.
+    agent.kill9();
+    assert!(
+        wait_status(
+            http,
+            &host,
+            StatusCode::SERVICE_UNAVAILABLE,
+            Duration::from_secs(20)
+        )
+        .await,
+        "the dead tunnel was not noticed"
+    );
+    let line = list()
+        .lines()
+        .find(|l| l.starts_with(&uuid))
+        .unwrap()
+        .to_string();
+    assert!(line.contains(" no "), "{line}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_prints_a_working_public_url() {
+    let mut child = Proc::spawn(
+        Command::new(bin("gateway"))
+            .args(["demo", "--http-listen", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .env("RUST_LOG", "warn"),
+    );
+    let stdout = child.0.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(url) = line.strip_prefix("public URL: ") {
+                let _ = tx.send(url.to_string());
+            }
+        }
+    });
+    let url = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("demo printed no public URL");
+    // http://<uuid>.devices.localhost:<port>/
+    let rest = url.strip_prefix("http://").unwrap();
+    let (host, port) = rest.trim_end_matches('/').rsplit_once(':').unwrap();
+    let uuid = host.strip_suffix(".devices.localhost").unwrap();
+    assert_eq!(uuid.len(), 32);
+    let (status, body) = try_get(port.parse().unwrap(), host).await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        String::from_utf8_lossy(&body).contains(&format!("Hello from device <code>{uuid}</code>")),
+        "{body:?}"
+    );
+}
+
+#[test]
+fn bad_configuration_is_refused_with_the_key_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("gateway.toml");
+    std::fs::write(
+        &cfg,
+        "domain = \"devices.example\"\nhttp_lisen = \"127.0.0.1:1\"\n",
+    )
+    .unwrap();
+    let o = Command::new(bin("gateway"))
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("unknown field `http_lisen`"), "{err}");
+    assert!(err.contains("line 2"), "{err}");
+
+    let o = Command::new(bin("gateway"))
+        .args(["serve", "--domain", "not a domain", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("`domain`"));
+
+    let agent_cfg = dir.path().join("agent.toml");
+    std::fs::write(&agent_cfg, "uuid = \"nope\"\n").unwrap();
+    let o = Command::new(bin("edge-agent"))
+        .args(["run", "--config"])
+        .arg(&agent_cfg)
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("missing field `gateway`"), "{err}");
+}
