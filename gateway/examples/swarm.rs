@@ -1,0 +1,72 @@
+//! Device swarm: registers N devices in a gateway's data dir and connects N real agents
+//! (each its own identity, UDP socket and QUIC connection) from this one process, then
+//! holds them idle. Used by `bench/idle.sh` to measure gateway memory per connected device.
+//!
+//! ```text
+//! cargo run --release -p gateway --example swarm -- DATA_DIR GATEWAY_ADDR COUNT [HOLD_SECS]
+//! ```
+
+use std::time::{Duration, Instant};
+
+use edge_agent::{Agent, AgentConfig, AgentOptions, ConnState};
+use tokio_util::sync::CancellationToken;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    anyhow::ensure!(
+        args.len() >= 4,
+        "usage: swarm DATA_DIR GATEWAY_ADDR COUNT [HOLD_SECS]"
+    );
+    let data_dir = std::path::PathBuf::from(&args[1]);
+    let gateway = args[2].clone();
+    let count: usize = args[3].parse()?;
+    let hold: u64 = args.get(4).map(|s| s.parse()).transpose()?.unwrap_or(30);
+
+    let ca = certs::Ca::load_or_create(&data_dir)?;
+    let store = gateway::store::Store::open(&data_dir).await?;
+    let t0 = Instant::now();
+    let mut configs = Vec::with_capacity(count);
+    for _ in 0..count {
+        let uuid = certs::random_uuid();
+        store.add_device(uuid, false).await?;
+        let id = ca.issue_device(uuid)?;
+        configs.push(AgentConfig {
+            uuid: uuid.to_string(),
+            gateway: gateway.clone(),
+            server_name: certs::TUNNEL_SERVER_NAME.into(),
+            ca_cert: ca.cert_pem().into(),
+            cert: id.cert_pem,
+            key: id.key_pem,
+            target: None,
+        });
+    }
+    store.close().await;
+    eprintln!("registered {count} devices in {:?}", t0.elapsed());
+
+    let shutdown = CancellationToken::new();
+    let t1 = Instant::now();
+    let mut states = Vec::with_capacity(count);
+    for cfg in configs {
+        let agent = Agent::new(cfg, AgentOptions::default())?;
+        states.push(agent.state());
+        tokio::spawn(agent.run(shutdown.clone()));
+    }
+    for s in &mut states {
+        tokio::time::timeout(
+            Duration::from_secs(120),
+            s.wait_for(|s| *s == ConnState::Connected),
+        )
+        .await??;
+    }
+    println!("connected {count} agents in {:.2?}", t1.elapsed());
+    tokio::time::sleep(Duration::from_secs(hold)).await;
+    let connected = states
+        .iter()
+        .filter(|s| *s.borrow() == ConnState::Connected)
+        .count();
+    println!("still connected after {hold}s: {connected}");
+    shutdown.cancel();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    Ok(())
+}
