@@ -17,6 +17,25 @@ pub struct Session {
     pub conn: quinn::Connection,
     /// Whether the device's public URL is served (read from the store at connect time).
     pub public_url: bool,
+    /// `<uuid>-<id>`: the key of this session's streams in the gateway's HTTP client pool,
+    /// computed once instead of per request.
+    pub pool_authority: http::uri::Authority,
+}
+
+impl Session {
+    /// Builds a session record for a freshly accepted connection.
+    pub fn new(id: u64, uuid: DeviceUuid, conn: quinn::Connection, public_url: bool) -> Self {
+        let pool_authority = format!("{uuid}-{id}")
+            .parse()
+            .expect("hex uuid, dash and digits form a valid authority");
+        Self {
+            id,
+            uuid,
+            conn,
+            public_url,
+            pool_authority,
+        }
+    }
 }
 
 /// All live sessions. Values are `Arc`s so lookups clone a pointer and release the shard

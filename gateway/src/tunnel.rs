@@ -206,12 +206,12 @@ async fn serve_session(
             }
         };
 
-    let session = Arc::new(Session {
-        id: ctx.sessions.next_id(),
+    let session = Arc::new(Session::new(
+        ctx.sessions.next_id(),
         uuid,
-        conn: conn.clone(),
+        conn.clone(),
         public_url,
-    });
+    ));
     if let Some(old) = ctx.sessions.insert(Arc::clone(&session)) {
         info!(
             old_session = old.id,

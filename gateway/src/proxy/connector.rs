@@ -1,6 +1,6 @@
 //! A hyper client connector whose connections are `Http` streams on a device's tunnel.
 //!
-//! The pool key is `<uuid>-<session id>`, so pooled streams of a replaced session are never
+//! The pool key is `<uuid>-<session id>` ([`crate::sessions::Session::pool_authority`]), so pooled streams of a replaced session are never
 //! handed out for the new one. Each stream starts with the `Http` stream header; the first
 //! byte the agent sends back is a [`TargetStatus`]. Reading it is folded into the first
 //! read, so a request costs no extra round trip; an error status surfaces as an
@@ -42,11 +42,6 @@ pub(crate) enum UpstreamError {
 #[derive(Clone)]
 pub(crate) struct TunnelConnector {
     pub(crate) sessions: Arc<Sessions>,
-}
-
-/// The pool key for a device session.
-pub(crate) fn pool_authority(uuid: &DeviceUuid, session: u64) -> String {
-    format!("{uuid}-{session}")
 }
 
 impl tower_service::Service<Uri> for TunnelConnector {

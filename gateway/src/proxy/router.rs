@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
-use super::connector::{pool_authority, TunnelConnector, UpstreamError};
+use super::connector::{TunnelConnector, UpstreamError};
 use super::pages::error_page;
 use crate::sessions::Sessions;
 use crate::store::Store;
@@ -143,20 +143,23 @@ impl Router {
 
         let upgrade = is_upgrade(req.headers());
         let visitor_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-        let request_headers = req.headers().clone();
+        // Error pages only need to know whether the visitor accepts HTML.
+        let mut accept = HeaderMap::new();
+        if let Some(v) = req.headers().get(header::ACCEPT) {
+            accept.insert(header::ACCEPT, v.clone());
+        }
+        let request_headers = accept;
         prepare_request(&mut req, &host, peer, upgrade);
-        let path = req
-            .uri()
-            .path_and_query()
-            .map(|p| p.as_str())
-            .unwrap_or("/")
-            .to_string();
-        *req.uri_mut() = Uri::try_from(format!(
-            "http://{}{}",
-            pool_authority(&uuid, session.id),
-            path
-        ))
-        .expect("uuid-session authority and a parsed path form a valid URI");
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(http::uri::Scheme::HTTP);
+        parts.authority = Some(session.pool_authority.clone());
+        parts.path_and_query = Some(
+            req.uri()
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+        );
+        *req.uri_mut() = Uri::from_parts(parts).expect("scheme, authority and path form a URI");
         *req.version_mut() = Version::HTTP_11;
 
         let mut resp =
