@@ -21,7 +21,7 @@ free_port() { python3 -c 'import socket,sys; s=socket.socket(socket.AF_INET, int
 HTTP=$(free_port 1); TUN=$(free_port 2)
 ulimit -n 65536 2>/dev/null || true
 RUST_LOG=warn "$BIN/gateway" serve --data-dir "$TMP/gw" --http-listen "127.0.0.1:$HTTP" \
-  --tunnel-listen "127.0.0.1:$TUN" > "$TMP/gateway.log" 2>&1 &
+  --tunnel-listen "127.0.0.1:$TUN" --api-listen 127.0.0.1:0 > "$TMP/gateway.log" 2>&1 &
 GW=$!; PIDS+=("$GW")
 for _ in $(seq 1 100); do [[ -f "$TMP/gw/gateway.db" ]] && break; sleep 0.1; done
 sleep 1

@@ -273,7 +273,7 @@ bench_tunnel() {
   mkdir -p "$d"
   free_port http_port; free_port tun_port
   start gateway "$BIN/gateway" serve --data-dir "$d" --domain "$DOMAIN" \
-    --http-listen "127.0.0.1:$http_port" --tunnel-listen "127.0.0.1:$tun_port"
+    --http-listen "127.0.0.1:$http_port" --tunnel-listen "127.0.0.1:$tun_port" --api-listen 127.0.0.1:0
   sleep 0.5
   kill -0 "$LAST_PID" 2>/dev/null || { show_logs gateway; skip tunnel "gateway serve exited"; stop_since "$mark"; return 0; }
   if ! timeout 30 "$BIN/gateway" device add --data-dir "$d" --public-url \

@@ -269,7 +269,12 @@ fn write_atomic(path: &Path, bytes: &[u8], secret: bool) -> Result<(), CertError
 
 /// SHA-256 fingerprint of a DER certificate, lowercase hex.
 pub fn fingerprint(der: &[u8]) -> String {
-    let digest = ring::digest::digest(&ring::digest::SHA256, der);
+    sha256_hex(der)
+}
+
+/// SHA-256 of `data`, lowercase hex (also used to store API secrets hashed).
+pub fn sha256_hex(data: &[u8]) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, data);
     digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
 }
 

@@ -48,6 +48,8 @@ pub struct ServeConfig {
     pub http_listen: SocketAddr,
     /// Tunnel listener (UDP). Default is `0.0.0.0:443`.
     pub tunnel_listen: SocketAddr,
+    /// Management API listener (TCP, JSON, bearer tokens). Default is `127.0.0.1:8081`.
+    pub api_listen: SocketAddr,
     /// A silent tunnel is declared dead after this long. Default is 15 s.
     #[serde(deserialize_with = "de_duration")]
     pub idle_timeout: Duration,
@@ -72,6 +74,7 @@ impl Default for ServeConfig {
             domain: "devices.localhost".into(),
             http_listen: "0.0.0.0:80".parse().expect("addr"),
             tunnel_listen: "0.0.0.0:443".parse().expect("addr"),
+            api_listen: "127.0.0.1:8081".parse().expect("addr"),
             idle_timeout: Duration::from_secs(15),
             keep_alive: Duration::from_secs(5),
             upstream_timeout: Duration::from_secs(60),

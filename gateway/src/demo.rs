@@ -25,6 +25,7 @@ pub async fn run(http_listen: SocketAddr, shutdown: CancellationToken) -> anyhow
         data_dir: data.clone(),
         http_listen,
         tunnel_listen: "127.0.0.1:0".parse()?,
+        api_listen: "127.0.0.1:0".parse()?,
         ..ServeConfig::default()
     };
     let gateway = match Gateway::bind(cfg.clone()).await {
@@ -35,6 +36,7 @@ pub async fn run(http_listen: SocketAddr, shutdown: CancellationToken) -> anyhow
     };
     let tunnel = gateway.tunnel_addr();
     let port = gateway.http_addr().port();
+    let api_addr = gateway.api_addr();
     let agent_cfg = add_device(&data, None, true, &tunnel.to_string()).await?;
     let uuid = agent_cfg.uuid.clone();
     let opts = edge_agent::AgentOptions {
@@ -57,6 +59,10 @@ pub async fn run(http_listen: SocketAddr, shutdown: CancellationToken) -> anyhow
     println!("device {uuid} connected; its web app listens on {app_addr}");
     println!("public URL: http://{uuid}.devices.localhost:{port}/");
     println!("(curl without *.localhost resolution: curl -H 'Host: {uuid}.devices.localhost' http://127.0.0.1:{port}/)");
+    println!(
+        "management API: http://{api_addr}/ (create a token: gateway token create --data-dir {} --role admin)",
+        data.display()
+    );
     println!("press Ctrl-C to stop");
     let (g, a, _) = tokio::join!(gw, ag, web);
     g??;

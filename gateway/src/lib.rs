@@ -6,6 +6,7 @@
 //! in `main.rs` only parses flags and calls into here.
 #![warn(missing_docs)]
 
+pub mod api;
 pub mod config;
 pub mod demo;
 mod proxy;
@@ -61,6 +62,7 @@ pub struct Gateway {
     sessions: Arc<Sessions>,
     endpoint: quinn::Endpoint,
     http: TcpListener,
+    api: TcpListener,
     fingerprint: String,
 }
 
@@ -103,6 +105,12 @@ impl Gateway {
                     addr: cfg.http_listen,
                     source,
                 })?;
+        let api = TcpListener::bind(cfg.api_listen)
+            .await
+            .map_err(|source| GatewayError::Bind {
+                addr: cfg.api_listen,
+                source,
+            })?;
         Ok(Self {
             fingerprint: ca.fingerprint(),
             cfg,
@@ -110,12 +118,20 @@ impl Gateway {
             sessions: Arc::new(Sessions::default()),
             endpoint,
             http,
+            api,
         })
     }
 
     /// The bound public HTTP address.
     pub fn http_addr(&self) -> SocketAddr {
         self.http
+            .local_addr()
+            .expect("bound listener has an address")
+    }
+
+    /// The bound management API address.
+    pub fn api_addr(&self) -> SocketAddr {
+        self.api
             .local_addr()
             .expect("bound listener has an address")
     }
@@ -144,6 +160,7 @@ impl Gateway {
         info!(
             http = %self.http_addr(),
             tunnel = %self.tunnel_addr(),
+            api = %self.api_addr(),
             %domain,
             data_dir = %self.cfg.data_dir.display(),
             ca_fingerprint = %self.fingerprint,
@@ -172,12 +189,22 @@ impl Gateway {
             shutdown.clone(),
             tasks.clone(),
         ));
+        let api = tokio::spawn(api::serve(
+            self.api,
+            api::ApiState {
+                store: self.store.clone(),
+                sessions: Arc::clone(&self.sessions),
+                domain: self.cfg.normalized_domain(),
+            },
+            shutdown.clone(),
+        ));
         let endpoint = self.endpoint.clone();
         tunnel::accept_loop(endpoint, ctx, shutdown.clone(), tasks.clone()).await;
         // Shutdown: tell devices to come back later, then drain visitors.
         self.sessions
             .close_all(AppErrorCode::Shutdown, b"gateway shutting down");
         let _ = http.await;
+        let _ = api.await;
         tasks.close();
         let _ = tokio::time::timeout(Duration::from_secs(5), tasks.wait()).await;
         self.endpoint.close(
@@ -214,4 +241,29 @@ pub async fn add_device(
         key: identity.key_pem,
         target: None,
     })
+}
+
+/// Creates an API token offline (`gateway token create`), for bootstrapping the first
+/// admin. Returns `(id, token)`; the token is shown once and only its hash is stored.
+pub async fn create_token(
+    data_dir: &Path,
+    role: api::auth::Role,
+    name: &str,
+) -> Result<(String, String), GatewayError> {
+    let store = Store::open(data_dir).await?;
+    let t = api::auth::generate_token();
+    store
+        .create_token(&t.id, name, role.as_str(), &t.hash)
+        .await?;
+    let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
+    store
+        .audit(
+            &format!("cli:{user}"),
+            "token.create",
+            &t.id,
+            &format!("{{\"name\":{name:?},\"role\":\"{}\"}}", role.as_str()),
+        )
+        .await?;
+    store.close().await;
+    Ok((t.id, t.token))
 }

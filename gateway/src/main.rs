@@ -52,6 +52,9 @@ struct ServeArgs {
     /// Tunnel listener (UDP, QUIC). [default: 0.0.0.0:443]
     #[arg(long)]
     tunnel_listen: Option<SocketAddr>,
+    /// Management API listener (TCP). [default: 127.0.0.1:8081]
+    #[arg(long)]
+    api_listen: Option<SocketAddr>,
     /// A silent tunnel counts as dead after this long (e.g. 15s). [default: 15s]
     #[arg(long, value_parser = parse_duration)]
     idle_timeout: Option<std::time::Duration>,
@@ -83,6 +86,7 @@ impl ServeArgs {
             domain,
             http_listen,
             tunnel_listen,
+            api_listen,
             idle_timeout,
             keep_alive,
             upstream_timeout,

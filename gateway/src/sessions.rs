@@ -1,6 +1,6 @@
 //! Live device sessions: a sharded map from device uuid to a small handle.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use dashmap::DashMap;
@@ -15,8 +15,9 @@ pub struct Session {
     pub uuid: DeviceUuid,
     /// The QUIC connection.
     pub conn: quinn::Connection,
-    /// Whether the device's public URL is served (read from the store at connect time).
-    pub public_url: bool,
+    /// Whether the device's public URL is served (read from the store at connect time,
+    /// switched live by the management API).
+    pub public_url: AtomicBool,
     /// `<uuid>-<id>`: the key of this session's streams in the gateway's HTTP client pool,
     /// computed once instead of per request.
     pub pool_authority: http::uri::Authority,
@@ -32,7 +33,7 @@ impl Session {
             id,
             uuid,
             conn,
-            public_url,
+            public_url: AtomicBool::new(public_url),
             pool_authority,
         }
     }
@@ -66,6 +67,20 @@ impl Sessions {
     /// have replaced it). Returns whether it was removed.
     pub fn remove_if_current(&self, uuid: &DeviceUuid, id: u64) -> bool {
         self.map.remove_if(uuid, |_, s| s.id == id).is_some()
+    }
+
+    /// Switches the live public-URL flag of `uuid`'s session, if it is connected.
+    pub fn set_public_url(&self, uuid: &DeviceUuid, on: bool) {
+        if let Some(s) = self.get(uuid) {
+            s.public_url.store(on, Ordering::Relaxed);
+        }
+    }
+
+    /// Closes `uuid`'s live session, if any (device deleted).
+    pub fn disconnect(&self, uuid: &DeviceUuid, code: protocol::AppErrorCode, reason: &[u8]) {
+        if let Some(s) = self.get(uuid) {
+            s.conn.close(edge_agent::wire::varint(code), reason);
+        }
     }
 
     /// Number of live sessions.

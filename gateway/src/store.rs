@@ -21,12 +21,22 @@ pub enum StoreError {
     /// A device with this uuid already exists.
     #[error("device {0} already exists")]
     DeviceExists(DeviceUuid),
+    /// No fleet has this name.
+    #[error("fleet {0:?} does not exist")]
+    NoSuchFleet(String),
+    /// A fleet with this name already exists.
+    #[error("fleet {0:?} already exists")]
+    FleetExists(String),
+    /// The fleet still has devices.
+    #[error("fleet {0:?} still has {1} devices; move or delete them first")]
+    FleetNotEmpty(String, i64),
     /// A stored value is corrupt.
     #[error("corrupt row: {0}")]
     Corrupt(String),
 }
 
 /// Numbered schema migrations; never edit one that has shipped, append a new one.
+/// Each entry may hold several statements.
 const MIGRATIONS: &[&str] = &[
     // 1: devices.
     "CREATE TABLE devices (
@@ -37,6 +47,30 @@ const MIGRATIONS: &[&str] = &[
         online BOOLEAN NOT NULL DEFAULT FALSE,
         revoked BOOLEAN NOT NULL DEFAULT FALSE
     )",
+    // 2: fleets, device names and fleets, API tokens, audit log.
+    "CREATE TABLE fleets (
+        name TEXT PRIMARY KEY NOT NULL,
+        public_url_default BOOLEAN NOT NULL DEFAULT FALSE,
+        created_at BIGINT NOT NULL
+    );
+    ALTER TABLE devices ADD COLUMN name TEXT;
+    ALTER TABLE devices ADD COLUMN fleet TEXT REFERENCES fleets(name);
+    CREATE TABLE api_tokens (
+        id TEXT PRIMARY KEY NOT NULL,
+        name TEXT NOT NULL,
+        role TEXT NOT NULL,
+        secret_hash TEXT NOT NULL UNIQUE,
+        created_at BIGINT NOT NULL,
+        last_used BIGINT
+    );
+    CREATE TABLE audit_log (
+        seq INTEGER PRIMARY KEY,
+        at BIGINT NOT NULL,
+        actor TEXT NOT NULL,
+        action TEXT NOT NULL,
+        target TEXT NOT NULL,
+        detail TEXT NOT NULL
+    );",
 ];
 
 /// A device as stored.
@@ -54,6 +88,53 @@ pub struct DeviceRecord {
     pub online: bool,
     /// Revoked devices are refused at the handshake.
     pub revoked: bool,
+    /// Display name (defaults to the first 7 characters of the uuid when unset).
+    pub name: Option<String>,
+    /// The fleet the device belongs to, if any.
+    pub fleet: Option<String>,
+}
+
+/// A fleet as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FleetRecord {
+    /// Unique name.
+    pub name: String,
+    /// Public-URL setting devices inherit when they join the fleet.
+    pub public_url_default: bool,
+    /// Creation time, unix seconds.
+    pub created_at: i64,
+}
+
+/// An API token as stored (the secret is never stored, only its hash).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRecord {
+    /// Public id (the part of the token before the dot).
+    pub id: String,
+    /// Operator-chosen label.
+    pub name: String,
+    /// `viewer`, `operator` or `admin`.
+    pub role: String,
+    /// Creation time, unix seconds.
+    pub created_at: i64,
+    /// Last authenticated use, unix seconds.
+    pub last_used: Option<i64>,
+}
+
+/// One audit log entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditRecord {
+    /// Monotonic sequence number.
+    pub seq: i64,
+    /// Time, unix seconds.
+    pub at: i64,
+    /// Who: `token:<id>` or `cli:<user>` for offline commands.
+    pub actor: String,
+    /// What (`device.delete`, `fleet.create`, ...).
+    pub action: String,
+    /// On what (uuid, fleet name, token id).
+    pub target: String,
+    /// Details (JSON).
+    pub detail: String,
 }
 
 /// Handle to the database; cheap to clone.
@@ -118,7 +199,7 @@ impl Store {
         for (i, sql) in MIGRATIONS.iter().enumerate() {
             let version = i as i64 + 1;
             if version > current {
-                sqlx::query(sql).execute(&mut *tx).await?;
+                sqlx::raw_sql(sql).execute(&mut *tx).await?;
                 sqlx::query("INSERT INTO schema_version (version) VALUES ($1)")
                     .bind(version)
                     .execute(&mut *tx)
@@ -150,7 +231,7 @@ impl Store {
     /// Looks a device up.
     pub async fn device(&self, uuid: DeviceUuid) -> Result<Option<DeviceRecord>, StoreError> {
         let row = sqlx::query(
-            "SELECT uuid, public_url, created_at, last_seen, online, revoked FROM devices WHERE uuid = $1",
+            "SELECT uuid, public_url, created_at, last_seen, online, revoked, name, fleet FROM devices WHERE uuid = $1",
         )
         .bind(uuid.as_str())
         .fetch_optional(&self.pool)
@@ -161,7 +242,7 @@ impl Store {
     /// All devices, oldest first.
     pub async fn devices(&self) -> Result<Vec<DeviceRecord>, StoreError> {
         let rows = sqlx::query(
-            "SELECT uuid, public_url, created_at, last_seen, online, revoked FROM devices ORDER BY created_at, uuid",
+            "SELECT uuid, public_url, created_at, last_seen, online, revoked, name, fleet FROM devices WHERE NOT revoked ORDER BY created_at, uuid",
         )
         .fetch_all(&self.pool)
         .await?;
@@ -187,10 +268,325 @@ impl Store {
         Ok(())
     }
 
+    /// Sets a device's public-URL flag. Returns `false` if the device does not exist.
+    pub async fn set_public_url(&self, uuid: DeviceUuid, on: bool) -> Result<bool, StoreError> {
+        let r = sqlx::query("UPDATE devices SET public_url = $1 WHERE uuid = $2 AND NOT revoked")
+            .bind(on)
+            .bind(uuid.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// Renames a device and/or moves it to another fleet (`Some(None)` removes it from its
+    /// fleet). Returns `false` if the device does not exist.
+    pub async fn update_device(
+        &self,
+        uuid: DeviceUuid,
+        name: Option<&str>,
+        fleet: Option<Option<&str>>,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let exists = sqlx::query("SELECT 1 FROM devices WHERE uuid = $1 AND NOT revoked")
+            .bind(uuid.as_str())
+            .fetch_optional(&mut *tx)
+            .await?
+            .is_some();
+        if !exists {
+            return Ok(false);
+        }
+        if let Some(name) = name {
+            sqlx::query("UPDATE devices SET name = $1 WHERE uuid = $2")
+                .bind(name)
+                .bind(uuid.as_str())
+                .execute(&mut *tx)
+                .await?;
+        }
+        if let Some(fleet) = fleet {
+            if let Some(f) = fleet {
+                if self.fleet_in(&mut tx, f).await?.is_none() {
+                    return Err(StoreError::NoSuchFleet(f.to_string()));
+                }
+            }
+            sqlx::query("UPDATE devices SET fleet = $1 WHERE uuid = $2")
+                .bind(fleet)
+                .bind(uuid.as_str())
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Revokes a device: its certificate is refused from now on and it leaves every
+    /// listing. Returns `false` if the device does not exist.
+    pub async fn revoke_device(&self, uuid: DeviceUuid) -> Result<bool, StoreError> {
+        let r = sqlx::query(
+            "UPDATE devices SET revoked = TRUE, online = FALSE, public_url = FALSE WHERE uuid = $1 AND NOT revoked",
+        )
+        .bind(uuid.as_str())
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// Creates a fleet.
+    pub async fn create_fleet(
+        &self,
+        name: &str,
+        public_url_default: bool,
+    ) -> Result<FleetRecord, StoreError> {
+        let created_at = now_unix();
+        let res = sqlx::query(
+            "INSERT INTO fleets (name, public_url_default, created_at) VALUES ($1, $2, $3)",
+        )
+        .bind(name)
+        .bind(public_url_default)
+        .bind(created_at)
+        .execute(&self.pool)
+        .await;
+        match res {
+            Ok(_) => Ok(FleetRecord {
+                name: name.to_string(),
+                public_url_default,
+                created_at,
+            }),
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                Err(StoreError::FleetExists(name.to_string()))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn fleet_in(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+        name: &str,
+    ) -> Result<Option<FleetRecord>, StoreError> {
+        let row =
+            sqlx::query("SELECT name, public_url_default, created_at FROM fleets WHERE name = $1")
+                .bind(name)
+                .fetch_optional(&mut **tx)
+                .await?;
+        row.map(|r| fleet_from_row(&r)).transpose()
+    }
+
+    /// Looks a fleet up.
+    pub async fn fleet(&self, name: &str) -> Result<Option<FleetRecord>, StoreError> {
+        let row =
+            sqlx::query("SELECT name, public_url_default, created_at FROM fleets WHERE name = $1")
+                .bind(name)
+                .fetch_optional(&self.pool)
+                .await?;
+        row.map(|r| fleet_from_row(&r)).transpose()
+    }
+
+    /// All fleets with their device counts, by name.
+    pub async fn fleets(&self) -> Result<Vec<(FleetRecord, i64)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT f.name, f.public_url_default, f.created_at,
+                    (SELECT COUNT(*) FROM devices d WHERE d.fleet = f.name AND NOT d.revoked) AS devices
+             FROM fleets f ORDER BY f.name",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((fleet_from_row(r)?, r.try_get("devices")?)))
+            .collect()
+    }
+
+    /// Switches the public URL of every device in `fleet` now, and sets the default that
+    /// devices added to the fleet later inherit. Returns the devices switched, or `None`
+    /// if the fleet does not exist.
+    pub async fn set_fleet_public_url(
+        &self,
+        fleet: &str,
+        on: bool,
+    ) -> Result<Option<Vec<DeviceUuid>>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let r = sqlx::query("UPDATE fleets SET public_url_default = $1 WHERE name = $2")
+            .bind(on)
+            .bind(fleet)
+            .execute(&mut *tx)
+            .await?;
+        if r.rows_affected() == 0 {
+            return Ok(None);
+        }
+        let rows = sqlx::query("SELECT uuid FROM devices WHERE fleet = $1 AND NOT revoked")
+            .bind(fleet)
+            .fetch_all(&mut *tx)
+            .await?;
+        sqlx::query("UPDATE devices SET public_url = $1 WHERE fleet = $2 AND NOT revoked")
+            .bind(on)
+            .bind(fleet)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        rows.iter()
+            .map(|r| {
+                let u: String = r.try_get("uuid")?;
+                u.parse()
+                    .map_err(|e: protocol::InvalidUuid| StoreError::Corrupt(e.to_string()))
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some)
+    }
+
+    /// Deletes an empty fleet. Returns `false` if it does not exist.
+    pub async fn delete_fleet(&self, name: &str) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let n: i64 = sqlx::query("SELECT COUNT(*) FROM devices WHERE fleet = $1 AND NOT revoked")
+            .bind(name)
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get(0)?;
+        if n > 0 {
+            return Err(StoreError::FleetNotEmpty(name.to_string(), n));
+        }
+        sqlx::query("UPDATE devices SET fleet = NULL WHERE fleet = $1")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        let r = sqlx::query("DELETE FROM fleets WHERE name = $1")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// Stores a new API token (only its hash).
+    pub async fn create_token(
+        &self,
+        id: &str,
+        name: &str,
+        role: &str,
+        secret_hash: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO api_tokens (id, name, role, secret_hash, created_at) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(id)
+        .bind(name)
+        .bind(role)
+        .bind(secret_hash)
+        .bind(now_unix())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Finds a token by the hash of its secret, recording its use.
+    pub async fn token_by_hash(
+        &self,
+        secret_hash: &str,
+    ) -> Result<Option<TokenRecord>, StoreError> {
+        let row = sqlx::query(
+            "SELECT id, name, role, created_at, last_used FROM api_tokens WHERE secret_hash = $1",
+        )
+        .bind(secret_hash)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(r) = row else { return Ok(None) };
+        let rec = token_from_row(&r)?;
+        sqlx::query("UPDATE api_tokens SET last_used = $1 WHERE id = $2")
+            .bind(now_unix())
+            .bind(&rec.id)
+            .execute(&self.pool)
+            .await?;
+        Ok(Some(rec))
+    }
+
+    /// All tokens (never their secrets).
+    pub async fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, name, role, created_at, last_used FROM api_tokens ORDER BY created_at, id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(token_from_row).collect()
+    }
+
+    /// Deletes a token. Returns `false` if it does not exist.
+    pub async fn delete_token(&self, id: &str) -> Result<bool, StoreError> {
+        let r = sqlx::query("DELETE FROM api_tokens WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// Appends to the audit log.
+    pub async fn audit(
+        &self,
+        actor: &str,
+        action: &str,
+        target: &str,
+        detail: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO audit_log (at, actor, action, target, detail) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(now_unix())
+        .bind(actor)
+        .bind(action)
+        .bind(target)
+        .bind(detail)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The newest `limit` audit entries with `seq` below `before` (if given), newest first.
+    pub async fn audit_log(
+        &self,
+        before: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<AuditRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT seq, at, actor, action, target, detail FROM audit_log
+             WHERE seq < $1 ORDER BY seq DESC LIMIT $2",
+        )
+        .bind(before.unwrap_or(i64::MAX))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(AuditRecord {
+                    seq: r.try_get("seq")?,
+                    at: r.try_get("at")?,
+                    actor: r.try_get("actor")?,
+                    action: r.try_get("action")?,
+                    target: r.try_get("target")?,
+                    detail: r.try_get("detail")?,
+                })
+            })
+            .collect()
+    }
+
     /// Closes the pool, flushing the WAL.
     pub async fn close(&self) {
         self.pool.close().await;
     }
+}
+
+fn fleet_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<FleetRecord, StoreError> {
+    Ok(FleetRecord {
+        name: r.try_get("name")?,
+        public_url_default: r.try_get("public_url_default")?,
+        created_at: r.try_get("created_at")?,
+    })
+}
+
+fn token_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<TokenRecord, StoreError> {
+    Ok(TokenRecord {
+        id: r.try_get("id")?,
+        name: r.try_get("name")?,
+        role: r.try_get("role")?,
+        created_at: r.try_get("created_at")?,
+        last_used: r.try_get("last_used")?,
+    })
 }
 
 fn device_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<DeviceRecord, StoreError> {
@@ -204,6 +600,8 @@ fn device_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<DeviceRecord, StoreErr
         last_seen: r.try_get("last_seen")?,
         online: r.try_get("online")?,
         revoked: r.try_get("revoked")?,
+        name: r.try_get("name")?,
+        fleet: r.try_get("fleet")?,
     })
 }
 

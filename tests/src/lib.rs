@@ -43,6 +43,7 @@ pub fn init_tracing() {
 pub struct TestGateway {
     pub http_addr: SocketAddr,
     pub tunnel_addr: SocketAddr,
+    pub api_addr: SocketAddr,
     pub data_dir: PathBuf,
     pub sessions: std::sync::Arc<gateway::sessions::Sessions>,
     shutdown: CancellationToken,
@@ -56,6 +57,7 @@ pub fn test_config(data_dir: PathBuf) -> ServeConfig {
         data_dir,
         http_listen: "127.0.0.1:0".parse().unwrap(),
         tunnel_listen: "127.0.0.1:0".parse().unwrap(),
+        api_listen: "127.0.0.1:0".parse().unwrap(),
         idle_timeout: Duration::from_secs(3),
         keep_alive: Duration::from_millis(500),
         // Generous: the whole suite shares two cores. Tests of the timeouts themselves
@@ -100,12 +102,14 @@ impl TestGateway {
         let shutdown = CancellationToken::new();
         let http_addr = gw.http_addr();
         let tunnel_addr = gw.tunnel_addr();
+        let api_addr = gw.api_addr();
         let sessions = gw.sessions();
         let token = shutdown.clone();
         let handle = tokio::spawn(async move { gw.run(token).await.unwrap() });
         Self {
             http_addr,
             tunnel_addr,
+            api_addr,
             data_dir,
             sessions,
             shutdown,

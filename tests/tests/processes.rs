@@ -22,6 +22,7 @@ fn serve(data: &std::path::Path, http: u16, tunnel: u16, idle: &str) -> ServePro
             .args(["--domain", "devices.localhost"])
             .args(["--http-listen", &format!("127.0.0.1:{http}")])
             .args(["--tunnel-listen", &format!("127.0.0.1:{tunnel}")])
+            .args(["--api-listen", "127.0.0.1:0"])
             .args(["--idle-timeout", idle, "--keep-alive", "500ms"])
             .env("RUST_LOG", "warn"),
     );

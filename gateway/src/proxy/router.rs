@@ -110,7 +110,7 @@ impl Router {
             );
         };
         let session = match self.sessions.get(&uuid) {
-            Some(s) if s.public_url => s,
+            Some(s) if s.public_url.load(std::sync::atomic::Ordering::Relaxed) => s,
             Some(_) => {
                 return error_page(
                     StatusCode::NOT_FOUND,

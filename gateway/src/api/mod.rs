@@ -1,0 +1,475 @@
+//! The management API: JSON over HTTP on its own listener (`--api-listen`, default
+//! `127.0.0.1:8081`), bearer tokens with roles, one error shape, an OpenAPI document at
+//! `/openapi.json`.
+//!
+//! Every change is written to the audit log with the token that made it. Changes that
+//! affect live tunnels (public URL switches, device deletion) act on the session registry
+//! at once.
+
+pub mod auth;
+mod error;
+mod openapi;
+
+use std::sync::Arc;
+
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::StatusCode;
+use axum::routing::{get, put};
+use axum::{Json, Router};
+use protocol::{AppErrorCode, DeviceUuid};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use auth::{Caller, Role};
+use error::ApiError;
+
+use crate::sessions::Sessions;
+use crate::store::{DeviceRecord, Store};
+
+/// Largest request body the API accepts.
+const MAX_BODY: usize = 64 * 1024;
+
+/// What the API handlers share.
+#[derive(Clone)]
+pub(crate) struct ApiState {
+    pub(crate) store: Store,
+    pub(crate) sessions: Arc<Sessions>,
+    pub(crate) domain: String,
+}
+
+type ApiResult<T = Json<Value>> = Result<T, ApiError>;
+
+/// Builds the API router.
+pub(crate) fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/openapi.json", get(|| async { Json(openapi::document()) }))
+        .route("/v1/fleets", get(list_fleets).post(create_fleet))
+        .route("/v1/fleets/{name}", get(show_fleet).delete(delete_fleet))
+        .route("/v1/fleets/{name}/public-url", put(set_fleet_public_url))
+        .route("/v1/devices", get(list_devices))
+        .route(
+            "/v1/devices/{uuid}",
+            get(show_device).patch(update_device).delete(delete_device),
+        )
+        .route("/v1/devices/{uuid}/public-url", put(set_device_public_url))
+        .route("/v1/tokens", get(list_tokens).post(create_token))
+        .route("/v1/tokens/{id}", axum::routing::delete(delete_token))
+        .route("/v1/audit", get(audit_log))
+        .fallback(|| async { ApiError::not_found("no such endpoint; see /openapi.json") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "method not allowed on this endpoint; see /openapi.json",
+            )
+        })
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state)
+}
+
+/// Serves the API on `listener` until `shutdown`.
+pub(crate) async fn serve(listener: TcpListener, state: ApiState, shutdown: CancellationToken) {
+    let app = router(state);
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+    {
+        tracing::error!(error = %e, "management API stopped");
+    }
+}
+
+fn parse_uuid(s: &str) -> Result<DeviceUuid, ApiError> {
+    s.parse()
+        .map_err(|e: protocol::InvalidUuid| ApiError::bad_request("invalid_uuid", e.to_string()))
+}
+
+fn device_json(state: &ApiState, d: &DeviceRecord) -> Value {
+    // The session registry is the live truth for "online"; the store lags by design.
+    let online = state.sessions.get(&d.uuid).is_some();
+    json!({
+        "uuid": d.uuid.as_str(),
+        "name": d.name.clone().unwrap_or_else(|| d.uuid.as_str()[..7].to_string()),
+        "fleet": d.fleet,
+        "online": online,
+        "last_seen": d.last_seen,
+        "created_at": d.created_at,
+        "public_url": d.public_url,
+        "url": d.public_url.then(|| format!("http://{}.{}/", d.uuid, state.domain)),
+    })
+}
+
+async fn device_or_404(state: &ApiState, uuid: DeviceUuid) -> Result<DeviceRecord, ApiError> {
+    match state.store.device(uuid).await? {
+        Some(d) if !d.revoked => Ok(d),
+        _ => Err(ApiError::not_found(format!("no device {uuid}"))),
+    }
+}
+
+// ---- fleets ----
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewFleet {
+    name: String,
+    #[serde(default)]
+    public_url_default: bool,
+}
+
+fn valid_name(name: &str) -> Result<(), ApiError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(
+            "invalid_name",
+            format!("{name:?}: names are 1-64 characters of A-Z a-z 0-9 - _ ."),
+        ))
+    }
+}
+
+async fn list_fleets(caller: Caller, State(st): State<ApiState>) -> ApiResult {
+    caller.require(Role::Viewer)?;
+    let fleets = st.store.fleets().await?;
+    Ok(Json(json!(fleets
+        .iter()
+        .map(|(f, n)| json!({"name": f.name, "public_url_default": f.public_url_default, "created_at": f.created_at, "devices": n}))
+        .collect::<Vec<_>>())))
+}
+
+async fn create_fleet(
+    caller: Caller,
+    State(st): State<ApiState>,
+    body: Result<Json<NewFleet>, JsonRejection>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    caller.require(Role::Admin)?;
+    let Json(body) = body?;
+    valid_name(&body.name)?;
+    let f = st
+        .store
+        .create_fleet(&body.name, body.public_url_default)
+        .await?;
+    st.store
+        .audit(
+            &caller.actor(),
+            "fleet.create",
+            &f.name,
+            &json!({"public_url_default": f.public_url_default}).to_string(),
+        )
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(
+            json!({"name": f.name, "public_url_default": f.public_url_default, "created_at": f.created_at, "devices": 0}),
+        ),
+    ))
+}
+
+async fn show_fleet(
+    caller: Caller,
+    State(st): State<ApiState>,
+    name: Result<Path<String>, PathRejection>,
+) -> ApiResult {
+    caller.require(Role::Viewer)?;
+    let Path(name) = name?;
+    let f = st
+        .store
+        .fleet(&name)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no fleet {name:?}")))?;
+    let devices: Vec<Value> = st
+        .store
+        .devices()
+        .await?
+        .iter()
+        .filter(|d| d.fleet.as_deref() == Some(&name))
+        .map(|d| device_json(&st, d))
+        .collect();
+    Ok(Json(
+        json!({"name": f.name, "public_url_default": f.public_url_default, "created_at": f.created_at, "devices": devices}),
+    ))
+}
+
+async fn delete_fleet(
+    caller: Caller,
+    State(st): State<ApiState>,
+    name: Result<Path<String>, PathRejection>,
+) -> ApiResult<StatusCode> {
+    caller.require(Role::Admin)?;
+    let Path(name) = name?;
+    if !st.store.delete_fleet(&name).await? {
+        return Err(ApiError::not_found(format!("no fleet {name:?}")));
+    }
+    st.store
+        .audit(&caller.actor(), "fleet.delete", &name, "{}")
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Switch {
+    enabled: bool,
+}
+
+async fn set_fleet_public_url(
+    caller: Caller,
+    State(st): State<ApiState>,
+    name: Result<Path<String>, PathRejection>,
+    body: Result<Json<Switch>, JsonRejection>,
+) -> ApiResult {
+    caller.require(Role::Admin)?;
+    let Path(name) = name?;
+    let Json(body) = body?;
+    let switched = st
+        .store
+        .set_fleet_public_url(&name, body.enabled)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no fleet {name:?}")))?;
+    for uuid in &switched {
+        st.sessions.set_public_url(uuid, body.enabled);
+    }
+    st.store
+        .audit(
+            &caller.actor(),
+            "fleet.public_url",
+            &name,
+            &json!({"enabled": body.enabled, "devices": switched.len()}).to_string(),
+        )
+        .await?;
+    Ok(Json(
+        json!({"fleet": name, "enabled": body.enabled, "devices_switched": switched.len()}),
+    ))
+}
+
+// ---- devices ----
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeviceFilter {
+    fleet: Option<String>,
+    online: Option<bool>,
+}
+
+async fn list_devices(
+    caller: Caller,
+    State(st): State<ApiState>,
+    filter: Result<Query<DeviceFilter>, QueryRejection>,
+) -> ApiResult {
+    caller.require(Role::Viewer)?;
+    let Query(filter) = filter?;
+    let devices: Vec<Value> = st
+        .store
+        .devices()
+        .await?
+        .iter()
+        .filter(|d| filter.fleet.is_none() || d.fleet == filter.fleet)
+        .map(|d| device_json(&st, d))
+        .filter(|v| filter.online.is_none_or(|o| v["online"] == o))
+        .collect();
+    Ok(Json(json!(devices)))
+}
+
+async fn show_device(
+    caller: Caller,
+    State(st): State<ApiState>,
+    uuid: Result<Path<String>, PathRejection>,
+) -> ApiResult {
+    caller.require(Role::Viewer)?;
+    let Path(uuid) = uuid?;
+    let d = device_or_404(&st, parse_uuid(&uuid)?).await?;
+    Ok(Json(device_json(&st, &d)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DevicePatch {
+    name: Option<String>,
+    /// `null` removes the device from its fleet.
+    #[serde(default, deserialize_with = "double_option")]
+    fleet: Option<Option<String>>,
+}
+
+fn double_option<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Option<String>>, D::Error> {
+    Ok(Some(Option::deserialize(d)?))
+}
+
+async fn update_device(
+    caller: Caller,
+    State(st): State<ApiState>,
+    uuid: Result<Path<String>, PathRejection>,
+    body: Result<Json<DevicePatch>, JsonRejection>,
+) -> ApiResult {
+    caller.require(Role::Operator)?;
+    let Path(uuid) = uuid?;
+    let uuid = parse_uuid(&uuid)?;
+    let Json(patch) = body?;
+    if let Some(n) = &patch.name {
+        valid_name(n)?;
+    }
+    let fleet = patch.fleet.as_ref().map(|f| f.as_deref());
+    if !st
+        .store
+        .update_device(uuid, patch.name.as_deref(), fleet)
+        .await?
+    {
+        return Err(ApiError::not_found(format!("no device {uuid}")));
+    }
+    st.store
+        .audit(
+            &caller.actor(),
+            "device.update",
+            uuid.as_str(),
+            &json!({"name": patch.name, "fleet": patch.fleet}).to_string(),
+        )
+        .await?;
+    let d = device_or_404(&st, uuid).await?;
+    Ok(Json(device_json(&st, &d)))
+}
+
+async fn delete_device(
+    caller: Caller,
+    State(st): State<ApiState>,
+    uuid: Result<Path<String>, PathRejection>,
+) -> ApiResult<StatusCode> {
+    caller.require(Role::Admin)?;
+    let Path(uuid) = uuid?;
+    let uuid = parse_uuid(&uuid)?;
+    if !st.store.revoke_device(uuid).await? {
+        return Err(ApiError::not_found(format!("no device {uuid}")));
+    }
+    // Revocation is immediate: the live tunnel goes now, the next handshake is refused.
+    st.sessions
+        .disconnect(&uuid, AppErrorCode::UnknownDevice, b"device deleted");
+    st.store
+        .audit(&caller.actor(), "device.delete", uuid.as_str(), "{}")
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn set_device_public_url(
+    caller: Caller,
+    State(st): State<ApiState>,
+    uuid: Result<Path<String>, PathRejection>,
+    body: Result<Json<Switch>, JsonRejection>,
+) -> ApiResult {
+    caller.require(Role::Operator)?;
+    let Path(uuid) = uuid?;
+    let uuid = parse_uuid(&uuid)?;
+    let Json(body) = body?;
+    if !st.store.set_public_url(uuid, body.enabled).await? {
+        return Err(ApiError::not_found(format!("no device {uuid}")));
+    }
+    st.sessions.set_public_url(&uuid, body.enabled);
+    st.store
+        .audit(
+            &caller.actor(),
+            "device.public_url",
+            uuid.as_str(),
+            &json!({"enabled": body.enabled}).to_string(),
+        )
+        .await?;
+    let d = device_or_404(&st, uuid).await?;
+    Ok(Json(device_json(&st, &d)))
+}
+
+// ---- tokens ----
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewTokenReq {
+    name: String,
+    role: String,
+}
+
+async fn create_token(
+    caller: Caller,
+    State(st): State<ApiState>,
+    body: Result<Json<NewTokenReq>, JsonRejection>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    caller.require(Role::Admin)?;
+    let Json(body) = body?;
+    let role = Role::parse(&body.role).ok_or_else(|| {
+        ApiError::bad_request(
+            "invalid_role",
+            format!("{:?}: role is viewer, operator or admin", body.role),
+        )
+    })?;
+    valid_name(&body.name)?;
+    let t = auth::generate_token();
+    st.store
+        .create_token(&t.id, &body.name, role.as_str(), &t.hash)
+        .await?;
+    st.store
+        .audit(
+            &caller.actor(),
+            "token.create",
+            &t.id,
+            &json!({"name": body.name, "role": role.as_str()}).to_string(),
+        )
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"id": t.id, "name": body.name, "role": role.as_str(), "token": t.token})),
+    ))
+}
+
+async fn list_tokens(caller: Caller, State(st): State<ApiState>) -> ApiResult {
+    caller.require(Role::Admin)?;
+    let tokens = st.store.tokens().await?;
+    Ok(Json(json!(tokens
+        .iter()
+        .map(|t| json!({"id": t.id, "name": t.name, "role": t.role, "created_at": t.created_at, "last_used": t.last_used}))
+        .collect::<Vec<_>>())))
+}
+
+async fn delete_token(
+    caller: Caller,
+    State(st): State<ApiState>,
+    id: Result<Path<String>, PathRejection>,
+) -> ApiResult<StatusCode> {
+    caller.require(Role::Admin)?;
+    let Path(id) = id?;
+    if !st.store.delete_token(&id).await? {
+        return Err(ApiError::not_found(format!("no token {id:?}")));
+    }
+    st.store
+        .audit(&caller.actor(), "token.delete", &id, "{}")
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// ---- audit ----
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditQuery {
+    before: Option<i64>,
+    limit: Option<i64>,
+}
+
+async fn audit_log(
+    caller: Caller,
+    State(st): State<ApiState>,
+    q: Result<Query<AuditQuery>, QueryRejection>,
+) -> ApiResult {
+    caller.require(Role::Admin)?;
+    let Query(q) = q?;
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let entries = st.store.audit_log(q.before, limit).await?;
+    Ok(Json(json!(entries
+        .iter()
+        .map(|e| json!({
+            "seq": e.seq, "at": e.at, "actor": e.actor, "action": e.action, "target": e.target,
+            "detail": serde_json::from_str::<Value>(&e.detail).unwrap_or(Value::Null),
+        }))
+        .collect::<Vec<_>>())))
+}

@@ -1,0 +1,591 @@
+//! The management API over real HTTP: tokens and roles, fleets, devices, public URLs acting
+//! on live tunnels, revocation, bad input, persistence across restarts.
+
+use std::time::Duration;
+
+use e2e_tests::*;
+use edge_agent::ConnState;
+use gateway::api::auth::Role;
+use http::StatusCode;
+use serde_json::{json, Value};
+
+struct Api {
+    addr: std::net::SocketAddr,
+    client: hyper_util::client::legacy::Client<
+        hyper_util::client::legacy::connect::HttpConnector,
+        TestBody,
+    >,
+}
+
+impl Api {
+    fn new(gw: &TestGateway) -> Self {
+        Self {
+            addr: gw.api_addr,
+            client: http_client(),
+        }
+    }
+
+    async fn raw(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        content_type: Option<&str>,
+        body: Vec<u8>,
+    ) -> (StatusCode, Value) {
+        let mut req = http::Request::builder()
+            .method(method)
+            .uri(format!("http://{}{}", self.addr, path));
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        if let Some(ct) = content_type {
+            req = req.header("content-type", ct);
+        }
+        let resp = self
+            .client
+            .request(req.body(e2e_tests::body(body)).unwrap())
+            .await
+            .unwrap();
+        let status = resp.status();
+        let bytes = http_body_util::BodyExt::collect(resp.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        let value = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|e| panic!("non-JSON answer {bytes:?} to {method} {path}: {e}"))
+        };
+        (status, value)
+    }
+
+    async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        match body {
+            Some(b) => {
+                self.raw(
+                    method,
+                    path,
+                    token,
+                    Some("application/json"),
+                    b.to_string().into_bytes(),
+                )
+                .await
+            }
+            None => self.raw(method, path, token, None, Vec::new()).await,
+        }
+    }
+}
+
+async fn tokens(gw: &TestGateway) -> (String, String, String) {
+    let (_, viewer) = gateway::create_token(&gw.data_dir, Role::Viewer, "v")
+        .await
+        .unwrap();
+    let (_, operator) = gateway::create_token(&gw.data_dir, Role::Operator, "o")
+        .await
+        .unwrap();
+    let (_, admin) = gateway::create_token(&gw.data_dir, Role::Admin, "a")
+        .await
+        .unwrap();
+    (viewer, operator, admin)
+}
+
+fn assert_error(v: &Value, code: &str) {
+    assert_eq!(v["error"]["code"], code, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{v}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn role_matrix() {
+    let gw = TestGateway::spawn().await;
+    let api = Api::new(&gw);
+    let (viewer, operator, admin) = tokens(&gw).await;
+    let dev = gw.add_device(false).await;
+    let uuid = dev.uuid.clone();
+    let (s, _) = api
+        .call(
+            "POST",
+            "/v1/fleets",
+            Some(&admin),
+            Some(json!({"name": "base"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+
+    // (method, path, body, least role that may do it)
+    let cases: Vec<(&str, String, Option<Value>, Role)> = vec![
+        ("GET", "/v1/fleets".into(), None, Role::Viewer),
+        ("GET", "/v1/fleets/base".into(), None, Role::Viewer),
+        (
+            "POST",
+            "/v1/fleets".into(),
+            Some(json!({"name": "f-new"})),
+            Role::Admin,
+        ),
+        (
+            "PUT",
+            "/v1/fleets/base/public-url".into(),
+            Some(json!({"enabled": false})),
+            Role::Admin,
+        ),
+        ("GET", "/v1/devices".into(), None, Role::Viewer),
+        ("GET", format!("/v1/devices/{uuid}"), None, Role::Viewer),
+        (
+            "PATCH",
+            format!("/v1/devices/{uuid}"),
+            Some(json!({"name": "kiosk-1"})),
+            Role::Operator,
+        ),
+        (
+            "PUT",
+            format!("/v1/devices/{uuid}/public-url"),
+            Some(json!({"enabled": true})),
+            Role::Operator,
+        ),
+        ("GET", "/v1/tokens".into(), None, Role::Admin),
+        (
+            "POST",
+            "/v1/tokens".into(),
+            Some(json!({"name": "ci", "role": "viewer"})),
+            Role::Admin,
+        ),
+        ("GET", "/v1/audit".into(), None, Role::Admin),
+    ];
+    for (method, path, body, least) in &cases {
+        let (s, v) = api.call(method, path, None, body.clone()).await;
+        assert_eq!(
+            s,
+            StatusCode::UNAUTHORIZED,
+            "{method} {path} without a token"
+        );
+        assert_error(&v, "unauthorized");
+        let (s, v) = api
+            .call(method, path, Some("gw_bogus.token"), body.clone())
+            .await;
+        assert_eq!(
+            s,
+            StatusCode::UNAUTHORIZED,
+            "{method} {path} with a bogus token"
+        );
+        assert_error(&v, "unauthorized");
+        for (role, token) in [
+            (Role::Viewer, &viewer),
+            (Role::Operator, &operator),
+            (Role::Admin, &admin),
+        ] {
+            let (s, v) = api.call(method, path, Some(token), body.clone()).await;
+            if role >= *least {
+                assert!(s.is_success(), "{method} {path} as {role:?}: {s} {v}");
+            } else {
+                assert_eq!(s, StatusCode::FORBIDDEN, "{method} {path} as {role:?}: {v}");
+                assert_error(&v, "forbidden");
+            }
+            // Creating the same fleet twice is a conflict, not a success: use a new name.
+            if *method == "POST" && path == "/v1/fleets" && s.is_success() {
+                let (s, v) = api.call(method, path, Some(token), body.clone()).await;
+                assert_eq!(s, StatusCode::CONFLICT, "{v}");
+            }
+        }
+    }
+    // Destructive ones last: delete needs admin.
+    for (role, token) in [(Role::Viewer, &viewer), (Role::Operator, &operator)] {
+        let (s, _) = api
+            .call("DELETE", &format!("/v1/devices/{uuid}"), Some(token), None)
+            .await;
+        assert_eq!(s, StatusCode::FORBIDDEN, "{role:?}");
+        let (s, _) = api
+            .call("DELETE", "/v1/fleets/f-new", Some(token), None)
+            .await;
+        assert_eq!(s, StatusCode::FORBIDDEN, "{role:?}");
+    }
+    let (s, _) = api
+        .call("DELETE", "/v1/fleets/f-new", Some(&admin), None)
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, _) = api
+        .call("DELETE", &format!("/v1/devices/{uuid}"), Some(&admin), None)
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+
+    // Every change is in the audit log, attributed to the token that made it.
+    let (_, log) = api.call("GET", "/v1/audit", Some(&admin), None).await;
+    let actions: Vec<&str> = log
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    for a in [
+        "fleet.create",
+        "device.update",
+        "device.public_url",
+        "token.create",
+        "fleet.delete",
+        "device.delete",
+    ] {
+        assert!(actions.contains(&a), "{a} missing from {actions:?}");
+    }
+    assert!(
+        log[0]["actor"].as_str().unwrap().starts_with("token:"),
+        "{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn public_url_switches_act_on_live_tunnels() {
+    let gw = TestGateway::spawn().await;
+    let api = Api::new(&gw);
+    let (_, operator, admin) = tokens(&gw).await;
+    let backend = Backend::spawn("switched").await;
+    let a = gw.add_device(false).await;
+    let b = gw.add_device(false).await;
+    let mut agent_a = TestAgent::spawn(a.clone(), backend.addr);
+    let mut agent_b = TestAgent::spawn(b.clone(), backend.addr);
+    agent_a.connected().await;
+    agent_b.connected().await;
+    let c = http_client();
+    let get = |uuid: String| {
+        let c = c.clone();
+        let addr = gw.http_addr;
+        async move {
+            request(&c, addr, &device_host(&uuid), "GET", "/", empty())
+                .await
+                .0
+        }
+    };
+    assert_eq!(
+        get(a.uuid.clone()).await,
+        StatusCode::NOT_FOUND,
+        "public URLs are off by default"
+    );
+
+    let (s, v) = api
+        .call(
+            "PUT",
+            &format!("/v1/devices/{}/public-url", a.uuid),
+            Some(&operator),
+            Some(json!({"enabled": true})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["url"], format!("http://{}.devices.localhost/", a.uuid));
+    assert_eq!(
+        get(a.uuid.clone()).await,
+        StatusCode::OK,
+        "switch on acts on the live session"
+    );
+    let (s, _) = api
+        .call(
+            "PUT",
+            &format!("/v1/devices/{}/public-url", a.uuid),
+            Some(&operator),
+            Some(json!({"enabled": false})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(get(a.uuid.clone()).await, StatusCode::NOT_FOUND);
+
+    // Fleet-wide: acts on the devices in the fleet now.
+    api.call(
+        "POST",
+        "/v1/fleets",
+        Some(&admin),
+        Some(json!({"name": "kiosks"})),
+    )
+    .await;
+    for d in [&a, &b] {
+        let (s, v) = api
+            .call(
+                "PATCH",
+                &format!("/v1/devices/{}", d.uuid),
+                Some(&operator),
+                Some(json!({"fleet": "kiosks"})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        assert_eq!(v["fleet"], "kiosks");
+    }
+    let (s, v) = api
+        .call(
+            "PUT",
+            "/v1/fleets/kiosks/public-url",
+            Some(&admin),
+            Some(json!({"enabled": true})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["devices_switched"], 2);
+    assert_eq!(get(a.uuid.clone()).await, StatusCode::OK);
+    assert_eq!(get(b.uuid.clone()).await, StatusCode::OK);
+    let (_, f) = api
+        .call("GET", "/v1/fleets/kiosks", Some(&admin), None)
+        .await;
+    assert_eq!(f["public_url_default"], true);
+    assert_eq!(f["devices"].as_array().unwrap().len(), 2);
+    let (_, list) = api
+        .call(
+            "GET",
+            "/v1/devices?fleet=kiosks&online=true",
+            Some(&operator),
+            None,
+        )
+        .await;
+    assert_eq!(list.as_array().unwrap().len(), 2, "{list}");
+    // A fleet with devices cannot be deleted.
+    let (s, v) = api
+        .call("DELETE", "/v1/fleets/kiosks", Some(&admin), None)
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT);
+    assert_error(&v, "fleet_not_empty");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn deleted_device_is_disconnected_and_cannot_come_back() {
+    let gw = TestGateway::spawn().await;
+    let api = Api::new(&gw);
+    let (_, _, admin) = tokens(&gw).await;
+    let backend = Backend::spawn("revoked").await;
+    let dev = gw.add_device(true).await;
+    let mut agent = TestAgent::spawn(dev.clone(), backend.addr);
+    agent.connected().await;
+    let (_, v) = api
+        .call(
+            "GET",
+            &format!("/v1/devices/{}", dev.uuid),
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(v["online"], true, "{v}");
+
+    let (s, _) = api
+        .call(
+            "DELETE",
+            &format!("/v1/devices/{}", dev.uuid),
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    // The live tunnel is closed, and every reconnect is refused.
+    let reason = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let ConnState::BackingOff { reason } = agent.state.borrow().clone() {
+                return reason;
+            }
+            agent.state.changed().await.unwrap();
+        }
+    })
+    .await
+    .expect("the deleted device's tunnel stayed up");
+    assert!(reason.contains("device unknown or revoked"), "{reason}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(gw.sessions.len(), 0, "a deleted device came back");
+    let (s, v) = api
+        .call(
+            "GET",
+            &format!("/v1/devices/{}", dev.uuid),
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    assert_error(&v, "not_found");
+    let c = http_client();
+    let (s, _, _) = request(
+        &c,
+        gw.http_addr,
+        &device_host(&dev.uuid),
+        "GET",
+        "/",
+        empty(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_input_gets_a_json_4xx_never_a_500() {
+    let gw = TestGateway::spawn().await;
+    let api = Api::new(&gw);
+    let (_, _, admin) = tokens(&gw).await;
+    let t = Some(admin.as_str());
+    let json_ct = Some("application/json");
+
+    let (s, v) = api
+        .raw("POST", "/v1/fleets", t, json_ct, b"{\"name\": ".to_vec())
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert_error(&v, "invalid_json");
+    let (s, v) = api
+        .raw(
+            "POST",
+            "/v1/fleets",
+            t,
+            json_ct,
+            br#"{"name":"x","colour":"red"}"#.to_vec(),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert_error(&v, "invalid_request");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("colour"),
+        "{v}"
+    );
+    let (s, v) = api
+        .raw(
+            "POST",
+            "/v1/fleets",
+            t,
+            json_ct,
+            br#"{"name":"../etc"}"#.to_vec(),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert_error(&v, "invalid_name");
+    let (s, v) = api
+        .raw(
+            "POST",
+            "/v1/fleets",
+            t,
+            Some("text/plain"),
+            br#"{"name":"x"}"#.to_vec(),
+        )
+        .await;
+    assert_eq!(s, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    assert_error(&v, "unsupported_media_type");
+    let huge = format!(r#"{{"name":"{}"}}"#, "a".repeat(1 << 20));
+    let (s, v) = api
+        .raw("POST", "/v1/fleets", t, json_ct, huge.into_bytes())
+        .await;
+    assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_error(&v, "payload_too_large");
+    let (s, v) = api
+        .call(
+            "GET",
+            "/v1/devices/0123456789abcdef0123456789abcdef",
+            t,
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    assert_error(&v, "not_found");
+    let (s, v) = api.call("GET", "/v1/devices/not-a-uuid", t, None).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert_error(&v, "invalid_uuid");
+    let (s, v) = api
+        .call(
+            "PATCH",
+            "/v1/devices/0123456789abcdef0123456789abcdef",
+            t,
+            Some(json!({"name": "x"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    assert_error(&v, "not_found");
+    let dev = gw.add_device(false).await;
+    let (s, v) = api
+        .call(
+            "PATCH",
+            &format!("/v1/devices/{}", dev.uuid),
+            t,
+            Some(json!({"fleet": "nope"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    assert_error(&v, "not_found");
+    let (s, v) = api
+        .call(
+            "POST",
+            "/v1/tokens",
+            t,
+            Some(json!({"name": "x", "role": "root"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert_error(&v, "invalid_role");
+    let (s, v) = api.call("GET", "/v1/devices?online=maybe", t, None).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert_error(&v, "invalid_query");
+    let (s, v) = api.call("GET", "/v2/nothing", t, None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    assert_error(&v, "not_found");
+    let (s, v) = api.call("PUT", "/v1/devices", t, None).await;
+    assert_eq!(s, StatusCode::METHOD_NOT_ALLOWED);
+    assert_error(&v, "method_not_allowed");
+
+    // The OpenAPI document is public and names every endpoint family.
+    let (s, doc) = api.call("GET", "/openapi.json", None, None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(doc["openapi"], "3.0.3");
+    for p in [
+        "/v1/fleets",
+        "/v1/devices/{uuid}",
+        "/v1/devices/{uuid}/public-url",
+        "/v1/tokens",
+        "/v1/audit",
+    ] {
+        assert!(doc["paths"][p].is_object(), "{p} missing");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn restart_keeps_fleets_tokens_devices_and_audit() {
+    let mut gw = TestGateway::spawn().await;
+    let (_, operator, admin) = tokens(&gw).await;
+    let dev = gw.add_device(false).await;
+    {
+        let api = Api::new(&gw);
+        api.call(
+            "POST",
+            "/v1/fleets",
+            Some(&admin),
+            Some(json!({"name": "keep"})),
+        )
+        .await;
+        let (s, _) = api
+            .call(
+                "PATCH",
+                &format!("/v1/devices/{}", dev.uuid),
+                Some(&operator),
+                Some(json!({"name": "door", "fleet": "keep"})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK);
+    }
+    let tmp = gw.take_tmp();
+    let data_dir = gw.data_dir.clone();
+    gw.stop().await;
+    let gw2 = TestGateway::spawn_with(test_config(data_dir)).await;
+    let api = Api::new(&gw2);
+    let (s, v) = api
+        .call(
+            "GET",
+            &format!("/v1/devices/{}", dev.uuid),
+            Some(&operator),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "token or device lost: {v}");
+    assert_eq!(
+        (v["name"].as_str(), v["fleet"].as_str()),
+        (Some("door"), Some("keep"))
+    );
+    let (_, fleets) = api.call("GET", "/v1/fleets", Some(&admin), None).await;
+    assert_eq!(fleets[0]["name"], "keep");
+    let (_, log) = api.call("GET", "/v1/audit", Some(&admin), None).await;
+    assert!(log.as_array().unwrap().len() >= 5, "{log}");
+    drop(tmp);
+}
