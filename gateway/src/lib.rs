@@ -7,6 +7,7 @@
 #![warn(missing_docs)]
 
 pub mod api;
+pub mod client;
 pub mod config;
 pub mod demo;
 mod proxy;

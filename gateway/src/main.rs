@@ -5,9 +5,13 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use gateway::api::auth::Role;
+use gateway::client::ApiClient;
 use gateway::config::parse_duration;
 use gateway::{Gateway, ServeConfig};
+use http::Method;
 use protocol::DeviceUuid;
+use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 /// Gateway for fleets of devices behind NAT: devices dial in over one mutually
@@ -32,6 +36,124 @@ enum Command {
         /// Public HTTP listener of the demo gateway.
         #[arg(long, default_value = "127.0.0.1:8080")]
         http_listen: SocketAddr,
+    },
+    /// List devices as a table (via the management API).
+    Devices {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Only devices of this fleet.
+        #[arg(long)]
+        fleet: Option<String>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Manage fleets (via the management API).
+    #[command(subcommand)]
+    Fleet(FleetCommand),
+    /// Manage API tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Show the audit log, newest first (via the management API).
+    Audit {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// How many entries.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+}
+
+/// Where the management API is and how to authenticate.
+#[derive(Args)]
+struct ApiArgs {
+    /// Management API base URL.
+    #[arg(long, env = "GATEWAY_API", default_value = "http://127.0.0.1:8081")]
+    api: String,
+    /// API token (see `gateway token create`).
+    #[arg(long, env = "GATEWAY_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+impl ApiArgs {
+    fn client(&self) -> ApiClient {
+        ApiClient::new(&self.api, self.token.clone())
+    }
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum OnOff {
+    On,
+    Off,
+}
+
+impl OnOff {
+    fn enabled(self) -> bool {
+        matches!(self, Self::On)
+    }
+}
+
+#[derive(Subcommand)]
+enum FleetCommand {
+    /// List fleets.
+    List {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Create a fleet.
+    Create {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Fleet name.
+        name: String,
+        /// Devices that join this fleet get their public URL switched on.
+        #[arg(long)]
+        public_url_default: bool,
+    },
+    /// Delete an empty fleet.
+    Delete {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Fleet name.
+        name: String,
+    },
+    /// Switch the public URL of every device in the fleet (and the fleet's default).
+    PublicUrl {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Fleet name.
+        name: String,
+        /// on or off.
+        state: OnOff,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Create a token offline in a data dir (bootstraps the first admin; works beside a
+    /// running `serve`). Prints the token once.
+    Create {
+        /// The gateway's data dir.
+        #[arg(long, default_value = "./gateway-data")]
+        data_dir: PathBuf,
+        /// viewer (read), operator (act on devices) or admin (manage fleets and tokens).
+        #[arg(long)]
+        role: String,
+        /// A label for the token.
+        #[arg(long, default_value = "cli")]
+        name: String,
+    },
+    /// List tokens (never their secrets).
+    List {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Revoke a token by id.
+    Revoke {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Token id (as listed).
+        id: String,
     },
 }
 
@@ -119,11 +241,52 @@ enum DeviceCommand {
         #[arg(long)]
         out: PathBuf,
     },
-    /// List the devices registered in a data dir.
+    /// List the devices registered in a data dir (offline; `gateway devices` asks the API).
     List {
         /// The gateway's data dir.
         #[arg(long, default_value = "./gateway-data")]
         data_dir: PathBuf,
+    },
+    /// Show one device (via the management API).
+    Show {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Device uuid.
+        uuid: DeviceUuid,
+    },
+    /// Rename a device.
+    Rename {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Device uuid.
+        uuid: DeviceUuid,
+        /// New name.
+        name: String,
+    },
+    /// Move a device to another fleet (its identity is kept).
+    Move {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Device uuid.
+        uuid: DeviceUuid,
+        /// Target fleet.
+        fleet: String,
+    },
+    /// Switch a device's public URL.
+    PublicUrl {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Device uuid.
+        uuid: DeviceUuid,
+        /// on or off.
+        state: OnOff,
+    },
+    /// Delete a device: its tunnel is closed now and its certificate refused from now on.
+    Delete {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Device uuid.
+        uuid: DeviceUuid,
     },
 }
 
@@ -182,6 +345,169 @@ async fn main() -> anyhow::Result<()> {
                 );
             }
         }
+        Command::Devices { api, fleet, json } => {
+            let path = match &fleet {
+                Some(f) => format!("/v1/devices?fleet={f}"),
+                None => "/v1/devices".to_string(),
+            };
+            let v = api.client().call(Method::GET, &path, None).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                print_devices(&v);
+            }
+        }
+        Command::Device(DeviceCommand::Show { api, uuid }) => {
+            let v = api
+                .client()
+                .call(Method::GET, &format!("/v1/devices/{uuid}"), None)
+                .await?;
+            print_device(&v);
+        }
+        Command::Device(DeviceCommand::Rename { api, uuid, name }) => {
+            let v = api
+                .client()
+                .call(
+                    Method::PATCH,
+                    &format!("/v1/devices/{uuid}"),
+                    Some(json!({"name": name})),
+                )
+                .await?;
+            print_device(&v);
+        }
+        Command::Device(DeviceCommand::Move { api, uuid, fleet }) => {
+            let v = api
+                .client()
+                .call(
+                    Method::PATCH,
+                    &format!("/v1/devices/{uuid}"),
+                    Some(json!({"fleet": fleet})),
+                )
+                .await?;
+            print_device(&v);
+        }
+        Command::Device(DeviceCommand::PublicUrl { api, uuid, state }) => {
+            let v = api
+                .client()
+                .call(
+                    Method::PUT,
+                    &format!("/v1/devices/{uuid}/public-url"),
+                    Some(json!({"enabled": state.enabled()})),
+                )
+                .await?;
+            print_device(&v);
+        }
+        Command::Device(DeviceCommand::Delete { api, uuid }) => {
+            api.client()
+                .call(Method::DELETE, &format!("/v1/devices/{uuid}"), None)
+                .await?;
+            println!("device {uuid} deleted; its tunnel is closed and its certificate refused");
+        }
+        Command::Fleet(FleetCommand::List { api }) => {
+            let v = api.client().call(Method::GET, "/v1/fleets", None).await?;
+            println!("{:<24}  {:>7}  PUBLIC URL DEFAULT", "NAME", "DEVICES");
+            for f in v.as_array().into_iter().flatten() {
+                println!(
+                    "{:<24}  {:>7}  {}",
+                    f["name"].as_str().unwrap_or("?"),
+                    f["devices"],
+                    if f["public_url_default"] == true {
+                        "on"
+                    } else {
+                        "off"
+                    }
+                );
+            }
+        }
+        Command::Fleet(FleetCommand::Create {
+            api,
+            name,
+            public_url_default,
+        }) => {
+            api.client()
+                .call(
+                    Method::POST,
+                    "/v1/fleets",
+                    Some(json!({"name": name, "public_url_default": public_url_default})),
+                )
+                .await?;
+            println!("fleet {name} created");
+        }
+        Command::Fleet(FleetCommand::Delete { api, name }) => {
+            api.client()
+                .call(Method::DELETE, &format!("/v1/fleets/{name}"), None)
+                .await?;
+            println!("fleet {name} deleted");
+        }
+        Command::Fleet(FleetCommand::PublicUrl { api, name, state }) => {
+            let v = api
+                .client()
+                .call(
+                    Method::PUT,
+                    &format!("/v1/fleets/{name}/public-url"),
+                    Some(json!({"enabled": state.enabled()})),
+                )
+                .await?;
+            println!(
+                "public URL {} for {} device(s) of fleet {name}, and for devices that join it later",
+                if state.enabled() { "on" } else { "off" },
+                v["devices_switched"]
+            );
+        }
+        Command::Token(TokenCommand::Create {
+            data_dir,
+            role,
+            name,
+        }) => {
+            let role = Role::parse(&role).with_context(|| {
+                format!("--role must be viewer, operator or admin, not {role:?}")
+            })?;
+            let (id, token) = gateway::create_token(&data_dir, role, &name).await?;
+            eprintln!(
+                "token {id} ({}) created; it is shown only now:",
+                role.as_str()
+            );
+            println!("{token}");
+        }
+        Command::Token(TokenCommand::List { api }) => {
+            let v = api.client().call(Method::GET, "/v1/tokens", None).await?;
+            println!("{:<10}  {:<9}  {:<20}  LAST USED", "ID", "ROLE", "NAME");
+            for t in v.as_array().into_iter().flatten() {
+                println!(
+                    "{:<10}  {:<9}  {:<20}  {}",
+                    t["id"].as_str().unwrap_or("?"),
+                    t["role"].as_str().unwrap_or("?"),
+                    t["name"].as_str().unwrap_or("?"),
+                    t["last_used"]
+                        .as_i64()
+                        .map(ago)
+                        .unwrap_or_else(|| "never".into())
+                );
+            }
+        }
+        Command::Token(TokenCommand::Revoke { api, id }) => {
+            api.client()
+                .call(Method::DELETE, &format!("/v1/tokens/{id}"), None)
+                .await?;
+            println!("token {id} revoked");
+        }
+        Command::Audit { api, limit } => {
+            let v = api
+                .client()
+                .call(Method::GET, &format!("/v1/audit?limit={limit}"), None)
+                .await?;
+            for e in v.as_array().into_iter().flatten() {
+                println!(
+                    "{:>8}  {:<10}  {:<18}  {:<20}  {}  {}",
+                    e["seq"],
+                    e["at"].as_i64().map(ago).unwrap_or_default(),
+                    e["actor"].as_str().unwrap_or("?"),
+                    e["action"].as_str().unwrap_or("?"),
+                    e["target"].as_str().unwrap_or("?"),
+                    e["detail"]
+                );
+            }
+        }
         Command::Demo { http_listen } => {
             let shutdown = CancellationToken::new();
             tokio::spawn(signal_shutdown(shutdown.clone()));
@@ -189,6 +515,48 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+fn print_devices(v: &serde_json::Value) {
+    println!(
+        "{:<32}  {:<16}  {:<16}  {:<6}  {:<10}  PUBLIC URL",
+        "UUID", "NAME", "FLEET", "ONLINE", "LAST SEEN"
+    );
+    for d in v.as_array().into_iter().flatten() {
+        println!(
+            "{:<32}  {:<16}  {:<16}  {:<6}  {:<10}  {}",
+            d["uuid"].as_str().unwrap_or("?"),
+            d["name"].as_str().unwrap_or("-"),
+            d["fleet"].as_str().unwrap_or("-"),
+            if d["online"] == true { "yes" } else { "no" },
+            d["last_seen"]
+                .as_i64()
+                .map(ago)
+                .unwrap_or_else(|| "never".into()),
+            d["url"].as_str().unwrap_or("off")
+        );
+    }
+}
+
+fn print_device(d: &serde_json::Value) {
+    for key in [
+        "uuid",
+        "name",
+        "fleet",
+        "online",
+        "public_url",
+        "url",
+        "last_seen",
+        "created_at",
+    ] {
+        let v = &d[key];
+        let text = match v {
+            serde_json::Value::String(s) => s.clone(),
+            serde_json::Value::Null => "-".into(),
+            other => other.to_string(),
+        };
+        println!("{key:<11} {text}");
+    }
 }
 
 fn ago(unix: i64) -> String {

@@ -264,3 +264,101 @@ fn bad_configuration_is_refused_with_the_key_named() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("missing field `gateway`"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_cli_against_a_running_gateway() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("gw");
+    let (http, tunnel, api_port) = (free_port_tcp(), free_port_udp(), free_port_tcp());
+    let _gw = Proc::spawn(
+        Command::new(bin("gateway"))
+            .args(["serve", "--data-dir"])
+            .arg(&data)
+            .args(["--http-listen", &format!("127.0.0.1:{http}")])
+            .args(["--tunnel-listen", &format!("127.0.0.1:{tunnel}")])
+            .args(["--api-listen", &format!("127.0.0.1:{api_port}")])
+            .env("RUST_LOG", "warn"),
+    );
+    let api = format!("http://127.0.0.1:{api_port}");
+    assert!(eventually(Duration::from_secs(20), || async {
+        tokio::net::TcpStream::connect(("127.0.0.1", api_port))
+            .await
+            .ok()
+            .map(|_| ())
+    })
+    .await
+    .is_some());
+    let run = |args: &[&str], token: Option<&str>| {
+        let mut c = Command::new(bin("gateway"));
+        c.args(args)
+            .env("GATEWAY_API", &api)
+            .env_remove("GATEWAY_TOKEN");
+        if let Some(t) = token {
+            c.env("GATEWAY_TOKEN", t);
+        }
+        let o = c.output().unwrap();
+        (
+            o.status.success(),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    let data_s = data.to_str().unwrap();
+    let (ok, admin, _) = run(
+        &["token", "create", "--data-dir", data_s, "--role", "admin"],
+        None,
+    );
+    assert!(ok);
+    let admin = admin.trim().to_string();
+    assert!(admin.starts_with("gw_"), "{admin}");
+    let (ok, viewer, _) = run(
+        &["token", "create", "--data-dir", data_s, "--role", "viewer"],
+        None,
+    );
+    assert!(ok);
+    let viewer = viewer.trim().to_string();
+
+    let out = dir.path().join("d.toml");
+    let uuid = device_add(&data, tunnel, &out);
+    let (ok, _, err) = run(&["fleet", "create", "lobby"], Some(&admin));
+    assert!(ok, "{err}");
+    let (ok, stdout, err) = run(&["device", "move", &uuid, "lobby"], Some(&admin));
+    assert!(ok, "{err}");
+    assert!(stdout.contains("fleet       lobby"), "{stdout}");
+    let (ok, stdout, _) = run(&["devices"], Some(&viewer));
+    assert!(ok);
+    let row = stdout
+        .lines()
+        .find(|l| l.starts_with(&uuid))
+        .expect("device row");
+    assert!(row.contains("lobby") && row.contains(" no "), "{row}");
+
+    // Clear errors: wrong role, unknown device, no token, unreachable API.
+    let (ok, _, err) = run(&["device", "public-url", &uuid, "off"], Some(&viewer));
+    assert!(!ok);
+    assert!(
+        err.contains("needs the operator role") && err.contains("forbidden"),
+        "{err}"
+    );
+    let (ok, _, err) = run(
+        &["device", "show", "0123456789abcdef0123456789abcdef"],
+        Some(&admin),
+    );
+    assert!(!ok);
+    assert!(
+        err.contains("no device 0123456789abcdef0123456789abcdef"),
+        "{err}"
+    );
+    let (ok, _, err) = run(&["devices"], None);
+    assert!(!ok);
+    assert!(err.contains("no API token"), "{err}");
+    let (ok, _, err) = run(&["devices", "--api", "http://127.0.0.1:9"], Some(&admin));
+    assert!(!ok);
+    assert!(err.contains("cannot reach the management API"), "{err}");
+    let (ok, stdout, _) = run(&["audit"], Some(&admin));
+    assert!(ok);
+    assert!(
+        stdout.contains("device.update") && stdout.contains("fleet.create"),
+        "{stdout}"
+    );
+}
