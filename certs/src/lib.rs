@@ -35,6 +35,10 @@ pub const TUNNEL_SERVER_NAME: &str = "tunnel.gateway.invalid";
 /// ALPN protocol id of the tunnel.
 pub const ALPN: &[u8] = b"edge-tunnel/1";
 
+/// ALPN protocol id of provisioning: a device without a certificate yet sends a CSR and a
+/// provisioning key on the tunnel port and gets its certificate back.
+pub const PROVISION_ALPN: &[u8] = b"edge-provision/1";
+
 /// Errors from certificate handling.
 #[derive(Debug, thiserror::Error)]
 pub enum CertError {
@@ -324,17 +328,22 @@ pub fn server_config(
     server: &ServerIdentity,
 ) -> Result<rustls::ServerConfig, CertError> {
     let provider = provider();
+    // A client certificate is optional at the TLS layer only so that devices without one
+    // can provision; the gateway closes every tunnel (ALPN `edge-tunnel/1`) connection that
+    // did not present a certificate from this CA.
     let verifier =
         WebPkiClientVerifier::builder_with_provider(Arc::new(roots(ca_pem)?), provider.clone())
+            .allow_unauthenticated()
             .build()?;
+    // The CA goes along with the server certificate so a provisioning device can check
+    // it against the fingerprint in its provisioning key.
+    let mut chain = parse_certs(&server.cert_pem, "server certificate")?;
+    chain.extend(parse_certs(ca_pem, "CA certificate")?);
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(
-            parse_certs(&server.cert_pem, "server certificate")?,
-            parse_key(&server.key_pem, "server key")?,
-        )?;
-    cfg.alpn_protocols = vec![ALPN.to_vec()];
+        .with_single_cert(chain, parse_key(&server.key_pem, "server key")?)?;
+    cfg.alpn_protocols = vec![ALPN.to_vec(), PROVISION_ALPN.to_vec()];
     // 0-RTT would let a replayed first flight open streams; the tunnel does not need it.
     cfg.max_early_data_size = 0;
     Ok(cfg)
@@ -354,6 +363,118 @@ pub fn client_config(
         )?;
     cfg.alpn_protocols = vec![ALPN.to_vec()];
     Ok(cfg)
+}
+
+/// TLS client config for provisioning: no client certificate; the gateway is trusted if
+/// its chain contains a CA whose SHA-256 is `ca_fingerprint` and that CA signed the
+/// server certificate for [`TUNNEL_SERVER_NAME`] (like `kubeadm join
+/// --discovery-token-ca-cert-hash`).
+pub fn provisioning_client_config(ca_fingerprint: &str) -> Result<rustls::ClientConfig, CertError> {
+    let provider = provider();
+    let verifier = Arc::new(PinnedCaVerifier {
+        fingerprint: ca_fingerprint.to_ascii_lowercase(),
+        provider: provider.clone(),
+    });
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![PROVISION_ALPN.to_vec()];
+    Ok(cfg)
+}
+
+#[derive(Debug)]
+struct PinnedCaVerifier {
+    fingerprint: String,
+    provider: Arc<CryptoProvider>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for PinnedCaVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &rustls_pki_types::ServerName<'_>,
+        ocsp_response: &[u8],
+        now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        let ca = intermediates
+            .iter()
+            .find(|c| fingerprint(c) == self.fingerprint)
+            .ok_or_else(|| {
+                rustls::Error::General(
+                    "the gateway's CA does not match the fingerprint in the provisioning key"
+                        .into(),
+                )
+            })?;
+        let mut roots = RootCertStore::empty();
+        roots.add(ca.clone().into_owned())?;
+        let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            self.provider.clone(),
+        )
+        .build()
+        .map_err(|e| rustls::Error::General(e.to_string()))?;
+        inner.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// Generates a device key pair and a CSR for it. Returns `(key_pem, csr_pem)`; the key never
+/// leaves the device.
+pub fn generate_csr() -> Result<(String, String), CertError> {
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.distinguished_name.push(
+        DnType::CommonName,
+        "edge device (identity assigned by the gateway)",
+    );
+    let csr = params.serialize_request(&key)?;
+    Ok((key.serialize_pem(), csr.pem()?))
+}
+
+impl Ca {
+    /// Signs a device CSR. The certificate's identity is `uuid`, whatever the CSR asked
+    /// for: the gateway decides who a device is.
+    pub fn sign_csr(&self, csr_pem: &str, uuid: DeviceUuid) -> Result<String, CertError> {
+        let mut csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)?;
+        csr.params = device_params(uuid)?;
+        Ok(csr.signed_by(&self.issuer)?.pem())
+    }
 }
 
 /// Returns the device uuid of a (verified) peer certificate: its common name.
@@ -399,6 +520,24 @@ mod tests {
         let s1 = a.load_or_create_server(dir.path()).unwrap();
         let s2 = b.load_or_create_server(dir.path()).unwrap();
         assert_eq!(s1.cert_pem, s2.cert_pem);
+    }
+
+    #[test]
+    fn csr_is_signed_with_the_gateway_chosen_uuid() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Ca::load_or_create(dir.path()).unwrap();
+        let (key_pem, csr_pem) = generate_csr().unwrap();
+        let uuid = random_uuid();
+        let cert_pem = ca.sign_csr(&csr_pem, uuid).unwrap();
+        let der = parse_certs(&cert_pem, "signed").unwrap();
+        assert_eq!(device_uuid_from_cert(&der[0]).unwrap(), uuid);
+        let id = DeviceIdentity {
+            uuid,
+            cert_pem,
+            key_pem,
+        };
+        client_config(ca.cert_pem(), &id).unwrap();
+        assert!(ca.sign_csr("not a csr", uuid).is_err());
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod backoff;
 pub mod config;
 pub mod handlers;
 pub mod net;
+pub mod provision;
 pub mod tunnel;
 pub mod wire;
 
@@ -22,3 +23,5 @@ pub use tunnel::{Agent, AgentError, ConnState};
 
 /// This agent's version, as announced to the gateway.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+pub mod local_api;
+pub mod locks;

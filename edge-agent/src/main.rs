@@ -3,8 +3,9 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
-use edge_agent::{Agent, AgentConfig, AgentOptions};
+use clap::{Args, Parser, Subcommand};
+use edge_agent::{provision, Agent, AgentConfig, AgentOptions};
+use protocol::{DeviceUuid, ProvisioningKey};
 use tokio_util::sync::CancellationToken;
 
 /// Keeps one mutually authenticated QUIC tunnel open to a gateway and serves the device's
@@ -20,14 +21,66 @@ struct Cli {
 enum Command {
     /// Connect to the gateway and serve until stopped (SIGINT/SIGTERM).
     Run {
-        /// Agent configuration file, as written by `gateway device add --out FILE`.
-        #[arg(long, short, env = "EDGE_AGENT_CONFIG")]
-        config: PathBuf,
+        #[command(flatten)]
+        source: Source,
+        /// Provisioning key: provisions on first start when the data dir holds no
+        /// identity yet (ignored once provisioned).
+        #[arg(long, env = "EDGE_AGENT_KEY", hide_env_values = true)]
+        key: Option<String>,
         /// Where public-URL traffic goes on the device, HOST:PORT. Default is the file's
         /// `target`, else 127.0.0.1:80.
         #[arg(long, env = "EDGE_AGENT_TARGET")]
         target: Option<String>,
     },
+    /// Provision this device with a fleet provisioning key: generate its key pair, get
+    /// its certificate from the gateway, store both in the data dir.
+    Provision {
+        /// The fleet provisioning key (`gateway key create`).
+        #[arg(long, env = "EDGE_AGENT_KEY", hide_env_values = true)]
+        key: String,
+        /// Where to store the identity.
+        #[arg(long, env = "EDGE_AGENT_DATA_DIR")]
+        data_dir: PathBuf,
+        /// Claim this pre-registered uuid instead of getting a new one.
+        #[arg(long)]
+        uuid: Option<DeviceUuid>,
+    },
+    /// Print the local supervisor API key.
+    ApiKey {
+        #[command(flatten)]
+        source: Source,
+    },
+}
+
+/// Where the agent's identity and state live: an identity file (`gateway device add
+/// --out FILE`; state goes next to it) or a data dir (`edge-agent provision`).
+#[derive(Args)]
+#[group(required = true, multiple = false)]
+struct Source {
+    /// Agent configuration file written by `gateway device add`.
+    #[arg(long, short, env = "EDGE_AGENT_CONFIG")]
+    config: Option<PathBuf>,
+    /// Data dir holding the identity (`identity.toml`) and the agent's state.
+    #[arg(long, env = "EDGE_AGENT_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+}
+
+impl Source {
+    /// (identity file, state dir)
+    fn paths(&self) -> (PathBuf, PathBuf) {
+        match (&self.config, &self.data_dir) {
+            (Some(file), _) => {
+                let dir = file
+                    .parent()
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .map(PathBuf::from)
+                    .unwrap_or_else(|| PathBuf::from("."));
+                (file.clone(), dir)
+            }
+            (None, Some(dir)) => (provision::identity_path(dir), dir.clone()),
+            (None, None) => unreachable!("clap requires one of --config / --data-dir"),
+        }
+    }
 }
 
 // One thread: the agent is IO-bound and runs on small devices; a single-threaded runtime
@@ -42,20 +95,92 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     match cli.command {
-        Command::Run { config, target } => {
-            let cfg = AgentConfig::load(&config)
-                .with_context(|| format!("loading {}", config.display()))?;
+        Command::Run {
+            source,
+            key,
+            target,
+        } => {
+            let (identity, state_dir) = source.paths();
+            let shutdown = CancellationToken::new();
+            tokio::spawn(signal_shutdown(shutdown.clone()));
+            if !identity.exists() {
+                let Some(key) = key else {
+                    anyhow::bail!(
+                        "{} does not exist: this device is not provisioned yet (pass --key KEY, or use the file from `gateway device add`)",
+                        identity.display()
+                    );
+                };
+                let key = ProvisioningKey::decode(&key)?;
+                provision_with_retry(&key, None, &state_dir, &shutdown).await?;
+            }
+            let cfg = AgentConfig::load(&identity)
+                .with_context(|| format!("loading {}", identity.display()))?;
             let mut opts = AgentOptions::default();
             if let Some(t) = target.or_else(|| cfg.target.clone()) {
                 opts.target = t;
             }
+            provision::api_key(&state_dir)?;
             let agent = Agent::new(cfg, opts)?;
+            agent.run(shutdown).await?;
+        }
+        Command::Provision {
+            key,
+            data_dir,
+            uuid,
+        } => {
+            let key = ProvisioningKey::decode(&key)?;
+            if provision::identity_path(&data_dir).exists() {
+                anyhow::bail!(
+                    "{} already holds an identity; remove it to provision again",
+                    data_dir.display()
+                );
+            }
             let shutdown = CancellationToken::new();
             tokio::spawn(signal_shutdown(shutdown.clone()));
-            agent.run(shutdown).await?;
+            let cfg = provision_with_retry(&key, uuid, &data_dir, &shutdown).await?;
+            eprintln!(
+                "provisioned; identity stored in {}",
+                provision::identity_path(&data_dir).display()
+            );
+            println!("{}", cfg.uuid);
+        }
+        Command::ApiKey { source } => {
+            let (_, state_dir) = source.paths();
+            println!("{}", provision::api_key(&state_dir)?);
         }
     }
     Ok(())
+}
+
+/// Provisions, retrying network failures with backoff (a factory line may boot devices
+/// before the network is up); a refusal from the gateway is final.
+async fn provision_with_retry(
+    key: &ProvisioningKey,
+    uuid: Option<DeviceUuid>,
+    data_dir: &std::path::Path,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<AgentConfig> {
+    let mut backoff = edge_agent::backoff::Backoff::new(
+        std::time::Duration::from_millis(500),
+        std::time::Duration::from_secs(30),
+    );
+    let mut last = String::new();
+    loop {
+        match provision::provision(key, uuid, data_dir).await {
+            Ok(cfg) => return Ok(cfg),
+            Err(e) if e.is_retryable() => {
+                if e.to_string() != last {
+                    tracing::warn!(error = %e, "provisioning failed; retrying");
+                    last = e.to_string();
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => anyhow::bail!("interrupted"),
+                    _ = tokio::time::sleep(backoff.next_delay()) => {}
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 async fn signal_shutdown(token: CancellationToken) {

@@ -50,6 +50,10 @@ pub struct ServeConfig {
     pub tunnel_listen: SocketAddr,
     /// Management API listener (TCP, JSON, bearer tokens). Default is `127.0.0.1:8081`.
     pub api_listen: SocketAddr,
+    /// Tunnel address devices dial, `HOST:PORT`, written into provisioning keys. Default is
+    /// the bound tunnel address (with this machine's hostname when bound to all
+    /// interfaces).
+    pub advertise_tunnel: Option<String>,
     /// A silent tunnel is declared dead after this long. Default is 15 s.
     #[serde(deserialize_with = "de_duration")]
     pub idle_timeout: Duration,
@@ -75,6 +79,7 @@ impl Default for ServeConfig {
             http_listen: "0.0.0.0:80".parse().expect("addr"),
             tunnel_listen: "0.0.0.0:443".parse().expect("addr"),
             api_listen: "127.0.0.1:8081".parse().expect("addr"),
+            advertise_tunnel: None,
             idle_timeout: Duration::from_secs(15),
             keep_alive: Duration::from_secs(5),
             upstream_timeout: Duration::from_secs(60),

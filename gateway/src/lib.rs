@@ -10,6 +10,7 @@ pub mod api;
 pub mod client;
 pub mod config;
 pub mod demo;
+mod provisioning;
 mod proxy;
 pub mod sessions;
 pub mod store;
@@ -64,6 +65,7 @@ pub struct Gateway {
     endpoint: quinn::Endpoint,
     http: TcpListener,
     api: TcpListener,
+    ca: Arc<certs::Ca>,
     fingerprint: String,
 }
 
@@ -114,6 +116,7 @@ impl Gateway {
             })?;
         Ok(Self {
             fingerprint: ca.fingerprint(),
+            ca: Arc::new(ca),
             cfg,
             store,
             sessions: Arc::new(Sessions::default()),
@@ -144,6 +147,22 @@ impl Gateway {
             .expect("bound endpoint has an address")
     }
 
+    /// The tunnel address devices are told to dial (in provisioning keys).
+    pub fn advertised_tunnel(&self) -> String {
+        if let Some(a) = &self.cfg.advertise_tunnel {
+            return a.clone();
+        }
+        let addr = self.tunnel_addr();
+        if addr.ip().is_unspecified() {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_else(|_| "localhost".into());
+            format!("{host}:{}", addr.port())
+        } else {
+            addr.to_string()
+        }
+    }
+
     /// SHA-256 fingerprint of the fleet CA.
     pub fn ca_fingerprint(&self) -> &str {
         &self.fingerprint
@@ -158,6 +177,7 @@ impl Gateway {
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), GatewayError> {
         let tasks = TaskTracker::new();
         let domain = self.cfg.normalized_domain();
+        let advertise = self.advertised_tunnel();
         info!(
             http = %self.http_addr(),
             tunnel = %self.tunnel_addr(),
@@ -180,6 +200,7 @@ impl Gateway {
         ));
         let ctx = Arc::new(tunnel::TunnelCtx {
             store: self.store.clone(),
+            ca: Arc::clone(&self.ca),
             sessions: Arc::clone(&self.sessions),
             keep_alive: self.cfg.keep_alive,
         });
@@ -196,6 +217,8 @@ impl Gateway {
                 store: self.store.clone(),
                 sessions: Arc::clone(&self.sessions),
                 domain: self.cfg.normalized_domain(),
+                advertise,
+                ca_fingerprint: self.fingerprint.clone(),
             },
             shutdown.clone(),
         ));

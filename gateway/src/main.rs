@@ -54,6 +54,9 @@ enum Command {
     /// Manage API tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Manage fleet provisioning keys (via the management API).
+    #[command(subcommand)]
+    Key(KeyCommand),
     /// Show the audit log, newest first (via the management API).
     Audit {
         #[command(flatten)]
@@ -129,6 +132,41 @@ enum FleetCommand {
 }
 
 #[derive(Subcommand)]
+enum KeyCommand {
+    /// Create a provisioning key for a fleet; prints it once. It carries the gateway's
+    /// tunnel address and CA fingerprint: `edge-agent provision --key KEY` needs nothing
+    /// else.
+    Create {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// The fleet devices provisioned with this key join.
+        #[arg(long)]
+        fleet: String,
+        /// Expire after this long (e.g. 24h, 30m). Default: never.
+        #[arg(long, value_parser = parse_duration)]
+        expires: Option<std::time::Duration>,
+        /// At most this many devices. Default: unlimited.
+        #[arg(long)]
+        uses: Option<u32>,
+    },
+    /// List a fleet's keys (never their secrets).
+    List {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Fleet name.
+        #[arg(long)]
+        fleet: String,
+    },
+    /// Revoke a key by id.
+    Revoke {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Key id (as listed).
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
 enum TokenCommand {
     /// Create a token offline in a data dir (bootstraps the first admin; works beside a
     /// running `serve`). Prints the token once.
@@ -177,6 +215,10 @@ struct ServeArgs {
     /// Management API listener (TCP). [default: 127.0.0.1:8081]
     #[arg(long)]
     api_listen: Option<SocketAddr>,
+    /// Tunnel address devices dial, written into provisioning keys. [default: the bound
+    /// tunnel address]
+    #[arg(long)]
+    advertise_tunnel: Option<String>,
     /// A silent tunnel counts as dead after this long (e.g. 15s). [default: 15s]
     #[arg(long, value_parser = parse_duration)]
     idle_timeout: Option<std::time::Duration>,
@@ -202,6 +244,9 @@ impl ServeArgs {
         };
         macro_rules! apply {
             ($($field:ident),*) => { $( if let Some(v) = self.$field { cfg.$field = v; } )* };
+        }
+        if self.advertise_tunnel.is_some() {
+            cfg.advertise_tunnel = self.advertise_tunnel;
         }
         apply!(
             data_dir,
@@ -246,6 +291,18 @@ enum DeviceCommand {
         /// The gateway's data dir.
         #[arg(long, default_value = "./gateway-data")]
         data_dir: PathBuf,
+    },
+    /// Register a device ahead of provisioning (it then provisions with
+    /// `edge-agent provision --key KEY --uuid UUID`). Prints the uuid.
+    Register {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Use this uuid; default is a random one.
+        #[arg(long)]
+        uuid: Option<DeviceUuid>,
+        /// Put it in this fleet.
+        #[arg(long)]
+        fleet: Option<String>,
     },
     /// Show one device (via the management API).
     Show {
@@ -453,6 +510,88 @@ async fn main() -> anyhow::Result<()> {
                 if state.enabled() { "on" } else { "off" },
                 v["devices_switched"]
             );
+        }
+        Command::Key(KeyCommand::Create {
+            api,
+            fleet,
+            expires,
+            uses,
+        }) => {
+            let v = api
+                .client()
+                .call(
+                    Method::POST,
+                    &format!("/v1/fleets/{fleet}/keys"),
+                    Some(json!({
+                        "expires_in_secs": expires.map(|d| d.as_secs().max(1)),
+                        "max_uses": uses,
+                    })),
+                )
+                .await?;
+            eprintln!(
+                "provisioning key {} for fleet {fleet} created; it is shown only now:",
+                v["id"].as_str().unwrap_or("?")
+            );
+            println!("{}", v["key"].as_str().unwrap_or_default());
+        }
+        Command::Key(KeyCommand::List { api, fleet }) => {
+            let v = api
+                .client()
+                .call(Method::GET, &format!("/v1/fleets/{fleet}/keys"), None)
+                .await?;
+            println!(
+                "{:<10}  {:>5}  {:>8}  {:<10}  STATE",
+                "ID", "USES", "LIMIT", "EXPIRES"
+            );
+            let now = gateway::store::now_unix();
+            for k in v.as_array().into_iter().flatten() {
+                let state = if k["revoked"] == true {
+                    "revoked"
+                } else if k["expires_at"].as_i64().is_some_and(|e| e <= now) {
+                    "expired"
+                } else if k["max_uses"]
+                    .as_i64()
+                    .is_some_and(|m| k["uses"].as_i64() >= Some(m))
+                {
+                    "used up"
+                } else {
+                    "active"
+                };
+                println!(
+                    "{:<10}  {:>5}  {:>8}  {:<10}  {state}",
+                    k["id"].as_str().unwrap_or("?"),
+                    k["uses"],
+                    k["max_uses"]
+                        .as_i64()
+                        .map(|m| m.to_string())
+                        .unwrap_or_else(|| "-".into()),
+                    k["expires_at"]
+                        .as_i64()
+                        .map(|e| if e > now {
+                            format!("in {}s", e - now)
+                        } else {
+                            "past".into()
+                        })
+                        .unwrap_or_else(|| "never".into()),
+                );
+            }
+        }
+        Command::Key(KeyCommand::Revoke { api, id }) => {
+            api.client()
+                .call(Method::DELETE, &format!("/v1/keys/{id}"), None)
+                .await?;
+            println!("provisioning key {id} revoked");
+        }
+        Command::Device(DeviceCommand::Register { api, uuid, fleet }) => {
+            let v = api
+                .client()
+                .call(
+                    Method::POST,
+                    "/v1/devices",
+                    Some(json!({"uuid": uuid.map(|u| u.to_string()), "fleet": fleet})),
+                )
+                .await?;
+            println!("{}", v["uuid"].as_str().unwrap_or_default());
         }
         Command::Token(TokenCommand::Create {
             data_dir,

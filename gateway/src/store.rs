@@ -71,6 +71,18 @@ const MIGRATIONS: &[&str] = &[
         target TEXT NOT NULL,
         detail TEXT NOT NULL
     );",
+    // 3: provisioning keys; devices registered ahead of provisioning.
+    "CREATE TABLE provisioning_keys (
+        id TEXT PRIMARY KEY NOT NULL,
+        fleet TEXT NOT NULL REFERENCES fleets(name),
+        secret_hash TEXT NOT NULL,
+        created_at BIGINT NOT NULL,
+        expires_at BIGINT,
+        max_uses BIGINT,
+        uses BIGINT NOT NULL DEFAULT 0,
+        revoked BOOLEAN NOT NULL DEFAULT FALSE
+    );
+    ALTER TABLE devices ADD COLUMN provisioned BOOLEAN NOT NULL DEFAULT TRUE;",
 ];
 
 /// A device as stored.
@@ -92,6 +104,40 @@ pub struct DeviceRecord {
     pub name: Option<String>,
     /// The fleet the device belongs to, if any.
     pub fleet: Option<String>,
+}
+
+/// A provisioning key as stored (never its secret).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRecord {
+    /// Public id.
+    pub id: String,
+    /// The fleet devices provisioned with it join.
+    pub fleet: String,
+    /// Creation time, unix seconds.
+    pub created_at: i64,
+    /// Expiry, unix seconds.
+    pub expires_at: Option<i64>,
+    /// Use limit.
+    pub max_uses: Option<i64>,
+    /// Devices provisioned with it so far.
+    pub uses: i64,
+    /// Revoked keys are refused.
+    pub revoked: bool,
+}
+
+/// Why a provisioning attempt was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// No such key or wrong secret.
+    InvalidKey,
+    /// The key was revoked.
+    KeyRevoked,
+    /// The key expired at this unix time.
+    KeyExpired(i64),
+    /// The key reached this use limit.
+    KeyUsedUp(i64),
+    /// The uuid is already provisioned, or was deleted.
+    UuidUnavailable(DeviceUuid),
 }
 
 /// A fleet as stored.
@@ -266,6 +312,190 @@ impl Store {
             .execute(&self.pool)
             .await?;
         Ok(())
+    }
+
+    /// Registers a device ahead of provisioning (balena's `device register`): it exists,
+    /// has no certificate yet, and a provisioning key of any fleet may claim it.
+    pub async fn register_device(
+        &self,
+        uuid: DeviceUuid,
+        fleet: Option<&str>,
+    ) -> Result<DeviceRecord, StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let public_url = match fleet {
+            Some(f) => {
+                self.fleet_in(&mut tx, f)
+                    .await?
+                    .ok_or_else(|| StoreError::NoSuchFleet(f.to_string()))?
+                    .public_url_default
+            }
+            None => false,
+        };
+        let res = sqlx::query(
+            "INSERT INTO devices (uuid, public_url, created_at, fleet, provisioned) VALUES ($1, $2, $3, $4, FALSE)",
+        )
+        .bind(uuid.as_str())
+        .bind(public_url)
+        .bind(now_unix())
+        .bind(fleet)
+        .execute(&mut *tx)
+        .await;
+        match res {
+            Ok(_) => {}
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                return Err(StoreError::DeviceExists(uuid))
+            }
+            Err(e) => return Err(e.into()),
+        }
+        tx.commit().await?;
+        self.device(uuid)
+            .await?
+            .ok_or_else(|| StoreError::Corrupt("registered device vanished".into()))
+    }
+
+    /// Stores a provisioning key (only the hash of its secret).
+    pub async fn create_key(
+        &self,
+        id: &str,
+        fleet: &str,
+        secret_hash: &str,
+        expires_at: Option<i64>,
+        max_uses: Option<i64>,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        if self.fleet_in(&mut tx, fleet).await?.is_none() {
+            return Err(StoreError::NoSuchFleet(fleet.to_string()));
+        }
+        sqlx::query(
+            "INSERT INTO provisioning_keys (id, fleet, secret_hash, created_at, expires_at, max_uses) VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(id)
+        .bind(fleet)
+        .bind(secret_hash)
+        .bind(now_unix())
+        .bind(expires_at)
+        .bind(max_uses)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The provisioning keys of a fleet (never their secrets).
+    pub async fn keys(&self, fleet: &str) -> Result<Vec<KeyRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, fleet, created_at, expires_at, max_uses, uses, revoked FROM provisioning_keys WHERE fleet = $1 ORDER BY created_at, id",
+        )
+        .bind(fleet)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(KeyRecord {
+                    id: r.try_get("id")?,
+                    fleet: r.try_get("fleet")?,
+                    created_at: r.try_get("created_at")?,
+                    expires_at: r.try_get("expires_at")?,
+                    max_uses: r.try_get("max_uses")?,
+                    uses: r.try_get("uses")?,
+                    revoked: r.try_get("revoked")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Revokes a provisioning key. Returns `false` if it does not exist.
+    pub async fn revoke_key(&self, id: &str) -> Result<bool, StoreError> {
+        let r = sqlx::query("UPDATE provisioning_keys SET revoked = TRUE WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// Provisions a device with a key, atomically: checks the key (secret, expiry, use
+    /// limit, revocation), claims `uuid` (a pre-registered one, or a new one), counts the
+    /// use. Returns the device's fleet and whether a new row was created.
+    pub async fn provision(
+        &self,
+        key_id: &str,
+        secret_hash: &str,
+        uuid: DeviceUuid,
+        now: i64,
+    ) -> Result<Result<String, Refusal>, StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let Some(k) = sqlx::query(
+            "SELECT fleet, secret_hash, expires_at, max_uses, uses, revoked FROM provisioning_keys WHERE id = $1",
+        )
+        .bind(key_id)
+        .fetch_optional(&mut *tx)
+        .await?
+        else {
+            return Ok(Err(Refusal::InvalidKey));
+        };
+        let stored_hash: String = k.try_get("secret_hash")?;
+        if stored_hash != secret_hash {
+            return Ok(Err(Refusal::InvalidKey));
+        }
+        if k.try_get::<bool, _>("revoked")? {
+            return Ok(Err(Refusal::KeyRevoked));
+        }
+        if let Some(exp) = k.try_get::<Option<i64>, _>("expires_at")? {
+            if now >= exp {
+                return Ok(Err(Refusal::KeyExpired(exp)));
+            }
+        }
+        let uses: i64 = k.try_get("uses")?;
+        if let Some(max) = k.try_get::<Option<i64>, _>("max_uses")? {
+            if uses >= max {
+                return Ok(Err(Refusal::KeyUsedUp(max)));
+            }
+        }
+        let fleet: String = k.try_get("fleet")?;
+        let existing =
+            sqlx::query("SELECT provisioned, revoked, fleet FROM devices WHERE uuid = $1")
+                .bind(uuid.as_str())
+                .fetch_optional(&mut *tx)
+                .await?;
+        let device_fleet = match existing {
+            Some(r) => {
+                if r.try_get::<bool, _>("provisioned")? || r.try_get::<bool, _>("revoked")? {
+                    return Ok(Err(Refusal::UuidUnavailable(uuid)));
+                }
+                let pre: Option<String> = r.try_get("fleet")?;
+                let device_fleet = pre.unwrap_or_else(|| fleet.clone());
+                sqlx::query("UPDATE devices SET provisioned = TRUE, fleet = $1 WHERE uuid = $2")
+                    .bind(&device_fleet)
+                    .bind(uuid.as_str())
+                    .execute(&mut *tx)
+                    .await?;
+                device_fleet
+            }
+            None => {
+                let public_url: bool =
+                    sqlx::query("SELECT public_url_default FROM fleets WHERE name = $1")
+                        .bind(&fleet)
+                        .fetch_one(&mut *tx)
+                        .await?
+                        .try_get(0)?;
+                sqlx::query(
+                    "INSERT INTO devices (uuid, public_url, created_at, fleet, provisioned) VALUES ($1, $2, $3, $4, TRUE)",
+                )
+                .bind(uuid.as_str())
+                .bind(public_url)
+                .bind(now)
+                .bind(&fleet)
+                .execute(&mut *tx)
+                .await?;
+                fleet
+            }
+        };
+        sqlx::query("UPDATE provisioning_keys SET uses = uses + 1 WHERE id = $1")
+            .bind(key_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(Ok(device_fleet))
     }
 
     /// Sets a device's public-URL flag. Returns `false` if the device does not exist.

@@ -24,6 +24,7 @@ const MAX_AGENT_STREAMS: u32 = 16;
 /// Shared state the tunnel side needs.
 pub(crate) struct TunnelCtx {
     pub(crate) store: Store,
+    pub(crate) ca: Arc<certs::Ca>,
     pub(crate) sessions: Arc<Sessions>,
     pub(crate) keep_alive: Duration,
 }
@@ -56,7 +57,7 @@ pub(crate) async fn accept_loop(
 
 /// Why a device connection was refused or ended.
 #[derive(Debug, thiserror::Error)]
-enum ConnError {
+pub(crate) enum ConnError {
     #[error("handshake: {0}")]
     Handshake(#[from] quinn::ConnectionError),
     #[error("handshake timed out")]
@@ -82,6 +83,13 @@ async fn handle_connection(
     let conn = tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming)
         .await
         .map_err(|_| ConnError::Timeout)??;
+    let alpn = conn
+        .handshake_data()
+        .and_then(|h| h.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+        .and_then(|h| h.protocol);
+    if alpn.as_deref() == Some(certs::PROVISION_ALPN) {
+        return crate::provisioning::serve(conn, &ctx).await;
+    }
     let uuid = match peer_uuid(&conn) {
         Ok(u) => u,
         Err(e) => {

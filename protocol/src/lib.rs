@@ -21,6 +21,7 @@ mod error;
 mod frame;
 mod header;
 mod heartbeat;
+mod provision;
 mod target;
 mod uuid;
 
@@ -33,5 +34,8 @@ pub use error::AppErrorCode;
 pub use frame::{Frame, FrameType, MAX_CONTROL_FRAME, MAX_DATA_FRAME};
 pub use header::{HttpHeader, StreamHeader, StreamKind, HEADER_MAGIC, MAX_HEADER_PAYLOAD};
 pub use heartbeat::{Heartbeat, HeartbeatEvent};
+pub use provision::{
+    InvalidKey, ProvisionErrorCode, ProvisionRequest, ProvisionResponse, ProvisioningKey,
+};
 pub use target::TargetStatus;
 pub use uuid::{DeviceUuid, InvalidUuid};

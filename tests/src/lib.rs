@@ -510,3 +510,94 @@ where
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// A management API client speaking raw HTTP, for asserting on statuses and bodies.
+pub struct Api {
+    addr: std::net::SocketAddr,
+    client: hyper_util::client::legacy::Client<
+        hyper_util::client::legacy::connect::HttpConnector,
+        TestBody,
+    >,
+}
+
+impl Api {
+    pub fn new(gw: &TestGateway) -> Self {
+        Self {
+            addr: gw.api_addr,
+            client: http_client(),
+        }
+    }
+
+    pub async fn raw(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        content_type: Option<&str>,
+        body: Vec<u8>,
+    ) -> (http::StatusCode, serde_json::Value) {
+        let mut req = http::Request::builder()
+            .method(method)
+            .uri(format!("http://{}{}", self.addr, path));
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        if let Some(ct) = content_type {
+            req = req.header("content-type", ct);
+        }
+        let resp = self
+            .client
+            .request(req.body(crate::body(body)).unwrap())
+            .await
+            .unwrap();
+        let status = resp.status();
+        let bytes = http_body_util::BodyExt::collect(resp.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        let value = if bytes.is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|e| panic!("non-JSON answer {bytes:?} to {method} {path}: {e}"))
+        };
+        (status, value)
+    }
+
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<serde_json::Value>,
+    ) -> (http::StatusCode, serde_json::Value) {
+        match body {
+            Some(b) => {
+                self.raw(
+                    method,
+                    path,
+                    token,
+                    Some("application/json"),
+                    b.to_string().into_bytes(),
+                )
+                .await
+            }
+            None => self.raw(method, path, token, None, Vec::new()).await,
+        }
+    }
+}
+
+/// Creates viewer, operator and admin tokens offline; returns them in that order.
+pub async fn tokens(gw: &TestGateway) -> (String, String, String) {
+    use gateway::api::auth::Role;
+    let (_, viewer) = gateway::create_token(&gw.data_dir, Role::Viewer, "v")
+        .await
+        .unwrap();
+    let (_, operator) = gateway::create_token(&gw.data_dir, Role::Operator, "o")
+        .await
+        .unwrap();
+    let (_, admin) = gateway::create_token(&gw.data_dir, Role::Admin, "a")
+        .await
+        .unwrap();
+    (viewer, operator, admin)
+}

@@ -38,6 +38,10 @@ pub(crate) struct ApiState {
     pub(crate) store: Store,
     pub(crate) sessions: Arc<Sessions>,
     pub(crate) domain: String,
+    /// Tunnel address written into provisioning keys.
+    pub(crate) advertise: String,
+    /// Fingerprint of the fleet CA, written into provisioning keys.
+    pub(crate) ca_fingerprint: String,
 }
 
 type ApiResult<T = Json<Value>> = Result<T, ApiError>;
@@ -49,7 +53,9 @@ pub(crate) fn router(state: ApiState) -> Router {
         .route("/v1/fleets", get(list_fleets).post(create_fleet))
         .route("/v1/fleets/{name}", get(show_fleet).delete(delete_fleet))
         .route("/v1/fleets/{name}/public-url", put(set_fleet_public_url))
-        .route("/v1/devices", get(list_devices))
+        .route("/v1/fleets/{name}/keys", get(list_keys).post(create_key))
+        .route("/v1/keys/{id}", axum::routing::delete(revoke_key))
+        .route("/v1/devices", get(list_devices).post(register_device))
         .route(
             "/v1/devices/{uuid}",
             get(show_device).patch(update_device).delete(delete_device),
@@ -67,7 +73,37 @@ pub(crate) fn router(state: ApiState) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn(refuse_oversized))
         .with_state(state)
+}
+
+/// Refuses a body whose declared length is over the limit before reading any of it, so a
+/// client learns why at once instead of after uploading megabytes. (Chunked bodies are
+/// cut off by `DefaultBodyLimit` as they arrive.)
+async fn refuse_oversized(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let declared = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY as u64) {
+        let mut resp = ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("request bodies are limited to {MAX_BODY} bytes"),
+        )
+        .into_response();
+        resp.headers_mut().insert(
+            axum::http::header::CONNECTION,
+            axum::http::HeaderValue::from_static("close"),
+        );
+        return resp;
+    }
+    next.run(req).await
 }
 
 /// Serves the API on `listener` until `shutdown`.
@@ -379,6 +415,132 @@ async fn set_device_public_url(
         .await?;
     let d = device_or_404(&st, uuid).await?;
     Ok(Json(device_json(&st, &d)))
+}
+
+// ---- provisioning keys and pre-registration ----
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewKey {
+    /// Seconds until the key expires; none = never.
+    expires_in_secs: Option<i64>,
+    /// How many devices may provision with it; none = unlimited.
+    max_uses: Option<i64>,
+}
+
+fn key_json(k: &crate::store::KeyRecord) -> Value {
+    json!({
+        "id": k.id, "fleet": k.fleet, "created_at": k.created_at, "expires_at": k.expires_at,
+        "max_uses": k.max_uses, "uses": k.uses, "revoked": k.revoked,
+    })
+}
+
+async fn create_key(
+    caller: Caller,
+    State(st): State<ApiState>,
+    name: Result<Path<String>, PathRejection>,
+    body: Result<Json<NewKey>, JsonRejection>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    caller.require(Role::Admin)?;
+    let Path(fleet) = name?;
+    let Json(body) = body?;
+    if body.expires_in_secs.is_some_and(|s| s <= 0) || body.max_uses.is_some_and(|n| n <= 0) {
+        return Err(ApiError::bad_request(
+            "invalid_request",
+            "expires_in_secs and max_uses must be positive",
+        ));
+    }
+    let t = auth::generate_token();
+    let expires_at = body
+        .expires_in_secs
+        .map(|s| crate::store::now_unix().saturating_add(s));
+    st.store
+        .create_key(&t.id, &fleet, &t.hash, expires_at, body.max_uses)
+        .await?;
+    let key = protocol::ProvisioningKey {
+        gateway: st.advertise.clone(),
+        ca_fingerprint: st.ca_fingerprint.clone(),
+        secret: t.token,
+    };
+    st.store
+        .audit(
+            &caller.actor(),
+            "key.create",
+            &t.id,
+            &json!({"fleet": fleet, "expires_at": expires_at, "max_uses": body.max_uses})
+                .to_string(),
+        )
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({
+            "id": t.id, "fleet": fleet, "expires_at": expires_at, "max_uses": body.max_uses,
+            "key": key.encode(),
+        })),
+    ))
+}
+
+async fn list_keys(
+    caller: Caller,
+    State(st): State<ApiState>,
+    name: Result<Path<String>, PathRejection>,
+) -> ApiResult {
+    caller.require(Role::Admin)?;
+    let Path(fleet) = name?;
+    if st.store.fleet(&fleet).await?.is_none() {
+        return Err(ApiError::not_found(format!("no fleet {fleet:?}")));
+    }
+    let keys = st.store.keys(&fleet).await?;
+    Ok(Json(json!(keys.iter().map(key_json).collect::<Vec<_>>())))
+}
+
+async fn revoke_key(
+    caller: Caller,
+    State(st): State<ApiState>,
+    id: Result<Path<String>, PathRejection>,
+) -> ApiResult<StatusCode> {
+    caller.require(Role::Admin)?;
+    let Path(id) = id?;
+    if !st.store.revoke_key(&id).await? {
+        return Err(ApiError::not_found(format!("no provisioning key {id:?}")));
+    }
+    st.store
+        .audit(&caller.actor(), "key.revoke", &id, "{}")
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Register {
+    uuid: Option<String>,
+    fleet: Option<String>,
+}
+
+async fn register_device(
+    caller: Caller,
+    State(st): State<ApiState>,
+    body: Result<Json<Register>, JsonRejection>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    caller.require(Role::Admin)?;
+    let Json(body) = body?;
+    let uuid = match body.uuid.as_deref() {
+        Some(u) => parse_uuid(u)?,
+        None => certs::random_uuid(),
+    };
+    let d = st
+        .store
+        .register_device(uuid, body.fleet.as_deref())
+        .await?;
+    st.store
+        .audit(
+            &caller.actor(),
+            "device.register",
+            uuid.as_str(),
+            &json!({"fleet": body.fleet}).to_string(),
+        )
+        .await?;
+    Ok((StatusCode::CREATED, Json(device_json(&st, &d))))
 }
 
 // ---- tokens ----

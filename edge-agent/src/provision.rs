@@ -1,0 +1,217 @@
+//! Provisioning and the agent's data dir.
+//!
+//! `edge-agent provision --key KEY --data-dir DIR` generates the device key pair here (the
+//! private key never leaves the device), sends a CSR with the fleet provisioning key to the
+//! gateway named in the key, checks the gateway against the CA fingerprint in the key, and
+//! stores the signed identity in `DIR/identity.toml` (the same format as the file
+//! `gateway device add` writes) plus a supervisor API key in `DIR/api-key`.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use protocol::{
+    DeviceUuid, Frame, FrameType, ProvisionErrorCode, ProvisionRequest, ProvisionResponse,
+    ProvisioningKey, MAX_CONTROL_FRAME,
+};
+
+use crate::config::AgentConfig;
+use crate::wire::{self, FrameReader, WireError};
+
+/// File holding the device identity inside the data dir.
+pub const IDENTITY_FILE: &str = "identity.toml";
+/// File holding the local supervisor API key inside the data dir.
+pub const API_KEY_FILE: &str = "api-key";
+
+/// Why provisioning failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ProvisionError {
+    /// The gateway refused (bad, expired or used-up key, uuid taken, ...). Retrying will
+    /// not help.
+    #[error("the gateway refused provisioning: {message} ({code:?})")]
+    Refused {
+        /// Machine-readable reason.
+        code: ProvisionErrorCode,
+        /// The gateway's explanation.
+        message: String,
+    },
+    /// The gateway could not be reached or verified. Retrying may help.
+    #[error("cannot provision via {gateway}: {reason}")]
+    Network {
+        /// The gateway address from the key.
+        gateway: String,
+        /// Why.
+        reason: String,
+    },
+    /// Certificates could not be generated or checked.
+    #[error("certificates: {0}")]
+    Certs(#[from] certs::CertError),
+    /// The data dir could not be written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The gateway answered with a CA that does not match the key's fingerprint.
+    #[error("the CA the gateway returned does not match the provisioning key")]
+    CaMismatch,
+}
+
+impl ProvisionError {
+    /// Whether trying again later can succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Self::Network { .. })
+    }
+}
+
+/// Path of the identity file in `data_dir`.
+pub fn identity_path(data_dir: &Path) -> PathBuf {
+    data_dir.join(IDENTITY_FILE)
+}
+
+/// Provisions this device with `key` and stores the identity in `data_dir`.
+pub async fn provision(
+    key: &ProvisioningKey,
+    uuid: Option<DeviceUuid>,
+    data_dir: &Path,
+) -> Result<AgentConfig, ProvisionError> {
+    let net = |reason: String| ProvisionError::Network {
+        gateway: key.gateway.clone(),
+        reason,
+    };
+    let (key_pem, csr_pem) = certs::generate_csr()?;
+    let tls = certs::provisioning_client_config(&key.ca_fingerprint)?;
+    let quic =
+        quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| net(e.to_string()))?;
+    let addr = tokio::net::lookup_host(&key.gateway)
+        .await
+        .map_err(|e| net(e.to_string()))?
+        .next()
+        .ok_or_else(|| net("no address".into()))?;
+    let bind = if addr.is_ipv6() {
+        "[::]:0"
+    } else {
+        "0.0.0.0:0"
+    };
+    let endpoint =
+        quinn::Endpoint::client(bind.parse().expect("addr")).map_err(|e| net(e.to_string()))?;
+    let conn = tokio::time::timeout(
+        Duration::from_secs(15),
+        endpoint
+            .connect_with(
+                quinn::ClientConfig::new(Arc::new(quic)),
+                addr,
+                certs::TUNNEL_SERVER_NAME,
+            )
+            .map_err(|e| net(e.to_string()))?,
+    )
+    .await
+    .map_err(|_| net("handshake timed out".into()))?
+    .map_err(|e| net(e.to_string()))?;
+    let request = ProvisionRequest {
+        key: key.secret.clone(),
+        csr: csr_pem,
+        uuid: uuid.map(|u| u.to_string()),
+        agent_version: crate::VERSION.to_string(),
+    };
+    let exchange = async {
+        let (mut send, recv) = conn.open_bi().await.map_err(|e| net(e.to_string()))?;
+        let frame = Frame::new(
+            FrameType::Message,
+            serde_json::to_vec(&request).expect("request serializes"),
+        );
+        wire::write_frame(&mut send, &frame)
+            .await
+            .map_err(|e| net(e.to_string()))?;
+        let _ = send.finish();
+        let mut reader = FrameReader::new(recv, MAX_CONTROL_FRAME);
+        let answer = reader
+            .next()
+            .await
+            .map_err(|e: WireError| net(e.to_string()))?;
+        serde_json::from_slice::<ProvisionResponse>(&answer.payload)
+            .map_err(|e| net(format!("malformed answer: {e}")))
+    };
+    let response = tokio::time::timeout(Duration::from_secs(15), exchange)
+        .await
+        .map_err(|_| net("no answer in time".into()))??;
+    conn.close(quinn::VarInt::from_u32(0), b"done");
+    endpoint.wait_idle().await;
+    let (uuid, cert, ca) = match response {
+        ProvisionResponse::Ok { uuid, cert, ca, .. } => (uuid, cert, ca),
+        ProvisionResponse::Error { code, message } => {
+            return Err(ProvisionError::Refused { code, message })
+        }
+    };
+    let ca_der = certs::parse_certs(&ca, "CA certificate")?;
+    if certs::fingerprint(&ca_der[0]) != key.ca_fingerprint.to_ascii_lowercase() {
+        return Err(ProvisionError::CaMismatch);
+    }
+    let cfg = AgentConfig {
+        uuid,
+        gateway: key.gateway.clone(),
+        server_name: certs::TUNNEL_SERVER_NAME.to_string(),
+        ca_cert: ca,
+        cert,
+        key: key_pem,
+        target: None,
+    };
+    std::fs::create_dir_all(data_dir).map_err(|source| ProvisionError::Io {
+        path: data_dir.to_path_buf(),
+        source,
+    })?;
+    write_private(&identity_path(data_dir), cfg.to_toml().as_bytes())?;
+    api_key(data_dir)?;
+    Ok(cfg)
+}
+
+/// The local supervisor API key stored in `data_dir`, created on first use.
+pub fn api_key(data_dir: &Path) -> Result<String, ProvisionError> {
+    let path = data_dir.join(API_KEY_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(k) if !k.trim().is_empty() => return Ok(k.trim().to_string()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(source) => return Err(ProvisionError::Io { path, source }),
+    }
+    set_api_key(data_dir, &new_api_key())
+}
+
+/// Stores `key` as the local API key (regenerate-api-key).
+pub fn set_api_key(data_dir: &Path, key: &str) -> Result<String, ProvisionError> {
+    std::fs::create_dir_all(data_dir).map_err(|source| ProvisionError::Io {
+        path: data_dir.to_path_buf(),
+        source,
+    })?;
+    write_private(&data_dir.join(API_KEY_FILE), key.as_bytes())?;
+    Ok(key.to_string())
+}
+
+/// A fresh random API key (32 hex characters, like balena's).
+pub fn new_api_key() -> String {
+    let b: [u8; 16] = rand::random();
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Writes a private file crash-safely: temp file (mode 0600), fsync, rename.
+pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), ProvisionError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let io = |source| ProvisionError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io)?;
+    f.write_all(bytes).map_err(io)?;
+    f.sync_all().map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)
+}
