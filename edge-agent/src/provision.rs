@@ -44,6 +44,14 @@ pub enum ProvisionError {
         /// Why.
         reason: String,
     },
+    /// The gateway's certificate failed verification against the key's CA fingerprint.
+    #[error("the gateway at {gateway} is not trusted: {reason}")]
+    Untrusted {
+        /// The gateway address from the key.
+        gateway: String,
+        /// The TLS failure.
+        reason: String,
+    },
     /// Certificates could not be generated or checked.
     #[error("certificates: {0}")]
     Certs(#[from] certs::CertError),
@@ -110,7 +118,19 @@ pub async fn provision(
     )
     .await
     .map_err(|_| net("handshake timed out".into()))?
-    .map_err(|e| net(e.to_string()))?;
+    .map_err(|e| match &e {
+        // A TLS failure (CRYPTO_ERROR range) means this gateway is not the one the key
+        // names: retrying cannot help.
+        quinn::ConnectionError::TransportError(t)
+            if (0x100..0x200).contains(&u64::from(t.code)) =>
+        {
+            ProvisionError::Untrusted {
+                gateway: key.gateway.clone(),
+                reason: t.reason.clone(),
+            }
+        }
+        _ => net(e.to_string()),
+    })?;
     let request = ProvisionRequest {
         key: key.secret.clone(),
         csr: csr_pem,

@@ -55,7 +55,8 @@ fn refuse(code: ProvisionErrorCode, message: impl Into<String>) -> ProvisionResp
 }
 
 async fn provision(ctx: &TunnelCtx, req: ProvisionRequest) -> ProvisionResponse {
-    let Some((key_id, _)) = req.key.split_once('.') else {
+    // Secrets look like API tokens: `gw_<id>.<secret>`.
+    let Some((key_id, _)) = req.key.strip_prefix("gw_").and_then(|k| k.split_once('.')) else {
         return refuse(ProvisionErrorCode::InvalidKey, "unknown provisioning key");
     };
     let uuid = match req.uuid.as_deref().map(str::parse::<DeviceUuid>) {

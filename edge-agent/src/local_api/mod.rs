@@ -6,12 +6,13 @@
 //!
 //! Paths, request bodies, status codes and response bodies follow balena's documentation,
 //! "Interacting with the balena Supervisor"
-//! (<https://www.balena.io/docs/reference/supervisor/supervisor-api/>, the `docs/API.md`
-//! of balena-os/balena-supervisor), field by field. Where that page does not say what
-//! an error looks like, the shapes of balena-supervisor's own device API
-//! (`src/device-api/{v1,v2}.ts`, `middleware/errors.ts`) are used: 423 for held update
-//! locks, `{"status":"failed","message":...}` for errors on most endpoints,
-//! `{"Data":"","Error":...}` on reboot/shutdown.
+//! (<https://docs.balena.io/reference/supervisor/supervisor-api/>, formerly
+//! <https://www.balena.io/docs/runtime/supervisor-api/>; its source is `docs/API.md` in
+//! balena-os/balena-supervisor), field by field. That page does not say what errors
+//! look like; for those, balena-supervisor's own device API is the reference
+//! (`src/device-api/{v1,v2}.ts`, `middleware/errors.ts`): 423 while an update lock is
+//! held, `{"status":"failed","message":...}` on most endpoints, `{"Data":"","Error":...}`
+//! on reboot/shutdown, plain text on the host-config patch.
 //!
 //! Every endpoint except `GET /ping` and `GET /v1/healthy` needs the API key, as
 //! `?apikey=KEY` or `Authorization: Bearer KEY`; without it: `401 Unauthorized`.

@@ -10,7 +10,23 @@ use serde_json::{json, Value};
 use super::control::ControlError;
 
 /// A handler's result: both arms are finished responses.
-pub(crate) type Reply = Result<Response, Response>;
+pub(crate) type Reply = Result<Response, Reject>;
+
+/// An error response on its way out of a handler, boxed so that `Result<T, Reject>`
+/// stays small. `?` turns any [`Response`] into one.
+pub(crate) struct Reject(Box<Response>);
+
+impl From<Response> for Reject {
+    fn from(response: Response) -> Self {
+        Self(Box::new(response))
+    }
+}
+
+impl IntoResponse for Reject {
+    fn into_response(self) -> Response {
+        *self.0
+    }
+}
 
 /// A `text/plain` response.
 pub(crate) fn text(status: StatusCode, body: impl Into<String>) -> Response {

@@ -11,7 +11,7 @@ use axum::Router;
 use serde_json::{json, Value};
 
 use super::body::{kind, path_id, JsonBody};
-use super::reply::{control_error, json, legacy, text, ErrorStyle, Reply};
+use super::reply::{control_error, json, legacy, text, ErrorStyle, Reject, Reply};
 use super::LocalApiState;
 
 /// The v1 routes.
@@ -35,8 +35,8 @@ pub(crate) fn routes() -> Router<LocalApiState> {
 }
 
 /// Parses a body for a v1 endpoint: errors are plain-text 400s.
-fn parse(bytes: &[u8]) -> Result<JsonBody, Response> {
-    JsonBody::parse(bytes).map_err(|m| text(StatusCode::BAD_REQUEST, m))
+fn parse(bytes: &[u8]) -> Result<JsonBody, Reject> {
+    JsonBody::parse(bytes).map_err(|m| text(StatusCode::BAD_REQUEST, m).into())
 }
 
 fn bad_request(message: String) -> Response {
@@ -44,8 +44,8 @@ fn bad_request(message: String) -> Response {
 }
 
 /// The app id of a `/v1/apps/{app_id}` path.
-fn app_id(segment: &str) -> Result<u32, Response> {
-    path_id(segment).ok_or_else(|| text(StatusCode::BAD_REQUEST, "Invalid app id"))
+fn app_id(segment: &str) -> Result<u32, Reject> {
+    path_id(segment).ok_or_else(|| text(StatusCode::BAD_REQUEST, "Invalid app id").into())
 }
 
 /// `POST /v1/blink`: empty 200; the blink runs on (balena ignores any body here).
@@ -133,7 +133,7 @@ async fn regenerate_api_key(State(s): State<LocalApiState>) -> Reply {
     if key.is_empty() {
         // An empty key would lock every client out for good (see `auth::keys_match`).
         let e = super::ControlError::Internal("the new API key is empty".into());
-        return Err(control_error(e, ErrorStyle::Standard));
+        return Err(control_error(e, ErrorStyle::Standard).into());
     }
     *s.api_key.write().unwrap_or_else(PoisonError::into_inner) = key.clone();
     tracing::info!("local API key regenerated");
@@ -182,7 +182,8 @@ async fn patch_host_config(State(s): State<LocalApiState>, body: Bytes) -> Reply
             return Err(bad_request(format!(
                 "network must be a JSON object, got {}",
                 kind(other)
-            )))
+            ))
+            .into())
         }
     }
     if let Some(dns) = body.get("network").and_then(|n| n.get("dns")) {
@@ -190,7 +191,8 @@ async fn patch_host_config(State(s): State<LocalApiState>, body: Bytes) -> Reply
             return Err(bad_request(format!(
                 "Expected dns to be a boolean or string, received: {}",
                 kind(dns)
-            )));
+            ))
+            .into());
         }
     }
     let patch = Value::Object(body.without("force"));
@@ -207,8 +209,8 @@ async fn app(State(s): State<LocalApiState>, Path(segment): Path<String>) -> Rep
     let app_id = app_id(&segment)?;
     match s.control.app(app_id).await {
         Ok(Some(app)) => Ok(json(app)),
-        Ok(None) => Err(text(StatusCode::BAD_REQUEST, "App not found")),
-        Err(e) => Err(control_error(e, ErrorStyle::LegacyApp)),
+        Ok(None) => Err(text(StatusCode::BAD_REQUEST, "App not found").into()),
+        Err(e) => Err(control_error(e, ErrorStyle::LegacyApp).into()),
     }
 }
 

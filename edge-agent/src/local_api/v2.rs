@@ -11,7 +11,7 @@ use serde_json::json;
 
 use super::body::{path_id, JsonBody};
 use super::control::{ControlFuture, ServiceRef};
-use super::reply::{control_error, failed, json, success, text, ErrorStyle, Reply};
+use super::reply::{control_error, failed, json, success, text, ErrorStyle, Reject, Reply};
 use super::{DeviceControl, LocalApiState};
 
 /// balena's message when a service action names no service.
@@ -45,12 +45,12 @@ fn bad_request(message: impl Into<String>) -> Response {
 }
 
 /// The app id of a `/v2/applications/{app_id}/...` path.
-fn app_id(segment: &str) -> Result<u32, Response> {
-    path_id(segment).ok_or_else(|| bad_request("Invalid app id"))
+fn app_id(segment: &str) -> Result<u32, Reject> {
+    path_id(segment).ok_or_else(|| bad_request("Invalid app id").into())
 }
 
-fn parse(bytes: &[u8]) -> Result<JsonBody, Response> {
-    JsonBody::parse(bytes).map_err(bad_request)
+fn parse(bytes: &[u8]) -> Result<JsonBody, Reject> {
+    JsonBody::parse(bytes).map_err(|m| bad_request(m).into())
 }
 
 /// `GET /v2/applications/state`: the current state of apps and services.
@@ -105,7 +105,7 @@ async fn service_action(
     let service = match (name, image_id) {
         (Some(name), _) => ServiceRef::Name(name),
         (None, Some(id)) => ServiceRef::ImageId(id),
-        (None, None) => return Err(text(StatusCode::BAD_REQUEST, NO_SERVICE)),
+        (None, None) => return Err(text(StatusCode::BAD_REQUEST, NO_SERVICE).into()),
     };
     tracing::info!(
         app_id,
