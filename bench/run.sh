@@ -289,7 +289,7 @@ bench_tunnel() {
     show_logs device-add; skip tunnel "last stdout line of device add is not a 32-hex uuid: '$uuid'"
     stop_since "$mark"; return 0
   fi
-  start edge-agent "$BIN/edge-agent" run --config "$d/dev.toml" --target "127.0.0.1:$NGINX_PORT"
+  start edge-agent "$BIN/edge-agent" run --config "$d/dev.toml" --target "127.0.0.1:$NGINX_PORT" --local-api 127.0.0.1:0
   if ! wait_ready "http://127.0.0.1:$http_port/" "$uuid.$DOMAIN"; then
     show_logs gateway edge-agent; skip tunnel "not ready"; stop_since "$mark"; return 0
   fi

@@ -164,6 +164,13 @@ pub struct AgentOptions {
     pub idle_timeout: Duration,
     /// Timeout for connecting to the local target. Default is 5 s.
     pub target_connect_timeout: Duration,
+    /// State dir (API key, executed action ids). Default is none: actions are refused.
+    pub data_dir: Option<std::path::PathBuf>,
+    /// Side effects of actions. Default is [`crate::device::Hooks::defaults`] for the data dir.
+    pub hooks: Option<crate::device::Hooks>,
+    /// Local supervisor API listener. Default is none here; the binary serves it on
+    /// `127.0.0.1:48484` unless told otherwise.
+    pub local_api: Option<std::net::SocketAddr>,
 }
 
 impl Default for AgentOptions {
@@ -176,6 +183,9 @@ impl Default for AgentOptions {
             keep_alive: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(15),
             target_connect_timeout: Duration::from_secs(5),
+            data_dir: None,
+            hooks: None,
+            local_api: None,
         }
     }
 }

@@ -12,6 +12,7 @@
 
 pub mod backoff;
 pub mod config;
+pub mod device;
 pub mod handlers;
 pub mod net;
 pub mod provision;

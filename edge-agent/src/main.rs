@@ -31,6 +31,8 @@ enum Command {
         /// `target`, else 127.0.0.1:80.
         #[arg(long, env = "EDGE_AGENT_TARGET")]
         target: Option<String>,
+        #[command(flatten)]
+        hooks: HookArgs,
     },
     /// Provision this device with a fleet provisioning key: generate its key pair, get
     /// its certificate from the gateway, store both in the data dir.
@@ -50,6 +52,51 @@ enum Command {
         #[command(flatten)]
         source: Source,
     },
+}
+
+/// How device actions take effect, and the local supervisor API.
+#[derive(Args)]
+struct HookArgs {
+    /// Local supervisor API (balena-compatible) listener.
+    #[arg(long, default_value = edge_agent::local_api::DEFAULT_LISTEN)]
+    local_api: std::net::SocketAddr,
+    /// Command run for the reboot action (split on spaces).
+    #[arg(long, default_value = "reboot")]
+    reboot_command: String,
+    /// Command run for the shutdown action (split on spaces).
+    #[arg(long, default_value = "poweroff")]
+    shutdown_command: String,
+    /// LED brightness file the blink action toggles (e.g. /sys/class/leds/led0/brightness).
+    #[arg(long)]
+    led: Option<PathBuf>,
+    /// Hostname file host-config reads and writes.
+    #[arg(long, default_value = "/etc/hostname")]
+    hostname_file: PathBuf,
+    /// Proxy settings file host-config reads and writes. [default: DATA_DIR/proxy.json]
+    #[arg(long)]
+    proxy_file: Option<PathBuf>,
+    /// Root of the per-service update-lock directories (bind-mounted at /tmp/balena in
+    /// each service). [default: DATA_DIR/locks]
+    #[arg(long)]
+    locks_dir: Option<PathBuf>,
+}
+
+impl HookArgs {
+    fn hooks(&self, data_dir: &std::path::Path) -> edge_agent::device::Hooks {
+        let mut h = edge_agent::device::Hooks::defaults(data_dir);
+        let split = |s: &str| s.split_whitespace().map(String::from).collect::<Vec<_>>();
+        h.reboot = split(&self.reboot_command);
+        h.shutdown = split(&self.shutdown_command);
+        h.led = self.led.clone();
+        h.hostname_file = self.hostname_file.clone();
+        if let Some(p) = &self.proxy_file {
+            h.proxy_file = p.clone();
+        }
+        if let Some(p) = &self.locks_dir {
+            h.locks_root = p.clone();
+        }
+        h
+    }
 }
 
 /// Where the agent's identity and state live: an identity file (`gateway device add
@@ -99,6 +146,7 @@ async fn main() -> anyhow::Result<()> {
             source,
             key,
             target,
+            hooks,
         } => {
             let (identity, state_dir) = source.paths();
             let shutdown = CancellationToken::new();
@@ -119,7 +167,9 @@ async fn main() -> anyhow::Result<()> {
             if let Some(t) = target.or_else(|| cfg.target.clone()) {
                 opts.target = t;
             }
-            provision::api_key(&state_dir)?;
+            opts.hooks = Some(hooks.hooks(&state_dir));
+            opts.local_api = Some(hooks.local_api);
+            opts.data_dir = Some(state_dir);
             let agent = Agent::new(cfg, opts)?;
             agent.run(shutdown).await?;
         }

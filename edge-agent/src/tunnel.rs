@@ -14,6 +14,7 @@ use tracing::{debug, info, instrument, warn};
 
 use crate::backoff::Backoff;
 use crate::config::{AgentConfig, AgentOptions, ConfigError};
+use crate::device::{ActionLog, Device};
 use crate::wire::{self, BiStream, FrameReader, WireError};
 
 /// How long the hello/welcome exchange may take.
@@ -32,6 +33,17 @@ pub enum AgentError {
     /// The local UDP socket could not be created.
     #[error("cannot open UDP socket: {0}")]
     Socket(std::io::Error),
+    /// The local supervisor API could not listen.
+    #[error("cannot serve the local supervisor API on {addr}: {source}")]
+    LocalApi {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The data dir could not be used.
+    #[error("data dir: {0}")]
+    DataDir(String),
 }
 
 /// Why one connection attempt or session ended; retried by the run loop.
@@ -75,6 +87,7 @@ pub struct Agent {
     opts: AgentOptions,
     client_config: quinn::ClientConfig,
     state: watch::Sender<ConnState>,
+    device: Option<(Arc<Device>, Arc<ActionLog>)>,
 }
 
 impl Agent {
@@ -95,11 +108,30 @@ impl Agent {
         })?;
         let mut client_config = quinn::ClientConfig::new(Arc::new(quic));
         client_config.transport_config(Arc::new(transport_config(&opts)));
+        let device = match &opts.data_dir {
+            Some(dir) => {
+                let key = crate::provision::api_key(dir)
+                    .map_err(|e| AgentError::DataDir(e.to_string()))?;
+                let hooks = opts
+                    .hooks
+                    .clone()
+                    .unwrap_or_else(|| crate::device::Hooks::defaults(dir));
+                let device = Device::new(
+                    config.uuid.clone(),
+                    dir.clone(),
+                    hooks,
+                    Arc::new(std::sync::RwLock::new(key)),
+                );
+                Some((Arc::new(device), Arc::new(ActionLog::load(dir))))
+            }
+            None => None,
+        };
         Ok(Self {
             config,
             opts,
             client_config,
             state: watch::Sender::new(ConnState::Connecting),
+            device,
         })
     }
 
@@ -115,6 +147,23 @@ impl Agent {
         let mut backoff = Backoff::new(self.opts.backoff_base, self.opts.backoff_cap);
         let mut last_failure: Option<String> = None;
         let tasks = TaskTracker::new();
+        if let (Some(addr), Some((device, _))) = (self.opts.local_api, &self.device) {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| AgentError::LocalApi { addr, source })?;
+            info!(%addr, "local supervisor API listening");
+            let state = crate::local_api::LocalApiState {
+                api_key: device.api_key(),
+                device: Arc::clone(device) as Arc<dyn crate::local_api::DeviceInfo>,
+                control: Arc::clone(device) as Arc<dyn crate::local_api::DeviceControl>,
+            };
+            tasks.spawn(crate::local_api::serve(
+                listener,
+                state,
+                shutdown.child_token(),
+            ));
+        }
+        let connected_flag = self.device.as_ref().map(|(d, _)| d.connected_flag());
         info!(gateway = %self.config.gateway, "connecting");
         loop {
             self.state.send_replace(ConnState::Connecting);
@@ -127,6 +176,9 @@ impl Agent {
                 Ok(session) => {
                     info!(gateway = %self.config.gateway, "connected");
                     self.state.send_replace(ConnState::Connected);
+                    if let Some(f) = &connected_flag {
+                        f.store(true, std::sync::atomic::Ordering::Relaxed);
+                    }
                     let started = Instant::now();
                     let conn = session.conn.clone();
                     let ended = tokio::select! {
@@ -136,6 +188,9 @@ impl Agent {
                         }
                         r = self.serve(session, &tasks) => r,
                     };
+                    if let Some(f) = &connected_flag {
+                        f.store(false, std::sync::atomic::Ordering::Relaxed);
+                    }
                     if started.elapsed() >= self.opts.stable_after {
                         backoff.reset();
                     }
@@ -262,6 +317,19 @@ impl Agent {
             mut control_send,
             mut control_recv,
         } = session;
+        // Action results come back from their tasks through this channel; only the
+        // control loop writes to the control stream.
+        let (results_tx, mut results_rx) = tokio::sync::mpsc::unbounded_channel::<ControlMessage>();
+        // Actions run one at a time, in the order the gateway sent them.
+        let (actions_tx, mut actions_rx) =
+            tokio::sync::mpsc::unbounded_channel::<(String, String, serde_json::Value)>();
+        let device = self.device.clone();
+        let worker_results = results_tx.clone();
+        tasks.spawn(async move {
+            while let Some((id, name, params)) = actions_rx.recv().await {
+                run_action(device.clone(), id, name, params, worker_results.clone()).await;
+            }
+        });
         let control = async {
             let mut hb = Heartbeat::new(
                 tokio::time::Instant::now().into_std(),
@@ -279,9 +347,15 @@ impl Agent {
                                 wire::write_frame(&mut control_send, &ControlMessage::HeartbeatAck { seq }.to_frame()).await?;
                             }
                             ControlMessage::HeartbeatAck { .. } => {}
+                            ControlMessage::Action { id, name, params } => {
+                                let _ = actions_tx.send((id, name, params));
+                            }
                             ControlMessage::Error { message, .. } => return Err(SessionError::Refused(message)),
                             other => debug!(?other, "ignoring control message"),
                         }
+                    }
+                    Some(result) = results_rx.recv() => {
+                        wire::write_frame(&mut control_send, &result.to_frame()).await?;
                     }
                     _ = tokio::time::sleep_until(deadline) => {
                         match hb.poll(std::time::Instant::now()) {
@@ -330,6 +404,56 @@ struct Session {
     conn: quinn::Connection,
     control_send: quinn::SendStream,
     control_recv: FrameReader,
+}
+
+/// Runs one action exactly once (per the persisted log) and reports its result.
+async fn run_action(
+    device: Option<(Arc<Device>, Arc<ActionLog>)>,
+    id: String,
+    name: String,
+    params: serde_json::Value,
+    results: tokio::sync::mpsc::UnboundedSender<ControlMessage>,
+) {
+    let reply = |ok: bool, detail: serde_json::Value| ControlMessage::ActionResult {
+        id: id.clone(),
+        ok,
+        detail,
+    };
+    let Some((device, log)) = device else {
+        let _ = results.send(reply(
+            false,
+            "this agent runs without a data dir; actions need one".into(),
+        ));
+        return;
+    };
+    let result = match log.lookup(&id) {
+        // Delivered again (a reconnect before the gateway saw the result): never re-run.
+        Some(Some((ok, detail))) => reply(ok, detail),
+        Some(None) => reply(
+            true,
+            "already executed; the agent restarted before recording its result".into(),
+        ),
+        None => {
+            info!(action = %name, %id, "running action");
+            // Recorded before it runs: a reboot in the middle must not run it again.
+            if let Err(e) = log.record(&id, None) {
+                let _ = results.send(reply(false, format!("cannot record action: {e}").into()));
+                return;
+            }
+            let (ok, detail) = match device.run_action(&name, &params).await {
+                Ok(v) => (true, v),
+                Err(reason) => {
+                    warn!(action = %name, %id, %reason, "action failed");
+                    (false, serde_json::Value::String(reason))
+                }
+            };
+            if let Err(e) = log.record(&id, Some((ok, detail.clone()))) {
+                warn!(error = %e, "cannot record action result");
+            }
+            reply(ok, detail)
+        }
+    };
+    let _ = results.send(result);
 }
 
 /// Reads a gateway-opened stream's header and dispatches it.

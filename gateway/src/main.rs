@@ -57,6 +57,35 @@ enum Command {
     /// Manage fleet provisioning keys (via the management API).
     #[command(subcommand)]
     Key(KeyCommand),
+    /// Run an action on a device (via the management API): blink, reboot, shutdown,
+    /// restart, stop-service, start-service, purge, update, regenerate-api-key,
+    /// host-config. Offline devices get it when they reconnect (within --ttl).
+    Action {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Device uuid.
+        uuid: DeviceUuid,
+        /// The action.
+        action: String,
+        /// Override update locks, as balena's `force`.
+        #[arg(long)]
+        force: bool,
+        /// App id (restart, stop-service, start-service, purge).
+        #[arg(long)]
+        app: Option<u32>,
+        /// Service name (restart of one service, stop-service, start-service).
+        #[arg(long)]
+        service: Option<String>,
+        /// host-config: a JSON patch, e.g. '{"network":{"hostname":"kiosk-7"}}'.
+        #[arg(long)]
+        patch: Option<String>,
+        /// How long the action waits for an offline device.
+        #[arg(long, value_parser = parse_duration, default_value = "24h")]
+        ttl: std::time::Duration,
+        /// Return once queued instead of waiting for the result.
+        #[arg(long)]
+        no_wait: bool,
+    },
     /// Show the audit log, newest first (via the management API).
     Audit {
         #[command(flatten)]
@@ -630,6 +659,82 @@ async fn main() -> anyhow::Result<()> {
                 .await?;
             println!("token {id} revoked");
         }
+        Command::Action {
+            api,
+            uuid,
+            action,
+            force,
+            app,
+            service,
+            patch,
+            ttl,
+            no_wait,
+        } => {
+            let mut params = serde_json::Map::new();
+            if let Some(a) = app {
+                params.insert("appId".into(), json!(a));
+            }
+            if let Some(s) = service {
+                params.insert("serviceName".into(), json!(s));
+            }
+            if let Some(p) = patch {
+                let v: serde_json::Value =
+                    serde_json::from_str(&p).context("--patch must be JSON")?;
+                params.insert("patch".into(), v);
+            }
+            let client = api.client();
+            let a = client
+                .call(
+                    Method::POST,
+                    &format!("/v1/devices/{uuid}/actions"),
+                    Some(json!({"action": action, "params": params, "force": force, "ttl_secs": ttl.as_secs().max(1)})),
+                )
+                .await?;
+            let id = a["id"].as_str().unwrap_or_default().to_string();
+            if a["device_online"] != true {
+                let until =
+                    a["expires_at"].as_i64().unwrap_or_default() - gateway::store::now_unix();
+                println!(
+                    "device {uuid} is offline: {action} queued as {id}; it runs when the device reconnects within {}",
+                    human_secs(until)
+                );
+                return Ok(());
+            }
+            if no_wait {
+                println!("{id}");
+                return Ok(());
+            }
+            let frames = ['|', '/', '-', '\\'];
+            let mut i = 0;
+            let result = loop {
+                let v = client
+                    .call(Method::GET, &format!("/v1/actions/{id}"), None)
+                    .await?;
+                match v["status"].as_str() {
+                    Some("succeeded" | "failed" | "expired") => break v,
+                    status => {
+                        eprint!(
+                            "\r{} {action} on {uuid}: {}",
+                            frames[i % 4],
+                            status.unwrap_or("?")
+                        );
+                        i += 1;
+                        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                    }
+                }
+            };
+            eprint!("\r\x1b[K");
+            let detail = match &result["detail"] {
+                serde_json::Value::Null => String::new(),
+                serde_json::Value::String(s) => format!(": {s}"),
+                other => format!(": {other}"),
+            };
+            match result["status"].as_str() {
+                Some("succeeded") => println!("{action} on {uuid} succeeded{detail}"),
+                Some(status) => anyhow::bail!("{action} on {uuid} {status}{detail}"),
+                None => anyhow::bail!("unexpected answer {result}"),
+            }
+        }
         Command::Audit { api, limit } => {
             let v = api
                 .client()
@@ -695,6 +800,14 @@ fn print_device(d: &serde_json::Value) {
             other => other.to_string(),
         };
         println!("{key:<11} {text}");
+    }
+}
+
+fn human_secs(secs: i64) -> String {
+    match secs.max(0) {
+        s @ 0..=119 => format!("{s}s"),
+        s @ 120..=7199 => format!("{}m", s / 60),
+        s => format!("{}h", s / 3600),
     }
 }
 

@@ -21,6 +21,8 @@ pub struct Session {
     /// `<uuid>-<id>`: the key of this session's streams in the gateway's HTTP client pool,
     /// computed once instead of per request.
     pub pool_authority: http::uri::Authority,
+    /// Wakes the session's control loop to deliver newly queued actions.
+    pub kick: tokio::sync::Notify,
 }
 
 impl Session {
@@ -35,6 +37,7 @@ impl Session {
             conn,
             public_url: AtomicBool::new(public_url),
             pool_authority,
+            kick: tokio::sync::Notify::new(),
         }
     }
 }
@@ -73,6 +76,18 @@ impl Sessions {
     pub fn set_public_url(&self, uuid: &DeviceUuid, on: bool) {
         if let Some(s) = self.get(uuid) {
             s.public_url.store(on, Ordering::Relaxed);
+        }
+    }
+
+    /// Wakes `uuid`'s control loop to deliver queued actions. Returns whether the device
+    /// is online.
+    pub fn kick(&self, uuid: &DeviceUuid) -> bool {
+        match self.get(uuid) {
+            Some(s) => {
+                s.kick.notify_one();
+                true
+            }
+            None => false,
         }
     }
 

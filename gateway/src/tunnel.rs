@@ -236,15 +236,30 @@ async fn serve_session(
     info!(session = session.id, %agent_version, "device connected");
 
     let control = async {
+        // Queued actions go out first, in order (the agent never runs an id twice).
+        deliver_actions(&ctx, uuid, &mut control_send).await?;
         loop {
-            let frame = control_recv.next().await?;
-            match ControlMessage::from_frame(&frame).map_err(WireError::from)? {
-                ControlMessage::Heartbeat { seq } => {
-                    let ack = ControlMessage::HeartbeatAck { seq }.to_frame();
-                    wire::write_frame(&mut control_send, &ack).await?;
+            tokio::select! {
+                frame = control_recv.next() => {
+                    match ControlMessage::from_frame(&frame?).map_err(WireError::from)? {
+                        ControlMessage::Heartbeat { seq } => {
+                            let ack = ControlMessage::HeartbeatAck { seq }.to_frame();
+                            wire::write_frame(&mut control_send, &ack).await?;
+                        }
+                        ControlMessage::HeartbeatAck { .. } => {}
+                        ControlMessage::ActionResult { id, ok, detail } => {
+                            info!(action = %id, ok, "action finished");
+                            if let Err(e) = ctx.store.action_finished(uuid, &id, ok, &detail).await {
+                                warn!(error = %e, "cannot record action result");
+                            }
+                        }
+                        other => debug!(?other, "ignoring control message"),
+                    }
                 }
-                ControlMessage::HeartbeatAck { .. } => {}
-                other => debug!(?other, "ignoring control message"),
+                // An operator queued an action while the device is online.
+                _ = session.kick.notified() => {
+                    deliver_actions(&ctx, uuid, &mut control_send).await?;
+                }
             }
         }
     };
@@ -294,6 +309,25 @@ async fn serve_session(
         }
     }
     info!(session = session.id, %reason, "device disconnected");
+    Ok(())
+}
+
+/// Sends the device's deliverable actions on the control stream, oldest first.
+async fn deliver_actions(
+    ctx: &TunnelCtx,
+    uuid: DeviceUuid,
+    send: &mut quinn::SendStream,
+) -> Result<(), ConnError> {
+    for a in ctx.store.actions_to_deliver(uuid).await? {
+        let msg = ControlMessage::Action {
+            id: a.id.clone(),
+            name: a.name.clone(),
+            params: a.params.clone(),
+        };
+        wire::write_frame(send, &msg.to_frame()).await?;
+        ctx.store.action_delivered(&a.id).await?;
+        debug!(action = %a.id, name = %a.name, "action delivered");
+    }
     Ok(())
 }
 

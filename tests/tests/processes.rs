@@ -111,7 +111,7 @@ async fn documented_commands_and_gateway_kill9_restart() {
 
     let _agent = Proc::spawn(
         Command::new(bin("edge-agent"))
-            .args(["run", "--config"])
+            .args(["run", "--local-api", "127.0.0.1:0", "--config"])
             .arg(&out)
             .args(["--target", &backend.addr.to_string()])
             .env("RUST_LOG", "warn"),
@@ -152,7 +152,7 @@ async fn dead_agent_is_noticed_and_shown_offline() {
     let host = device_host(&uuid);
     let mut agent = Proc::spawn(
         Command::new(bin("edge-agent"))
-            .args(["run", "--config"])
+            .args(["run", "--local-api", "127.0.0.1:0", "--config"])
             .arg(&out)
             .args(["--target", &backend.addr.to_string()])
             .env("RUST_LOG", "warn"),
@@ -256,7 +256,7 @@ fn bad_configuration_is_refused_with_the_key_named() {
     let agent_cfg = dir.path().join("agent.toml");
     std::fs::write(&agent_cfg, "uuid = \"nope\"\n").unwrap();
     let o = Command::new(bin("edge-agent"))
-        .args(["run", "--config"])
+        .args(["run", "--local-api", "127.0.0.1:0", "--config"])
         .arg(&agent_cfg)
         .output()
         .unwrap();

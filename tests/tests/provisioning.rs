@@ -92,6 +92,8 @@ async fn provision_with_keys_and_the_refusals() {
         Command::new(bin("edge-agent"))
             .args([
                 "run",
+                "--local-api",
+                "127.0.0.1:0",
                 "--data-dir",
                 d1s,
                 "--target",
@@ -245,7 +247,15 @@ async fn pre_registered_uuid_and_first_start_provisioning() {
     let fresh = dir.path().join("fresh");
     let _run = Proc::spawn(
         Command::new(bin("edge-agent"))
-            .args(["run", "--data-dir", fresh.to_str().unwrap(), "--key", &key])
+            .args([
+                "run",
+                "--local-api",
+                "127.0.0.1:0",
+                "--data-dir",
+                fresh.to_str().unwrap(),
+                "--key",
+                &key,
+            ])
             .args(["--target", &backend.addr.to_string()])
             .env("RUST_LOG", "warn"),
     );

@@ -1,0 +1,499 @@
+//! The device side of actions: what "reboot", "blink" or "host-config" do on this device,
+//! through configurable commands and paths (so tests observe them in a temporary
+//! directory and never touch the machine), plus update-lock checks.
+//!
+//! [`Device`] implements the local API's [`DeviceControl`] and [`DeviceInfo`], and
+//! [`Device::run_action`] executes actions that arrive over the control stream; both paths
+//! share the same code. Container actions answer with the real (empty, until the
+//! reconciler exists) state: an app the agent does not run is "not found".
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tracing::{info, warn};
+
+use crate::local_api::{ControlError, ControlFuture, DeviceControl, DeviceInfo, ServiceRef};
+use crate::locks::Locks;
+
+/// Side effects of device actions. Every field has a default that acts on a real device.
+#[derive(Debug, Clone)]
+pub struct Hooks {
+    /// Command run for `reboot` (argv). Default is `["reboot"]`.
+    pub reboot: Vec<String>,
+    /// Command run for `shutdown` (argv). Default is `["poweroff"]`.
+    pub shutdown: Vec<String>,
+    /// LED brightness file toggled for `blink` (e.g. `/sys/class/leds/led0/brightness`).
+    /// Default is none: blink is logged only.
+    pub led: Option<PathBuf>,
+    /// How long `blink` blinks. Default is 15 s, as balena's.
+    pub blink_for: Duration,
+    /// Hostname file for host-config. Default is `/etc/hostname`.
+    pub hostname_file: PathBuf,
+    /// JSON file holding the proxy part of host-config. Default is `<data dir>/proxy.json`.
+    pub proxy_file: PathBuf,
+    /// Root of the per-service update-lock directories. Default is `<data dir>/locks`.
+    pub locks_root: PathBuf,
+}
+
+impl Hooks {
+    /// Defaults for a real device with state in `data_dir`.
+    pub fn defaults(data_dir: &std::path::Path) -> Self {
+        Self {
+            reboot: vec!["reboot".into()],
+            shutdown: vec!["poweroff".into()],
+            led: None,
+            blink_for: Duration::from_secs(15),
+            hostname_file: PathBuf::from("/etc/hostname"),
+            proxy_file: data_dir.join("proxy.json"),
+            locks_root: data_dir.join("locks"),
+        }
+    }
+}
+
+/// This device: identity, hooks, state shared with the tunnel and the local API.
+pub struct Device {
+    uuid: String,
+    data_dir: PathBuf,
+    hooks: Hooks,
+    locks: Locks,
+    api_key: Arc<RwLock<String>>,
+    connected: Arc<AtomicBool>,
+}
+
+impl Device {
+    /// Builds the device record. `api_key` is shared with the local API.
+    pub fn new(
+        uuid: String,
+        data_dir: PathBuf,
+        hooks: Hooks,
+        api_key: Arc<RwLock<String>>,
+    ) -> Self {
+        Self {
+            uuid,
+            locks: Locks::new(hooks.locks_root.clone()),
+            data_dir,
+            hooks,
+            api_key,
+            connected: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Flag the tunnel sets while connected.
+    pub fn connected_flag(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.connected)
+    }
+
+    /// The key cell shared with the local API.
+    pub fn api_key(&self) -> Arc<RwLock<String>> {
+        Arc::clone(&self.api_key)
+    }
+
+    /// Runs a gateway action by name. Returns a JSON result or the failure reason
+    /// (`locked`, `not found: ...`, ...).
+    pub async fn run_action(&self, name: &str, params: &Value) -> Result<Value, String> {
+        let force = params["force"].as_bool().unwrap_or(false);
+        let app = || {
+            params["appId"]
+                .as_u64()
+                .and_then(|a| u32::try_from(a).ok())
+                .ok_or_else(|| "missing appId".to_string())
+        };
+        let service = || {
+            params["serviceName"]
+                .as_str()
+                .map(|s| ServiceRef::Name(s.to_string()))
+                .ok_or_else(|| "missing serviceName".to_string())
+        };
+        let r = match name {
+            "blink" => self.blink().await.map(|_| Value::Null),
+            "reboot" => self.reboot(force).await.map(|_| Value::Null),
+            "shutdown" => self.shutdown(force).await.map(|_| Value::Null),
+            "update" => self.update(force).await.map(|_| Value::Null),
+            "restart" => match params["serviceName"].as_str() {
+                Some(_) => self
+                    .restart_service(app()?, service()?, force)
+                    .await
+                    .map(|_| Value::Null),
+                None => self.restart_app(app()?, force).await.map(|_| Value::Null),
+            },
+            "stop-service" => self
+                .stop_service(app()?, service()?, force)
+                .await
+                .map(|_| Value::Null),
+            "start-service" => self
+                .start_service(app()?, service()?)
+                .await
+                .map(|_| Value::Null),
+            "purge" => self.purge(app()?, force).await.map(|_| Value::Null),
+            "regenerate-api-key" => self.regenerate_api_key().await.map(|_| Value::Null),
+            "host-config" => match params.get("patch") {
+                Some(p) => self
+                    .patch_host_config(p.clone(), force)
+                    .await
+                    .map(|_| Value::Null),
+                None => self.host_config().await,
+            },
+            other => return Err(format!("unknown action {other:?}")),
+        };
+        r.map_err(|e| match e {
+            ControlError::Locked(_) => "locked".to_string(),
+            ControlError::NotFound(m) => format!("not found: {m}"),
+            ControlError::BadRequest(m) => format!("bad request: {m}"),
+            ControlError::Internal(m) => m,
+        })
+    }
+
+    fn check_locks(&self, app_id: u32, force: bool) -> Result<(), ControlError> {
+        if force {
+            return Ok(());
+        }
+        match self.locks.locked_services(app_id) {
+            Ok(locked) if locked.is_empty() => Ok(()),
+            Ok(locked) => Err(ControlError::Locked(format!(
+                "app {app_id} holds update locks in {}",
+                locked.join(", ")
+            ))),
+            Err(e) => Err(ControlError::Internal(format!(
+                "cannot read update locks: {e}"
+            ))),
+        }
+    }
+
+    fn check_all_locks(&self, force: bool) -> Result<(), ControlError> {
+        if force {
+            return Ok(());
+        }
+        let Ok(entries) = std::fs::read_dir(&self.hooks.locks_root) else {
+            return Ok(());
+        };
+        for e in entries.flatten() {
+            if let Some(app) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) {
+                self.check_locks(app, false)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// An app the agent runs. None run until the reconciler exists.
+    fn no_app(app_id: u32) -> ControlError {
+        ControlError::NotFound(format!("app {app_id} is not running on this device"))
+    }
+
+    async fn run_command(argv: &[String], what: &str) -> Result<(), ControlError> {
+        let (prog, args) = argv
+            .split_first()
+            .ok_or_else(|| ControlError::Internal(format!("no {what} command configured")))?;
+        let status = tokio::process::Command::new(prog)
+            .args(args)
+            .status()
+            .await
+            .map_err(|e| ControlError::Internal(format!("{what} command {prog:?}: {e}")))?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(ControlError::Internal(format!(
+                "{what} command {prog:?} exited with {status}"
+            )))
+        }
+    }
+}
+
+fn write_file(path: &std::path::Path, text: &str) -> Result<(), ControlError> {
+    crate::provision::write_private(path, text.as_bytes())
+        .map_err(|e| ControlError::Internal(e.to_string()))
+}
+
+impl DeviceControl for Device {
+    fn blink(&self) -> ControlFuture<'_, ()> {
+        Box::pin(async move {
+            info!("blink requested");
+            let Some(led) = self.hooks.led.clone() else {
+                return Ok(());
+            };
+            let until = self.hooks.blink_for;
+            // Blink in the background, as balena does: the request returns at once.
+            tokio::spawn(async move {
+                let start = tokio::time::Instant::now();
+                let mut on = true;
+                while start.elapsed() < until {
+                    let _ = tokio::fs::write(&led, if on { "1" } else { "0" }).await;
+                    on = !on;
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                let _ = tokio::fs::write(&led, "0").await;
+            });
+            // The first write happens now so a caller can observe it.
+            std::fs::write(self.hooks.led.as_ref().expect("checked"), "1")
+                .map_err(|e| ControlError::Internal(format!("LED: {e}")))
+        })
+    }
+
+    fn reboot(&self, force: bool) -> ControlFuture<'_, ()> {
+        Box::pin(async move {
+            self.check_all_locks(force)?;
+            warn!("rebooting on request");
+            Self::run_command(&self.hooks.reboot, "reboot").await
+        })
+    }
+
+    fn shutdown(&self, force: bool) -> ControlFuture<'_, ()> {
+        Box::pin(async move {
+            self.check_all_locks(force)?;
+            warn!("shutting down on request");
+            Self::run_command(&self.hooks.shutdown, "shutdown").await
+        })
+    }
+
+    fn update(&self, _force: bool) -> ControlFuture<'_, ()> {
+        // The reconciler (a later release) fetches the target here; until then there is
+        // nothing to update, which is a success.
+        Box::pin(async { Ok(()) })
+    }
+
+    fn restart_app(&self, app_id: u32, force: bool) -> ControlFuture<'_, ()> {
+        Box::pin(async move {
+            self.check_locks(app_id, force)?;
+            Err(Self::no_app(app_id))
+        })
+    }
+
+    fn stop_app(&self, app_id: u32, force: bool) -> ControlFuture<'_, String> {
+        Box::pin(async move {
+            self.check_locks(app_id, force)?;
+            Err(Self::no_app(app_id))
+        })
+    }
+
+    fn start_app(&self, app_id: u32) -> ControlFuture<'_, String> {
+        Box::pin(async move { Err(Self::no_app(app_id)) })
+    }
+
+    fn purge(&self, app_id: u32, force: bool) -> ControlFuture<'_, ()> {
+        Box::pin(async move {
+            self.check_locks(app_id, force)?;
+            Err(Self::no_app(app_id))
+        })
+    }
+
+    fn restart_service(
+        &self,
+        app_id: u32,
+        _service: ServiceRef,
+        force: bool,
+    ) -> ControlFuture<'_, ()> {
+        Box::pin(async move {
+            self.check_locks(app_id, force)?;
+            Err(Self::no_app(app_id))
+        })
+    }
+
+    fn stop_service(
+        &self,
+        app_id: u32,
+        _service: ServiceRef,
+        force: bool,
+    ) -> ControlFuture<'_, ()> {
+        Box::pin(async move {
+            self.check_locks(app_id, force)?;
+            Err(Self::no_app(app_id))
+        })
+    }
+
+    fn start_service(&self, app_id: u32, _service: ServiceRef) -> ControlFuture<'_, ()> {
+        Box::pin(async move { Err(Self::no_app(app_id)) })
+    }
+
+    fn regenerate_api_key(&self) -> ControlFuture<'_, String> {
+        Box::pin(async move {
+            let key = crate::provision::new_api_key();
+            crate::provision::set_api_key(&self.data_dir, &key)
+                .map_err(|e| ControlError::Internal(e.to_string()))?;
+            *self.api_key.write().expect("api key lock") = key.clone();
+            info!("local API key regenerated");
+            Ok(key)
+        })
+    }
+
+    fn host_config(&self) -> ControlFuture<'_, Value> {
+        Box::pin(async move {
+            let hostname = std::fs::read_to_string(&self.hooks.hostname_file)
+                .map(|h| h.trim().to_string())
+                .unwrap_or_default();
+            let proxy = std::fs::read_to_string(&self.hooks.proxy_file)
+                .ok()
+                .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+                .unwrap_or_else(|| json!({}));
+            Ok(json!({"network": {"hostname": hostname, "proxy": proxy}}))
+        })
+    }
+
+    fn patch_host_config(&self, patch: Value, force: bool) -> ControlFuture<'_, ()> {
+        Box::pin(async move {
+            let network = patch
+                .get("network")
+                .and_then(Value::as_object)
+                .ok_or_else(|| ControlError::BadRequest("expected {\"network\": {...}}".into()))?;
+            self.check_all_locks(force)?;
+            if let Some(h) = network.get("hostname") {
+                let h = h
+                    .as_str()
+                    .filter(|h| {
+                        !h.is_empty()
+                            && h.len() <= 63
+                            && h.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                    })
+                    .ok_or_else(|| {
+                        ControlError::BadRequest(
+                            "hostname must be 1-63 letters, digits or dashes".into(),
+                        )
+                    })?;
+                write_file(&self.hooks.hostname_file, &format!("{h}\n"))?;
+            }
+            if let Some(p) = network.get("proxy") {
+                if !p.is_object() {
+                    return Err(ControlError::BadRequest("proxy must be an object".into()));
+                }
+                write_file(&self.hooks.proxy_file, &p.to_string())?;
+            }
+            info!("host config patched");
+            Ok(())
+        })
+    }
+
+    fn apps_state(&self) -> ControlFuture<'_, Value> {
+        Box::pin(async { Ok(json!({})) })
+    }
+
+    fn app(&self, _app_id: u32) -> ControlFuture<'_, Option<Value>> {
+        Box::pin(async { Ok(None) })
+    }
+}
+
+impl DeviceInfo for Device {
+    fn uuid(&self) -> String {
+        self.uuid.clone()
+    }
+
+    fn name(&self) -> String {
+        self.uuid[..7].to_string()
+    }
+
+    fn api_port(&self) -> u16 {
+        48484
+    }
+
+    fn os_version(&self) -> String {
+        std::fs::read_to_string("/etc/os-release")
+            .ok()
+            .and_then(|t| {
+                t.lines()
+                    .find_map(|l| l.strip_prefix("PRETTY_NAME="))
+                    .map(|v| v.trim_matches('"').to_string())
+            })
+            .unwrap_or_else(|| "unknown".into())
+    }
+
+    fn supervisor_version(&self) -> String {
+        crate::VERSION.to_string()
+    }
+
+    fn ip_addresses(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    fn status(&self) -> String {
+        "Idle".into()
+    }
+
+    fn connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+
+    fn tags(&self) -> Vec<(String, String)> {
+        Vec::new()
+    }
+
+    fn commit(&self) -> Option<String> {
+        None
+    }
+}
+
+/// An action's recorded outcome: `(ok, detail)`.
+pub type ActionOutcome = (bool, Value);
+
+/// Executed action ids and their results, persisted in the data dir so that an action is
+/// never executed twice, across reconnects and agent restarts.
+pub struct ActionLog {
+    path: PathBuf,
+    entries: std::sync::Mutex<Vec<(String, Option<ActionOutcome>)>>,
+}
+
+/// How many executed ids are remembered (oldest forgotten first). The gateway expires
+/// actions long before this many accumulate.
+const ACTION_LOG_LEN: usize = 4096;
+
+impl ActionLog {
+    /// Loads `data_dir/actions.json` (missing = empty).
+    pub fn load(data_dir: &std::path::Path) -> Self {
+        let path = data_dir.join("actions.json");
+        let entries = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|t| serde_json::from_str::<Vec<(String, Option<ActionOutcome>)>>(&t).ok())
+            .unwrap_or_default();
+        Self {
+            path,
+            entries: std::sync::Mutex::new(entries),
+        }
+    }
+
+    /// `None` if `id` was never seen; `Some(None)` if it was started but its result was
+    /// not recorded (the agent died or the device rebooted mid-action); `Some(Some(r))`
+    /// with the recorded result.
+    pub fn lookup(&self, id: &str) -> Option<Option<ActionOutcome>> {
+        let e = self.entries.lock().expect("action log");
+        e.iter().find(|(i, _)| i == id).map(|(_, r)| r.clone())
+    }
+
+    /// Records that `id` starts now (persisted before anything runs) or finished with `result`.
+    pub fn record(&self, id: &str, result: Option<ActionOutcome>) -> std::io::Result<()> {
+        // The file is written under the lock so two writers never interleave (sync IO,
+        // no await while held).
+        let mut e = self.entries.lock().expect("action log");
+        match e.iter_mut().find(|(i, _)| i == id) {
+            Some(entry) => entry.1 = result,
+            None => e.push((id.to_string(), result)),
+        }
+        let excess = e.len().saturating_sub(ACTION_LOG_LEN);
+        e.drain(..excess);
+        let snapshot = serde_json::to_vec(&*e).expect("log serializes");
+        crate::provision::write_private(&self.path, &snapshot)
+            .map_err(|e| std::io::Error::other(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn action_log_survives_a_restart_and_remembers_interrupted_actions() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = ActionLog::load(dir.path());
+        assert_eq!(log.lookup("a1"), None);
+        log.record("a1", None).unwrap();
+        log.record("a2", None).unwrap();
+        log.record("a2", Some((true, json!("done")))).unwrap();
+        // A new process reads the same file.
+        let again = ActionLog::load(dir.path());
+        assert_eq!(
+            again.lookup("a1"),
+            Some(None),
+            "started, result never recorded"
+        );
+        assert_eq!(again.lookup("a2"), Some(Some((true, json!("done")))));
+        assert_eq!(again.lookup("a3"), None);
+    }
+}
