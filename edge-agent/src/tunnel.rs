@@ -317,6 +317,13 @@ impl Agent {
             mut control_send,
             mut control_recv,
         } = session;
+        // Report what this device is on every connect (the gateway shows it).
+        let report = ControlMessage::StateReport {
+            state: self.state_report(conn.remote_address()),
+        };
+        if let Err(e) = wire::write_frame(&mut control_send, &report.to_frame()).await {
+            return SessionError::Wire(e);
+        }
         // Action results come back from their tasks through this channel; only the
         // control loop writes to the control stream.
         let (results_tx, mut results_rx) = tokio::sync::mpsc::unbounded_channel::<ControlMessage>();
@@ -397,6 +404,33 @@ impl Agent {
             conn.close(wire::varint(code), err.to_string().as_bytes());
         }
         err
+    }
+}
+
+impl Agent {
+    fn state_report(&self, gateway: SocketAddr) -> serde_json::Value {
+        use crate::local_api::DeviceInfo;
+        // The address this device uses to reach the gateway (no packet is sent).
+        let local_ip = std::net::UdpSocket::bind(if gateway.is_ipv6() {
+            "[::]:0"
+        } else {
+            "0.0.0.0:0"
+        })
+        .and_then(|s| s.connect(gateway).and_then(|_| s.local_addr()))
+        .map(|a| vec![a.ip().to_string()])
+        .unwrap_or_default();
+        let os_version = self
+            .device
+            .as_ref()
+            .map(|(d, _)| d.os_version())
+            .unwrap_or_default();
+        serde_json::json!({
+            "agent_version": crate::VERSION,
+            "os_version": os_version,
+            "ip_addresses": local_ip,
+            "status": "Idle",
+            "local_api": self.opts.local_api.map(|a| a.to_string()),
+        })
     }
 }
 

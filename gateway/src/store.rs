@@ -99,6 +99,9 @@ const MIGRATIONS: &[&str] = &[
         finished_at BIGINT
     );
     CREATE INDEX actions_device_status ON actions (device, status);",
+    // 5: reported device state and the address a device last connected from.
+    "ALTER TABLE devices ADD COLUMN state TEXT;
+    ALTER TABLE devices ADD COLUMN public_address TEXT;",
 ];
 
 /// A device as stored.
@@ -120,6 +123,10 @@ pub struct DeviceRecord {
     pub name: Option<String>,
     /// The fleet the device belongs to, if any.
     pub fleet: Option<String>,
+    /// The last state the agent reported (versions, addresses, status).
+    pub state: Option<serde_json::Value>,
+    /// The address the device last connected from, as the gateway saw it.
+    pub public_address: Option<String>,
 }
 
 /// A device action as stored.
@@ -320,7 +327,7 @@ impl Store {
     /// Looks a device up.
     pub async fn device(&self, uuid: DeviceUuid) -> Result<Option<DeviceRecord>, StoreError> {
         let row = sqlx::query(
-            "SELECT uuid, public_url, created_at, last_seen, online, revoked, name, fleet FROM devices WHERE uuid = $1",
+            "SELECT uuid, public_url, created_at, last_seen, online, revoked, name, fleet, state, public_address FROM devices WHERE uuid = $1",
         )
         .bind(uuid.as_str())
         .fetch_optional(&self.pool)
@@ -331,7 +338,7 @@ impl Store {
     /// All devices, oldest first.
     pub async fn devices(&self) -> Result<Vec<DeviceRecord>, StoreError> {
         let rows = sqlx::query(
-            "SELECT uuid, public_url, created_at, last_seen, online, revoked, name, fleet FROM devices WHERE NOT revoked ORDER BY created_at, uuid",
+            "SELECT uuid, public_url, created_at, last_seen, online, revoked, name, fleet, state, public_address FROM devices WHERE NOT revoked ORDER BY created_at, uuid",
         )
         .fetch_all(&self.pool)
         .await?;
@@ -343,6 +350,30 @@ impl Store {
         sqlx::query("UPDATE devices SET online = $1, last_seen = $2 WHERE uuid = $3")
             .bind(online)
             .bind(now_unix())
+            .bind(uuid.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Stores the state an agent reported.
+    pub async fn set_state(
+        &self,
+        uuid: DeviceUuid,
+        state: &serde_json::Value,
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE devices SET state = $1 WHERE uuid = $2")
+            .bind(state.to_string())
+            .bind(uuid.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Records the address a device connected from.
+    pub async fn set_public_address(&self, uuid: DeviceUuid, addr: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE devices SET public_address = $1 WHERE uuid = $2")
+            .bind(addr)
             .bind(uuid.as_str())
             .execute(&self.pool)
             .await?;
@@ -1008,6 +1039,10 @@ fn device_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<DeviceRecord, StoreErr
         revoked: r.try_get("revoked")?,
         name: r.try_get("name")?,
         fleet: r.try_get("fleet")?,
+        state: r
+            .try_get::<Option<String>, _>("state")?
+            .and_then(|s| serde_json::from_str(&s).ok()),
+        public_address: r.try_get("public_address")?,
     })
 }
 

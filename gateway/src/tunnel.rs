@@ -233,6 +233,10 @@ async fn serve_session(
     if let Err(e) = ctx.store.set_online(uuid, true).await {
         warn!(error = %e, "cannot record device online");
     }
+    let remote_ip = conn.remote_address().ip().to_canonical().to_string();
+    if let Err(e) = ctx.store.set_public_address(uuid, &remote_ip).await {
+        warn!(error = %e, "cannot record device address");
+    }
     info!(session = session.id, %agent_version, "device connected");
 
     let control = async {
@@ -247,6 +251,12 @@ async fn serve_session(
                             wire::write_frame(&mut control_send, &ack).await?;
                         }
                         ControlMessage::HeartbeatAck { .. } => {}
+                        ControlMessage::StateReport { state } => {
+                            debug!("state report");
+                            if let Err(e) = ctx.store.set_state(uuid, &state).await {
+                                warn!(error = %e, "cannot store state report");
+                            }
+                        }
                         ControlMessage::ActionResult { id, ok, detail } => {
                             info!(action = %id, ok, "action finished");
                             if let Err(e) = ctx.store.action_finished(uuid, &id, ok, &detail).await {

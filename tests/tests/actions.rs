@@ -188,6 +188,15 @@ async fn every_action_is_observed_on_the_device() {
         )
         .await;
     assert_eq!(list.as_array().unwrap().len(), 9);
+
+    // The agent reported its state on connect; the API shows it.
+    let (_, d) = api
+        .call("GET", &format!("/v1/devices/{uuid}"), Some(&viewer), None)
+        .await;
+    assert_eq!(d["agent_version"], env!("CARGO_PKG_VERSION"), "{d}");
+    assert_eq!(d["ip_addresses"], json!(["127.0.0.1"]), "{d}");
+    assert_eq!(d["public_address"], "127.0.0.1", "{d}");
+    assert_eq!(d["status"], "Idle", "{d}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

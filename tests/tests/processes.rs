@@ -355,6 +355,16 @@ async fn operator_cli_against_a_running_gateway() {
     let (ok, _, err) = run(&["devices", "--api", "http://127.0.0.1:9"], Some(&admin));
     assert!(!ok);
     assert!(err.contains("cannot reach the management API"), "{err}");
+    // Actions for an offline device are queued, and the CLI says until when.
+    let (ok, stdout, err) = run(&["action", &uuid, "reboot", "--ttl", "2h"], Some(&admin));
+    assert!(ok, "{err}");
+    assert!(
+        stdout.contains("is offline: reboot queued") && stdout.contains("within 2h"),
+        "{stdout}"
+    );
+    let (ok, _, err) = run(&["action", &uuid, "reboot"], Some(&viewer));
+    assert!(!ok);
+    assert!(err.contains("needs the operator role"), "{err}");
     let (ok, stdout, _) = run(&["audit"], Some(&admin));
     assert!(ok);
     assert!(

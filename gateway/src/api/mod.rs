@@ -139,6 +139,12 @@ fn device_json(state: &ApiState, d: &DeviceRecord) -> Value {
         "created_at": d.created_at,
         "public_url": d.public_url,
         "url": d.public_url.then(|| format!("http://{}.{}/", d.uuid, state.domain)),
+        "public_address": d.public_address,
+        "agent_version": d.state.as_ref().and_then(|s| s.get("agent_version")).cloned(),
+        "os_version": d.state.as_ref().and_then(|s| s.get("os_version")).cloned(),
+        "ip_addresses": d.state.as_ref().and_then(|s| s.get("ip_addresses")).cloned(),
+        "status": d.state.as_ref().and_then(|s| s.get("status")).cloned(),
+        "state": d.state,
     })
 }
 
