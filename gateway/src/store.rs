@@ -102,6 +102,21 @@ const MIGRATIONS: &[&str] = &[
     // 5: reported device state and the address a device last connected from.
     "ALTER TABLE devices ADD COLUMN state TEXT;
     ALTER TABLE devices ADD COLUMN public_address TEXT;",
+    // 6: device tags; environment variables per fleet or device, optionally per service.
+    "CREATE TABLE device_tags (
+        device TEXT NOT NULL,
+        name TEXT NOT NULL,
+        value TEXT NOT NULL,
+        PRIMARY KEY (device, name)
+    );
+    CREATE TABLE env_vars (
+        scope TEXT NOT NULL,
+        owner TEXT NOT NULL,
+        service TEXT NOT NULL,
+        name TEXT NOT NULL,
+        value TEXT NOT NULL,
+        PRIMARY KEY (scope, owner, service, name)
+    );",
 ];
 
 /// A device as stored.
@@ -353,6 +368,93 @@ impl Store {
             .bind(uuid.as_str())
             .execute(&self.pool)
             .await?;
+        Ok(())
+    }
+
+    /// A device's tags, by name.
+    pub async fn tags(&self, uuid: DeviceUuid) -> Result<Vec<(String, String)>, StoreError> {
+        let rows =
+            sqlx::query("SELECT name, value FROM device_tags WHERE device = $1 ORDER BY name")
+                .bind(uuid.as_str())
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("name")?, r.try_get("value")?)))
+            .collect()
+    }
+
+    /// Replaces a device's tags.
+    pub async fn set_tags(
+        &self,
+        uuid: DeviceUuid,
+        tags: &[(String, String)],
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM device_tags WHERE device = $1")
+            .bind(uuid.as_str())
+            .execute(&mut *tx)
+            .await?;
+        for (k, v) in tags {
+            sqlx::query("INSERT INTO device_tags (device, name, value) VALUES ($1, $2, $3)")
+                .bind(uuid.as_str())
+                .bind(k)
+                .bind(v)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Environment variables of a fleet (`scope` = `fleet`) or device (`device`), as
+    /// `(service, name, value)` with service `""` for all services.
+    pub async fn env(
+        &self,
+        scope: &str,
+        owner: &str,
+    ) -> Result<Vec<(String, String, String)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT service, name, value FROM env_vars WHERE scope = $1 AND owner = $2 ORDER BY service, name",
+        )
+        .bind(scope)
+        .bind(owner)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("service")?,
+                    r.try_get("name")?,
+                    r.try_get("value")?,
+                ))
+            })
+            .collect()
+    }
+
+    /// Replaces the environment variables of a fleet or device.
+    pub async fn set_env(
+        &self,
+        scope: &str,
+        owner: &str,
+        vars: &[(String, String, String)],
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM env_vars WHERE scope = $1 AND owner = $2")
+            .bind(scope)
+            .bind(owner)
+            .execute(&mut *tx)
+            .await?;
+        for (service, name, value) in vars {
+            sqlx::query("INSERT INTO env_vars (scope, owner, service, name, value) VALUES ($1, $2, $3, $4, $5)")
+                .bind(scope)
+                .bind(owner)
+                .bind(service)
+                .bind(name)
+                .bind(value)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
         Ok(())
     }
 

@@ -75,6 +75,57 @@ async fn role_matrix() {
             Role::Admin,
         ),
         ("GET", "/v1/audit".into(), None, Role::Admin),
+        (
+            "POST",
+            "/v1/fleets/base/keys".into(),
+            Some(json!({"max_uses": 1})),
+            Role::Admin,
+        ),
+        ("GET", "/v1/fleets/base/keys".into(), None, Role::Admin),
+        (
+            "POST",
+            "/v1/devices".into(),
+            Some(json!({"fleet": "base"})),
+            Role::Admin,
+        ),
+        (
+            "POST",
+            format!("/v1/devices/{uuid}/actions"),
+            Some(json!({"action": "blink"})),
+            Role::Operator,
+        ),
+        (
+            "GET",
+            format!("/v1/devices/{uuid}/actions"),
+            None,
+            Role::Viewer,
+        ),
+        (
+            "PUT",
+            format!("/v1/devices/{uuid}/tags"),
+            Some(json!({"floor": "2"})),
+            Role::Operator,
+        ),
+        (
+            "GET",
+            format!("/v1/devices/{uuid}/tags"),
+            None,
+            Role::Viewer,
+        ),
+        (
+            "PUT",
+            format!("/v1/devices/{uuid}/env"),
+            Some(json!({"vars": {"MODE": "kiosk"}})),
+            Role::Operator,
+        ),
+        ("GET", format!("/v1/devices/{uuid}/env"), None, Role::Viewer),
+        (
+            "PUT",
+            "/v1/fleets/base/env".into(),
+            Some(json!({"services": {"web": {"PORT": "80"}}})),
+            Role::Admin,
+        ),
+        ("GET", "/v1/fleets/base/env".into(), None, Role::Viewer),
     ];
     for (method, path, body, least) in &cases {
         let (s, v) = api.call(method, path, None, body.clone()).await;
@@ -534,5 +585,68 @@ async fn restart_keeps_fleets_tokens_devices_and_audit() {
     assert_eq!(fleets[0]["name"], "keep");
     let (_, log) = api.call("GET", "/v1/audit", Some(&admin), None).await;
     assert!(log.as_array().unwrap().len() >= 5, "{log}");
+    // Tags and environment variables (fleet < device, per service) are stored.
+    let (s, v) = api
+        .call(
+            "PUT",
+            &format!("/v1/devices/{}/tags", dev.uuid),
+            Some(&operator),
+            Some(json!({"floor": "2", "room": "lobby"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (s, v) = api
+        .call(
+            "PUT",
+            "/v1/fleets/keep/env",
+            Some(&admin),
+            Some(json!({"vars": {"MODE": "fleet"}, "services": {"web": {"PORT": "80"}}})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (s, v) = api
+        .call(
+            "PUT",
+            &format!("/v1/devices/{}/env", dev.uuid),
+            Some(&operator),
+            Some(json!({"vars": {"MODE": "device"}})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (s, v) = api
+        .call(
+            "PUT",
+            &format!("/v1/devices/{}/env", dev.uuid),
+            Some(&operator),
+            Some(json!({"vars": {"1BAD": "x"}})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert_error(&v, "invalid_env_name");
+    let (_, d) = api
+        .call(
+            "GET",
+            &format!("/v1/devices/{}", dev.uuid),
+            Some(&operator),
+            None,
+        )
+        .await;
+    assert_eq!(d["tags"], json!({"floor": "2", "room": "lobby"}));
+    let (_, fe) = api
+        .call("GET", "/v1/fleets/keep/env", Some(&operator), None)
+        .await;
+    assert_eq!(
+        fe,
+        json!({"vars": {"MODE": "fleet"}, "services": {"web": {"PORT": "80"}}})
+    );
+    let (_, de) = api
+        .call(
+            "GET",
+            &format!("/v1/devices/{}/env", dev.uuid),
+            Some(&operator),
+            None,
+        )
+        .await;
+    assert_eq!(de["vars"]["MODE"], "device");
     drop(tmp);
 }

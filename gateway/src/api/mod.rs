@@ -66,6 +66,15 @@ pub(crate) fn router(state: ApiState) -> Router {
             get(list_actions).post(create_action),
         )
         .route("/v1/actions/{id}", get(show_action))
+        .route("/v1/devices/{uuid}/tags", get(get_tags).put(put_tags))
+        .route(
+            "/v1/devices/{uuid}/env",
+            get(get_device_env).put(put_device_env),
+        )
+        .route(
+            "/v1/fleets/{name}/env",
+            get(get_fleet_env).put(put_fleet_env),
+        )
         .route("/v1/tokens", get(list_tokens).post(create_token))
         .route("/v1/tokens/{id}", axum::routing::delete(delete_token))
         .route("/v1/audit", get(audit_log))
@@ -331,7 +340,14 @@ async fn show_device(
     caller.require(Role::Viewer)?;
     let Path(uuid) = uuid?;
     let d = device_or_404(&st, parse_uuid(&uuid)?).await?;
-    Ok(Json(device_json(&st, &d)))
+    let mut v = device_json(&st, &d);
+    let tags = st.store.tags(d.uuid).await?;
+    v["tags"] = Value::Object(
+        tags.into_iter()
+            .map(|(k, v)| (k, Value::String(v)))
+            .collect(),
+    );
+    Ok(Json(v))
 }
 
 #[derive(Deserialize)]
@@ -681,6 +697,191 @@ async fn show_action(
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no action {id:?}")))?;
     Ok(Json(action_json(&a)))
+}
+
+// ---- tags and environment variables ----
+
+async fn get_tags(
+    caller: Caller,
+    State(st): State<ApiState>,
+    uuid: Result<Path<String>, PathRejection>,
+) -> ApiResult {
+    caller.require(Role::Viewer)?;
+    let Path(uuid) = uuid?;
+    let uuid = parse_uuid(&uuid)?;
+    device_or_404(&st, uuid).await?;
+    let tags = st.store.tags(uuid).await?;
+    Ok(Json(Value::Object(
+        tags.into_iter()
+            .map(|(k, v)| (k, Value::String(v)))
+            .collect(),
+    )))
+}
+
+async fn put_tags(
+    caller: Caller,
+    State(st): State<ApiState>,
+    uuid: Result<Path<String>, PathRejection>,
+    body: Result<Json<std::collections::BTreeMap<String, String>>, JsonRejection>,
+) -> ApiResult {
+    caller.require(Role::Operator)?;
+    let Path(uuid) = uuid?;
+    let uuid = parse_uuid(&uuid)?;
+    let Json(tags) = body?;
+    device_or_404(&st, uuid).await?;
+    for k in tags.keys() {
+        if k.is_empty() || k.len() > 100 {
+            return Err(ApiError::bad_request(
+                "invalid_tag",
+                format!("tag name {k:?} must be 1-100 characters"),
+            ));
+        }
+    }
+    let tags: Vec<(String, String)> = tags.into_iter().collect();
+    st.store.set_tags(uuid, &tags).await?;
+    st.store
+        .audit(
+            &caller.actor(),
+            "device.tags",
+            uuid.as_str(),
+            &json!(tags.iter().map(|(k, _)| k).collect::<Vec<_>>()).to_string(),
+        )
+        .await?;
+    Ok(Json(Value::Object(
+        tags.into_iter()
+            .map(|(k, v)| (k, Value::String(v)))
+            .collect(),
+    )))
+}
+
+/// `{"vars": {NAME: value}, "services": {service: {NAME: value}}}`
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct EnvBody {
+    #[serde(default)]
+    vars: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    services: std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>>,
+}
+
+fn valid_env_name(n: &str) -> Result<(), ApiError> {
+    let mut chars = n.chars();
+    let ok = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(
+            "invalid_env_name",
+            format!("{n:?} is not a variable name (letters, digits, _; not starting with a digit)"),
+        ))
+    }
+}
+
+fn env_rows(body: EnvBody) -> Result<Vec<(String, String, String)>, ApiError> {
+    let mut rows = Vec::new();
+    for (k, v) in body.vars {
+        valid_env_name(&k)?;
+        rows.push((String::new(), k, v));
+    }
+    for (svc, vars) in body.services {
+        valid_name(&svc)?;
+        for (k, v) in vars {
+            valid_env_name(&k)?;
+            rows.push((svc.clone(), k, v));
+        }
+    }
+    Ok(rows)
+}
+
+fn env_json(rows: Vec<(String, String, String)>) -> Value {
+    let mut vars = serde_json::Map::new();
+    let mut services = serde_json::Map::new();
+    for (svc, k, v) in rows {
+        if svc.is_empty() {
+            vars.insert(k, Value::String(v));
+        } else {
+            let e = services.entry(svc).or_insert_with(|| json!({}));
+            e[k] = Value::String(v);
+        }
+    }
+    json!({"vars": vars, "services": services})
+}
+
+async fn get_device_env(
+    caller: Caller,
+    State(st): State<ApiState>,
+    uuid: Result<Path<String>, PathRejection>,
+) -> ApiResult {
+    caller.require(Role::Viewer)?;
+    let Path(uuid) = uuid?;
+    let uuid = parse_uuid(&uuid)?;
+    device_or_404(&st, uuid).await?;
+    Ok(Json(env_json(st.store.env("device", uuid.as_str()).await?)))
+}
+
+async fn put_device_env(
+    caller: Caller,
+    State(st): State<ApiState>,
+    uuid: Result<Path<String>, PathRejection>,
+    body: Result<Json<EnvBody>, JsonRejection>,
+) -> ApiResult {
+    caller.require(Role::Operator)?;
+    let Path(uuid) = uuid?;
+    let uuid = parse_uuid(&uuid)?;
+    let Json(body) = body?;
+    device_or_404(&st, uuid).await?;
+    let rows = env_rows(body)?;
+    st.store.set_env("device", uuid.as_str(), &rows).await?;
+    st.store
+        .audit(
+            &caller.actor(),
+            "device.env",
+            uuid.as_str(),
+            &json!({"vars": rows.len()}).to_string(),
+        )
+        .await?;
+    Ok(Json(env_json(rows)))
+}
+
+async fn get_fleet_env(
+    caller: Caller,
+    State(st): State<ApiState>,
+    name: Result<Path<String>, PathRejection>,
+) -> ApiResult {
+    caller.require(Role::Viewer)?;
+    let Path(name) = name?;
+    if st.store.fleet(&name).await?.is_none() {
+        return Err(ApiError::not_found(format!("no fleet {name:?}")));
+    }
+    Ok(Json(env_json(st.store.env("fleet", &name).await?)))
+}
+
+async fn put_fleet_env(
+    caller: Caller,
+    State(st): State<ApiState>,
+    name: Result<Path<String>, PathRejection>,
+    body: Result<Json<EnvBody>, JsonRejection>,
+) -> ApiResult {
+    caller.require(Role::Admin)?;
+    let Path(name) = name?;
+    let Json(body) = body?;
+    if st.store.fleet(&name).await?.is_none() {
+        return Err(ApiError::not_found(format!("no fleet {name:?}")));
+    }
+    let rows = env_rows(body)?;
+    st.store.set_env("fleet", &name, &rows).await?;
+    st.store
+        .audit(
+            &caller.actor(),
+            "fleet.env",
+            &name,
+            &json!({"vars": rows.len()}).to_string(),
+        )
+        .await?;
+    Ok(Json(env_json(rows)))
 }
 
 // ---- tokens ----

@@ -64,6 +64,22 @@ pub(crate) fn document() -> Value {
             },
             "/v1/devices": {
                 "get": list_devices(),
+                "post": op("Register a device ahead of provisioning (optionally with a chosen uuid and fleet)", "admin", "201", Some("Register")),
+            },
+            "/v1/devices/{uuid}/tags": {
+                "parameters": uuid,
+                "get": op("The device's tags", "viewer", "200", None),
+                "put": op("Replace the device's tags", "operator", "200", Some("Tags")),
+            },
+            "/v1/devices/{uuid}/env": {
+                "parameters": uuid,
+                "get": op("Device-level environment variables (device-wide and per service)", "viewer", "200", None),
+                "put": op("Replace device-level environment variables", "operator", "200", Some("Env")),
+            },
+            "/v1/fleets/{name}/env": {
+                "parameters": path_param("name", "fleet name"),
+                "get": op("Fleet-level environment variables (fleet-wide and per service)", "viewer", "200", None),
+                "put": op("Replace fleet-level environment variables", "admin", "200", Some("Env")),
             },
             "/v1/devices/{uuid}": {
                 "parameters": uuid,
@@ -74,6 +90,24 @@ pub(crate) fn document() -> Value {
             "/v1/devices/{uuid}/public-url": {
                 "parameters": uuid,
                 "put": op("Switch the device's public URL", "operator", "200", Some("Switch")),
+            },
+            "/v1/fleets/{name}/keys": {
+                "parameters": fleet,
+                "get": op("List the fleet's provisioning keys (never their secrets)", "admin", "200", None),
+                "post": op("Create a provisioning key; the key string (gateway address, CA fingerprint, secret) is shown once", "admin", "201", Some("NewKey")),
+            },
+            "/v1/keys/{id}": {
+                "parameters": path_param("id", "provisioning key id"),
+                "delete": op("Revoke a provisioning key", "admin", "204", None),
+            },
+            "/v1/devices/{uuid}/actions": {
+                "parameters": uuid,
+                "get": op("The device's actions, newest first", "viewer", "200", None),
+                "post": op("Queue an action; delivered now if the device is online, else when it reconnects within ttl_secs", "operator", "202", Some("NewAction")),
+            },
+            "/v1/actions/{id}": {
+                "parameters": path_param("id", "action id"),
+                "get": op("One action and its status: pending, delivered, succeeded, failed or expired", "viewer", "200", None),
             },
             "/v1/tokens": {
                 "get": op("List API tokens (never their secrets)", "admin", "200", None),
@@ -114,6 +148,24 @@ pub(crate) fn document() -> Value {
                     "properties": {"enabled": {"type": "boolean"}}},
                 "DevicePatch": {"type": "object", "additionalProperties": false,
                     "properties": {"name": {"type": "string"}, "fleet": {"type": "string", "nullable": true}}},
+                "NewKey": {"type": "object", "additionalProperties": false,
+                    "properties": {"expires_in_secs": {"type": "integer", "minimum": 1}, "max_uses": {"type": "integer", "minimum": 1}}},
+                "Register": {"type": "object", "additionalProperties": false,
+                    "properties": {"uuid": {"type": "string"}, "fleet": {"type": "string"}}},
+                "NewAction": {"type": "object", "additionalProperties": false, "required": ["action"],
+                    "properties": {
+                        "action": {"type": "string", "enum": super::ACTIONS},
+                        "params": {"type": "object", "description": "appId, serviceName, patch (host-config)"},
+                        "force": {"type": "boolean"},
+                        "ttl_secs": {"type": "integer", "minimum": 1, "default": 86400}
+                    }},
+                "Tags": {"type": "object", "additionalProperties": {"type": "string"},
+                    "description": "tag name → value"},
+                "Env": {"type": "object", "additionalProperties": false,
+                    "properties": {
+                        "vars": {"type": "object", "additionalProperties": {"type": "string"}},
+                        "services": {"type": "object", "additionalProperties": {"type": "object", "additionalProperties": {"type": "string"}}}
+                    }},
                 "NewToken": {"type": "object", "additionalProperties": false, "required": ["name", "role"],
                     "properties": {"name": {"type": "string"}, "role": {"type": "string", "enum": ["viewer", "operator", "admin"]}}},
             }
