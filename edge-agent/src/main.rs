@@ -47,6 +47,11 @@ enum Command {
         #[arg(long)]
         uuid: Option<DeviceUuid>,
     },
+    /// Print shell completions (bash, zsh, fish, elvish, powershell) to stdout.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
     /// Print the local supervisor API key.
     ApiKey {
         #[command(flatten)]
@@ -193,6 +198,15 @@ async fn main() -> anyhow::Result<()> {
                 provision::identity_path(&data_dir).display()
             );
             println!("{}", cfg.uuid);
+        }
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "edge-agent",
+                &mut std::io::stdout(),
+            );
         }
         Command::ApiKey { source } => {
             let (_, state_dir) = source.paths();

@@ -86,6 +86,12 @@ enum Command {
         #[arg(long)]
         no_wait: bool,
     },
+    /// Print shell completions (bash, zsh, fish, elvish, powershell) to stdout, e.g.
+    /// `gateway completions bash > /etc/bash_completion.d/gateway`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
     /// Show the audit log, newest first (via the management API).
     Audit {
         #[command(flatten)]
@@ -734,6 +740,15 @@ async fn main() -> anyhow::Result<()> {
                 Some(status) => anyhow::bail!("{action} on {uuid} {status}{detail}"),
                 None => anyhow::bail!("unexpected answer {result}"),
             }
+        }
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "gateway",
+                &mut std::io::stdout(),
+            );
         }
         Command::Audit { api, limit } => {
             let v = api
