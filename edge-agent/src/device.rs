@@ -61,6 +61,7 @@ pub struct Device {
     locks: Locks,
     api_key: Arc<RwLock<String>>,
     connected: Arc<AtomicBool>,
+    ip_addresses: RwLock<Vec<String>>,
 }
 
 impl Device {
@@ -78,12 +79,18 @@ impl Device {
             hooks,
             api_key,
             connected: Arc::new(AtomicBool::new(false)),
+            ip_addresses: RwLock::new(Vec::new()),
         }
     }
 
     /// Flag the tunnel sets while connected.
     pub fn connected_flag(&self) -> Arc<AtomicBool> {
         Arc::clone(&self.connected)
+    }
+
+    /// Records the addresses this device uses (learned when the tunnel connects).
+    pub fn set_ip_addresses(&self, ips: Vec<String>) {
+        *self.ip_addresses.write().expect("ip lock") = ips;
     }
 
     /// The key cell shared with the local API.
@@ -401,7 +408,7 @@ impl DeviceInfo for Device {
     }
 
     fn ip_addresses(&self) -> Vec<String> {
-        Vec::new()
+        self.ip_addresses.read().expect("ip lock").clone()
     }
 
     fn status(&self) -> String {

@@ -422,7 +422,10 @@ impl Agent {
         let os_version = self
             .device
             .as_ref()
-            .map(|(d, _)| d.os_version())
+            .map(|(d, _)| {
+                d.set_ip_addresses(local_ip.clone());
+                d.os_version()
+            })
             .unwrap_or_default();
         serde_json::json!({
             "agent_version": crate::VERSION,

@@ -297,3 +297,113 @@ async fn pre_registered_uuid_and_first_start_provisioning() {
         (Some("field"), Some(true))
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_agent_serves_the_local_supervisor_api() {
+    let gw = TestGateway::spawn().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = gw.add_device(false).await;
+    let file = dir.path().join("device.toml");
+    std::fs::write(&file, cfg.to_toml()).unwrap();
+    let port = free_port_tcp();
+    let led = dir.path().join("led");
+    let marker = dir.path().join("rebooted");
+    let _agent = Proc::spawn(
+        Command::new(bin("edge-agent"))
+            .args(["run", "--config", file.to_str().unwrap()])
+            .args(["--local-api", &format!("127.0.0.1:{port}")])
+            .args(["--led", led.to_str().unwrap()])
+            .args(["--reboot-command", &format!("touch {}", marker.display())])
+            .args([
+                "--hostname-file",
+                dir.path().join("hostname").to_str().unwrap(),
+            ])
+            .env("RUST_LOG", "warn"),
+    );
+    let local = |method: &'static str, path: String, body: Option<&'static str>| async move {
+        let mut req = http::Request::builder()
+            .method(method)
+            .uri(format!("http://127.0.0.1:{port}{path}"));
+        if body.is_some() {
+            req = req.header("content-type", "application/json");
+        }
+        let resp = http_client()
+            .request(req.body(e2e_tests::body(body.unwrap_or(""))).unwrap())
+            .await
+            .ok()?;
+        let s = resp.status();
+        let b = http_body_util::BodyExt::collect(resp.into_body())
+            .await
+            .ok()?
+            .to_bytes();
+        Some((s, String::from_utf8_lossy(&b).into_owned()))
+    };
+    let ping = eventually(Duration::from_secs(30), || {
+        local("GET", "/ping".into(), None)
+    })
+    .await;
+    assert_eq!(ping, Some((StatusCode::OK, "OK".to_string())));
+    // Read the key only now: the running agent created it at start-up.
+    let (ok, key, err) = agent(&["api-key", "--config", file.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let (s, _) = local("POST", "/v1/blink".into(), None).await.unwrap();
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let (s, _) = local("POST", format!("/v1/blink?apikey={key}"), None)
+        .await
+        .unwrap();
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(std::fs::read_to_string(&led).unwrap(), "1");
+    let (s, body) = local("GET", format!("/v1/device?apikey={key}"), None)
+        .await
+        .unwrap();
+    assert_eq!(s, StatusCode::OK);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["supervisor_version"], env!("CARGO_PKG_VERSION"), "{v}");
+    assert_eq!(v["api_port"], 48484, "{v}");
+    // Learned from the tunnel once connected.
+    let ip = eventually(Duration::from_secs(20), || async {
+        let (_, body) = local("GET", format!("/v1/device?apikey={key}"), None).await?;
+        let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+        v["ip_address"]
+            .as_str()
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+    })
+    .await;
+    assert_eq!(ip.as_deref(), Some("127.0.0.1"));
+    let (s, _) = local("POST", format!("/v1/reboot?apikey={key}"), Some("{}"))
+        .await
+        .unwrap();
+    assert_eq!(s, StatusCode::ACCEPTED);
+    assert!(eventually(Duration::from_secs(10), || async {
+        marker.exists().then_some(())
+    })
+    .await
+    .is_some());
+    // A held update lock answers 423; force goes through.
+    let lock = dir.path().join("locks/7/web");
+    std::fs::create_dir_all(&lock).unwrap();
+    std::fs::write(lock.join("updates.lock"), "").unwrap();
+    std::fs::remove_file(&marker).unwrap();
+    let (s, _) = local("POST", format!("/v1/reboot?apikey={key}"), Some("{}"))
+        .await
+        .unwrap();
+    assert_eq!(s, StatusCode::LOCKED);
+    assert!(!marker.exists());
+    let (s, _) = local(
+        "POST",
+        format!("/v1/reboot?apikey={key}"),
+        Some(r#"{"force":true}"#),
+    )
+    .await
+    .unwrap();
+    assert_eq!(s, StatusCode::ACCEPTED);
+    let (s, body) = local("GET", format!("/v2/applications/state?apikey={key}"), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        (s, body.as_str()),
+        (StatusCode::OK, "{}"),
+        "no app runs: the real, empty state"
+    );
+}
