@@ -349,6 +349,25 @@ pub fn server_config(
     Ok(cfg)
 }
 
+/// A plain HTTPS server config (TLS 1.2/1.3, `http/1.1`) from an operator-supplied
+/// certificate chain and private key (PKCS#8, PKCS#1 or SEC1 PEM), for the management API.
+pub fn https_server_config(
+    cert_pem: &str,
+    key_pem: &str,
+) -> Result<rustls::ServerConfig, CertError> {
+    use rustls_pki_types::pem::PemObject;
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| CertError::Pem {
+        what: "TLS key",
+        detail: e.to_string(),
+    })?;
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(parse_certs(cert_pem, "TLS certificate")?, key)?;
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(cfg)
+}
+
 /// TLS client config for an agent: trusts only `ca_pem`, presents the device identity.
 pub fn client_config(
     ca_pem: &str,

@@ -50,6 +50,11 @@ pub struct ServeConfig {
     pub tunnel_listen: SocketAddr,
     /// Management API listener (TCP, JSON, bearer tokens). Default is `127.0.0.1:8081`.
     pub api_listen: SocketAddr,
+    /// PEM certificate chain for serving the management API over HTTPS. Default is none
+    /// (plain HTTP, fine on the default loopback listener).
+    pub api_tls_cert: Option<PathBuf>,
+    /// PEM private key for `api_tls_cert`.
+    pub api_tls_key: Option<PathBuf>,
     /// Tunnel address devices dial, `HOST:PORT`, written into provisioning keys. Default is
     /// the bound tunnel address (with this machine's hostname when bound to all
     /// interfaces).
@@ -80,6 +85,8 @@ impl Default for ServeConfig {
             tunnel_listen: "0.0.0.0:443".parse().expect("addr"),
             api_listen: "127.0.0.1:8081".parse().expect("addr"),
             advertise_tunnel: None,
+            api_tls_cert: None,
+            api_tls_key: None,
             idle_timeout: Duration::from_secs(15),
             keep_alive: Duration::from_secs(5),
             upstream_timeout: Duration::from_secs(60),
@@ -128,6 +135,12 @@ impl ServeConfig {
             return Err(ConfigError::Invalid {
                 key: "idle_timeout",
                 reason: "must be at least 500ms".into(),
+            });
+        }
+        if self.api_tls_cert.is_some() != self.api_tls_key.is_some() {
+            return Err(ConfigError::Invalid {
+                key: "api_tls_cert",
+                reason: "api_tls_cert and api_tls_key go together".into(),
             });
         }
         if self.max_header_bytes < 8192 {

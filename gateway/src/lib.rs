@@ -65,6 +65,7 @@ pub struct Gateway {
     endpoint: quinn::Endpoint,
     http: TcpListener,
     api: TcpListener,
+    api_tls: Option<Arc<rustls::ServerConfig>>,
     ca: Arc<certs::Ca>,
     fingerprint: String,
 }
@@ -114,8 +115,21 @@ impl Gateway {
                 addr: cfg.api_listen,
                 source,
             })?;
+        let api_tls = match (&cfg.api_tls_cert, &cfg.api_tls_key) {
+            (Some(c), Some(k)) => {
+                let read = |p: &Path| {
+                    std::fs::read_to_string(p).map_err(|source| certs::CertError::Io {
+                        path: p.to_path_buf(),
+                        source,
+                    })
+                };
+                Some(Arc::new(certs::https_server_config(&read(c)?, &read(k)?)?))
+            }
+            _ => None,
+        };
         Ok(Self {
             fingerprint: ca.fingerprint(),
+            api_tls,
             ca: Arc::new(ca),
             cfg,
             store,
@@ -213,6 +227,7 @@ impl Gateway {
         ));
         let api = tokio::spawn(api::serve(
             self.api,
+            self.api_tls.clone(),
             api::ApiState {
                 store: self.store.clone(),
                 sessions: Arc::clone(&self.sessions),

@@ -250,6 +250,12 @@ struct ServeArgs {
     /// Management API listener (TCP). [default: 127.0.0.1:8081]
     #[arg(long)]
     api_listen: Option<SocketAddr>,
+    /// PEM certificate chain: serve the management API over HTTPS.
+    #[arg(long, requires = "api_tls_key")]
+    api_tls_cert: Option<PathBuf>,
+    /// PEM private key for --api-tls-cert.
+    #[arg(long, requires = "api_tls_cert")]
+    api_tls_key: Option<PathBuf>,
     /// Tunnel address devices dial, written into provisioning keys. [default: the bound
     /// tunnel address]
     #[arg(long)]
@@ -282,6 +288,10 @@ impl ServeArgs {
         }
         if self.advertise_tunnel.is_some() {
             cfg.advertise_tunnel = self.advertise_tunnel;
+        }
+        if self.api_tls_cert.is_some() {
+            cfg.api_tls_cert = self.api_tls_cert;
+            cfg.api_tls_key = self.api_tls_key;
         }
         apply!(
             data_dir,

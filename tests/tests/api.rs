@@ -650,3 +650,44 @@ async fn restart_keeps_fleets_tokens_devices_and_audit() {
     assert_eq!(de["vars"]["MODE"], "device");
     drop(tmp);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn api_over_https_with_an_operator_certificate() {
+    let pki = tempfile::tempdir().unwrap();
+    let ca = certs::Ca::load_or_create(pki.path()).unwrap();
+    let server = ca.issue_server(&["localhost".to_string()]).unwrap();
+    let (cert, key) = (pki.path().join("api.pem"), pki.path().join("api.key"));
+    std::fs::write(&cert, &server.cert_pem).unwrap();
+    std::fs::write(&key, &server.key_pem).unwrap();
+    let gw = TestGateway::spawn_custom(|c| {
+        c.api_tls_cert = Some(cert.clone());
+        c.api_tls_key = Some(key.clone());
+    })
+    .await;
+    let (viewer, _, _) = tokens(&gw).await;
+    let out = tokio::process::Command::new("curl")
+        .args(["-sS", "--cacert"])
+        .arg(pki.path().join("ca.pem"))
+        .args(["-H", &format!("Authorization: Bearer {viewer}")])
+        .arg(format!(
+            "https://localhost:{}/v1/fleets",
+            gw.api_addr.port()
+        ))
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "[]");
+    // Plain HTTP on the TLS port gets nowhere.
+    let out = tokio::process::Command::new("curl")
+        .args(["-sS", "-m", "5"])
+        .arg(format!("http://127.0.0.1:{}/v1/fleets", gw.api_addr.port()))
+        .output()
+        .await
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&out.stdout).starts_with('['));
+}
