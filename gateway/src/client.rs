@@ -44,17 +44,158 @@ pub enum ClientError {
 pub struct ApiClient {
     base: String,
     token: Option<String>,
-    http: Client<HttpConnector, Full<Bytes>>,
+    http: Client<TlsConnector, Full<Bytes>>,
+}
+
+/// Plain HTTP, or HTTPS trusting the CA file given with `--api-ca`.
+#[derive(Clone)]
+pub struct TlsConnector {
+    http: HttpConnector,
+    tls: Option<tokio_rustls::TlsConnector>,
+}
+
+impl tower_service::Service<http::Uri> for TlsConnector {
+    type Response = hyper_util::rt::TokioIo<MaybeTls>;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.http.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let https = uri.scheme_str() == Some("https");
+        let host = uri.host().unwrap_or_default().to_string();
+        let tls = self.tls.clone();
+        let mut http = self.http.clone();
+        // HttpConnector refuses https URIs unless told otherwise; TLS is added below.
+        let plain: http::Uri = format!(
+            "http://{}{}",
+            uri.authority().map(|a| a.as_str()).unwrap_or_default(),
+            uri.path()
+        )
+        .parse()
+        .unwrap_or(uri);
+        Box::pin(async move {
+            let tcp = http.call(plain).await?.into_inner();
+            if !https {
+                return Ok(hyper_util::rt::TokioIo::new(MaybeTls::Plain(tcp)));
+            }
+            let tls =
+                tls.ok_or("an https API needs its CA: pass --api-ca FILE or set GATEWAY_API_CA")?;
+            let name = rustls::pki_types::ServerName::try_from(host)?;
+            let stream = tls.connect(name, tcp).await?;
+            Ok(hyper_util::rt::TokioIo::new(MaybeTls::Tls(Box::new(
+                stream,
+            ))))
+        })
+    }
+}
+
+/// A TCP or TLS stream.
+pub enum MaybeTls {
+    /// Plain TCP.
+    Plain(tokio::net::TcpStream),
+    /// TLS over TCP.
+    Tls(Box<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>),
+}
+
+impl hyper_util::client::legacy::connect::Connection for MaybeTls {
+    fn connected(&self) -> hyper_util::client::legacy::connect::Connected {
+        hyper_util::client::legacy::connect::Connected::new()
+    }
+}
+
+impl tokio::io::AsyncRead for MaybeTls {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+            Self::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for MaybeTls {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Self::Plain(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+            Self::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => std::pin::Pin::new(s).poll_flush(cx),
+            Self::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+            Self::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
 }
 
 impl ApiClient {
-    /// `base` is like `http://127.0.0.1:8081`.
+    /// `base` is like `http://127.0.0.1:8081` or `https://gw.example.com:8081`; an https
+    /// API is verified against `ca_pem` (the API certificate's CA).
     pub fn new(base: &str, token: Option<String>) -> Self {
-        Self {
+        Self::with_ca(base, token, None).expect("no CA, nothing to fail")
+    }
+
+    /// Like [`ApiClient::new`], trusting `ca_pem` for https.
+    pub fn with_ca(
+        base: &str,
+        token: Option<String>,
+        ca_pem: Option<&str>,
+    ) -> Result<Self, ClientError> {
+        let tls = match ca_pem {
+            Some(pem) => {
+                let mut roots = rustls::RootCertStore::empty();
+                for c in certs::parse_certs(pem, "API CA")
+                    .map_err(|e| ClientError::BadUrl(base.to_string(), e.to_string()))?
+                {
+                    roots
+                        .add(c)
+                        .map_err(|e| ClientError::BadUrl(base.to_string(), e.to_string()))?;
+                }
+                let cfg = rustls::ClientConfig::builder_with_provider(certs::provider())
+                    .with_safe_default_protocol_versions()
+                    .map_err(|e| ClientError::BadUrl(base.to_string(), e.to_string()))?
+                    .with_root_certificates(roots)
+                    .with_no_client_auth();
+                Some(tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg)))
+            }
+            None => None,
+        };
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        Ok(Self {
             base: base.trim_end_matches('/').to_string(),
             token,
-            http: Client::builder(TokioExecutor::new()).build_http(),
-        }
+            http: Client::builder(TokioExecutor::new()).build(TlsConnector { http, tls }),
+        })
     }
 
     /// Calls `method path` with an optional JSON body; returns the JSON answer (`Null`

@@ -111,11 +111,23 @@ struct ApiArgs {
     /// API token (see `gateway token create`).
     #[arg(long, env = "GATEWAY_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// CA certificate (PEM) that signed an https API's certificate.
+    #[arg(long, env = "GATEWAY_API_CA")]
+    api_ca: Option<PathBuf>,
 }
 
 impl ApiArgs {
     fn client(&self) -> ApiClient {
-        ApiClient::new(&self.api, self.token.clone())
+        let ca = self.api_ca.as_ref().map(|p| {
+            std::fs::read_to_string(p).unwrap_or_else(|e| {
+                eprintln!("Error: cannot read --api-ca {}: {e}", p.display());
+                std::process::exit(2)
+            })
+        });
+        ApiClient::with_ca(&self.api, self.token.clone(), ca.as_deref()).unwrap_or_else(|e| {
+            eprintln!("Error: {e}");
+            std::process::exit(2)
+        })
     }
 }
 

@@ -682,6 +682,28 @@ async fn api_over_https_with_an_operator_certificate() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout), "[]");
+    // The operator CLI speaks https too, trusting the given CA.
+    let api_url = format!("https://localhost:{}", gw.api_addr.port());
+    let ca_file = pki.path().join("ca.pem");
+    let cli = |with_ca: bool| {
+        let mut c = std::process::Command::new(bin("gateway"));
+        c.args(["fleet", "list", "--api", &api_url, "--token", &viewer])
+            .env_remove("GATEWAY_API_CA");
+        if with_ca {
+            c.arg("--api-ca").arg(&ca_file);
+        }
+        c.output().unwrap()
+    };
+    let o = tokio::task::block_in_place(|| cli(true));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).starts_with("NAME"));
+    let o = tokio::task::block_in_place(|| cli(false));
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("--api-ca"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     // Plain HTTP on the TLS port gets nowhere.
     let out = tokio::process::Command::new("curl")
         .args(["-sS", "-m", "5"])
