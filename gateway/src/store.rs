@@ -383,6 +383,28 @@ impl Store {
             .collect()
     }
 
+    /// Devices carrying tag `name` (with `value`, if given).
+    pub async fn devices_with_tag(
+        &self,
+        name: &str,
+        value: Option<&str>,
+    ) -> Result<Vec<DeviceUuid>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT device FROM device_tags WHERE name = $1 AND ($2 IS NULL OR value = $2)",
+        )
+        .bind(name)
+        .bind(value)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let u: String = r.try_get("device")?;
+                u.parse()
+                    .map_err(|e: protocol::InvalidUuid| StoreError::Corrupt(e.to_string()))
+            })
+            .collect()
+    }
+
     /// Replaces a device's tags.
     pub async fn set_tags(
         &self,

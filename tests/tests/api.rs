@@ -632,6 +632,34 @@ async fn restart_keeps_fleets_tokens_devices_and_audit() {
         )
         .await;
     assert_eq!(d["tags"], json!({"floor": "2", "room": "lobby"}));
+    let other = gw2.add_device(false).await;
+    for (q, want) in [
+        ("floor", vec![dev.uuid.clone()]),
+        ("floor=2", vec![dev.uuid.clone()]),
+        ("floor=3", vec![]),
+    ] {
+        let (_, list) = api
+            .call(
+                "GET",
+                &format!("/v1/devices?tag={q}"),
+                Some(&operator),
+                None,
+            )
+            .await;
+        let got: Vec<String> = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["uuid"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(got, want, "tag={q}");
+    }
+    let (_, all) = api.call("GET", "/v1/devices", Some(&operator), None).await;
+    assert!(all
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|d| d["uuid"] == other.uuid.as_str()));
     let (_, fe) = api
         .call("GET", "/v1/fleets/keep/env", Some(&operator), None)
         .await;

@@ -362,6 +362,8 @@ async fn set_fleet_public_url(
 struct DeviceFilter {
     fleet: Option<String>,
     online: Option<bool>,
+    /// `NAME` or `NAME=VALUE`.
+    tag: Option<String>,
 }
 
 async fn list_devices(
@@ -371,12 +373,23 @@ async fn list_devices(
 ) -> ApiResult {
     caller.require(Role::Viewer)?;
     let Query(filter) = filter?;
+    let tagged = match &filter.tag {
+        Some(t) => {
+            let (name, value) = match t.split_once('=') {
+                Some((n, v)) => (n, Some(v)),
+                None => (t.as_str(), None),
+            };
+            Some(st.store.devices_with_tag(name, value).await?)
+        }
+        None => None,
+    };
     let devices: Vec<Value> = st
         .store
         .devices()
         .await?
         .iter()
         .filter(|d| filter.fleet.is_none() || d.fleet == filter.fleet)
+        .filter(|d| tagged.as_ref().is_none_or(|t| t.contains(&d.uuid)))
         .map(|d| device_json(&st, d))
         .filter(|v| filter.online.is_none_or(|o| v["online"] == o))
         .collect();

@@ -33,6 +33,7 @@ fn list_devices() -> Value {
     v["parameters"] = json!([
         {"name": "fleet", "in": "query", "schema": {"type": "string"}},
         {"name": "online", "in": "query", "schema": {"type": "boolean"}},
+        {"name": "tag", "in": "query", "schema": {"type": "string"}, "description": "NAME or NAME=VALUE"},
     ]);
     v
 }
