@@ -182,6 +182,21 @@ pub(crate) async fn serve(
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), graceful.shutdown()).await;
 }
 
+/// The `{uuid}` path parameter, parsed (400 `invalid_uuid` when malformed).
+struct DeviceParam(DeviceUuid);
+
+impl axum::extract::FromRequestParts<ApiState> for DeviceParam {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &ApiState,
+    ) -> Result<Self, ApiError> {
+        let Path(uuid) = Path::<String>::from_request_parts(parts, state).await?;
+        parse_uuid(&uuid).map(Self)
+    }
+}
+
 fn parse_uuid(s: &str) -> Result<DeviceUuid, ApiError> {
     s.parse()
         .map_err(|e: protocol::InvalidUuid| ApiError::bad_request("invalid_uuid", e.to_string()))
@@ -399,11 +414,10 @@ async fn list_devices(
 async fn show_device(
     caller: Caller,
     State(st): State<ApiState>,
-    uuid: Result<Path<String>, PathRejection>,
+    DeviceParam(uuid): DeviceParam,
 ) -> ApiResult {
     caller.require(Role::Viewer)?;
-    let Path(uuid) = uuid?;
-    let d = device_or_404(&st, parse_uuid(&uuid)?).await?;
+    let d = device_or_404(&st, uuid).await?;
     let mut v = device_json(&st, &d);
     let tags = st.store.tags(d.uuid).await?;
     v["tags"] = Value::Object(
@@ -432,12 +446,10 @@ fn double_option<'de, D: serde::Deserializer<'de>>(
 async fn update_device(
     caller: Caller,
     State(st): State<ApiState>,
-    uuid: Result<Path<String>, PathRejection>,
+    DeviceParam(uuid): DeviceParam,
     body: Result<Json<DevicePatch>, JsonRejection>,
 ) -> ApiResult {
     caller.require(Role::Operator)?;
-    let Path(uuid) = uuid?;
-    let uuid = parse_uuid(&uuid)?;
     let Json(patch) = body?;
     if let Some(n) = &patch.name {
         valid_name(n)?;
@@ -465,11 +477,9 @@ async fn update_device(
 async fn delete_device(
     caller: Caller,
     State(st): State<ApiState>,
-    uuid: Result<Path<String>, PathRejection>,
+    DeviceParam(uuid): DeviceParam,
 ) -> ApiResult<StatusCode> {
     caller.require(Role::Admin)?;
-    let Path(uuid) = uuid?;
-    let uuid = parse_uuid(&uuid)?;
     if !st.store.revoke_device(uuid).await? {
         return Err(ApiError::not_found(format!("no device {uuid}")));
     }
@@ -485,12 +495,10 @@ async fn delete_device(
 async fn set_device_public_url(
     caller: Caller,
     State(st): State<ApiState>,
-    uuid: Result<Path<String>, PathRejection>,
+    DeviceParam(uuid): DeviceParam,
     body: Result<Json<Switch>, JsonRejection>,
 ) -> ApiResult {
     caller.require(Role::Operator)?;
-    let Path(uuid) = uuid?;
-    let uuid = parse_uuid(&uuid)?;
     let Json(body) = body?;
     if !st.store.set_public_url(uuid, body.enabled).await? {
         return Err(ApiError::not_found(format!("no device {uuid}")));
@@ -683,12 +691,10 @@ fn action_json(a: &crate::store::ActionRecord) -> Value {
 async fn create_action(
     caller: Caller,
     State(st): State<ApiState>,
-    uuid: Result<Path<String>, PathRejection>,
+    DeviceParam(uuid): DeviceParam,
     body: Result<Json<NewAction>, JsonRejection>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     caller.require(Role::Operator)?;
-    let Path(uuid) = uuid?;
-    let uuid = parse_uuid(&uuid)?;
     let Json(body) = body?;
     if !ACTIONS.contains(&body.action.as_str()) {
         return Err(ApiError::bad_request(
@@ -735,11 +741,9 @@ async fn create_action(
 async fn list_actions(
     caller: Caller,
     State(st): State<ApiState>,
-    uuid: Result<Path<String>, PathRejection>,
+    DeviceParam(uuid): DeviceParam,
 ) -> ApiResult {
     caller.require(Role::Viewer)?;
-    let Path(uuid) = uuid?;
-    let uuid = parse_uuid(&uuid)?;
     device_or_404(&st, uuid).await?;
     let actions = st.store.device_actions(uuid, 200).await?;
     Ok(Json(json!(actions
@@ -768,11 +772,9 @@ async fn show_action(
 async fn get_tags(
     caller: Caller,
     State(st): State<ApiState>,
-    uuid: Result<Path<String>, PathRejection>,
+    DeviceParam(uuid): DeviceParam,
 ) -> ApiResult {
     caller.require(Role::Viewer)?;
-    let Path(uuid) = uuid?;
-    let uuid = parse_uuid(&uuid)?;
     device_or_404(&st, uuid).await?;
     let tags = st.store.tags(uuid).await?;
     Ok(Json(Value::Object(
@@ -785,12 +787,10 @@ async fn get_tags(
 async fn put_tags(
     caller: Caller,
     State(st): State<ApiState>,
-    uuid: Result<Path<String>, PathRejection>,
+    DeviceParam(uuid): DeviceParam,
     body: Result<Json<std::collections::BTreeMap<String, String>>, JsonRejection>,
 ) -> ApiResult {
     caller.require(Role::Operator)?;
-    let Path(uuid) = uuid?;
-    let uuid = parse_uuid(&uuid)?;
     let Json(tags) = body?;
     device_or_404(&st, uuid).await?;
     for k in tags.keys() {
@@ -877,11 +877,9 @@ fn env_json(rows: Vec<(String, String, String)>) -> Value {
 async fn get_device_env(
     caller: Caller,
     State(st): State<ApiState>,
-    uuid: Result<Path<String>, PathRejection>,
+    DeviceParam(uuid): DeviceParam,
 ) -> ApiResult {
     caller.require(Role::Viewer)?;
-    let Path(uuid) = uuid?;
-    let uuid = parse_uuid(&uuid)?;
     device_or_404(&st, uuid).await?;
     Ok(Json(env_json(st.store.env("device", uuid.as_str()).await?)))
 }
@@ -889,12 +887,10 @@ async fn get_device_env(
 async fn put_device_env(
     caller: Caller,
     State(st): State<ApiState>,
-    uuid: Result<Path<String>, PathRejection>,
+    DeviceParam(uuid): DeviceParam,
     body: Result<Json<EnvBody>, JsonRejection>,
 ) -> ApiResult {
     caller.require(Role::Operator)?;
-    let Path(uuid) = uuid?;
-    let uuid = parse_uuid(&uuid)?;
     let Json(body) = body?;
     device_or_404(&st, uuid).await?;
     let rows = env_rows(body)?;
