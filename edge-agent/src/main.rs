@@ -40,9 +40,10 @@ enum Command {
         /// The fleet provisioning key (`gateway key create`).
         #[arg(long, env = "EDGE_AGENT_KEY", hide_env_values = true)]
         key: String,
-        /// Where to store the identity.
-        #[arg(long, env = "EDGE_AGENT_DATA_DIR")]
-        data_dir: PathBuf,
+        /// Where to store the identity: `--data-dir DIR` (as `DIR/identity.toml`) or
+        /// `--config FILE`.
+        #[command(flatten)]
+        source: Source,
         /// Claim this pre-registered uuid instead of getting a new one.
         #[arg(long)]
         uuid: Option<DeviceUuid>,
@@ -164,7 +165,7 @@ async fn main() -> anyhow::Result<()> {
                     );
                 };
                 let key = ProvisioningKey::decode(&key)?;
-                provision_with_retry(&key, None, &state_dir, &shutdown).await?;
+                provision_with_retry(&key, None, &identity, &state_dir, &shutdown).await?;
             }
             let cfg = AgentConfig::load(&identity)
                 .with_context(|| format!("loading {}", identity.display()))?;
@@ -178,25 +179,19 @@ async fn main() -> anyhow::Result<()> {
             let agent = Agent::new(cfg, opts)?;
             agent.run(shutdown).await?;
         }
-        Command::Provision {
-            key,
-            data_dir,
-            uuid,
-        } => {
+        Command::Provision { key, source, uuid } => {
             let key = ProvisioningKey::decode(&key)?;
-            if provision::identity_path(&data_dir).exists() {
+            let (identity, state_dir) = source.paths();
+            if identity.exists() {
                 anyhow::bail!(
                     "{} already holds an identity; remove it to provision again",
-                    data_dir.display()
+                    identity.display()
                 );
             }
             let shutdown = CancellationToken::new();
             tokio::spawn(signal_shutdown(shutdown.clone()));
-            let cfg = provision_with_retry(&key, uuid, &data_dir, &shutdown).await?;
-            eprintln!(
-                "provisioned; identity stored in {}",
-                provision::identity_path(&data_dir).display()
-            );
+            let cfg = provision_with_retry(&key, uuid, &identity, &state_dir, &shutdown).await?;
+            eprintln!("provisioned; identity stored in {}", identity.display());
             println!("{}", cfg.uuid);
         }
         Command::Completions { shell } => {
@@ -221,6 +216,7 @@ async fn main() -> anyhow::Result<()> {
 async fn provision_with_retry(
     key: &ProvisioningKey,
     uuid: Option<DeviceUuid>,
+    identity: &std::path::Path,
     data_dir: &std::path::Path,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<AgentConfig> {
@@ -230,7 +226,7 @@ async fn provision_with_retry(
     );
     let mut last = String::new();
     loop {
-        match provision::provision(key, uuid, data_dir).await {
+        match provision::provision(key, uuid, identity, data_dir).await {
             Ok(cfg) => return Ok(cfg),
             Err(e) if e.is_retryable() => {
                 if e.to_string() != last {

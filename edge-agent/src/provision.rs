@@ -80,10 +80,12 @@ pub fn identity_path(data_dir: &Path) -> PathBuf {
     data_dir.join(IDENTITY_FILE)
 }
 
-/// Provisions this device with `key` and stores the identity in `data_dir`.
+/// Provisions this device with `key`, writes the identity to `identity_file` (normally
+/// `data_dir/identity.toml`) and creates the local API key in `data_dir`.
 pub async fn provision(
     key: &ProvisioningKey,
     uuid: Option<DeviceUuid>,
+    identity_file: &Path,
     data_dir: &Path,
 ) -> Result<AgentConfig, ProvisionError> {
     let net = |reason: String| ProvisionError::Network {
@@ -183,7 +185,13 @@ pub async fn provision(
         path: data_dir.to_path_buf(),
         source,
     })?;
-    write_private(&identity_path(data_dir), cfg.to_toml().as_bytes())?;
+    if let Some(parent) = identity_file.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|source| ProvisionError::Io {
+            path: parent.to_path_buf(),
+            source,
+        })?;
+    }
+    write_private(identity_file, cfg.to_toml().as_bytes())?;
     api_key(data_dir)?;
     Ok(cfg)
 }

@@ -242,6 +242,20 @@ async fn pre_registered_uuid_and_first_start_provisioning() {
     assert!(!ok);
     assert!(err.contains("already provisioned"), "{err}");
 
+    // `--config FILE` works as well as `--data-dir`: the identity goes to that file.
+    let file = dir.path().join("cfg/device.toml");
+    let (ok, _, err) = agent(&[
+        "provision",
+        "--key",
+        &key,
+        "--config",
+        file.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let cfg = edge_agent::AgentConfig::load(&file).unwrap();
+    assert_eq!(cfg.uuid.len(), 32);
+    assert!(dir.path().join("cfg/api-key").exists());
+
     // `run --key` on a fresh data dir provisions on first start, then connects.
     let backend = Backend::spawn("first-boot").await;
     let fresh = dir.path().join("fresh");
