@@ -269,6 +269,24 @@ impl Store {
     /// running `gateway serve`): WAL mode and a busy timeout make that safe.
     pub async fn open(data_dir: &Path) -> Result<Self, StoreError> {
         std::fs::create_dir_all(data_dir).map_err(|e| StoreError::Db(sqlx::Error::Io(e)))?;
+        // Creating the file, switching it to WAL and migrating take locks SQLite's busy
+        // handler does not wait for: two processes opening a fresh data dir at once (say
+        // `serve` and `device add`) could see "database is locked". An advisory lock makes
+        // opens take turns; it is taken on a blocking thread so waiting never stalls the
+        // runtime, and released once the schema is current.
+        let lock_path = data_dir.join(".db.lock");
+        let _open_lock = tokio::task::spawn_blocking(move || -> std::io::Result<std::fs::File> {
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&lock_path)?;
+            f.lock()?;
+            Ok(f)
+        })
+        .await
+        .map_err(|e| StoreError::Db(sqlx::Error::Io(std::io::Error::other(e))))?
+        .map_err(|e| StoreError::Db(sqlx::Error::Io(e)))?;
         let path = data_dir.join("gateway.db");
         let opts = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))?
             .create_if_missing(true)
