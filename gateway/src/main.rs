@@ -840,11 +840,18 @@ fn print_device(d: &serde_json::Value) {
     }
 }
 
+/// A duration for people: `45s`, `12m`, `2h`, `1h30m` (rounded to the minute, so a TTL
+/// of 2h read a second later still says 2h).
 fn human_secs(secs: i64) -> String {
-    match secs.max(0) {
-        s @ 0..=119 => format!("{s}s"),
-        s @ 120..=7199 => format!("{}m", s / 60),
-        s => format!("{}h", s / 3600),
+    let s = secs.max(0);
+    if s < 120 {
+        return format!("{s}s");
+    }
+    let minutes = (s + 30) / 60;
+    match (minutes / 60, minutes % 60) {
+        (0, m) => format!("{m}m"),
+        (h, 0) => format!("{h}h"),
+        (h, m) => format!("{h}h{m}m"),
     }
 }
 
@@ -882,4 +889,20 @@ async fn signal_shutdown(token: CancellationToken) {
     }
     tracing::info!("shutting down");
     token.cancel();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::human_secs;
+
+    #[test]
+    fn durations_round_to_the_minute() {
+        assert_eq!(human_secs(7199), "2h");
+        assert_eq!(human_secs(7200), "2h");
+        assert_eq!(human_secs(5400), "1h30m");
+        assert_eq!(human_secs(86_399), "24h");
+        assert_eq!(human_secs(600), "10m");
+        assert_eq!(human_secs(59), "59s");
+        assert_eq!(human_secs(-5), "0s");
+    }
 }
