@@ -253,8 +253,10 @@ fn lock_dir(dir: &Path) -> Result<fs::File, CertError> {
     Ok(f)
 }
 
-/// Writes `bytes` to `path` crash-safely: temp file, fsync, rename.
-fn write_atomic(path: &Path, bytes: &[u8], secret: bool) -> Result<(), CertError> {
+/// Writes `bytes` to `path` crash-safely: temp file (mode 0600 when `secret`, else 0644),
+/// fsync, rename. A reader sees the old file or the new one, never half of one. Used for
+/// every key, identity and state file the gateway and the agent write.
+pub fn write_atomic(path: &Path, bytes: &[u8], secret: bool) -> Result<(), CertError> {
     let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
     {
         let mut opts = fs::OpenOptions::new();
@@ -278,8 +280,18 @@ pub fn fingerprint(der: &[u8]) -> String {
 
 /// SHA-256 of `data`, lowercase hex (also used to store API secrets hashed).
 pub fn sha256_hex(data: &[u8]) -> String {
-    let digest = ring::digest::digest(&ring::digest::SHA256, data);
-    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+    hex(ring::digest::digest(&ring::digest::SHA256, data).as_ref())
+}
+
+/// `n` random bytes as lowercase hex (ids, secrets, API keys).
+pub fn random_hex(n: usize) -> String {
+    let mut bytes = vec![0u8; n];
+    rand::fill(&mut bytes[..]);
+    hex(&bytes)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Parses every certificate in a PEM string.

@@ -6,7 +6,6 @@
 //! stores the signed identity in `DIR/identity.toml` (the same format as the file
 //! `gateway device add` writes) plus a supervisor API key in `DIR/api-key`.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -220,26 +219,13 @@ pub fn set_api_key(data_dir: &Path, key: &str) -> Result<String, ProvisionError>
 
 /// A fresh random API key (32 hex characters, like balena's).
 pub fn new_api_key() -> String {
-    let b: [u8; 16] = rand::random();
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    certs::random_hex(16)
 }
 
-/// Writes a private file crash-safely: temp file (mode 0600), fsync, rename.
+/// Writes a private file (mode 0600) crash-safely; see [`certs::write_atomic`].
 pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), ProvisionError> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let io = |source| ProvisionError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(io)?;
-    f.write_all(bytes).map_err(io)?;
-    f.sync_all().map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)
+    certs::write_atomic(path, bytes, true).map_err(|e| match e {
+        certs::CertError::Io { path, source } => ProvisionError::Io { path, source },
+        other => ProvisionError::Certs(other),
+    })
 }

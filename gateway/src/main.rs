@@ -432,7 +432,7 @@ async fn main() -> anyhow::Result<()> {
                 anyhow::bail!("--gateway must be HOST:PORT, got {gateway:?}");
             }
             let cfg = gateway::add_device(&data_dir, uuid, public_url, &gateway).await?;
-            write_private(&out, cfg.to_toml().as_bytes())
+            edge_agent::provision::write_private(&out, cfg.to_toml().as_bytes())
                 .with_context(|| format!("writing {}", out.display()))?;
             eprintln!(
                 "device registered; copy {} to the device and run: edge-agent run --config {}",
@@ -863,21 +863,6 @@ fn ago(unix: i64) -> String {
         3600..=86399 => format!("{}h ago", secs / 3600),
         _ => format!("{}d ago", secs / 86400),
     }
-}
-
-fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
 }
 
 async fn signal_shutdown(token: CancellationToken) {

@@ -54,10 +54,8 @@ pub struct NewToken {
 
 /// Generates a token.
 pub fn generate_token() -> NewToken {
-    let id: [u8; 4] = rand::random();
-    let secret: [u8; 24] = rand::random();
-    let id: String = id.iter().map(|b| format!("{b:02x}")).collect();
-    let secret: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+    let id = certs::random_hex(4);
+    let secret = certs::random_hex(24);
     let token = format!("gw_{id}.{secret}");
     let hash = certs::sha256_hex(token.as_bytes());
     NewToken { id, token, hash }
