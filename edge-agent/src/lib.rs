@@ -26,3 +26,4 @@ pub use tunnel::{Agent, AgentError, ConnState};
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 pub mod local_api;
 pub mod locks;
+pub mod logs;
