@@ -23,6 +23,7 @@ mod header;
 mod heartbeat;
 mod provision;
 mod target;
+mod terminal;
 mod uuid;
 
 pub use codec::{DecodeError, EncodeError};
@@ -38,4 +39,5 @@ pub use provision::{
     InvalidKey, ProvisionErrorCode, ProvisionRequest, ProvisionResponse, ProvisioningKey,
 };
 pub use target::TargetStatus;
+pub use terminal::{TerminalHeader, TerminalMessage, TerminalTarget, TERMINAL_SIZE_RANGE};
 pub use uuid::{DeviceUuid, InvalidUuid};
