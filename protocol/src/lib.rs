@@ -22,6 +22,7 @@ mod frame;
 mod header;
 mod heartbeat;
 mod provision;
+pub mod release;
 mod target;
 mod terminal;
 mod uuid;
@@ -37,6 +38,9 @@ pub use header::{HttpHeader, StreamHeader, StreamKind, HEADER_MAGIC, MAX_HEADER_
 pub use heartbeat::{Heartbeat, HeartbeatEvent};
 pub use provision::{
     InvalidKey, ProvisionErrorCode, ProvisionRequest, ProvisionResponse, ProvisioningKey,
+};
+pub use release::{
+    parse_compose, target_state, Compose, ComposeError, EnvVar, ServiceSpec, TargetState,
 };
 pub use target::TargetStatus;
 pub use terminal::{TerminalHeader, TerminalMessage, TerminalTarget, TERMINAL_SIZE_RANGE};
