@@ -171,6 +171,9 @@ pub struct AgentOptions {
     /// Local supervisor API listener. Default is none here; the binary serves it on
     /// `127.0.0.1:48484` unless told otherwise.
     pub local_api: Option<std::net::SocketAddr>,
+    /// Terminal sessions (shell, cap, engine socket). Default is
+    /// [`crate::handlers::terminal::TerminalOptions::default`].
+    pub terminal: crate::handlers::terminal::TerminalOptions,
 }
 
 impl Default for AgentOptions {
@@ -186,6 +189,7 @@ impl Default for AgentOptions {
             data_dir: None,
             hooks: None,
             local_api: None,
+            terminal: Default::default(),
         }
     }
 }

@@ -88,6 +88,7 @@ pub struct Agent {
     client_config: quinn::ClientConfig,
     state: watch::Sender<ConnState>,
     device: Option<(Arc<Device>, Arc<ActionLog>)>,
+    terminals: Arc<crate::handlers::terminal::Terminals>,
 }
 
 impl Agent {
@@ -127,6 +128,9 @@ impl Agent {
             None => None,
         };
         Ok(Self {
+            terminals: Arc::new(crate::handlers::terminal::Terminals::new(
+                opts.terminal.clone(),
+            )),
             config,
             opts,
             client_config,
@@ -381,7 +385,8 @@ impl Agent {
                 let (send, recv) = conn.accept_bi().await?;
                 let target = self.opts.target.clone();
                 let connect_timeout = self.opts.target_connect_timeout;
-                tasks.spawn(handle_stream(send, recv, target, connect_timeout));
+                let terminals = Arc::clone(&self.terminals);
+                tasks.spawn(handle_stream(send, recv, target, connect_timeout, terminals));
             }
         };
         let result: Result<(), SessionError> = tokio::select! {
@@ -499,6 +504,7 @@ async fn handle_stream(
     mut recv: quinn::RecvStream,
     target: String,
     connect_timeout: Duration,
+    terminals: Arc<crate::handlers::terminal::Terminals>,
 ) {
     let header =
         match tokio::time::timeout(STREAM_HEADER_TIMEOUT, wire::read_header(&mut recv)).await {
@@ -519,6 +525,7 @@ async fn handle_stream(
         StreamHeader::Http(h) => {
             crate::handlers::http::serve(BiStream { send, recv }, h, &target, connect_timeout).await
         }
+        StreamHeader::Terminal(map) => terminals.serve(send, recv, map).await,
         other => {
             warn!(kind = ?other.kind(), "rejecting unsupported stream kind");
             wire::reject(&mut send, &mut recv, AppErrorCode::UnsupportedStream);

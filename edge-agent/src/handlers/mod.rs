@@ -4,3 +4,4 @@
 //! for its kind. Handlers own their stream until it ends.
 
 pub mod http;
+pub mod terminal;
