@@ -16,6 +16,7 @@ pub mod device;
 pub mod handlers;
 pub mod net;
 pub mod provision;
+pub mod reconciler;
 pub mod tunnel;
 pub mod wire;
 
