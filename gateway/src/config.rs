@@ -74,6 +74,10 @@ pub struct ServeConfig {
     pub header_read_timeout: Duration,
     /// Largest request head (request line + headers) a visitor may send. Default is 64 KiB.
     pub max_header_bytes: usize,
+    /// A terminal session with no bytes either way for this long is closed. Default is
+    /// 15 min.
+    #[serde(deserialize_with = "de_duration")]
+    pub terminal_idle_timeout: Duration,
 }
 
 impl Default for ServeConfig {
@@ -92,6 +96,7 @@ impl Default for ServeConfig {
             upstream_timeout: Duration::from_secs(60),
             header_read_timeout: Duration::from_secs(10),
             max_header_bytes: 64 * 1024,
+            terminal_idle_timeout: Duration::from_secs(15 * 60),
         }
     }
 }
@@ -152,6 +157,7 @@ impl ServeConfig {
         for (key, d) in [
             ("upstream_timeout", self.upstream_timeout),
             ("header_read_timeout", self.header_read_timeout),
+            ("terminal_idle_timeout", self.terminal_idle_timeout),
         ] {
             if d.is_zero() {
                 return Err(ConfigError::Invalid {

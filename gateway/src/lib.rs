@@ -234,6 +234,7 @@ impl Gateway {
                 domain: self.cfg.normalized_domain(),
                 advertise,
                 ca_fingerprint: self.fingerprint.clone(),
+                terminal_idle_timeout: self.cfg.terminal_idle_timeout,
             },
             shutdown.clone(),
         ));

@@ -287,6 +287,9 @@ struct ServeArgs {
     /// Largest request head a visitor may send, in bytes. [default: 65536]
     #[arg(long)]
     max_header_bytes: Option<usize>,
+    /// Terminal sessions with no bytes either way for this long are closed. [default: 15m]
+    #[arg(long, value_parser = parse_duration)]
+    terminal_idle_timeout: Option<std::time::Duration>,
 }
 
 impl ServeArgs {
@@ -315,7 +318,8 @@ impl ServeArgs {
             keep_alive,
             upstream_timeout,
             header_read_timeout,
-            max_header_bytes
+            max_header_bytes,
+            terminal_idle_timeout
         );
         cfg.validate()?;
         Ok(cfg)

@@ -9,6 +9,7 @@
 pub mod auth;
 mod error;
 mod openapi;
+mod terminal;
 
 use std::sync::Arc;
 
@@ -42,6 +43,8 @@ pub(crate) struct ApiState {
     pub(crate) advertise: String,
     /// Fingerprint of the fleet CA, written into provisioning keys.
     pub(crate) ca_fingerprint: String,
+    /// A terminal session with no bytes either way for this long is closed.
+    pub(crate) terminal_idle_timeout: std::time::Duration,
 }
 
 type ApiResult<T = Json<Value>> = Result<T, ApiError>;
@@ -78,6 +81,7 @@ pub(crate) fn router(state: ApiState) -> Router {
         .route("/v1/tokens", get(list_tokens).post(create_token))
         .route("/v1/tokens/{id}", axum::routing::delete(delete_token))
         .route("/v1/audit", get(audit_log))
+        .merge(terminal::routes())
         .fallback(|| async { ApiError::not_found("no such endpoint; see /openapi.json") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -173,7 +177,7 @@ pub(crate) async fn serve(
                 Err(_) => return,
             };
             let svc = hyper_util::service::TowerToHyperService::new(app);
-            let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(tls), svc);
+            let conn = builder.serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(tls), svc);
             if let Err(e) = watcher.watch(conn.into_owned()).await {
                 tracing::debug!(%peer, error = %e, "API connection ended with an error");
             }
