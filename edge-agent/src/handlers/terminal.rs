@@ -235,12 +235,12 @@ async fn host_session(
         .current_dir(home)
         .kill_on_drop(true);
     // `spawn` makes the child a session leader with the PTY as its controlling terminal,
-    // so its pid is also its process group id.
+    // so its pid is also its process group id and session id.
     let mut child = match cmd.spawn(pts) {
         Ok(c) => c,
         Err(e) => return Outcome::Failed(format!("cannot start {}: {e}", argv[0])),
     };
-    let pgid = child
+    let sid = child
         .id()
         .and_then(|p| rustix::process::Pid::from_raw(p as i32));
     info!(pid = ?child.id(), shell = %argv[0], "terminal session started");
@@ -324,37 +324,63 @@ async fn host_session(
     match ended {
         Some(code) => {
             // Background jobs of the shell do not outlive the session.
-            if let Some(pg) = pgid {
-                let _ = rustix::process::kill_process_group(pg, rustix::process::Signal::HUP);
+            if let Some(sid) = sid {
+                signal_session(sid, rustix::process::Signal::HUP);
             }
             Outcome::Exited(code)
         }
         None => {
-            kill_and_reap(&mut child, pgid).await;
+            kill_and_reap(&mut child, sid).await;
             Outcome::GatewayGone
         }
     }
 }
 
-/// SIGHUP to the process group (what a terminal hang-up does), SIGKILL after a grace
-/// period, then reap so no zombie is left.
-async fn kill_and_reap(child: &mut tokio::process::Child, pgid: Option<rustix::process::Pid>) {
-    if let Ok(Some(_)) = child.try_wait() {
+/// SIGHUP to every process of the session (what a terminal hang-up does, but also
+/// reaching background jobs, which job control puts in their own process groups), SIGKILL
+/// to whatever is left after a grace period, then reap the shell so no zombie is left.
+/// (Orphaned jobs are reaped by init; a process that left the session with `setsid` is
+/// out of reach, as with any terminal.)
+async fn kill_and_reap(child: &mut tokio::process::Child, sid: Option<rustix::process::Pid>) {
+    let Some(sid) = sid else {
+        let _ = child.kill().await;
         return;
-    }
-    if let Some(pg) = pgid {
-        let _ = rustix::process::kill_process_group(pg, rustix::process::Signal::HUP);
-    }
-    if tokio::time::timeout(KILL_GRACE, child.wait()).await.is_ok() {
-        if let Some(pg) = pgid {
-            let _ = rustix::process::kill_process_group(pg, rustix::process::Signal::KILL);
-        }
-        return;
-    }
-    if let Some(pg) = pgid {
-        let _ = rustix::process::kill_process_group(pg, rustix::process::Signal::KILL);
-    }
+    };
+    signal_session(sid, rustix::process::Signal::HUP);
+    let _ = tokio::time::timeout(KILL_GRACE, child.wait()).await;
+    signal_session(sid, rustix::process::Signal::KILL);
     let _ = child.kill().await;
+    let _ = child.wait().await;
+}
+
+/// Sends `sig` to every process whose session id is `sid` (read from `/proc`).
+fn signal_session(sid: rustix::process::Pid, sig: rustix::process::Signal) {
+    let _ = rustix::process::kill_process_group(sid, sig);
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for entry in dir.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // Fields after the command name (which may hold spaces): state ppid pgrp session.
+        let session = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(3))
+            .and_then(|s| s.parse::<i32>().ok());
+        if session == Some(sid.as_raw_nonzero().get()) {
+            if let Some(p) = rustix::process::Pid::from_raw(pid) {
+                let _ = rustix::process::kill_process(p, sig);
+            }
+        }
+    }
 }
 
 // ---- service: an exec in the service's container ----

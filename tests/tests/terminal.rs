@@ -1,0 +1,489 @@
+//! The web terminal end to end: a real gateway, a real agent with real PTYs (and a real
+//! container engine), WebSocket clients, the `gateway ssh` CLI under tmux and the xterm.js
+//! page in headless Chromium.
+
+use std::process::Command;
+use std::time::Duration;
+
+use e2e_tests::*;
+use futures_util::{SinkExt, StreamExt};
+use http::StatusCode;
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A gateway, tokens and one connected agent whose host shell is `/bin/sh`.
+struct Setup {
+    gw: TestGateway,
+    _agent: TestAgent,
+    uuid: String,
+    viewer: String,
+    operator: String,
+    admin: String,
+}
+
+async fn setup(max_sessions: usize) -> Setup {
+    let gw = TestGateway::spawn().await;
+    let cfg = gw.add_device(false).await;
+    let uuid = cfg.uuid.clone();
+    let mut opts = fast_agent_options("127.0.0.1:9".parse().unwrap());
+    opts.terminal.shell = Some("/bin/sh".into());
+    opts.terminal.max_sessions = max_sessions;
+    let mut agent = TestAgent::spawn_with(cfg, opts);
+    agent.connected().await;
+    let (viewer, operator, admin) = tokens(&gw).await;
+    Setup {
+        gw,
+        _agent: agent,
+        uuid,
+        viewer,
+        operator,
+        admin,
+    }
+}
+
+/// Opens the terminal WebSocket; on a refused upgrade returns the status and JSON body.
+async fn open(
+    gw: &TestGateway,
+    uuid: &str,
+    token: Option<&str>,
+    query: &str,
+) -> Result<Ws, (StatusCode, Value)> {
+    let url = format!("ws://{}/v1/devices/{uuid}/terminal?{query}", gw.api_addr);
+    let mut req = url.into_client_request().unwrap();
+    if let Some(t) = token {
+        req.headers_mut()
+            .insert("authorization", format!("Bearer {t}").parse().unwrap());
+    }
+    match tokio_tungstenite::connect_async(req).await {
+        Ok((ws, _)) => Ok(ws),
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            let status = resp.status();
+            let body = resp
+                .body()
+                .as_ref()
+                .and_then(|b| serde_json::from_slice(b).ok())
+                .unwrap_or(Value::Null);
+            Err((status, body))
+        }
+        Err(e) => panic!("websocket connect: {e}"),
+    }
+}
+
+/// What came back from the device until a condition held.
+#[derive(Default, Debug)]
+struct Seen {
+    output: String,
+    exit: Option<i64>,
+    error: Option<String>,
+    close: Option<(u16, String)>,
+}
+
+/// Reads until `done(&seen)` or the socket ends; panics after `limit`.
+async fn read_until(ws: &mut Ws, limit: Duration, done: impl Fn(&Seen) -> bool) -> Seen {
+    let mut seen = Seen::default();
+    let res = tokio::time::timeout(limit, async {
+        while !done(&seen) {
+            match ws.next().await {
+                Some(Ok(Message::Binary(b))) => seen.output.push_str(&String::from_utf8_lossy(&b)),
+                Some(Ok(Message::Text(t))) => {
+                    let v: Value = serde_json::from_str(&t).unwrap();
+                    match v["type"].as_str() {
+                        Some("exit") => seen.exit = v["code"].as_i64(),
+                        Some("error") => seen.error = v["message"].as_str().map(String::from),
+                        _ => panic!("unexpected control message {v}"),
+                    }
+                }
+                Some(Ok(Message::Close(f))) => {
+                    seen.close = f.map(|f| (u16::from(f.code), f.reason.to_string()));
+                    break;
+                }
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => break,
+            }
+        }
+    })
+    .await;
+    assert!(res.is_ok(), "timed out; seen so far: {seen:?}");
+    seen
+}
+
+async fn type_line(ws: &mut Ws, line: &str) {
+    ws.send(Message::Binary(format!("{line}\r").into_bytes().into()))
+        .await
+        .unwrap();
+}
+
+async fn audit(s: &Setup) -> Vec<Value> {
+    let api = Api::new(&s.gw);
+    let (status, v) = api
+        .call("GET", "/v1/audit?limit=100", Some(&s.admin), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    v.as_array().unwrap().clone()
+}
+
+#[tokio::test]
+async fn host_shell_output_resize_exit_status_and_audit() {
+    let s = setup(4).await;
+    let mut ws = open(&s.gw, &s.uuid, Some(&s.operator), "cols=100&rows=30")
+        .await
+        .unwrap();
+    type_line(&mut ws, "echo $((6*7))").await;
+    read_until(&mut ws, Duration::from_secs(10), |s| {
+        s.output.contains("42")
+    })
+    .await;
+    // The initial size reached the PTY.
+    type_line(&mut ws, "stty size").await;
+    read_until(&mut ws, Duration::from_secs(10), |s| {
+        s.output.contains("30 100")
+    })
+    .await;
+    // A resize reaches it too.
+    ws.send(Message::Text(
+        json!({"type":"resize","cols":120,"rows":40})
+            .to_string()
+            .into(),
+    ))
+    .await
+    .unwrap();
+    type_line(&mut ws, "stty size").await;
+    read_until(&mut ws, Duration::from_secs(10), |s| {
+        s.output.contains("40 120")
+    })
+    .await;
+    // The exit status comes back as a message and as the close code (4000 + status).
+    type_line(&mut ws, "exit 7").await;
+    let seen = read_until(&mut ws, Duration::from_secs(10), |s| s.close.is_some()).await;
+    assert_eq!(seen.exit, Some(7), "{seen:?}");
+    assert_eq!(seen.close.as_ref().map(|c| c.0), Some(4007), "{seen:?}");
+
+    // Audited: who, device, target, and the exit status at the end.
+    let entries = eventually(Duration::from_secs(5), || async {
+        let entries = audit(&s).await;
+        entries
+            .iter()
+            .any(|e| e["action"] == "terminal.close")
+            .then_some(entries)
+    })
+    .await
+    .expect("terminal.close audited");
+    let open_entry = entries
+        .iter()
+        .find(|e| e["action"] == "terminal.open")
+        .unwrap();
+    assert_eq!(open_entry["target"], s.uuid.as_str());
+    assert_eq!(open_entry["detail"]["target"], "host");
+    assert!(open_entry["actor"].as_str().unwrap().starts_with("token:"));
+    let close = entries
+        .iter()
+        .find(|e| e["action"] == "terminal.close")
+        .unwrap();
+    assert_eq!(close["detail"]["exit_code"], 7, "{close}");
+    assert!(close["detail"]["duration_ms"].as_u64().is_some(), "{close}");
+}
+
+#[tokio::test]
+async fn a_command_killed_by_a_signal_reports_128_plus_n() {
+    let s = setup(4).await;
+    let mut ws = open(&s.gw, &s.uuid, Some(&s.operator), "").await.unwrap();
+    type_line(&mut ws, "kill -KILL $$").await;
+    let seen = read_until(&mut ws, Duration::from_secs(10), |s| s.close.is_some()).await;
+    assert_eq!(seen.exit, Some(128 + 9), "{seen:?}");
+}
+
+#[tokio::test]
+async fn roles_and_refusals_before_the_upgrade() {
+    let s = setup(4).await;
+    let (status, body) = open(&s.gw, &s.uuid, Some(&s.viewer), "")
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(body["error"]["code"], "forbidden");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("role (viewer) cannot open terminals; operator or admin needed"),
+        "{body}"
+    );
+    let (status, _) = open(&s.gw, &s.uuid, None, "").await.err().unwrap();
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    // The token as a query parameter (what browsers do) works, and is checked the same.
+    let (status, _) = open(&s.gw, &s.uuid, None, &format!("token={}", s.viewer))
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let mut ws = open(&s.gw, &s.uuid, None, &format!("token={}", s.admin))
+        .await
+        .unwrap();
+    type_line(&mut ws, "exit 0").await;
+    let seen = read_until(&mut ws, Duration::from_secs(10), |s| s.close.is_some()).await;
+    assert_eq!(seen.exit, Some(0));
+    // Unknown device, offline device, bad size, bad service name.
+    let unknown = "0123456789abcdef0123456789abcdef";
+    let (status, _) = open(&s.gw, unknown, Some(&s.operator), "")
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let offline = s.gw.add_device(false).await;
+    let (status, body) = open(&s.gw, &offline.uuid, Some(&s.operator), "")
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["error"]["code"], "device_offline");
+    let (status, _) = open(&s.gw, &s.uuid, Some(&s.operator), "cols=0")
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _) = open(&s.gw, &s.uuid, Some(&s.operator), "service=a%2Fb")
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    // A plain GET (no upgrade) gets a JSON error, not a hang.
+    let (status, body) = Api::new(&s.gw)
+        .call(
+            "GET",
+            &format!("/v1/devices/{}/terminal", s.uuid),
+            Some(&s.operator),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::UPGRADE_REQUIRED, "{body}");
+}
+
+#[tokio::test]
+async fn session_cap_per_device() {
+    let s = setup(2).await;
+    let mut a = open(&s.gw, &s.uuid, Some(&s.operator), "").await.unwrap();
+    let mut b = open(&s.gw, &s.uuid, Some(&s.operator), "").await.unwrap();
+    // Both really started before the third is tried.
+    type_line(&mut a, "echo $((1+1))").await;
+    read_until(&mut a, Duration::from_secs(10), |s| s.output.contains('2')).await;
+    type_line(&mut b, "echo $((2+2))").await;
+    read_until(&mut b, Duration::from_secs(10), |s| s.output.contains('4')).await;
+    let mut c = open(&s.gw, &s.uuid, Some(&s.operator), "").await.unwrap();
+    let seen = read_until(&mut c, Duration::from_secs(10), |s| s.close.is_some()).await;
+    assert_eq!(
+        seen.error.as_deref(),
+        Some("too many terminal sessions (2)"),
+        "{seen:?}"
+    );
+    type_line(&mut a, "exit").await;
+    read_until(&mut a, Duration::from_secs(10), |s| s.close.is_some()).await;
+    // A slot is free again.
+    let mut d = eventually(Duration::from_secs(5), || async {
+        let mut d = open(&s.gw, &s.uuid, Some(&s.operator), "").await.ok()?;
+        type_line(&mut d, "echo $((3+3))").await;
+        let seen = read_until(&mut d, Duration::from_secs(10), |s| {
+            s.output.contains('6') || s.close.is_some()
+        })
+        .await;
+        seen.error.is_none().then_some(d)
+    })
+    .await
+    .expect("a session opens after one ended");
+    type_line(&mut d, "exit").await;
+}
+
+/// The first `=N,M=` in `out`.
+fn pids_in(out: &str) -> Option<Vec<u32>> {
+    out.split('=').find_map(|part| {
+        let (a, b) = part.split_once(',')?;
+        Some(vec![a.parse().ok()?, b.parse().ok()?])
+    })
+}
+
+/// Whether `pid` still runs. The shell must be gone entirely (the agent reaps it); an
+/// orphaned job is reaped by whatever init this machine runs, so its zombie is not ours.
+fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z"),
+        Err(_) => false,
+    }
+}
+
+#[tokio::test]
+async fn closing_the_socket_kills_and_reaps_the_shell_and_its_children() {
+    let s = setup(4).await;
+    let mut ws = open(&s.gw, &s.uuid, Some(&s.operator), "").await.unwrap();
+    // A shell with a background child; print both pids as =SHELL,CHILD= (the echoed
+    // command line holds `=$$,$!=`, which does not parse).
+    type_line(&mut ws, "sleep 1000 & echo =$$,$!=").await;
+    let seen = read_until(&mut ws, Duration::from_secs(10), |s| {
+        pids_in(&s.output).is_some()
+    })
+    .await;
+    let pids = pids_in(&seen.output).unwrap();
+    assert!(pids.iter().all(|p| alive(*p)), "{pids:?}");
+    drop(ws);
+    let gone = eventually(Duration::from_secs(10), || async {
+        let shell_reaped = !std::path::Path::new(&format!("/proc/{}", pids[0])).exists();
+        (shell_reaped && !alive(pids[1])).then_some(())
+    })
+    .await;
+    assert!(gone.is_some(), "shell or child still present: {pids:?}");
+    // The audit says the client left.
+    let entries = eventually(Duration::from_secs(5), || async {
+        let e = audit(&s).await;
+        e.iter()
+            .any(|e| e["action"] == "terminal.close")
+            .then_some(e)
+    })
+    .await
+    .unwrap();
+    let close = entries
+        .iter()
+        .find(|e| e["action"] == "terminal.close")
+        .unwrap();
+    assert_eq!(close["detail"]["ended"], "client closed", "{close}");
+}
+
+#[tokio::test]
+async fn idle_sessions_are_closed() {
+    let gw = TestGateway::spawn_custom(|c| c.terminal_idle_timeout = Duration::from_secs(1)).await;
+    let cfg = gw.add_device(false).await;
+    let uuid = cfg.uuid.clone();
+    let mut opts = fast_agent_options("127.0.0.1:9".parse().unwrap());
+    opts.terminal.shell = Some("/bin/sh".into());
+    let mut agent = TestAgent::spawn_with(cfg, opts);
+    agent.connected().await;
+    let (_, operator, _) = tokens(&gw).await;
+    let mut ws = open(&gw, &uuid, Some(&operator), "").await.unwrap();
+    let seen = read_until(&mut ws, Duration::from_secs(10), |s| s.close.is_some()).await;
+    assert!(
+        seen.error.as_deref().unwrap_or("").contains("idle"),
+        "{seen:?}"
+    );
+    drop(agent);
+}
+
+// ---- a service container on the real engine ----
+
+fn engine_available() -> bool {
+    Command::new("docker")
+        .args(["info", "--format", "{{.ServerVersion}}"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true")
+}
+
+/// Removes the container when dropped.
+struct Container(String);
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        let _ = Command::new("docker").args(["rm", "-f", &self.0]).output();
+    }
+}
+
+#[tokio::test]
+async fn exec_into_a_service_container() {
+    if !engine_available() {
+        assert!(!in_ci(), "no container engine reachable and CI=true");
+        println!("SKIPPED: no container engine reachable (docker info failed)");
+        return;
+    }
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap();
+    let out = Command::new("bash")
+        .arg(root.join("tests/fixtures/engine/build-images.sh"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "build-images.sh: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let service = format!("term{}", std::process::id());
+    let name = format!("edge-test-terminal-{}", std::process::id());
+    let run = Command::new("docker")
+        .args(["run", "-d", "--name", &name, "--hostname", "svc-host-7"])
+        .args([
+            "--label",
+            "io.edge.managed=1",
+            "--label",
+            "io.edge.app-id=1",
+        ])
+        .args(["--label", &format!("io.edge.service-name={service}")])
+        .args([
+            "edge-test/busybox:latest",
+            "sh",
+            "-c",
+            "trap 'exit 0' TERM; sleep 1000 & wait $!",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let _container = Container(name);
+
+    let s = setup(4).await;
+    let mut ws = open(
+        &s.gw,
+        &s.uuid,
+        Some(&s.operator),
+        &format!("service={service}&cols=90&rows=20"),
+    )
+    .await
+    .unwrap();
+    type_line(&mut ws, "cat /etc/hostname; echo $((6*7))").await;
+    let seen = read_until(&mut ws, Duration::from_secs(20), |s| {
+        s.output.contains("svc-host-7") && s.output.contains("42")
+    })
+    .await;
+    assert!(seen.output.contains("svc-host-7"));
+    type_line(&mut ws, "stty size").await;
+    read_until(&mut ws, Duration::from_secs(10), |s| {
+        s.output.contains("20 90")
+    })
+    .await;
+    ws.send(Message::Text(
+        json!({"type":"resize","cols":101,"rows":33})
+            .to_string()
+            .into(),
+    ))
+    .await
+    .unwrap();
+    type_line(&mut ws, "stty size").await;
+    read_until(&mut ws, Duration::from_secs(10), |s| {
+        s.output.contains("33 101")
+    })
+    .await;
+    type_line(&mut ws, "exit 5").await;
+    let seen = read_until(&mut ws, Duration::from_secs(10), |s| s.close.is_some()).await;
+    assert_eq!(seen.exit, Some(5), "{seen:?}");
+
+    // An unknown service: an error message and a clean close.
+    let mut ws = open(&s.gw, &s.uuid, Some(&s.operator), "service=nosuchservice")
+        .await
+        .unwrap();
+    let seen = read_until(&mut ws, Duration::from_secs(10), |s| s.close.is_some()).await;
+    assert_eq!(
+        seen.error.as_deref(),
+        Some("no running container for service nosuchservice"),
+        "{seen:?}"
+    );
+    assert_eq!(seen.close.as_ref().map(|c| c.0), Some(1011));
+}
