@@ -73,7 +73,7 @@ async fn three_services_start_in_health_order_with_pulls() {
     let db = push_unique(5000, app, "edge-test/db:v1");
     let web = push_unique(5000, app, "edge-test/web:v1");
     let (logs, cap) = Captured::sink();
-    let r = Reconciler::start(test_config(&guard), logs).await.unwrap();
+    let r = guard.reconciler(test_config(&guard), logs).await;
     let t0 = Instant::now();
     r.set_target(target(app, "r1", &three_services(&db, &web), &[]), false)
         .await
@@ -166,7 +166,7 @@ volumes:
         )
     };
     let (logs, _cap) = Captured::sink();
-    let r = Reconciler::start(test_config(&guard), logs).await.unwrap();
+    let r = guard.reconciler(test_config(&guard), logs).await;
     r.set_target(target(app, "r1", &compose("edge-test/web:v1"), &[]), false)
         .await
         .unwrap();
@@ -226,7 +226,7 @@ async fn device_env_change_recreates_only_affected_services() {
     let compose =
         "services:\n  a:\n    image: edge-test/web:v1\n  b:\n    image: edge-test/web:v1\n";
     let (logs, _cap) = Captured::sink();
-    let r = Reconciler::start(test_config(&guard), logs).await.unwrap();
+    let r = guard.reconciler(test_config(&guard), logs).await;
     r.set_target(target(app, "r1", compose, &[]), false)
         .await
         .unwrap();
@@ -264,7 +264,7 @@ async fn held_lock_makes_the_update_wait_and_force_goes_through() {
         format!("services:\n  main:\n    image: {img}\n  side:\n    image: edge-test/printer:v1\n")
     };
     let (logs, cap) = Captured::sink();
-    let r = Reconciler::start(test_config(&guard), logs).await.unwrap();
+    let r = guard.reconciler(test_config(&guard), logs).await;
     r.set_target(target(app, "r1", &compose("edge-test/web:v1"), &[]), false)
         .await
         .unwrap();
@@ -360,7 +360,7 @@ async fn update_with_strategy(strategy: &str) -> (i64, i64, i64, bool) {
         )
     };
     let (logs, cap) = Captured::sink();
-    let r = Reconciler::start(test_config(&guard), logs).await.unwrap();
+    let r = guard.reconciler(test_config(&guard), logs).await;
     r.set_target(target(app, "r1", &compose("edge-test/web:v1"), &[]), false)
         .await
         .unwrap();
@@ -433,7 +433,7 @@ async fn hand_over_runs_old_and_new_together_until_handover_complete() {
         )
     };
     let (logs, cap) = Captured::sink();
-    let r = Reconciler::start(test_config(&guard), logs).await.unwrap();
+    let r = guard.reconciler(test_config(&guard), logs).await;
     let plain = r#"["sh", "-c", "trap 'exit 0' TERM; httpd -f -p 80 -h /www & wait $!"]"#;
     r.set_target(
         target(app, "r1", &compose("edge-test/web:v1", plain), &[]),
@@ -493,7 +493,7 @@ async fn failing_healthcheck_rolls_back_and_says_why() {
     let (logs, cap) = Captured::sink();
     let mut cfg = test_config(&guard);
     cfg.health_window = Duration::from_secs(10);
-    let r = Reconciler::start(cfg, logs).await.unwrap();
+    let r = guard.reconciler(cfg, logs).await;
     r.set_target(target(app, "good", good, &[]), false)
         .await
         .unwrap();
@@ -573,10 +573,13 @@ async fn child_reconciler_process() {
     }
 }
 
-fn spawn_child(dir: &std::path::Path, t: &protocol::release::TargetState) -> std::process::Child {
+/// Starts the child reconciler on `guard`'s dir; returns its pid. The guard kills it
+/// at the end whatever happens.
+fn spawn_child(guard: &Cleanup, t: &protocol::release::TargetState) -> u32 {
+    let dir = guard.dir.path();
     let path = dir.join(format!("target-{}.json", t.release));
     std::fs::write(&path, serde_json::to_vec(t).unwrap()).unwrap();
-    std::process::Command::new(std::env::current_exe().unwrap())
+    let child = std::process::Command::new(std::env::current_exe().unwrap())
         .args([
             "child_reconciler_process",
             "--exact",
@@ -588,7 +591,15 @@ fn spawn_child(dir: &std::path::Path, t: &protocol::release::TargetState) -> std
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
-        .unwrap()
+        .unwrap();
+    let pid = child.id();
+    guard.adopt(child);
+    pid
+}
+
+/// SIGKILL, and wait until the process is gone.
+fn kill9(pid: u32) {
+    sh(&format!("kill -9 {pid}; while kill -0 {pid} 2>/dev/null && ! grep -q '^State:.*Z' /proc/{pid}/status; do sleep 0.01; done")).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -610,7 +621,7 @@ async fn kill_9_mid_update_converges_after_restart() {
         &compose("edge-test/web:v1", "edge-test/db:v1", true),
         &[],
     );
-    let mut child = spawn_child(guard.dir.path(), &r1);
+    let child = spawn_child(&guard, &r1);
     let t0 = Instant::now();
     loop {
         let c = containers(app);
@@ -623,14 +634,13 @@ async fn kill_9_mid_update_converges_after_restart() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
+    kill9(child);
 
     // r2 changes web and db (db from the registry: a real pull), drops `extra`; kill the
     // agent as soon as the update is under way.
     let db2 = push_unique(5000, app, "edge-test/db:v1");
     let r2 = target(app, "r2", &compose("edge-test/web:v2", &db2, false), &[]);
-    let mut child = spawn_child(guard.dir.path(), &r2);
+    let child = spawn_child(&guard, &r2);
     let journal = guard.data_dir().join("reconciler").join("journal.json");
     let t0 = Instant::now();
     loop {
@@ -645,8 +655,7 @@ async fn kill_9_mid_update_converges_after_restart() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     tokio::time::sleep(Duration::from_millis(150)).await;
-    child.kill().unwrap();
-    child.wait().unwrap();
+    kill9(child);
     let j = std::fs::read_to_string(&journal).unwrap();
     eprintln!(
         "killed with in-flight step: {:?}",
@@ -664,7 +673,7 @@ async fn kill_9_mid_update_converges_after_restart() {
     let (logs, cap) = Captured::sink();
     let mut cfg = test_config(&guard);
     cfg.stop_grace = Duration::from_secs(1);
-    let r = Reconciler::start(cfg, logs).await.unwrap();
+    let r = guard.reconciler(cfg, logs).await;
     wait_running(&r, "r2", 90).await;
     let c = containers(app);
     assert_eq!(c.len(), 2, "exactly web and db, no orphans: {c:?}");
@@ -695,7 +704,7 @@ async fn registry_down_backs_off_with_a_clear_state_then_succeeds() {
     cfg.pull_retries = 30;
     cfg.pull_backoff = Duration::from_millis(300);
     cfg.pull_backoff_max = Duration::from_secs(1);
-    let r = Reconciler::start(cfg, logs).await.unwrap();
+    let r = guard.reconciler(cfg, logs).await;
     r.set_target(
         target(
             app,
@@ -757,7 +766,7 @@ async fn bundle_applies_with_the_registry_stopped() {
     let loaded = bundle::preload(&socket(), &file).await.unwrap();
     assert_eq!(loaded, t);
     let (logs, cap) = Captured::sink();
-    let r = Reconciler::start(test_config(&guard), logs).await.unwrap();
+    let r = guard.reconciler(test_config(&guard), logs).await;
     r.set_pinned_target(loaded, false).await.unwrap();
     wait_running(&r, "bundled", 60).await;
     assert!(
@@ -778,7 +787,7 @@ async fn stop_start_restart_actions_act_on_real_containers() {
     let app = unique_app_id();
     let guard = Cleanup::new(app);
     let (logs, _cap) = Captured::sink();
-    let r = Reconciler::start(test_config(&guard), logs).await.unwrap();
+    let r = guard.reconciler(test_config(&guard), logs).await;
     r.set_target(
         target(
             app,

@@ -755,14 +755,6 @@ impl Inner {
             let handover = p.spec.update_strategy() == "hand-over"
                 && needs_new
                 && p.stale.iter().any(|c| c.is_running());
-            if !handover {
-                for c in std::mem::take(&mut p.stale) {
-                    self.step(&format!("kill {}", c.name)).await;
-                    self.logs.service_event(&name, "Killing service");
-                    engine::kill_and_remove(&self.docker, &c.id, self.grace(Some(&p.spec))).await?;
-                    self.logs.service_event(&name, "Service stopped");
-                }
-            }
             let lock_dir = self.lock_dir(app, &name);
             let _ = std::fs::create_dir_all(&lock_dir);
             if handover {
@@ -777,6 +769,16 @@ impl Inner {
                     engine::create(&self.docker, &target, &name, &p.spec, &lock_dir).await?
                 }
             };
+            // The new container is created before the old one is killed (creating binds
+            // no ports), so the downtime is only stop + start.
+            if !handover {
+                for c in std::mem::take(&mut p.stale) {
+                    self.step(&format!("kill {}", c.name)).await;
+                    self.logs.service_event(&name, "Killing service");
+                    engine::kill_and_remove(&self.docker, &c.id, self.grace(Some(&p.spec))).await?;
+                    self.logs.service_event(&name, "Service stopped");
+                }
+            }
             if !j.stopped.contains(&name) {
                 self.step(&format!("start {name}")).await;
                 engine::start(&self.docker, &id).await?;

@@ -147,6 +147,10 @@ pub(crate) fn free_port() -> u16 {
 pub(crate) struct Cleanup {
     pub(crate) app: u32,
     pub(crate) dir: tempfile::TempDir,
+    /// Reconcilers to stop first, or their next pass would recreate what we remove.
+    running: Mutex<Vec<Reconciler>>,
+    /// Child processes to kill first.
+    children: Mutex<Vec<std::process::Child>>,
 }
 
 impl Cleanup {
@@ -154,7 +158,19 @@ impl Cleanup {
         Cleanup {
             app,
             dir: tempfile::tempdir().unwrap(),
+            running: Mutex::new(Vec::new()),
+            children: Mutex::new(Vec::new()),
         }
+    }
+    /// Starts a reconciler that is stopped before the clean-up.
+    pub(crate) async fn reconciler(&self, cfg: ReconcilerConfig, logs: LogSink) -> Reconciler {
+        let r = Reconciler::start(cfg, logs).await.unwrap();
+        self.running.lock().unwrap().push(r.clone());
+        r
+    }
+    /// Kills `child` (if still running) before the clean-up.
+    pub(crate) fn adopt(&self, child: std::process::Child) {
+        self.children.lock().unwrap().push(child);
     }
     pub(crate) fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
@@ -166,6 +182,15 @@ impl Cleanup {
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
+        for r in self.running.lock().unwrap().drain(..) {
+            r.shutdown();
+        }
+        for mut c in self.children.lock().unwrap().drain(..) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        // Let a pass that was running see the cancellation.
+        std::thread::sleep(Duration::from_millis(300));
         let f = format!("--filter label=io.edge.app-id={}", self.app);
         let _ = sh(&format!(
             "docker ps -aq {f} | xargs -r docker rm -f >/dev/null; \
