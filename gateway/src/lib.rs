@@ -13,6 +13,7 @@ pub mod demo;
 mod provisioning;
 mod proxy;
 pub mod sessions;
+pub mod ssh;
 pub mod store;
 mod tunnel;
 

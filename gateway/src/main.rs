@@ -92,6 +92,17 @@ enum Command {
         /// The shell.
         shell: clap_complete::Shell,
     },
+    /// Open a shell on a device's host, or in one of its service containers, over its
+    /// tunnel (operator or admin token). Ctrl-C goes to the device; the remote exit status
+    /// becomes this command's exit status. Works with a non-terminal stdin too (scripted).
+    Ssh {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Device uuid.
+        uuid: DeviceUuid,
+        /// Service name: a shell in that service's running container instead of the host.
+        service: Option<String>,
+    },
     /// Show the audit log, newest first (via the management API).
     Audit {
         #[command(flatten)]
@@ -775,6 +786,22 @@ async fn main() -> anyhow::Result<()> {
                 "gateway",
                 &mut std::io::stdout(),
             );
+        }
+        Command::Ssh { api, uuid, service } => {
+            let ca = api.api_ca.as_ref().map(|p| {
+                std::fs::read_to_string(p)
+                    .with_context(|| format!("cannot read --api-ca {}", p.display()))
+            });
+            let ca = ca.transpose()?;
+            let code = gateway::ssh::run(
+                &api.api,
+                api.token.as_deref(),
+                ca.as_deref(),
+                uuid,
+                service.as_deref(),
+            )
+            .await?;
+            std::process::exit(code);
         }
         Command::Audit { api, limit } => {
             let v = api

@@ -487,3 +487,194 @@ async fn exec_into_a_service_container() {
     );
     assert_eq!(seen.close.as_ref().map(|c| c.0), Some(1011));
 }
+
+// ---- the CLI ----
+
+fn ssh_cmd(s: &Setup, token: &str) -> tokio::process::Command {
+    let mut c = tokio::process::Command::new(bin("gateway"));
+    c.args(["ssh", "--api", &format!("http://{}", s.gw.api_addr)])
+        .args(["--token", token, &s.uuid])
+        .env("RUST_LOG", "warn");
+    c
+}
+
+#[tokio::test]
+async fn cli_scripted_stdin_and_exit_status() {
+    use tokio::io::AsyncWriteExt;
+    // Built before the gateway starts: a long build must not starve its runtime.
+    bin("gateway");
+    let s = setup(4).await;
+    let mut child = ssh_cmd(&s, &s.operator)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"echo $((6*7))\nexit 7\n").await.unwrap();
+    drop(stdin);
+    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        .await
+        .expect("gateway ssh finished")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(7), "{out:?}");
+    assert!(stdout.contains("42"), "{stdout}");
+
+    // Without a trailing exit, the end of stdin ends the shell (Ctrl-D): status 0.
+    let mut child = ssh_cmd(&s, &s.operator)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"true\n").await.unwrap();
+    drop(stdin);
+    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        .await
+        .expect("gateway ssh finished")
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+
+    // A viewer gets a clear refusal.
+    let out = ssh_cmd(&s, &s.viewer)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr
+            .contains("your token's role (viewer) cannot open terminals; operator or admin needed"),
+        "{stderr}"
+    );
+}
+
+/// An isolated tmux server, killed when dropped.
+struct Tmux(String);
+
+impl Tmux {
+    fn new() -> Self {
+        Self(format!("edge-term-{}", std::process::id()))
+    }
+
+    fn run(&self, args: &[&str]) -> String {
+        let out = Command::new("tmux")
+            .args(["-L", &self.0, "-f", "/dev/null"])
+            .args(args)
+            .output()
+            .expect("run tmux");
+        assert!(
+            out.status.success(),
+            "tmux {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn pane(&self) -> String {
+        self.run(&["capture-pane", "-p", "-t", "s"])
+    }
+
+    async fn wait_pane(&self, what: &str, f: impl Fn(&str) -> bool) -> String {
+        eventually(Duration::from_secs(20), || async {
+            let p = self.pane();
+            f(&p).then_some(p)
+        })
+        .await
+        .unwrap_or_else(|| {
+            let history = self.run(&["capture-pane", "-p", "-S", "-200", "-t", "s"]);
+            panic!("pane never showed {what}:\n{history}")
+        })
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux")
+            .args(["-L", &self.0, "kill-server"])
+            .output();
+    }
+}
+
+#[tokio::test]
+async fn cli_under_a_real_terminal_raw_mode_resize_ctrl_c_exit_and_restore() {
+    if Command::new("tmux").arg("-V").output().is_err() {
+        assert!(!in_ci(), "tmux is missing and CI=true");
+        println!("SKIPPED: tmux is not installed");
+        return;
+    }
+    // Built before the gateway starts: a long build must not starve its runtime.
+    bin("gateway");
+    let s = setup(4).await;
+    let dir = tempfile::tempdir().unwrap();
+    let stty_after = dir.path().join("stty-after.txt");
+    let script = format!(
+        "{} ssh --api http://{} --token {} {}; echo EXITED=$?; stty -a > {}; sleep 60",
+        bin("gateway").display(),
+        s.gw.api_addr,
+        s.operator,
+        s.uuid,
+        stty_after.display()
+    );
+    let tmux = Tmux::new();
+    tmux.run(&[
+        "new-session",
+        "-d",
+        "-s",
+        "s",
+        "-x",
+        "100",
+        "-y",
+        "30",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    // The remote prompt (root's sh: "# ").
+    tmux.wait_pane("the remote prompt", |p| p.contains('#'))
+        .await;
+    tmux.run(&["send-keys", "-t", "s", "echo $((6*7))", "Enter"]);
+    tmux.wait_pane("42", |p| p.lines().any(|l| l.trim() == "42"))
+        .await;
+    // The remote PTY has the pane's size, and follows it.
+    let size = |t: &Tmux| {
+        t.run(&["display", "-p", "-t", "s", "#{pane_height} #{pane_width}"])
+            .trim()
+            .to_string()
+    };
+    let before = size(&tmux);
+    tmux.run(&["send-keys", "-t", "s", "stty size", "Enter"]);
+    tmux.wait_pane(&before, |p| p.lines().any(|l| l.trim() == before))
+        .await;
+    tmux.run(&["resize-window", "-t", "s", "-x", "120", "-y", "40"]);
+    let after = size(&tmux);
+    assert_ne!(before, after);
+    tmux.run(&["send-keys", "-t", "s", "clear; stty size", "Enter"]);
+    tmux.wait_pane(&after, |p| p.lines().any(|l| l.trim() == after))
+        .await;
+    // Ctrl-C interrupts the remote command, not the CLI.
+    tmux.run(&["send-keys", "-t", "s", "sleep 100", "Enter"]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    tmux.run(&["send-keys", "-t", "s", "C-c"]);
+    tmux.run(&["send-keys", "-t", "s", "echo still-$((1+1))", "Enter"]);
+    tmux.wait_pane("still-2", |p| p.lines().any(|l| l.trim() == "still-2"))
+        .await;
+    // The remote exit status becomes the CLI's, and the terminal is restored.
+    tmux.run(&["send-keys", "-t", "s", "exit 3", "Enter"]);
+    tmux.wait_pane("EXITED=3", |p| p.contains("EXITED=3")).await;
+    let stty = eventually(Duration::from_secs(5), || async {
+        std::fs::read_to_string(&stty_after)
+            .ok()
+            .filter(|s| s.contains("icanon"))
+    })
+    .await
+    .expect("stty -a ran after the session");
+    let flags: Vec<&str> = stty.split_whitespace().collect();
+    for flag in ["icanon", "echo", "isig", "icrnl", "opost"] {
+        assert!(flags.contains(&flag), "{flag} not restored:\n{stty}");
+    }
+}
