@@ -33,6 +33,12 @@ enum Command {
         target: Option<String>,
         #[command(flatten)]
         hooks: HookArgs,
+        /// Shell for terminal sessions on the host. [default: $SHELL, else /bin/sh]
+        #[arg(long, env = "EDGE_AGENT_SHELL")]
+        shell: Option<String>,
+        /// Most terminal sessions open at once on this device.
+        #[arg(long, default_value_t = 4)]
+        max_terminals: usize,
     },
     /// Provision this device with a fleet provisioning key: generate its key pair, get
     /// its certificate from the gateway, store both in the data dir.
@@ -153,6 +159,8 @@ async fn main() -> anyhow::Result<()> {
             key,
             target,
             hooks,
+            shell,
+            max_terminals,
         } => {
             let (identity, state_dir) = source.paths();
             let shutdown = CancellationToken::new();
@@ -175,6 +183,8 @@ async fn main() -> anyhow::Result<()> {
             }
             opts.hooks = Some(hooks.hooks(&state_dir));
             opts.local_api = Some(hooks.local_api);
+            opts.terminal.shell = shell;
+            opts.terminal.max_sessions = max_terminals;
             opts.data_dir = Some(state_dir);
             let agent = Agent::new(cfg, opts)?;
             agent.run(shutdown).await?;
