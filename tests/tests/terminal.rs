@@ -678,3 +678,196 @@ async fn cli_under_a_real_terminal_raw_mode_resize_ctrl_c_exit_and_restore() {
         assert!(flags.contains(&flag), "{flag} not restored:\n{stty}");
     }
 }
+
+// ---- the web page in headless Chromium ----
+
+/// A chromedriver process and one headless Chromium session, driven with WebDriver JSON.
+struct Browser {
+    driver: Proc,
+    base: String,
+    session: String,
+    _profile: tempfile::TempDir,
+}
+
+impl Browser {
+    async fn start() -> Option<Self> {
+        let driver_bin = ["chromedriver", "/usr/lib/chromium/chromedriver"]
+            .into_iter()
+            .find(|b| Command::new(b).arg("--version").output().is_ok())?;
+        let port = free_port_tcp();
+        let driver = Proc::spawn(
+            Command::new(driver_bin)
+                .arg(format!("--port={port}"))
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null()),
+        );
+        let base = format!("http://127.0.0.1:{port}");
+        let profile = tempfile::tempdir().unwrap();
+        let mut b = Self {
+            driver,
+            base,
+            session: String::new(),
+            _profile: profile,
+        };
+        eventually(Duration::from_secs(10), || async {
+            b.call("GET", "/status", None)
+                .await
+                .filter(|v| v["value"]["ready"] == true)
+        })
+        .await
+        .expect("chromedriver ready");
+        let caps = json!({"capabilities": {"alwaysMatch": {
+            "browserName": "chrome",
+            "goog:chromeOptions": {"args": [
+                "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--window-size=1000,700",
+                format!("--user-data-dir={}", b._profile.path().display()),
+            ]}
+        }}});
+        let v = b
+            .call("POST", "/session", Some(caps))
+            .await
+            .expect("new session");
+        b.session = v["value"]["sessionId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no session: {v}"))
+            .to_string();
+        Some(b)
+    }
+
+    async fn call(&self, method: &str, path: &str, body: Option<Value>) -> Option<Value> {
+        let req = http::Request::builder()
+            .method(method)
+            .uri(format!("{}{}", self.base, path))
+            .header("content-type", "application/json")
+            .body(e2e_tests::body(
+                body.map(|b| b.to_string()).unwrap_or_default(),
+            ))
+            .unwrap();
+        let resp = tokio::time::timeout(Duration::from_secs(60), http_client().request(req))
+            .await
+            .ok()?
+            .ok()?;
+        let bytes = http_body_util::BodyExt::collect(resp.into_body())
+            .await
+            .ok()?
+            .to_bytes();
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    async fn session_call(&self, method: &str, path: &str, body: Value) -> Value {
+        let path = format!("/session/{}{}", self.session, path);
+        self.call(method, &path, Some(body))
+            .await
+            .unwrap_or_else(|| panic!("webdriver {path} failed"))
+    }
+
+    async fn script(&self, js: &str) -> Value {
+        self.session_call("POST", "/execute/sync", json!({"script": js, "args": []}))
+            .await["value"]
+            .clone()
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        self.driver.kill9();
+    }
+}
+
+#[tokio::test]
+async fn web_page_in_headless_chromium() {
+    let s = setup(4).await;
+    let Some(browser) = Browser::start().await else {
+        assert!(!in_ci(), "chromedriver is missing and CI=true");
+        println!("SKIPPED: chromedriver not installed (apt-get install chromium chromium-driver)");
+        return;
+    };
+    let url = format!(
+        "http://{}/terminal/{}#token={}",
+        s.gw.api_addr, s.uuid, s.operator
+    );
+    browser
+        .session_call("POST", "/url", json!({"url": url}))
+        .await;
+    eventually(Duration::from_secs(20), || async {
+        (browser.script("return document.body.dataset.state").await == "open").then_some(())
+    })
+    .await
+    .expect("the page's terminal connected");
+    // The token left the address bar.
+    let href = browser.script("return location.href").await;
+    assert!(!href.as_str().unwrap().contains("token"), "{href}");
+    let el = browser
+        .session_call(
+            "POST",
+            "/element",
+            json!({"using": "css selector", "value": ".xterm-helper-textarea"}),
+        )
+        .await;
+    let id = el["value"]["element-6066-11e4-a52e-4f735466cecf"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no xterm textarea: {el}"))
+        .to_string();
+    browser
+        .session_call(
+            "POST",
+            &format!("/element/{id}/value"),
+            json!({"text": "echo hello\u{E007}"}),
+        )
+        .await;
+    let rows = eventually(Duration::from_secs(20), || async {
+        let text = browser
+            .script("return document.querySelector('.xterm-rows').innerText")
+            .await;
+        let text = text.as_str().unwrap_or("").to_string();
+        text.lines().any(|l| l.trim() == "hello").then_some(text)
+    })
+    .await
+    .expect("`hello` shown in the page's terminal");
+    assert!(rows.contains("echo hello"), "{rows}");
+    // The page fitted the terminal to the window (wider than the default 80 columns).
+    type_in(&browser, &id, "stty size\u{E007}").await;
+    let size = eventually(Duration::from_secs(20), || async {
+        let text = browser
+            .script("return document.querySelector('.xterm-rows').innerText")
+            .await;
+        text.as_str()?
+            .lines()
+            .map(str::trim)
+            .find(|l| {
+                let mut parts = l.split(' ');
+                matches!((parts.next(), parts.next(), parts.next()),
+                    (Some(a), Some(b), None) if a.parse::<u16>().is_ok() && b.parse::<u16>().is_ok())
+            })
+            .map(String::from)
+    })
+    .await
+    .expect("stty size output");
+    let cols: u16 = size.split(' ').nth(1).unwrap().parse().unwrap();
+    assert!(cols > 80, "fitted to a 1000 px wide window: {size}");
+    // The exit status is shown when the session ends.
+    type_in(&browser, &id, "exit 4\u{E007}").await;
+    eventually(Duration::from_secs(20), || async {
+        (browser.script("return document.body.dataset.exit").await == "4").then_some(())
+    })
+    .await
+    .expect("exit status shown");
+    let status = browser
+        .script("return document.getElementById('status').textContent")
+        .await;
+    assert_eq!(status, "exited with status 4");
+    let _ = browser
+        .call("DELETE", &format!("/session/{}", browser.session), None)
+        .await;
+}
+
+async fn type_in(browser: &Browser, id: &str, text: &str) {
+    browser
+        .session_call(
+            "POST",
+            &format!("/element/{id}/value"),
+            json!({"text": text}),
+        )
+        .await;
+}
