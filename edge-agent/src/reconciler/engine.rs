@@ -600,6 +600,11 @@ pub async fn kill_and_remove(
     grace: Duration,
 ) -> Result<(), BollardError> {
     stop(docker, id, grace).await?;
+    remove(docker, id).await
+}
+
+/// Removes a (stopped) container; already gone is fine.
+pub async fn remove(docker: &Docker, id: &str) -> Result<(), BollardError> {
     match docker
         .remove_container(
             id,

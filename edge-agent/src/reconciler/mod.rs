@@ -769,20 +769,32 @@ impl Inner {
                     engine::create(&self.docker, &target, &name, &p.spec, &lock_dir).await?
                 }
             };
-            // The new container is created before the old one is killed (creating binds
-            // no ports), so the downtime is only stop + start.
+            // The new container is created before the old one is stopped (creating
+            // binds no ports) and the old one is removed after the new one started, so
+            // the downtime is only stop + start. A crash in between leaves a stopped
+            // stale container, which the next pass removes.
+            let mut replaced = Vec::new();
             if !handover {
-                for c in std::mem::take(&mut p.stale) {
-                    self.step(&format!("kill {}", c.name)).await;
+                let old: Vec<Observed> = std::mem::take(&mut p.stale);
+                if !old.is_empty() {
+                    self.step(&format!("replace {name}")).await;
+                }
+                for c in old {
                     self.logs.service_event(&name, "Killing service");
-                    engine::kill_and_remove(&self.docker, &c.id, self.grace(Some(&p.spec))).await?;
+                    engine::stop(&self.docker, &c.id, self.grace(Some(&p.spec))).await?;
                     self.logs.service_event(&name, "Service stopped");
+                    replaced.push(c.id);
                 }
             }
             if !j.stopped.contains(&name) {
-                self.step(&format!("start {name}")).await;
+                if replaced.is_empty() {
+                    self.step(&format!("start {name}")).await;
+                }
                 engine::start(&self.docker, &id).await?;
                 self.logs.service_event(&name, "Service started");
+            }
+            for old in replaced {
+                engine::remove(&self.docker, &old).await?;
             }
             baseline.insert(name.clone(), 0);
             if handover {
