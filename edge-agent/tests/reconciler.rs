@@ -81,10 +81,17 @@ async fn three_services_start_in_health_order_with_pulls() {
     // Progress is reported while downloading.
     let mut rx = r.status();
     let mut saw_download = false;
+    let mut saw_service_downloading = false;
     let status = loop {
         let s = rx.borrow_and_update().clone();
         if s.update_status == UpdateStatus::Downloading || !s.images.is_empty() {
             saw_download = true;
+        }
+        if s.services
+            .iter()
+            .any(|x| x.status == "Downloading" && x.download_progress.is_some())
+        {
+            saw_service_downloading = true;
         }
         if s.update_status == UpdateStatus::Idle && s.release.as_deref() == Some("r1") {
             break s;
@@ -94,6 +101,10 @@ async fn three_services_start_in_health_order_with_pulls() {
     };
     eprintln!("release -> all healthy (with pulls): {:?}", t0.elapsed());
     assert!(saw_download, "no download progress was reported");
+    assert!(
+        saw_service_downloading,
+        "services were not reported as Downloading"
+    );
     assert!(
         status.images.iter().all(|i| i.download_progress == 100),
         "{status:#?}"

@@ -656,6 +656,9 @@ impl Inner {
             ));
         }
 
+        // Per-service status before anything moves, so downloads show against services.
+        self.refresh(&target, &ours, &j, is_good).await;
+
         // 1. Downloads that do not need a kill first.
         let kill_first = |p: &Plan| {
             matches!(
@@ -1478,4 +1481,56 @@ pub fn topo_order(target: &TargetState) -> Vec<String> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use protocol::release::{parse_compose, target_state};
+
+    fn t(release: &str, compose: &str) -> TargetState {
+        target_state(1, "a", release, &parse_compose(compose).unwrap(), &[], &[])
+    }
+
+    #[test]
+    fn dependencies_come_first() {
+        let target = t(
+            "r",
+            "services:\n  proxy:\n    image: x\n    depends_on: [api, db]\n  api:\n    image: x\n    depends_on: [db]\n  db:\n    image: x\n  zed:\n    image: x\n",
+        );
+        assert_eq!(topo_order(&target), ["db", "zed", "api", "proxy"]);
+    }
+
+    #[test]
+    fn a_failed_target_runs_the_last_good_release() {
+        let good = t("good", "services:\n  a:\n    image: x\n");
+        let bad = t("bad", "services:\n  a:\n    image: y\n");
+        let mut j = Journal {
+            target: Some(bad.clone()),
+            last_good: Some(good.clone()),
+            ..Default::default()
+        };
+        assert_eq!(j.effective(), Some((&bad, false)));
+        j.failed = Some(Failure {
+            release: "bad".into(),
+            reason: "unhealthy".into(),
+        });
+        assert_eq!(j.effective(), Some((&good, true)));
+        // Nothing to roll back to: the failed target stays (and is not retried).
+        j.last_good = None;
+        assert_eq!(j.effective(), Some((&bad, false)));
+    }
+
+    #[test]
+    fn journal_survives_a_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(Journal::load(dir.path()).unwrap(), Journal::default());
+        let j = Journal {
+            target: Some(t("r1", "services:\n  a:\n    image: x\n")),
+            in_flight: Some("start a".into()),
+            ..Default::default()
+        };
+        j.save(dir.path()).unwrap();
+        assert_eq!(Journal::load(dir.path()).unwrap(), j);
+    }
 }
