@@ -269,9 +269,21 @@ enum Outcome {
 
 impl Reconciler {
     /// Connects to the engine, loads the journal and starts converging in the background.
+    /// The task runs until [`Reconciler::shutdown`].
     pub async fn start(
         cfg: ReconcilerConfig,
         logs: LogSink,
+    ) -> Result<Reconciler, ReconcilerError> {
+        Self::start_with_shutdown(cfg, logs, CancellationToken::new()).await
+    }
+
+    /// Like [`Reconciler::start`], stopping when `shutdown` (the process's cancellation
+    /// root) is cancelled. Containers keep running; a pass cut short resumes from the
+    /// engine's state at the next start.
+    pub async fn start_with_shutdown(
+        cfg: ReconcilerConfig,
+        logs: LogSink,
+        shutdown: CancellationToken,
     ) -> Result<Reconciler, ReconcilerError> {
         let docker = engine::connect(&cfg.engine_socket).await?;
         let journal = Journal::load(&cfg.data_dir).map_err(ReconcilerError::Journal)?;
@@ -300,7 +312,7 @@ impl Reconciler {
             cmds,
             progress: Mutex::new(BTreeMap::new()),
             last_running: Mutex::new(HashMap::new()),
-            shutdown: CancellationToken::new(),
+            shutdown,
         });
         tokio::spawn(inner.clone().run(cmd_rx));
         Ok(Reconciler { inner })
