@@ -174,6 +174,8 @@ pub struct AgentOptions {
     /// Terminal sessions (shell, cap, engine socket). Default is
     /// [`crate::handlers::terminal::TerminalOptions::default`].
     pub terminal: crate::handlers::terminal::TerminalOptions,
+    /// The log spool and shipper. Default is none: nothing is collected or shipped.
+    pub logs: Option<crate::logs::LogPipeline>,
 }
 
 impl Default for AgentOptions {
@@ -190,6 +192,7 @@ impl Default for AgentOptions {
             hooks: None,
             local_api: None,
             terminal: Default::default(),
+            logs: None,
         }
     }
 }

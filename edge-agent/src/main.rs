@@ -39,6 +39,18 @@ enum Command {
         /// Most terminal sessions open at once on this device.
         #[arg(long, default_value_t = 4)]
         max_terminals: usize,
+        /// Size cap of the on-disk log spool, in MiB; when full the oldest lines go (and a
+        /// "suppressed N lines" line says so).
+        #[arg(long, default_value_t = 64)]
+        log_spool_mib: u64,
+        /// Container engine API socket (Docker, balenaEngine, Podman). Container logs,
+        /// terminals into services and the reconciler use it; `none` disables them.
+        #[arg(
+            long,
+            env = "DOCKER_HOST",
+            default_value = "unix:///var/run/docker.sock"
+        )]
+        engine: String,
     },
     /// Provision this device with a fleet provisioning key: generate its key pair, get
     /// its certificate from the gateway, store both in the data dir.
@@ -148,10 +160,16 @@ impl Source {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
+    // The agent's own warnings also go to the device's logs once the spool is open.
+    let warn_layer = edge_agent::logs::WarnLayer::default();
+    tracing_subscriber::registry()
+        .with(tracing_subscriber::fmt::layer().with_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
+        ))
+        .with(warn_layer.clone())
         .init();
     match cli.command {
         Command::Run {
@@ -161,7 +179,10 @@ async fn main() -> anyhow::Result<()> {
             hooks,
             shell,
             max_terminals,
+            log_spool_mib,
+            engine,
         } => {
+            let engine_socket = (engine != "none").then_some(engine);
             let (identity, state_dir) = source.paths();
             let shutdown = CancellationToken::new();
             tokio::spawn(signal_shutdown(shutdown.clone()));
@@ -185,6 +206,25 @@ async fn main() -> anyhow::Result<()> {
             opts.local_api = Some(hooks.local_api);
             opts.terminal.shell = shell;
             opts.terminal.max_sessions = max_terminals;
+            opts.terminal.engine_socket = engine_socket.clone().map(PathBuf::from);
+            let pipeline = edge_agent::logs::LogPipeline::start(
+                &state_dir.join("logs"),
+                log_spool_mib.saturating_mul(1024 * 1024),
+            )
+            .with_context(|| {
+                format!(
+                    "opening the log spool in {}",
+                    state_dir.join("logs").display()
+                )
+            })?;
+            warn_layer.attach(pipeline.sink());
+            pipeline
+                .sink()
+                .system(format!("Agent {} starting", edge_agent::VERSION));
+            if let Some(engine) = engine_socket.clone() {
+                tokio::spawn(edge_agent::logs::engine::collect(engine, pipeline.clone()));
+            }
+            opts.logs = Some(pipeline);
             opts.data_dir = Some(state_dir);
             let agent = Agent::new(cfg, opts)?;
             agent.run(shutdown).await?;

@@ -179,6 +179,7 @@ impl Agent {
             let reason = match attempt {
                 Ok(session) => {
                     info!(gateway = %self.config.gateway, "connected");
+                    self.log_event(format!("Connected to the gateway {}", self.config.gateway));
                     self.state.send_replace(ConnState::Connected);
                     if let Some(f) = &connected_flag {
                         f.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -200,6 +201,7 @@ impl Agent {
                     }
                     let reason = ended.to_string();
                     warn!(%reason, "connection lost");
+                    self.log_event(format!("Connection to the gateway lost: {reason}"));
                     last_failure = Some(reason.clone());
                     reason
                 }
@@ -328,6 +330,22 @@ impl Agent {
         if let Err(e) = wire::write_frame(&mut control_send, &report.to_frame()).await {
             return SessionError::Wire(e);
         }
+        // Spooled logs go out on their own stream, resuming where the gateway's store ends.
+        if let Some(logs) = self.opts.logs.clone() {
+            let conn = conn.clone();
+            tasks.spawn(async move {
+                loop {
+                    match logs.ship(&conn).await {
+                        Ok(()) | Err(crate::logs::ShipError::Connection(_)) => return,
+                        Err(_) if conn.close_reason().is_some() => return,
+                        Err(e) => {
+                            warn!(error = %e, "log shipping failed; retrying");
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        }
+                    }
+                }
+            });
+        }
         // Action results come back from their tasks through this channel; only the
         // control loop writes to the control stream.
         let (results_tx, mut results_rx) = tokio::sync::mpsc::unbounded_channel::<ControlMessage>();
@@ -336,9 +354,23 @@ impl Agent {
             tokio::sync::mpsc::unbounded_channel::<(String, String, serde_json::Value)>();
         let device = self.device.clone();
         let worker_results = results_tx.clone();
+        let sink = self
+            .opts
+            .logs
+            .as_ref()
+            .map(|l| l.sink())
+            .unwrap_or_else(crate::logs::LogSink::disabled);
         tasks.spawn(async move {
             while let Some((id, name, params)) = actions_rx.recv().await {
-                run_action(device.clone(), id, name, params, worker_results.clone()).await;
+                run_action(
+                    device.clone(),
+                    id,
+                    name,
+                    params,
+                    worker_results.clone(),
+                    &sink,
+                )
+                .await;
             }
         });
         let control = async {
@@ -386,7 +418,13 @@ impl Agent {
                 let target = self.opts.target.clone();
                 let connect_timeout = self.opts.target_connect_timeout;
                 let terminals = Arc::clone(&self.terminals);
-                tasks.spawn(handle_stream(send, recv, target, connect_timeout, terminals));
+                tasks.spawn(handle_stream(
+                    send,
+                    recv,
+                    target,
+                    connect_timeout,
+                    terminals,
+                ));
             }
         };
         let result: Result<(), SessionError> = tokio::select! {
@@ -413,6 +451,13 @@ impl Agent {
 }
 
 impl Agent {
+    /// Records an agent event in the device's logs (when logs are collected).
+    fn log_event(&self, message: String) {
+        if let Some(logs) = &self.opts.logs {
+            logs.sink().system(message);
+        }
+    }
+
     fn state_report(&self, gateway: SocketAddr) -> serde_json::Value {
         use crate::local_api::DeviceInfo;
         // The address this device uses to reach the gateway (no packet is sent).
@@ -455,12 +500,21 @@ async fn run_action(
     name: String,
     params: serde_json::Value,
     results: tokio::sync::mpsc::UnboundedSender<ControlMessage>,
+    logs: &crate::logs::LogSink,
 ) {
-    let reply = |ok: bool, detail: serde_json::Value| ControlMessage::ActionResult {
-        id: id.clone(),
-        ok,
-        detail,
+    let reply = |ok: bool, detail: serde_json::Value| {
+        if ok {
+            logs.system(format!("Action {name} done"));
+        } else {
+            logs.warning(format!("Action {name} failed: {detail}"));
+        }
+        ControlMessage::ActionResult {
+            id: id.clone(),
+            ok,
+            detail,
+        }
     };
+    logs.system(format!("Action {name} received"));
     let Some((device, log)) = device else {
         let _ = results.send(reply(
             false,

@@ -198,20 +198,24 @@ impl ApiClient {
         })
     }
 
-    /// Calls `method path` with an optional JSON body; returns the JSON answer (`Null`
-    /// for an empty one).
-    pub async fn call(
+    /// Sends `method path` with an optional JSON body and returns the response head and
+    /// streaming body, whatever its status.
+    async fn send(
         &self,
         method: Method,
         path: &str,
         body: Option<Value>,
-    ) -> Result<Value, ClientError> {
+        accept: Option<&str>,
+    ) -> Result<http::Response<hyper::body::Incoming>, ClientError> {
         let token = self.token.as_deref().ok_or(ClientError::NoToken)?;
         let url = format!("{}{}", self.base, path);
         let mut req = Request::builder()
             .method(method)
             .uri(&url)
             .header("authorization", format!("Bearer {token}"));
+        if let Some(a) = accept {
+            req = req.header("accept", a);
+        }
         let payload = match body {
             Some(b) => {
                 req = req.header("content-type", "application/json");
@@ -222,7 +226,7 @@ impl ApiClient {
         let req = req
             .body(Full::new(payload))
             .map_err(|e| ClientError::BadUrl(self.base.clone(), e.to_string()))?;
-        let resp = self.http.request(req).await.map_err(|e| {
+        self.http.request(req).await.map_err(|e| {
             let mut reason = e.to_string();
             let mut src = std::error::Error::source(&e);
             while let Some(s) = src {
@@ -233,7 +237,40 @@ impl ApiClient {
                 url: self.base.clone(),
                 reason,
             }
-        })?;
+        })
+    }
+
+    /// `GET path` whose answer is a stream (NDJSON, Server-Sent Events): the body, once the
+    /// status says success; an API error otherwise.
+    pub async fn get_stream(
+        &self,
+        path: &str,
+        accept: &str,
+    ) -> Result<hyper::body::Incoming, ClientError> {
+        let resp = self.send(Method::GET, path, None, Some(accept)).await?;
+        if resp.status().is_success() {
+            return Ok(resp.into_body());
+        }
+        let status = resp.status();
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| ClientError::BadResponse(e.to_string()))?
+            .to_bytes();
+        let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Err(api_error(status, &value))
+    }
+
+    /// Calls `method path` with an optional JSON body; returns the JSON answer (`Null`
+    /// for an empty one).
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value, ClientError> {
+        let resp = self.send(method, path, body, None).await?;
         let status = resp.status();
         let bytes = resp
             .into_body()
@@ -251,17 +288,21 @@ impl ApiClient {
         if status.is_success() {
             Ok(value)
         } else {
-            Err(ClientError::Api {
-                status,
-                code: value["error"]["code"]
-                    .as_str()
-                    .unwrap_or("unknown")
-                    .to_string(),
-                message: value["error"]["message"]
-                    .as_str()
-                    .unwrap_or("no message")
-                    .to_string(),
-            })
+            Err(api_error(status, &value))
         }
+    }
+}
+
+fn api_error(status: StatusCode, value: &Value) -> ClientError {
+    ClientError::Api {
+        status,
+        code: value["error"]["code"]
+            .as_str()
+            .unwrap_or("unknown")
+            .to_string(),
+        message: value["error"]["message"]
+            .as_str()
+            .unwrap_or("no message")
+            .to_string(),
     }
 }

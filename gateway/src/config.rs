@@ -78,6 +78,14 @@ pub struct ServeConfig {
     /// 15 min.
     #[serde(deserialize_with = "de_duration")]
     pub terminal_idle_timeout: Duration,
+    /// Device log lines older than this are deleted. Default is 7 days.
+    #[serde(deserialize_with = "de_duration")]
+    pub log_retention: Duration,
+    /// At most this many log lines are kept per device (the oldest go). Default 1,000,000.
+    pub log_max_lines_per_device: i64,
+    /// How often retention runs. Default is 10 min.
+    #[serde(deserialize_with = "de_duration")]
+    pub log_prune_interval: Duration,
 }
 
 impl Default for ServeConfig {
@@ -97,6 +105,9 @@ impl Default for ServeConfig {
             header_read_timeout: Duration::from_secs(10),
             max_header_bytes: 64 * 1024,
             terminal_idle_timeout: Duration::from_secs(15 * 60),
+            log_retention: crate::logs::DEFAULT_RETENTION,
+            log_max_lines_per_device: crate::logs::DEFAULT_MAX_LINES_PER_DEVICE,
+            log_prune_interval: Duration::from_secs(600),
         }
     }
 }

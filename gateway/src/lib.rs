@@ -10,11 +10,15 @@ pub mod api;
 pub mod client;
 pub mod config;
 pub mod demo;
+pub mod logs;
+pub mod logs_cli;
 mod provisioning;
 mod proxy;
+pub mod release_cli;
 pub mod sessions;
 pub mod ssh;
 pub mod store;
+pub mod targets;
 mod tunnel;
 
 use std::net::SocketAddr;
@@ -213,11 +217,20 @@ impl Gateway {
             Arc::clone(&self.sessions),
             self.store.clone(),
         ));
+        let log_hub = Arc::new(logs::LogHub::default());
+        tasks.spawn(logs::retention_loop(
+            self.store.clone(),
+            self.cfg.log_retention,
+            self.cfg.log_max_lines_per_device,
+            self.cfg.log_prune_interval,
+            shutdown.clone(),
+        ));
         let ctx = Arc::new(tunnel::TunnelCtx {
             store: self.store.clone(),
             ca: Arc::clone(&self.ca),
             sessions: Arc::clone(&self.sessions),
             keep_alive: self.cfg.keep_alive,
+            logs: Arc::clone(&log_hub),
         });
         let http = tokio::spawn(proxy::router::serve(
             self.http,
@@ -236,6 +249,8 @@ impl Gateway {
                 advertise,
                 ca_fingerprint: self.fingerprint.clone(),
                 terminal_idle_timeout: self.cfg.terminal_idle_timeout,
+                logs: Arc::clone(&log_hub),
+                shutdown: shutdown.clone(),
             },
             shutdown.clone(),
         ));

@@ -23,6 +23,8 @@ pub struct Session {
     pub pool_authority: http::uri::Authority,
     /// Wakes the session's control loop to deliver newly queued actions.
     pub kick: tokio::sync::Notify,
+    /// Wakes the session's control loop to re-send the device's target state.
+    pub retarget: tokio::sync::Notify,
 }
 
 impl Session {
@@ -38,6 +40,7 @@ impl Session {
             public_url: AtomicBool::new(public_url),
             pool_authority,
             kick: tokio::sync::Notify::new(),
+            retarget: tokio::sync::Notify::new(),
         }
     }
 }

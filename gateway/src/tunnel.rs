@@ -27,6 +27,7 @@ pub(crate) struct TunnelCtx {
     pub(crate) ca: Arc<certs::Ca>,
     pub(crate) sessions: Arc<Sessions>,
     pub(crate) keep_alive: Duration,
+    pub(crate) logs: Arc<crate::logs::LogHub>,
 }
 
 /// Accepts device connections until `shutdown`.
@@ -240,8 +241,11 @@ async fn serve_session(
     info!(session = session.id, %agent_version, "device connected");
 
     let control = async {
-        // Queued actions go out first, in order (the agent never runs an id twice).
+        // Queued actions go out first, in order (the agent never runs an id twice); then
+        // what the device should run.
         deliver_actions(&ctx, uuid, &mut control_send).await?;
+        let mut sent_target: Option<serde_json::Value> = None;
+        deliver_target(&ctx, uuid, &mut control_send, &mut sent_target).await?;
         loop {
             tokio::select! {
                 frame = control_recv.next() => {
@@ -270,19 +274,29 @@ async fn serve_session(
                 _ = session.kick.notified() => {
                     deliver_actions(&ctx, uuid, &mut control_send).await?;
                 }
+                // A release, pin or environment variable that concerns this device changed.
+                _ = session.retarget.notified() => {
+                    deliver_target(&ctx, uuid, &mut control_send, &mut sent_target).await?;
+                }
             }
         }
     };
     let streams = async {
-        // No agent-opened stream kind other than control is served yet: refuse each one
+        // Agent-opened streams after the control stream: `Logs`; anything else is refused
         // on its own, keeping the connection.
         loop {
             let (mut send, mut recv) = conn.accept_bi().await?;
+            let store = ctx.store.clone();
+            let hub = Arc::clone(&ctx.logs);
             tokio::spawn(async move {
                 let code =
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, wire::read_header(&mut recv))
                         .await
                     {
+                        Ok(Ok(StreamHeader::Logs(h))) => {
+                            crate::logs::serve_stream(send, recv, h, uuid, store, hub).await;
+                            return;
+                        }
                         Ok(Ok(h)) => {
                             debug!(kind = ?h.kind(), "refusing unsupported agent stream");
                             AppErrorCode::UnsupportedStream
@@ -319,6 +333,33 @@ async fn serve_session(
         }
     }
     info!(session = session.id, %reason, "device disconnected");
+    Ok(())
+}
+
+/// Sends the device's target state when it differs from what this session last sent.
+async fn deliver_target(
+    ctx: &TunnelCtx,
+    uuid: DeviceUuid,
+    send: &mut quinn::SendStream,
+    sent: &mut Option<serde_json::Value>,
+) -> Result<(), ConnError> {
+    let target = match crate::targets::target_for(&ctx.store, uuid).await {
+        Ok(Some((t, _))) => serde_json::to_value(&t).expect("target serializes"),
+        Ok(None) => return Ok(()),
+        Err(e) => {
+            warn!(error = %e, "cannot compute the device's target state");
+            return Ok(());
+        }
+    };
+    if sent.as_ref() == Some(&target) {
+        return Ok(());
+    }
+    debug!(release = %target["release"], "sending target state");
+    let msg = ControlMessage::TargetState {
+        target: target.clone(),
+    };
+    wire::write_frame(send, &msg.to_frame()).await?;
+    *sent = Some(target);
     Ok(())
 }
 

@@ -21,6 +21,7 @@ mod error;
 mod frame;
 mod header;
 mod heartbeat;
+mod logs;
 mod provision;
 pub mod release;
 mod target;
@@ -36,6 +37,9 @@ pub use error::AppErrorCode;
 pub use frame::{Frame, FrameType, MAX_CONTROL_FRAME, MAX_DATA_FRAME};
 pub use header::{HttpHeader, StreamHeader, StreamKind, HEADER_MAGIC, MAX_HEADER_PAYLOAD};
 pub use heartbeat::{Heartbeat, HeartbeatEvent};
+pub use logs::{
+    LogLine, LogsHeader, LogsMessage, MAX_BATCH_LINES, MAX_LOGS_FRAME, MAX_MESSAGE_BYTES,
+};
 pub use provision::{
     InvalidKey, ProvisionErrorCode, ProvisionRequest, ProvisionResponse, ProvisioningKey,
 };

@@ -26,6 +26,8 @@ use tokio_util::sync::CancellationToken;
 pub type TestBody = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 
 /// Installs a tracing subscriber once (RUST_LOG controls it; quiet by default).
+pub mod relay;
+
 pub fn init_tracing() {
     static ONCE: OnceLock<()> = OnceLock::new();
     ONCE.get_or_init(|| {
@@ -600,4 +602,24 @@ pub async fn tokens(gw: &TestGateway) -> (String, String, String) {
         .await
         .unwrap();
     (viewer, operator, admin)
+}
+
+/// A free port below the kernel's ephemeral range (which starts at 32768 by default), for
+/// a server that must come back on the same port after a restart: a port picked by
+/// binding to 0 is ephemeral, and a socket another test opens meanwhile may get it.
+pub fn stable_port(udp: bool) -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let start = 20_000 + (std::process::id() % 5_000) as u16;
+    loop {
+        let p = start + NEXT.fetch_add(1, Ordering::Relaxed) % 10_000;
+        let free = if udp {
+            std::net::UdpSocket::bind(("127.0.0.1", p)).is_ok()
+        } else {
+            std::net::TcpListener::bind(("127.0.0.1", p)).is_ok()
+        };
+        if free {
+            return p;
+        }
+    }
 }

@@ -7,6 +7,12 @@
 
 use tokio::sync::mpsc;
 
+pub mod engine;
+mod ship;
+pub mod spool;
+
+pub use ship::{LogPipeline, ShipError};
+
 /// One collected line, before it gets its sequence number.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogRecord {
@@ -22,6 +28,9 @@ pub struct LogRecord {
     pub is_system: bool,
     /// The text, without the trailing newline.
     pub message: String,
+    /// For container output: the container id and the line's engine timestamp (ns since
+    /// the epoch), so reading resumes after it when the agent restarts.
+    pub source: Option<(String, i64)>,
 }
 
 /// Where producers hand lines to. Cloning is cheap; all clones feed one spool.
@@ -57,6 +66,7 @@ impl LogSink {
             is_stderr: false,
             is_system: true,
             message: message.into(),
+            source: None,
         });
     }
 
@@ -69,6 +79,7 @@ impl LogSink {
             is_stderr: false,
             is_system: true,
             message: message.into(),
+            source: None,
         });
     }
 
@@ -81,6 +92,7 @@ impl LogSink {
             is_stderr: true,
             is_system: true,
             message: message.into(),
+            source: None,
         });
     }
 }
@@ -91,4 +103,52 @@ pub fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+}
+
+/// A `tracing` layer that copies the agent's own warnings and errors into the device's
+/// logs (as system lines on stderr), once a sink is attached with [`WarnLayer::attach`].
+#[derive(Debug, Clone, Default)]
+pub struct WarnLayer {
+    sink: std::sync::Arc<std::sync::OnceLock<LogSink>>,
+}
+
+impl WarnLayer {
+    /// Starts forwarding to `sink` (only the first call takes effect).
+    pub fn attach(&self, sink: LogSink) {
+        let _ = self.sink.set(sink);
+    }
+}
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for WarnLayer {
+    fn on_event(
+        &self,
+        event: &tracing::Event<'_>,
+        _ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        if *event.metadata().level() > tracing::Level::WARN {
+            return;
+        }
+        let Some(sink) = self.sink.get() else { return };
+        struct Fields(String);
+        impl tracing::field::Visit for Fields {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                use std::fmt::Write;
+                if field.name() == "message" {
+                    let _ = write!(self.0, "{value:?}");
+                } else {
+                    let _ = write!(self.0, " {}={value:?}", field.name());
+                }
+            }
+            fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+                if field.name() == "message" {
+                    self.0.push_str(value);
+                } else {
+                    self.0.push_str(&format!(" {}={value}", field.name()));
+                }
+            }
+        }
+        let mut f = Fields(String::new());
+        event.record(&mut f);
+        sink.warning(f.0);
+    }
 }

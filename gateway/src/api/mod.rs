@@ -8,7 +8,9 @@
 
 pub mod auth;
 mod error;
+mod logs;
 mod openapi;
+mod releases;
 mod terminal;
 
 use std::sync::Arc;
@@ -45,6 +47,10 @@ pub(crate) struct ApiState {
     pub(crate) ca_fingerprint: String,
     /// A terminal session with no bytes either way for this long is closed.
     pub(crate) terminal_idle_timeout: std::time::Duration,
+    /// Live log subscribers.
+    pub(crate) logs: Arc<crate::logs::LogHub>,
+    /// Fires when the gateway stops: long-lived streams (log tails, terminals) end.
+    pub(crate) shutdown: CancellationToken,
 }
 
 type ApiResult<T = Json<Value>> = Result<T, ApiError>;
@@ -82,6 +88,8 @@ pub(crate) fn router(state: ApiState) -> Router {
         .route("/v1/tokens/{id}", axum::routing::delete(delete_token))
         .route("/v1/audit", get(audit_log))
         .merge(terminal::routes())
+        .merge(logs::routes())
+        .merge(releases::routes())
         .fallback(|| async { ApiError::not_found("no such endpoint; see /openapi.json") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -133,11 +141,18 @@ pub(crate) async fn serve(
 ) {
     let app = router(state);
     let Some(tls) = tls else {
-        if let Err(e) = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown.cancelled_owned())
-            .await
-        {
-            tracing::error!(error = %e, "management API stopped");
+        let serve =
+            axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        // Graceful, but bounded: a client that never hangs up cannot hold a stop.
+        let grace = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+        };
+        tokio::select! {
+            r = serve => if let Err(e) = r {
+                tracing::error!(error = %e, "management API stopped");
+            },
+            _ = grace => tracing::warn!("management API connections still open 5 s after shutdown; closing them"),
         }
         return;
     };
@@ -177,7 +192,8 @@ pub(crate) async fn serve(
                 Err(_) => return,
             };
             let svc = hyper_util::service::TowerToHyperService::new(app);
-            let conn = builder.serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(tls), svc);
+            let conn =
+                builder.serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(tls), svc);
             if let Err(e) = watcher.watch(conn.into_owned()).await {
                 tracing::debug!(%peer, error = %e, "API connection ended with an error");
             }
@@ -465,6 +481,11 @@ async fn update_device(
         .await?
     {
         return Err(ApiError::not_found(format!("no device {uuid}")));
+    }
+    if patch.fleet.is_some() {
+        // A pin to the old fleet's release means nothing in the new fleet.
+        st.store.pin_device(uuid, None).await?;
+        crate::targets::retarget(&st.sessions, uuid);
     }
     st.store
         .audit(
@@ -899,6 +920,7 @@ async fn put_device_env(
     device_or_404(&st, uuid).await?;
     let rows = env_rows(body)?;
     st.store.set_env("device", uuid.as_str(), &rows).await?;
+    crate::targets::retarget(&st.sessions, uuid);
     st.store
         .audit(
             &caller.actor(),
@@ -937,6 +959,7 @@ async fn put_fleet_env(
     }
     let rows = env_rows(body)?;
     st.store.set_env("fleet", &name, &rows).await?;
+    crate::targets::retarget_fleet(&st.store, &st.sessions, &name).await;
     st.store
         .audit(
             &caller.actor(),

@@ -117,6 +117,38 @@ const MIGRATIONS: &[&str] = &[
         value TEXT NOT NULL,
         PRIMARY KEY (scope, owner, service, name)
     );",
+    // 7: device logs, and per device the highest sequence number stored for its spool epoch.
+    "CREATE TABLE logs (
+        id INTEGER PRIMARY KEY,
+        device TEXT NOT NULL,
+        seq BIGINT NOT NULL,
+        ts BIGINT NOT NULL,
+        service TEXT,
+        service_id BIGINT,
+        is_stderr BOOLEAN NOT NULL,
+        is_system BOOLEAN NOT NULL,
+        message TEXT NOT NULL
+    );
+    CREATE INDEX logs_device_id ON logs (device, id);
+    CREATE INDEX logs_ts ON logs (ts);
+    CREATE TABLE log_cursors (
+        device TEXT PRIMARY KEY NOT NULL,
+        epoch TEXT NOT NULL,
+        last_seq BIGINT NOT NULL
+    );",
+    // 8: releases; a fleet or a device may be pinned to one.
+    "CREATE TABLE releases (
+        id TEXT PRIMARY KEY NOT NULL,
+        fleet TEXT NOT NULL REFERENCES fleets(name),
+        seq INTEGER NOT NULL,
+        hash TEXT NOT NULL,
+        compose TEXT NOT NULL,
+        created_at BIGINT NOT NULL,
+        created_by TEXT NOT NULL
+    );
+    CREATE INDEX releases_fleet ON releases (fleet, seq);
+    ALTER TABLE fleets ADD COLUMN pinned_release TEXT;
+    ALTER TABLE devices ADD COLUMN pinned_release TEXT;",
 ];
 
 /// A device as stored.
@@ -253,6 +285,12 @@ pub struct AuditRecord {
 pub struct Store {
     pool: SqlitePool,
 }
+
+mod logs;
+mod releases;
+
+pub use logs::{LogQuery, StoredLine};
+pub use releases::{ReleaseRecord, TargetSource};
 
 /// Current time as unix seconds.
 pub fn now_unix() -> i64 {

@@ -1,0 +1,352 @@
+//! Device logs: query with filters and paging, NDJSON export, live tail over Server-Sent
+//! Events and WebSocket. Every role may read logs.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap, HeaderValue};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use futures_util::Stream;
+use protocol::DeviceUuid;
+use serde::Deserialize;
+use serde_json::json;
+use tokio::sync::{broadcast, mpsc};
+
+use super::auth::{Caller, Role};
+use super::error::ApiError;
+use super::{device_or_404, ApiResult, ApiState, DeviceParam};
+use crate::store::{LogQuery, StoredLine};
+
+/// Routes under `/v1/devices/{uuid}/logs`.
+pub(super) fn routes() -> Router<ApiState> {
+    Router::new()
+        .route("/v1/devices/{uuid}/logs", get(query))
+        .route("/v1/devices/{uuid}/logs/export", get(export))
+        .route("/v1/devices/{uuid}/logs/stream", get(stream_sse))
+        .route("/v1/devices/{uuid}/logs/ws", get(stream_ws))
+}
+
+/// Query parameters shared by every logs endpoint.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Params {
+    /// Lines at or after: unix milliseconds, or a duration ago (`90s`, `1h`, `7d`).
+    since: Option<String>,
+    /// Lines before: unix milliseconds, or a duration ago.
+    until: Option<String>,
+    /// Only this service (empty: only the agent's own lines).
+    service: Option<String>,
+    /// Only stderr (`true`) or only stdout (`false`).
+    stderr: Option<bool>,
+    /// Only system lines (`true`) or only service output (`false`).
+    system: Option<bool>,
+    /// Only lines containing this text (ASCII case-insensitive).
+    q: Option<String>,
+    /// Only lines with an id above this (paging, resuming a tail).
+    after: Option<i64>,
+    /// The newest N lines (a tail) instead of the oldest.
+    tail: Option<i64>,
+    /// Page size, 1..=10000 (default 1000).
+    limit: Option<i64>,
+}
+
+fn time_param(name: &str, v: &str) -> Result<i64, ApiError> {
+    if let Ok(ms) = v.parse::<i64>() {
+        return Ok(ms);
+    }
+    let ago = crate::config::parse_duration(v).map_err(|e| {
+        ApiError::bad_request(
+            "invalid_query",
+            format!("`{name}` must be unix milliseconds or a duration like 1h: {e}"),
+        )
+    })?;
+    Ok(edge_agent::logs::now_ms() - ago.as_millis() as i64)
+}
+
+impl Params {
+    fn to_query(&self) -> Result<LogQuery, ApiError> {
+        if let Some(l) = self.limit {
+            if !(1..=10_000).contains(&l) {
+                return Err(ApiError::bad_request(
+                    "invalid_query",
+                    "`limit` must be between 1 and 10000",
+                ));
+            }
+        }
+        Ok(LogQuery {
+            since_ms: self
+                .since
+                .as_deref()
+                .map(|v| time_param("since", v))
+                .transpose()?,
+            until_ms: self
+                .until
+                .as_deref()
+                .map(|v| time_param("until", v))
+                .transpose()?,
+            service: self.service.clone(),
+            stderr: self.stderr,
+            system: self.system,
+            text: self.q.clone().filter(|t| !t.is_empty()),
+            after_id: self.after,
+            newest: self.tail.is_some(),
+            limit: self.tail.or(self.limit),
+        })
+    }
+}
+
+fn params(p: Result<Query<Params>, QueryRejection>) -> Result<Params, ApiError> {
+    p.map(|Query(p)| p)
+        .map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))
+}
+
+async fn query(
+    caller: Caller,
+    State(st): State<ApiState>,
+    DeviceParam(uuid): DeviceParam,
+    p: Result<Query<Params>, QueryRejection>,
+) -> ApiResult {
+    caller.require(Role::Viewer)?;
+    let p = params(p)?;
+    device_or_404(&st, uuid).await?;
+    let q = p.to_query()?;
+    let lines = st.store.query_logs(uuid, &q).await?;
+    let limit = q.limit.unwrap_or(1000);
+    let next_after = (lines.len() as i64 == limit && !q.newest)
+        .then(|| lines.last().map(|l| l.id))
+        .flatten();
+    Ok(Json(json!({ "lines": lines, "next_after": next_after })))
+}
+
+/// Every matching line as newline-delimited JSON, streamed page by page.
+async fn export(
+    caller: Caller,
+    State(st): State<ApiState>,
+    DeviceParam(uuid): DeviceParam,
+    p: Result<Query<Params>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    caller.require(Role::Viewer)?;
+    let p = params(p)?;
+    device_or_404(&st, uuid).await?;
+    let mut q = p.to_query()?;
+    q.newest = false;
+    q.limit = Some(5_000);
+    let (tx, rx) = mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(4);
+    let store = st.store.clone();
+    tokio::spawn(async move {
+        loop {
+            let page = match store.query_logs(uuid, &q).await {
+                Ok(p) => p,
+                Err(e) => {
+                    let _ = tx.send(Err(std::io::Error::other(e.to_string()))).await;
+                    return;
+                }
+            };
+            let Some(last) = page.last().map(|l| l.id) else {
+                return;
+            };
+            let mut buf = Vec::with_capacity(page.len() * 128);
+            for l in &page {
+                serde_json::to_writer(&mut buf, l).expect("line serializes");
+                buf.push(b'\n');
+            }
+            if tx.send(Ok(buf.into())).await.is_err() {
+                return;
+            }
+            q.after_id = Some(last);
+        }
+    });
+    let body = axum::body::Body::from_stream(receiver_stream(rx));
+    let mut resp = body.into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/x-ndjson"),
+    );
+    resp.headers_mut().insert(
+        header::CONTENT_DISPOSITION,
+        HeaderValue::from_str(&format!("attachment; filename=\"{uuid}-logs.ndjson\""))
+            .expect("valid header"),
+    );
+    Ok(resp)
+}
+
+fn receiver_stream<T: Send + 'static>(rx: mpsc::Receiver<T>) -> impl Stream<Item = T> {
+    futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|x| (x, rx)) })
+}
+
+/// Live tail as Server-Sent Events: each event's data is a line as JSON and its id the
+/// line's id, so a reconnecting client (`Last-Event-ID`) resumes without gaps or repeats.
+async fn stream_sse(
+    caller: Caller,
+    State(st): State<ApiState>,
+    DeviceParam(uuid): DeviceParam,
+    headers: HeaderMap,
+    p: Result<Query<Params>, QueryRejection>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    caller.require(Role::Viewer)?;
+    let mut p = params(p)?;
+    device_or_404(&st, uuid).await?;
+    if let Some(id) = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<i64>().ok())
+    {
+        p.after = Some(id);
+        p.tail = None;
+    }
+    let q = p.to_query()?;
+    let rx = live(&st, uuid, q);
+    let events = futures_util::StreamExt::map(receiver_stream(rx), |l: Arc<StoredLine>| {
+        Ok(Event::default()
+            .id(l.id.to_string())
+            .data(serde_json::to_string(&*l).expect("line serializes")))
+    });
+    Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+/// Live tail over WebSocket: one text message per line, as JSON.
+async fn stream_ws(
+    caller: Caller,
+    State(st): State<ApiState>,
+    DeviceParam(uuid): DeviceParam,
+    p: Result<Query<Params>, QueryRejection>,
+    ws: WebSocketUpgrade,
+) -> Result<Response, ApiError> {
+    caller.require(Role::Viewer)?;
+    let p = params(p)?;
+    device_or_404(&st, uuid).await?;
+    let q = p.to_query()?;
+    let rx = live(&st, uuid, q);
+    Ok(ws.on_upgrade(move |socket| relay_ws(socket, rx)))
+}
+
+async fn relay_ws(mut socket: WebSocket, mut rx: mpsc::Receiver<Arc<StoredLine>>) {
+    loop {
+        tokio::select! {
+            line = rx.recv() => {
+                let Some(l) = line else { break };
+                let text = serde_json::to_string(&*l).expect("line serializes");
+                if socket.send(Message::Text(text.into())).await.is_err() {
+                    break;
+                }
+            }
+            msg = socket.recv() => match msg {
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                Some(Ok(_)) => {}
+            }
+        }
+    }
+}
+
+/// Backlog (matching lines after `q.after_id`, or the newest `tail`), then every new line
+/// as it is stored. Subscribes before reading the backlog, so nothing falls in between;
+/// a subscriber that lags behind the hub catches up from the store.
+fn live(st: &ApiState, uuid: DeviceUuid, q: LogQuery) -> mpsc::Receiver<Arc<StoredLine>> {
+    let (tx, rx) = mpsc::channel(1024);
+    let mut sub = st.logs.subscribe();
+    let store = st.store.clone();
+    let shutdown = st.shutdown.clone();
+    tokio::spawn(async move {
+        // The tail ends with the gateway (the client reconnects to the next one).
+        tokio::select! {
+            _ = shutdown.cancelled() => {}
+            _ = follow(store, &mut sub, uuid, q, tx) => {}
+        }
+    });
+    rx
+}
+
+async fn follow(
+    store: crate::store::Store,
+    sub: &mut broadcast::Receiver<Arc<StoredLine>>,
+    uuid: DeviceUuid,
+    q: LogQuery,
+    tx: mpsc::Sender<Arc<StoredLine>>,
+) {
+    {
+        let tail = q.newest;
+        let mut last = q.after_id.unwrap_or(0);
+        if q.after_id.is_none() && !tail {
+            // A plain live tail starts now.
+            last = match store
+                .query_logs(
+                    uuid,
+                    &LogQuery {
+                        newest: true,
+                        limit: Some(1),
+                        ..Default::default()
+                    },
+                )
+                .await
+            {
+                Ok(l) => l.last().map(|l| l.id).unwrap_or(0),
+                Err(_) => 0,
+            };
+        }
+        let catch_up = |after: i64, first: bool| {
+            let mut page = q.clone();
+            if !(first && tail) {
+                page.after_id = Some(after);
+                page.newest = false;
+                page.limit = Some(1000);
+            }
+            let store = store.clone();
+            async move { store.query_logs(uuid, &page).await }
+        };
+        if q.after_id.is_some() || tail {
+            let mut first = true;
+            loop {
+                let Ok(page) = catch_up(last, first).await else {
+                    return;
+                };
+                let done = page.len() < 1000 || (first && tail);
+                first = false;
+                for l in page {
+                    last = l.id;
+                    if tx.send(Arc::new(l)).await.is_err() {
+                        return;
+                    }
+                }
+                if done {
+                    break;
+                }
+            }
+        }
+        loop {
+            match sub.recv().await {
+                Ok(l) => {
+                    if l.device != uuid.as_str() || l.id <= last || !q.matches(&l) {
+                        continue;
+                    }
+                    last = l.id;
+                    if tx.send(l).await.is_err() {
+                        return;
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => loop {
+                    let Ok(page) = catch_up(last, false).await else {
+                        return;
+                    };
+                    let done = page.len() < 1000;
+                    for l in page {
+                        last = l.id;
+                        if tx.send(Arc::new(l)).await.is_err() {
+                            return;
+                        }
+                    }
+                    if done {
+                        break;
+                    }
+                },
+                Err(broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    }
+}

@@ -1,0 +1,250 @@
+//! Releases: compose files published for a fleet, pins, and each device's target state
+//! and reported update progress.
+
+use axum::extract::rejection::{JsonRejection, PathRejection};
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::{get, put};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::auth::{Caller, Role};
+use super::error::ApiError;
+use super::{device_or_404, ApiResult, ApiState, DeviceParam};
+use crate::store::ReleaseRecord;
+use crate::targets;
+
+/// Routes for releases and target states.
+pub(super) fn routes() -> Router<ApiState> {
+    Router::new()
+        .route(
+            "/v1/fleets/{name}/releases",
+            get(list_releases).post(create_release),
+        )
+        .route("/v1/releases/{id}", get(show_release))
+        .route("/v1/fleets/{name}/pin", put(pin_fleet))
+        .route("/v1/devices/{uuid}/pin", put(pin_device))
+        .route("/v1/devices/{uuid}/target", get(device_target))
+        .route("/v1/devices/{uuid}/state", get(device_state))
+}
+
+fn release_json(r: &ReleaseRecord, with_compose: bool) -> Value {
+    let mut v = json!({
+        "id": r.id,
+        "fleet": r.fleet,
+        "seq": r.seq,
+        "hash": r.hash,
+        "created_at": r.created_at,
+        "created_by": r.created_by,
+    });
+    if with_compose {
+        v["compose"] = json!(r.compose);
+    }
+    v
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateRelease {
+    /// The compose file's text.
+    compose: String,
+}
+
+async fn create_release(
+    caller: Caller,
+    State(st): State<ApiState>,
+    name: Result<Path<String>, PathRejection>,
+    body: Result<Json<CreateRelease>, JsonRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    caller.require(Role::Operator)?;
+    let Path(fleet) = name?;
+    let Json(body) = body?;
+    if st.store.fleet(&fleet).await?.is_none() {
+        return Err(ApiError::not_found(format!("no fleet {fleet:?}")));
+    }
+    let compose = protocol::release::parse_compose(&body.compose).map_err(|e| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_compose",
+            format!("invalid compose file: {e}"),
+        )
+    })?;
+    let hash = protocol::release::release_hash(&body.compose);
+    let (rel, created) = st
+        .store
+        .create_release(&fleet, &body.compose, &hash, &caller.actor())
+        .await?;
+    if created {
+        st.store
+            .audit(
+                &caller.actor(),
+                "release.create",
+                &rel.id,
+                &json!({"fleet": fleet, "services": compose.services.keys().collect::<Vec<_>>()})
+                    .to_string(),
+            )
+            .await?;
+        targets::retarget_fleet(&st.store, &st.sessions, &fleet).await;
+    }
+    let mut v = release_json(&rel, false);
+    v["created"] = json!(created);
+    v["services"] = json!(compose.services.keys().collect::<Vec<_>>());
+    Ok((
+        if created {
+            StatusCode::CREATED
+        } else {
+            StatusCode::OK
+        },
+        Json(v),
+    ))
+}
+
+async fn list_releases(
+    caller: Caller,
+    State(st): State<ApiState>,
+    name: Result<Path<String>, PathRejection>,
+) -> ApiResult {
+    caller.require(Role::Viewer)?;
+    let Path(fleet) = name?;
+    let Some(f) = st.store.fleet(&fleet).await? else {
+        return Err(ApiError::not_found(format!("no fleet {fleet:?}")));
+    };
+    let pinned = st.store.fleet_pin(&f.name).await?;
+    let rels = st.store.releases(&fleet).await?;
+    Ok(Json(json!({
+        "fleet": fleet,
+        "pinned_release": pinned,
+        "releases": rels.iter().map(|r| release_json(r, false)).collect::<Vec<_>>(),
+    })))
+}
+
+async fn show_release(
+    caller: Caller,
+    State(st): State<ApiState>,
+    id: Result<Path<String>, PathRejection>,
+) -> ApiResult {
+    caller.require(Role::Viewer)?;
+    let Path(id) = id?;
+    let rel = st
+        .store
+        .release(&id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no release {id:?}")))?;
+    Ok(Json(release_json(&rel, true)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Pin {
+    /// A release id, or null to follow the fleet (device) / its newest release (fleet).
+    release: Option<String>,
+}
+
+async fn pin_fleet(
+    caller: Caller,
+    State(st): State<ApiState>,
+    name: Result<Path<String>, PathRejection>,
+    body: Result<Json<Pin>, JsonRejection>,
+) -> ApiResult {
+    caller.require(Role::Operator)?;
+    let Path(fleet) = name?;
+    let Json(pin) = body?;
+    if st.store.fleet(&fleet).await?.is_none() {
+        return Err(ApiError::not_found(format!("no fleet {fleet:?}")));
+    }
+    if let Some(id) = &pin.release {
+        release_of_fleet(&st, id, &fleet).await?;
+    }
+    st.store.pin_fleet(&fleet, pin.release.as_deref()).await?;
+    st.store
+        .audit(
+            &caller.actor(),
+            "fleet.pin",
+            &fleet,
+            &json!({"release": pin.release}).to_string(),
+        )
+        .await?;
+    targets::retarget_fleet(&st.store, &st.sessions, &fleet).await;
+    Ok(Json(json!({"fleet": fleet, "pinned_release": pin.release})))
+}
+
+async fn pin_device(
+    caller: Caller,
+    State(st): State<ApiState>,
+    DeviceParam(uuid): DeviceParam,
+    body: Result<Json<Pin>, JsonRejection>,
+) -> ApiResult {
+    caller.require(Role::Operator)?;
+    let Json(pin) = body?;
+    let d = device_or_404(&st, uuid).await?;
+    if let Some(id) = &pin.release {
+        let Some(fleet) = d.fleet.as_deref() else {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "no_fleet",
+                format!("device {uuid} is in no fleet; move it into the release's fleet first"),
+            ));
+        };
+        release_of_fleet(&st, id, fleet).await?;
+    }
+    st.store.pin_device(uuid, pin.release.as_deref()).await?;
+    st.store
+        .audit(
+            &caller.actor(),
+            "device.pin",
+            uuid.as_str(),
+            &json!({"release": pin.release}).to_string(),
+        )
+        .await?;
+    targets::retarget(&st.sessions, uuid);
+    Ok(Json(
+        json!({"uuid": uuid.as_str(), "pinned_release": pin.release}),
+    ))
+}
+
+async fn release_of_fleet(st: &ApiState, id: &str, fleet: &str) -> Result<ReleaseRecord, ApiError> {
+    match st.store.release(id).await? {
+        Some(r) if r.fleet == fleet => Ok(r),
+        Some(r) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "wrong_fleet",
+            format!("release {id} belongs to fleet {:?}, not {fleet:?}", r.fleet),
+        )),
+        None => Err(ApiError::not_found(format!("no release {id:?}"))),
+    }
+}
+
+async fn device_target(
+    caller: Caller,
+    State(st): State<ApiState>,
+    DeviceParam(uuid): DeviceParam,
+) -> ApiResult {
+    caller.require(Role::Viewer)?;
+    device_or_404(&st, uuid).await?;
+    match targets::target_for(&st.store, uuid).await? {
+        Some((t, source)) => Ok(Json(json!({"source": source, "target": t}))),
+        None => Err(ApiError::not_found(format!(
+            "device {uuid} has no target: its fleet has no release yet"
+        ))),
+    }
+}
+
+/// What the device last reported (release, per-service status, download progress) beside
+/// what it should run.
+async fn device_state(
+    caller: Caller,
+    State(st): State<ApiState>,
+    DeviceParam(uuid): DeviceParam,
+) -> ApiResult {
+    caller.require(Role::Viewer)?;
+    let d = device_or_404(&st, uuid).await?;
+    let target = targets::target_for(&st.store, uuid).await?;
+    Ok(Json(json!({
+        "uuid": uuid.as_str(),
+        "online": st.sessions.get(&uuid).is_some(),
+        "target_release": target.as_ref().map(|(t, _)| t.release.clone()),
+        "target_source": target.as_ref().map(|(_, s)| *s),
+        "reported": d.state,
+    })))
+}

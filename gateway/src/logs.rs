@@ -1,0 +1,130 @@
+//! Device logs at the gateway: ingest from `Logs` streams (store, then acknowledge, then
+//! publish to live subscribers) and retention.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use protocol::{AppErrorCode, DeviceUuid, LogsHeader, LogsMessage, MAX_LOGS_FRAME};
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::store::{Store, StoredLine};
+use edge_agent::wire::{self, FrameReader, WireError};
+
+/// Default retention of stored lines.
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Default cap on stored lines per device.
+pub const DEFAULT_MAX_LINES_PER_DEVICE: i64 = 1_000_000;
+
+/// Fans newly stored lines out to live subscribers (WebSocket and SSE tails).
+#[derive(Debug)]
+pub struct LogHub {
+    tx: broadcast::Sender<Arc<StoredLine>>,
+}
+
+impl Default for LogHub {
+    fn default() -> Self {
+        Self {
+            tx: broadcast::channel(8192).0,
+        }
+    }
+}
+
+impl LogHub {
+    /// Every line stored from now on. A subscriber that falls behind gets
+    /// `RecvError::Lagged` and should catch up from the store by id.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<StoredLine>> {
+        self.tx.subscribe()
+    }
+
+    fn publish(&self, lines: Vec<StoredLine>) {
+        if self.tx.receiver_count() == 0 {
+            return;
+        }
+        for l in lines {
+            let _ = self.tx.send(Arc::new(l));
+        }
+    }
+}
+
+/// Serves one agent-opened `Logs` stream until it ends.
+pub(crate) async fn serve_stream(
+    mut send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    header: serde_json::Map<String, serde_json::Value>,
+    device: DeviceUuid,
+    store: Store,
+    hub: Arc<LogHub>,
+) {
+    let mut reader = FrameReader::new(recv, MAX_LOGS_FRAME);
+    let result: Result<(), IngestError> = async {
+        let header = LogsHeader::from_map(header).map_err(WireError::from)?;
+        let acked = store.log_resume(device, &header.epoch).await?;
+        debug!(%device, acked, "log stream opened");
+        wire::write_frame(&mut send, &LogsMessage::Resume { acked }.to_frame()).await?;
+        loop {
+            let frame = match reader.next().await {
+                Err(WireError::Closed) => return Ok(()),
+                other => other?,
+            };
+            match LogsMessage::from_frame(&frame).map_err(WireError::from)? {
+                LogsMessage::Batch { lines } => {
+                    let (upto, stored) = store.insert_logs(device, &header.epoch, &lines).await?;
+                    // Acknowledge only what is committed; publish after, so a live
+                    // subscriber never sees a line a query could not find.
+                    wire::write_frame(&mut send, &LogsMessage::Ack { upto }.to_frame()).await?;
+                    hub.publish(stored);
+                }
+                other => debug!(?other, "ignoring logs message"),
+            }
+        }
+    }
+    .await;
+    match result {
+        Ok(()) => {}
+        Err(IngestError::Wire(WireError::Read(_) | WireError::Write(_))) => {
+            debug!(%device, "log stream ended with the connection")
+        }
+        Err(e) => {
+            // Nothing unacknowledged is lost: the agent keeps those lines and sends them
+            // again on its next stream.
+            warn!(%device, error = %e, "closing log stream");
+            let code = match &e {
+                IngestError::Store(_) => AppErrorCode::Internal,
+                IngestError::Wire(w) => w.code(),
+            };
+            wire::reject(&mut send, reader.get_mut(), code);
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum IngestError {
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    #[error("cannot store log lines: {0}")]
+    Store(#[from] crate::store::StoreError),
+}
+
+/// Deletes lines older than `retention` and beyond `max_per_device`, every `every`.
+pub(crate) async fn retention_loop(
+    store: Store,
+    retention: Duration,
+    max_per_device: i64,
+    every: Duration,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let cutoff = edge_agent::logs::now_ms() - retention.as_millis() as i64;
+        match store.prune_logs(cutoff, max_per_device).await {
+            Ok(0) => {}
+            Ok(n) => info!(lines = n, "pruned old log lines"),
+            Err(e) => warn!(error = %e, "cannot prune log lines"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+    }
+}

@@ -1,0 +1,246 @@
+//! `gateway logs UUID [-f]`: prints a device's stored lines, then (with `-f`) follows new
+//! ones over Server-Sent Events, reconnecting after any interruption from the last line
+//! it printed, so nothing is skipped or printed twice.
+
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use http_body_util::BodyExt;
+use protocol::DeviceUuid;
+use serde_json::Value;
+
+use crate::client::{ApiClient, ClientError};
+
+/// What to print.
+#[derive(Debug, Clone, Default)]
+pub struct LogsArgs {
+    /// Keep printing new lines.
+    pub follow: bool,
+    /// Only this service.
+    pub service: Option<String>,
+    /// Lines newer than this (`1h`, `30m`, or unix milliseconds).
+    pub since: Option<String>,
+    /// Only lines containing this text.
+    pub grep: Option<String>,
+    /// Print each line as JSON.
+    pub json: bool,
+    /// Without `--since`: how many of the newest lines to print first.
+    pub tail: u32,
+}
+
+fn filters(a: &LogsArgs) -> String {
+    let mut q = Vec::new();
+    let enc = |s: &str| {
+        s.bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                    (b as char).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect::<String>()
+    };
+    if let Some(s) = &a.service {
+        q.push(format!("service={}", enc(s)));
+    }
+    if let Some(g) = &a.grep {
+        q.push(format!("q={}", enc(g)));
+    }
+    q.join("&")
+}
+
+/// Runs the command. Returns when the printed history ends (or never, with `follow`).
+pub async fn run(client: &ApiClient, uuid: DeviceUuid, a: &LogsArgs) -> anyhow::Result<()> {
+    let f = filters(a);
+    let sep = if f.is_empty() { "" } else { "&" };
+    let mut last: Option<i64> = None;
+    // History: a time window page by page, or the newest lines.
+    match &a.since {
+        Some(since) => {
+            let mut after = String::new();
+            loop {
+                let v = client
+                    .call(
+                        http::Method::GET,
+                        &format!("/v1/devices/{uuid}/logs?since={since}&limit=5000{after}{sep}{f}"),
+                        None,
+                    )
+                    .await?;
+                for l in v["lines"].as_array().into_iter().flatten() {
+                    print_line(l, a.json);
+                    last = l["id"].as_i64().or(last);
+                }
+                match v["next_after"].as_i64() {
+                    Some(n) => after = format!("&after={n}"),
+                    None => break,
+                }
+            }
+        }
+        None if a.tail > 0 => {
+            let v = client
+                .call(
+                    http::Method::GET,
+                    &format!("/v1/devices/{uuid}/logs?tail={}{sep}{f}", a.tail),
+                    None,
+                )
+                .await?;
+            for l in v["lines"].as_array().into_iter().flatten() {
+                print_line(l, a.json);
+                last = l["id"].as_i64().or(last);
+            }
+        }
+        None => {}
+    }
+    if !a.follow {
+        return Ok(());
+    }
+    // With no history printed, following starts at the newest stored line.
+    let mut after = match last {
+        Some(id) => id,
+        None => {
+            let v = client
+                .call(
+                    http::Method::GET,
+                    &format!("/v1/devices/{uuid}/logs?tail=1"),
+                    None,
+                )
+                .await?;
+            v["lines"][0]["id"].as_i64().unwrap_or(0)
+        }
+    };
+    let mut delay = Duration::from_millis(250);
+    let mut warned = false;
+    loop {
+        let path = format!("/v1/devices/{uuid}/logs/stream?after={after}{sep}{f}");
+        match client.get_stream(&path, "text/event-stream").await {
+            Ok(body) => {
+                if warned {
+                    eprintln!("-- reconnected --");
+                    warned = false;
+                }
+                delay = Duration::from_millis(250);
+                if let Err(e) = read_events(body, &mut after, a.json).await {
+                    eprintln!("-- log stream interrupted ({e}); reconnecting --");
+                    warned = true;
+                }
+            }
+            // A token or device problem does not fix itself: stop with the API's words.
+            Err(e @ ClientError::Api { .. }) | Err(e @ ClientError::NoToken) => {
+                return Err(e.into())
+            }
+            Err(e) => {
+                if !warned {
+                    eprintln!("-- {e}; retrying --");
+                    warned = true;
+                }
+            }
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// Reads Server-Sent Events until the stream ends, printing each line and advancing
+/// `after` to its id.
+async fn read_events(
+    mut body: hyper::body::Incoming,
+    after: &mut i64,
+    json: bool,
+) -> Result<(), String> {
+    let mut buf = BytesMut::new();
+    let mut data = String::new();
+    let mut id: Option<i64> = None;
+    loop {
+        let frame = match body.frame().await {
+            None => return Err("the gateway closed the stream".into()),
+            Some(Err(e)) => return Err(e.to_string()),
+            Some(Ok(f)) => f,
+        };
+        let Ok(chunk) = frame.into_data() else {
+            continue;
+        };
+        buf.extend_from_slice(&chunk);
+        while let Some(nl) = buf.iter().position(|b| *b == b'\n') {
+            let raw = buf.split_to(nl + 1);
+            let line = String::from_utf8_lossy(&raw[..nl]);
+            let line = line.trim_end_matches('\r');
+            if line.is_empty() {
+                // End of one event.
+                if !data.is_empty() {
+                    if let Ok(v) = serde_json::from_str::<Value>(&data) {
+                        let this = id.or_else(|| v["id"].as_i64()).unwrap_or(*after);
+                        if this > *after {
+                            print_line(&v, json);
+                            *after = this;
+                        }
+                    }
+                }
+                data.clear();
+                id = None;
+            } else if let Some(d) = line.strip_prefix("data:") {
+                if !data.is_empty() {
+                    data.push('\n');
+                }
+                data.push_str(d.strip_prefix(' ').unwrap_or(d));
+            } else if let Some(i) = line.strip_prefix("id:") {
+                id = i.trim().parse().ok();
+            }
+        }
+        if buf.remaining() > 1024 * 1024 {
+            return Err("an event larger than 1 MiB".into());
+        }
+    }
+}
+
+fn print_line(l: &Value, json: bool) {
+    if json {
+        println!("{l}");
+        return;
+    }
+    let ts = l["timestamp"].as_i64().map(format_ms).unwrap_or_default();
+    let who = match l["serviceName"].as_str() {
+        Some(s) => s.to_string(),
+        None => "agent".into(),
+    };
+    let stream = if l["isStdErr"] == true { "!" } else { " " };
+    println!(
+        "{ts} [{who}]{stream} {}",
+        l["message"].as_str().unwrap_or_default()
+    );
+}
+
+/// `2026-11-22 16:40:00.123` (UTC) from unix milliseconds.
+pub fn format_ms(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let days = secs.div_euclid(86_400);
+    let sod = secs.rem_euclid(86_400);
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}.{:03}",
+        sod / 3600,
+        sod % 3600 / 60,
+        sod % 60,
+        ms.rem_euclid(1000)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn formats_utc_times() {
+        assert_eq!(super::format_ms(0), "1970-01-01 00:00:00.000");
+        assert_eq!(
+            super::format_ms(1_709_208_000_500),
+            "2024-02-29 12:00:00.500"
+        );
+    }
+}

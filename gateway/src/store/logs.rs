@@ -1,0 +1,297 @@
+//! Device log lines: durable ingest with de-duplication by sequence number, queries,
+//! retention.
+
+use protocol::{DeviceUuid, LogLine};
+use serde::Serialize;
+use sqlx::{QueryBuilder, Row};
+
+use super::{Store, StoreError};
+
+/// Rows per multi-row INSERT (8 parameters each, far below SQLite's and PostgreSQL's
+/// parameter limits).
+const INSERT_CHUNK: usize = 200;
+
+/// A stored line: the shipped fields plus the gateway's id (its order across all lines,
+/// used for paging and live-tail resumption) and the device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StoredLine {
+    /// Gateway-wide, increasing id.
+    pub id: i64,
+    /// The device uuid.
+    pub device: String,
+    /// The line as shipped.
+    #[serde(flatten)]
+    pub line: LogLine,
+}
+
+/// Filters for [`Store::query_logs`]. Everything is optional; `limit` defaults to 1000.
+#[derive(Debug, Clone, Default)]
+pub struct LogQuery {
+    /// Lines produced at or after this time (ms since the epoch).
+    pub since_ms: Option<i64>,
+    /// Lines produced before this time (ms since the epoch).
+    pub until_ms: Option<i64>,
+    /// Only this service's lines (`""`: only the agent's own, system lines without service).
+    pub service: Option<String>,
+    /// Only stderr (`true`) or only stdout (`false`) lines.
+    pub stderr: Option<bool>,
+    /// Only system (`true`) or only service output (`false`).
+    pub system: Option<bool>,
+    /// Only lines containing this text (case-insensitive for ASCII).
+    pub text: Option<String>,
+    /// Only lines with a gateway id above this (paging forward, live-tail resumption).
+    pub after_id: Option<i64>,
+    /// The newest `limit` matching lines instead of the oldest (still returned oldest first).
+    pub newest: bool,
+    /// At most this many lines (1..=10000).
+    pub limit: Option<i64>,
+}
+
+impl LogQuery {
+    /// Whether a line passes the filters other than paging (for live subscribers).
+    pub fn matches(&self, l: &StoredLine) -> bool {
+        if let Some(s) = self.since_ms {
+            if l.line.timestamp < s {
+                return false;
+            }
+        }
+        if let Some(u) = self.until_ms {
+            if l.line.timestamp >= u {
+                return false;
+            }
+        }
+        if let Some(svc) = &self.service {
+            if l.line.service_name.as_deref().unwrap_or("") != svc {
+                return false;
+            }
+        }
+        if self.stderr.is_some_and(|e| e != l.line.is_std_err) {
+            return false;
+        }
+        if self.system.is_some_and(|e| e != l.line.is_system) {
+            return false;
+        }
+        if let Some(t) = &self.text {
+            if !l
+                .line
+                .message
+                .to_ascii_lowercase()
+                .contains(&t.to_ascii_lowercase())
+            {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+fn escape_like(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('%');
+    for c in s.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('%');
+    out
+}
+
+impl Store {
+    /// The highest sequence number stored for `device`'s spool `epoch` (0 when none or when
+    /// the device's spool has a new epoch).
+    pub async fn log_resume(&self, device: DeviceUuid, epoch: &str) -> Result<u64, StoreError> {
+        let row = sqlx::query("SELECT epoch, last_seq FROM log_cursors WHERE device = $1")
+            .bind(device.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(match row {
+            Some(r) if r.try_get::<String, _>("epoch")? == epoch => {
+                r.try_get::<i64, _>("last_seq")? as u64
+            }
+            _ => 0,
+        })
+    }
+
+    /// Stores the lines of a batch whose sequence numbers are above what is stored for
+    /// `epoch`, in one transaction. Returns the highest stored sequence number (to
+    /// acknowledge) and the lines newly stored, with their ids.
+    pub async fn insert_logs(
+        &self,
+        device: DeviceUuid,
+        epoch: &str,
+        lines: &[LogLine],
+    ) -> Result<(u64, Vec<StoredLine>), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query("SELECT epoch, last_seq FROM log_cursors WHERE device = $1")
+            .bind(device.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
+        let last = match row {
+            Some(r) if r.try_get::<String, _>("epoch")? == epoch => {
+                r.try_get::<i64, _>("last_seq")? as u64
+            }
+            _ => 0,
+        };
+        let fresh: Vec<&LogLine> = lines.iter().filter(|l| l.seq > last).collect();
+        let Some(upto) = fresh.last().map(|l| l.seq) else {
+            return Ok((last, Vec::new()));
+        };
+        let mut stored = Vec::with_capacity(fresh.len());
+        for chunk in fresh.chunks(INSERT_CHUNK) {
+            let mut qb = QueryBuilder::new(
+                "INSERT INTO logs (device, seq, ts, service, service_id, is_stderr, is_system, message) ",
+            );
+            qb.push_values(chunk, |mut b, l| {
+                b.push_bind(device.as_str())
+                    .push_bind(l.seq as i64)
+                    .push_bind(l.timestamp)
+                    .push_bind(l.service_name.as_deref())
+                    .push_bind(l.service_id.map(i64::from))
+                    .push_bind(l.is_std_err)
+                    .push_bind(l.is_system)
+                    .push_bind(l.message.as_str());
+            });
+            qb.push(" RETURNING id, seq");
+            let rows = qb.build().fetch_all(&mut *tx).await?;
+            let mut ids: Vec<(i64, i64)> = rows
+                .iter()
+                .map(|r| Ok((r.try_get("seq")?, r.try_get("id")?)))
+                .collect::<Result<_, sqlx::Error>>()?;
+            ids.sort_unstable();
+            for (l, (_, id)) in chunk.iter().zip(ids) {
+                stored.push(StoredLine {
+                    id,
+                    device: device.to_string(),
+                    line: (*l).clone(),
+                });
+            }
+        }
+        sqlx::query(
+            "INSERT INTO log_cursors (device, epoch, last_seq) VALUES ($1, $2, $3)
+             ON CONFLICT (device) DO UPDATE SET epoch = excluded.epoch, last_seq = excluded.last_seq",
+        )
+        .bind(device.as_str())
+        .bind(epoch)
+        .bind(upto as i64)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok((upto, stored))
+    }
+
+    /// Lines of `device` matching `q`, oldest first.
+    pub async fn query_logs(
+        &self,
+        device: DeviceUuid,
+        q: &LogQuery,
+    ) -> Result<Vec<StoredLine>, StoreError> {
+        let mut qb = QueryBuilder::new(
+            "SELECT id, seq, ts, service, service_id, is_stderr, is_system, message FROM logs WHERE device = ",
+        );
+        qb.push_bind(device.as_str());
+        if let Some(s) = q.since_ms {
+            qb.push(" AND ts >= ").push_bind(s);
+        }
+        if let Some(u) = q.until_ms {
+            qb.push(" AND ts < ").push_bind(u);
+        }
+        match q.service.as_deref() {
+            Some("") => {
+                qb.push(" AND service IS NULL");
+            }
+            Some(s) => {
+                qb.push(" AND service = ").push_bind(s.to_string());
+            }
+            None => {}
+        }
+        if let Some(e) = q.stderr {
+            qb.push(" AND is_stderr = ").push_bind(e);
+        }
+        if let Some(e) = q.system {
+            qb.push(" AND is_system = ").push_bind(e);
+        }
+        if let Some(t) = &q.text {
+            qb.push(" AND LOWER(message) LIKE ")
+                .push_bind(escape_like(&t.to_ascii_lowercase()))
+                .push(" ESCAPE '\\'");
+        }
+        if let Some(a) = q.after_id {
+            qb.push(" AND id > ").push_bind(a);
+        }
+        let limit = q.limit.unwrap_or(1000).clamp(1, 10_000);
+        qb.push(if q.newest {
+            " ORDER BY id DESC LIMIT "
+        } else {
+            " ORDER BY id ASC LIMIT "
+        })
+        .push_bind(limit);
+        let rows = qb.build().fetch_all(&self.pool).await?;
+        let mut out = rows
+            .iter()
+            .map(|r| {
+                Ok(StoredLine {
+                    id: r.try_get("id")?,
+                    device: device.to_string(),
+                    line: LogLine {
+                        seq: r.try_get::<i64, _>("seq")? as u64,
+                        timestamp: r.try_get("ts")?,
+                        message: r.try_get("message")?,
+                        is_std_err: r.try_get("is_stderr")?,
+                        is_system: r.try_get("is_system")?,
+                        service_name: r.try_get("service")?,
+                        service_id: r
+                            .try_get::<Option<i64>, _>("service_id")?
+                            .and_then(|v| u32::try_from(v).ok()),
+                    },
+                })
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        if q.newest {
+            out.reverse();
+        }
+        Ok(out)
+    }
+
+    /// Deletes lines produced before `older_than_ms`, then each device's oldest lines
+    /// beyond `per_device_cap`. Returns how many lines went.
+    pub async fn prune_logs(
+        &self,
+        older_than_ms: i64,
+        per_device_cap: i64,
+    ) -> Result<u64, StoreError> {
+        let mut n = sqlx::query("DELETE FROM logs WHERE ts < $1")
+            .bind(older_than_ms)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        let over = sqlx::query(
+            "SELECT device, COUNT(*) AS n FROM logs GROUP BY device HAVING COUNT(*) > $1",
+        )
+        .bind(per_device_cap)
+        .fetch_all(&self.pool)
+        .await?;
+        for r in over {
+            let device: String = r.try_get("device")?;
+            let cut: Option<i64> = sqlx::query(
+                "SELECT id FROM logs WHERE device = $1 ORDER BY id DESC LIMIT 1 OFFSET $2",
+            )
+            .bind(&device)
+            .bind(per_device_cap)
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|r| r.try_get("id"))
+            .transpose()?;
+            if let Some(cut) = cut {
+                n += sqlx::query("DELETE FROM logs WHERE device = $1 AND id <= $2")
+                    .bind(&device)
+                    .bind(cut)
+                    .execute(&self.pool)
+                    .await?
+                    .rows_affected();
+            }
+        }
+        Ok(n)
+    }
+}

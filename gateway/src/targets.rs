@@ -1,0 +1,72 @@
+//! What each device should run: its release (device pin, else fleet pin, else the fleet's
+//! newest) with environment variables merged fleet < device, and telling connected agents
+//! when that changes.
+
+use protocol::release::{self, EnvVar, TargetState};
+use protocol::DeviceUuid;
+
+use crate::sessions::Sessions;
+use crate::store::{Store, StoreError, TargetSource};
+
+/// The numeric app id of a fleet (balena's `appId`): stable, derived from its name, so
+/// every gateway node and every device agree without storing it.
+pub fn app_id(fleet: &str) -> u32 {
+    let d = certs::sha256_hex(fleet.as_bytes());
+    (u32::from_str_radix(&d[..8], 16).expect("hex") % 999_999_999) + 1
+}
+
+/// The device's target state and where its release came from; `None` when the device has
+/// no fleet or its fleet has no release yet.
+pub async fn target_for(
+    store: &Store,
+    uuid: DeviceUuid,
+) -> Result<Option<(TargetState, TargetSource)>, StoreError> {
+    let Some((rel, source)) = store.target_release(uuid).await? else {
+        return Ok(None);
+    };
+    let compose = release::parse_compose(&rel.compose)
+        .map_err(|e| StoreError::Corrupt(format!("release {}: {e}", rel.id)))?;
+    let env = |rows: Vec<(String, String, String)>| {
+        rows.into_iter()
+            .map(|(service, name, value)| EnvVar {
+                service,
+                name,
+                value,
+            })
+            .collect::<Vec<_>>()
+    };
+    let fleet_env = env(store.env("fleet", &rel.fleet).await?);
+    let device_env = env(store.env("device", uuid.as_str()).await?);
+    Ok(Some((
+        release::target_state(
+            app_id(&rel.fleet),
+            &rel.fleet,
+            &rel.id,
+            &compose,
+            &fleet_env,
+            &device_env,
+        ),
+        source,
+    )))
+}
+
+/// Wakes the control loop of `uuid`'s session (if connected) to re-send its target.
+pub fn retarget(sessions: &Sessions, uuid: DeviceUuid) {
+    if let Some(s) = sessions.get(&uuid) {
+        s.retarget.notify_one();
+    }
+}
+
+/// Wakes every connected device of `fleet`.
+pub async fn retarget_fleet(store: &Store, sessions: &Sessions, fleet: &str) {
+    match store.devices().await {
+        Ok(devices) => {
+            for d in devices.iter().filter(|d| d.fleet.as_deref() == Some(fleet)) {
+                retarget(sessions, d.uuid);
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, %fleet, "cannot list the fleet's devices to notify them")
+        }
+    }
+}
