@@ -830,3 +830,37 @@ async fn stop_start_restart_actions_act_on_real_containers() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn actions_do_not_wait_behind_a_health_window() {
+    if !engine_ready() {
+        return;
+    }
+    let app = unique_app_id();
+    let guard = Cleanup::new(app);
+    let (logs, _cap) = Captured::sink();
+    let mut cfg = test_config(&guard);
+    cfg.health_window = Duration::from_secs(60);
+    let r = guard.reconciler(cfg, logs).await;
+    // db never becomes ready: the pass sits in its health window.
+    let compose = "services:\n  db:\n    image: edge-test/db:v1\n    environment:\n      DB_READY_AFTER: \"100000\"\n    labels:\n      io.edge.stop-grace-period: \"1\"\n  web:\n    image: edge-test/web:v1\n";
+    r.set_target(target(app, "r1", compose, &[]), false)
+        .await
+        .unwrap();
+    wait_status(&r, 30, "db starting", |s| {
+        s.services
+            .iter()
+            .any(|x| x.name == "db" && x.health.as_deref() == Some("starting"))
+    })
+    .await;
+    let web = only_container(app, "web");
+    let t0 = Instant::now();
+    r.restart_service("web", false).await.unwrap();
+    assert!(
+        t0.elapsed() < Duration::from_secs(10),
+        "restart took {:?}",
+        t0.elapsed()
+    );
+    assert_ne!(only_container(app, "web"), web, "restart recreates");
+    assert_eq!(r.status().borrow().update_status, UpdateStatus::Updating);
+}

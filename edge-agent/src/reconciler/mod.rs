@@ -494,6 +494,15 @@ impl Inner {
             let outcome = tokio::select! {
                 _ = self.shutdown.cancelled() => break,
                 o = self.pass(generation) => o,
+                // A pass is cancel-safe: every step is idempotent and the next pass
+                // recomputes the plan from the engine (the same property that makes
+                // kill -9 safe). So an operator action does not wait behind a long
+                // health window: drop the pass, act, and run a fresh pass.
+                Some(cmd) = cmds.recv() => {
+                    let res = self.action(cmd.kind, cmd.service.as_deref(), cmd.force).await;
+                    let _ = cmd.reply.send(res);
+                    Outcome::Again
+                }
             };
             next_in = match outcome {
                 Outcome::Done | Outcome::Failed => self.cfg.poll_interval,
