@@ -385,6 +385,12 @@ impl Reconciler {
         Ok(())
     }
 
+    /// Whether the current target was pinned on the device (bundle, local mode); such a
+    /// target is not replaced by the gateway's.
+    pub async fn pinned(&self) -> bool {
+        self.inner.journal.lock().await.pinned
+    }
+
     /// The current target, if any.
     pub async fn target(&self) -> Option<TargetState> {
         self.inner.journal.lock().await.target.clone()
@@ -707,7 +713,18 @@ impl Inner {
                 .iter()
                 .any(|n| plans[n].stale.iter().any(|c| c.is_running()));
         if kills_needed && !force {
-            let locked = self.locks.locked_services(app).unwrap_or_default();
+            // The target app's locks, and those of any other app whose containers go.
+            let apps: BTreeSet<u32> = std::iter::once(app)
+                .chain(removals.iter().map(|c| c.app_id))
+                .collect();
+            let mut locked = Vec::new();
+            for a in apps {
+                match self.locks.locked_services(a) {
+                    Ok(l) => locked.extend(l),
+                    // Unreadable lock state must not let a kill through.
+                    Err(e) => locked.push(format!("(app {a}: {e})")),
+                }
+            }
             if !locked.is_empty() {
                 let msg = format!("update waiting for the lock held by {}", locked.join(", "));
                 let was = self.status.borrow().update_status;
