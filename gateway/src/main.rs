@@ -92,35 +92,6 @@ enum Command {
         /// The shell.
         shell: clap_complete::Shell,
     },
-    /// Publish and list releases (compose files) of a fleet (via the management API).
-    #[command(subcommand)]
-    Release(ReleaseCommand),
-    /// Print a device's logs (via the management API); `-f` keeps following new lines,
-    /// across reconnects of the device or of this command.
-    Logs {
-        #[command(flatten)]
-        api: ApiArgs,
-        /// Device uuid.
-        uuid: DeviceUuid,
-        /// Keep printing new lines as they arrive.
-        #[arg(short = 'f', long)]
-        follow: bool,
-        /// Only this service's lines.
-        #[arg(long)]
-        service: Option<String>,
-        /// Lines from this long ago (`30s`, `15m`, `1h`, `7d`) or unix milliseconds.
-        #[arg(long)]
-        since: Option<String>,
-        /// Only lines containing this text (ASCII case-insensitive).
-        #[arg(long)]
-        grep: Option<String>,
-        /// Print each line as JSON (balena's field names plus `id`, `seq`, `device`).
-        #[arg(long)]
-        json: bool,
-        /// Without --since: how many of the newest lines to print first.
-        #[arg(long, default_value_t = 100)]
-        tail: u32,
-    },
     /// Open a shell on a device's host, or in one of its service containers, over its
     /// tunnel (operator or admin token). Ctrl-C goes to the device; the remote exit status
     /// becomes this command's exit status. Works with a non-terminal stdin too (scripted).
@@ -207,15 +178,6 @@ enum FleetCommand {
         /// Fleet name.
         name: String,
     },
-    /// Pin the fleet to a release, or with no release, go back to tracking its latest.
-    Pin {
-        #[command(flatten)]
-        api: ApiArgs,
-        /// Fleet name.
-        name: String,
-        /// Release id.
-        release: Option<String>,
-    },
     /// Switch the public URL of every device in the fleet (and the fleet's default).
     PublicUrl {
         #[command(flatten)]
@@ -224,36 +186,6 @@ enum FleetCommand {
         name: String,
         /// on or off.
         state: OnOff,
-    },
-}
-
-#[derive(Subcommand)]
-enum ReleaseCommand {
-    /// Publish a compose file as a new release of a fleet. Devices tracking the fleet's
-    /// latest release start updating at once.
-    Create {
-        #[command(flatten)]
-        api: ApiArgs,
-        /// The fleet.
-        #[arg(long)]
-        fleet: String,
-        /// The compose file (services, volumes, networks; see docs/releases.md).
-        file: PathBuf,
-    },
-    /// List a fleet's releases, newest first.
-    List {
-        #[command(flatten)]
-        api: ApiArgs,
-        /// The fleet.
-        #[arg(long)]
-        fleet: String,
-    },
-    /// Print a release's compose file.
-    Show {
-        #[command(flatten)]
-        api: ApiArgs,
-        /// Release id.
-        id: String,
     },
 }
 
@@ -450,19 +382,6 @@ enum DeviceCommand {
         api: ApiArgs,
         /// Device uuid.
         uuid: DeviceUuid,
-        /// Follow the device's update: release, per-service status and download progress,
-        /// redrawn until it runs its target (exit 1 if the update fails).
-        #[arg(long)]
-        watch: bool,
-    },
-    /// Pin a device to a release of its fleet, or with no release, follow the fleet again.
-    Pin {
-        #[command(flatten)]
-        api: ApiArgs,
-        /// Device uuid.
-        uuid: DeviceUuid,
-        /// Release id.
-        release: Option<String>,
     },
     /// Rename a device.
     Rename {
@@ -567,51 +486,7 @@ async fn main() -> anyhow::Result<()> {
                 print_devices(&v);
             }
         }
-        Command::Device(DeviceCommand::Show {
-            api,
-            uuid,
-            watch: true,
-        }) => {
-            gateway::release_cli::watch(&api.client(), uuid, false).await?;
-        }
-        Command::Device(DeviceCommand::Pin { api, uuid, release }) => {
-            gateway::release_cli::pin(
-                &api.client(),
-                &format!("/v1/devices/{uuid}/pin"),
-                release.as_deref(),
-            )
-            .await?;
-            match release {
-                Some(r) => println!("device {uuid} pinned to release {r}"),
-                None => println!("device {uuid} follows its fleet's release again"),
-            }
-        }
-        Command::Fleet(FleetCommand::Pin { api, name, release }) => {
-            gateway::release_cli::pin(
-                &api.client(),
-                &format!("/v1/fleets/{name}/pin"),
-                release.as_deref(),
-            )
-            .await?;
-            match release {
-                Some(r) => println!("fleet {name} pinned to release {r}"),
-                None => println!("fleet {name} tracks its latest release again"),
-            }
-        }
-        Command::Release(ReleaseCommand::Create { api, fleet, file }) => {
-            gateway::release_cli::create(&api.client(), &fleet, &file).await?;
-        }
-        Command::Release(ReleaseCommand::List { api, fleet }) => {
-            gateway::release_cli::list(&api.client(), &fleet).await?;
-        }
-        Command::Release(ReleaseCommand::Show { api, id }) => {
-            let v = api
-                .client()
-                .call(Method::GET, &format!("/v1/releases/{id}"), None)
-                .await?;
-            print!("{}", v["compose"].as_str().unwrap_or_default());
-        }
-        Command::Device(DeviceCommand::Show { api, uuid, .. }) => {
+        Command::Device(DeviceCommand::Show { api, uuid }) => {
             let v = api
                 .client()
                 .call(Method::GET, &format!("/v1/devices/{uuid}"), None)
@@ -911,26 +786,6 @@ async fn main() -> anyhow::Result<()> {
                 "gateway",
                 &mut std::io::stdout(),
             );
-        }
-        Command::Logs {
-            api,
-            uuid,
-            follow,
-            service,
-            since,
-            grep,
-            json,
-            tail,
-        } => {
-            let args = gateway::logs_cli::LogsArgs {
-                follow,
-                service,
-                since,
-                grep,
-                json,
-                tail,
-            };
-            gateway::logs_cli::run(&api.client(), uuid, &args).await?;
         }
         Command::Ssh { api, uuid, service } => {
             let ca = api.api_ca.as_ref().map(|p| {

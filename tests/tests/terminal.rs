@@ -871,3 +871,221 @@ async fn type_in(browser: &Browser, id: &str, text: &str) {
         )
         .await;
 }
+
+// ---- benchmark (run by bench/terminal/run.sh) ----
+
+/// Percentile of sorted samples, in microseconds.
+fn pct(sorted: &[Duration], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i].as_secs_f64() * 1e6
+}
+
+fn summary(name: &str, mut samples: Vec<Duration>) -> String {
+    samples.sort();
+    let mean = samples.iter().sum::<Duration>().as_secs_f64() * 1e6 / samples.len() as f64;
+    format!(
+        "| {name} | {} | {:.0} | {:.0} | {:.0} | {:.0} |",
+        samples.len(),
+        pct(&samples, 0.5),
+        pct(&samples, 0.99),
+        mean,
+        pct(&samples, 1.0)
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: bench/terminal/run.sh"]
+async fn bench_keystroke_echo() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let n: usize = std::env::var("BENCH_ITERATIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2000);
+    let warmup = 100;
+    let bin_dir = std::env::var("BENCH_BIN_DIR").ok();
+    let binary = |name: &str| match &bin_dir {
+        Some(d) => std::path::Path::new(d).join(name),
+        None => bin(name),
+    };
+    // Gateway and agent as separate processes, as deployed.
+    let dir = tempfile::tempdir().unwrap();
+    let (http, api, tunnel) = (free_port_tcp(), free_port_tcp(), free_port_udp());
+    let _gw = Proc::spawn(
+        Command::new(binary("gateway"))
+            .args(["serve", "--data-dir"])
+            .arg(dir.path())
+            .args(["--http-listen", &format!("127.0.0.1:{http}")])
+            .args(["--tunnel-listen", &format!("127.0.0.1:{tunnel}")])
+            .args(["--api-listen", &format!("127.0.0.1:{api}")])
+            .env("RUST_LOG", "warn"),
+    );
+    let out = Command::new(binary("gateway"))
+        .args(["device", "add", "--data-dir"])
+        .arg(dir.path())
+        .args(["--gateway", &format!("127.0.0.1:{tunnel}"), "--out"])
+        .arg(dir.path().join("agent.toml"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let uuid = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let out = Command::new(binary("gateway"))
+        .args(["token", "create", "--role", "operator", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let _agent = Proc::spawn(
+        Command::new(binary("edge-agent"))
+            .args(["run", "--config"])
+            .arg(dir.path().join("agent.toml"))
+            .args(["--local-api", "127.0.0.1:0", "--shell", "/bin/sh"])
+            .env("RUST_LOG", "warn"),
+    );
+    let url = format!("ws://127.0.0.1:{api}/v1/devices/{uuid}/terminal?cols=80&rows=24");
+    let mut ws = eventually(Duration::from_secs(30), || async {
+        let mut req = url.clone().into_client_request().unwrap();
+        req.headers_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        tokio_tungstenite::connect_async_with_config(req, None, true)
+            .await
+            .ok()
+            .map(|(ws, _)| ws)
+    })
+    .await
+    .expect("terminal opened through the gateway");
+    // Wait for the prompt, then measure: one byte typed, its echo back (the PTY's line
+    // discipline echoes it; the shell is not involved until Enter).
+    read_until(&mut ws, Duration::from_secs(10), |s| {
+        s.output.contains('#') || s.output.contains('$')
+    })
+    .await;
+    let mut tunnel_samples = Vec::with_capacity(n);
+    for i in 0..warmup + n {
+        let t = std::time::Instant::now();
+        ws.send(Message::Binary(b"x".to_vec().into()))
+            .await
+            .unwrap();
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Binary(b))) if b.contains(&b'x') => break,
+                Some(Ok(_)) => {}
+                other => panic!("terminal ended: {other:?}"),
+            }
+        }
+        if i >= warmup {
+            tunnel_samples.push(t.elapsed());
+        }
+        // Clear the line now and then (Ctrl-U) so the line buffer never fills.
+        if i % 200 == 199 {
+            ws.send(Message::Binary(b"\x15".to_vec().into()))
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(20), ws.next()).await
+            {
+            }
+        }
+    }
+    ws.send(Message::Binary(b"\x15exit\r".to_vec().into()))
+        .await
+        .unwrap();
+
+    // The limit: the same shell on a local PTY, same keystrokes.
+    let (pty, pts) = pty_process::open().unwrap();
+    pty.resize(pty_process::Size::new(24, 80)).unwrap();
+    let mut child = pty_process::Command::new("/bin/sh").spawn(pts).unwrap();
+    let (mut r, mut w) = pty.into_split();
+    let mut buf = [0u8; 4096];
+    let mut seen = Vec::new();
+    while !seen.contains(&b'#') && !seen.contains(&b'$') {
+        let k = r.read(&mut buf).await.unwrap();
+        seen.extend_from_slice(&buf[..k]);
+    }
+    let mut local_samples = Vec::with_capacity(n);
+    for i in 0..warmup + n {
+        let t = std::time::Instant::now();
+        w.write_all(b"x").await.unwrap();
+        loop {
+            let k = r.read(&mut buf).await.unwrap();
+            if buf[..k].contains(&b'x') {
+                break;
+            }
+        }
+        if i >= warmup {
+            local_samples.push(t.elapsed());
+        }
+        if i % 200 == 199 {
+            w.write_all(b"\x15").await.unwrap();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            while let Ok(Ok(_)) =
+                tokio::time::timeout(Duration::from_millis(20), r.read(&mut buf)).await
+            {
+            }
+        }
+    }
+    w.write_all(b"\x15exit\r").await.unwrap();
+    let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
+
+    println!("| path | samples | p50 µs | p99 µs | mean µs | max µs |");
+    println!("|---|---|---|---|---|---|");
+    println!("{}", summary("local PTY (limit)", local_samples));
+    println!(
+        "{}",
+        summary("gateway WS → QUIC → agent PTY → back", tunnel_samples)
+    );
+}
+
+#[tokio::test]
+async fn cli_over_an_https_api() {
+    use tokio::io::AsyncWriteExt;
+    bin("gateway");
+    let pki = tempfile::tempdir().unwrap();
+    let ca = certs::Ca::load_or_create(pki.path()).unwrap();
+    let server = ca.issue_server(&["localhost".to_string()]).unwrap();
+    let (cert, key) = (pki.path().join("api.pem"), pki.path().join("api.key"));
+    std::fs::write(&cert, &server.cert_pem).unwrap();
+    std::fs::write(&key, &server.key_pem).unwrap();
+    let gw = TestGateway::spawn_custom(|c| {
+        c.api_tls_cert = Some(cert.clone());
+        c.api_tls_key = Some(key.clone());
+    })
+    .await;
+    let cfg = gw.add_device(false).await;
+    let uuid = cfg.uuid.clone();
+    let mut opts = fast_agent_options("127.0.0.1:9".parse().unwrap());
+    opts.terminal.shell = Some("/bin/sh".into());
+    let mut agent = TestAgent::spawn_with(cfg, opts);
+    agent.connected().await;
+    let (_, operator, _) = tokens(&gw).await;
+    let mut child = tokio::process::Command::new(bin("gateway"))
+        .args([
+            "ssh",
+            "--api",
+            &format!("https://localhost:{}", gw.api_addr.port()),
+        ])
+        .arg("--api-ca")
+        .arg(pki.path().join("ca.pem"))
+        .args(["--token", &operator, &uuid])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin
+        .write_all(b"echo tls-$((40+2))\nexit 9\n")
+        .await
+        .unwrap();
+    drop(stdin);
+    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        .await
+        .expect("gateway ssh finished")
+        .unwrap();
+    assert_eq!(out.status.code(), Some(9), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("tls-42"),
+        "{out:?}"
+    );
+}
