@@ -282,10 +282,8 @@ where
                 }
                 Some(Ok(Message::Text(t))) => match TerminalMessage::from_json(t.as_bytes()) {
                     Ok(TerminalMessage::Exit { code }) => exit = Some(code),
-                    Ok(TerminalMessage::Error { message }) => {
-                        if exit.is_none() {
-                            return Err(SshError::Device(message));
-                        }
+                    Ok(TerminalMessage::Error { message }) if exit.is_none() => {
+                        return Err(SshError::Device(message));
                     }
                     _ => {}
                 },
