@@ -661,8 +661,13 @@ async fn cli_under_a_real_terminal_raw_mode_resize_ctrl_c_exit_and_restore() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     tmux.run(&["send-keys", "-t", "s", "C-c"]);
     tmux.run(&["send-keys", "-t", "s", "echo still-$((1+1))", "Enter"]);
-    tmux.wait_pane("still-2", |p| p.lines().any(|l| l.trim() == "still-2"))
-        .await;
+    // Typed-ahead input may interleave with the prompt ("# still-2"): match the output
+    // line, not the echoed command line.
+    tmux.wait_pane("still-2", |p| {
+        p.lines()
+            .any(|l| l.trim_end().ends_with("still-2") && !l.contains("echo"))
+    })
+    .await;
     // The remote exit status becomes the CLI's, and the terminal is restored.
     tmux.run(&["send-keys", "-t", "s", "exit 3", "Enter"]);
     tmux.wait_pane("EXITED=3", |p| p.contains("EXITED=3")).await;
