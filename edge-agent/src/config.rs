@@ -176,6 +176,9 @@ pub struct AgentOptions {
     pub terminal: crate::handlers::terminal::TerminalOptions,
     /// The log spool and shipper. Default is none: nothing is collected or shipped.
     pub logs: Option<crate::logs::LogPipeline>,
+    /// The container reconciler's settings (engine socket, journal dir, locks). Default
+    /// is none: the agent runs no containers. Needs a data dir.
+    pub reconciler: Option<crate::reconciler::ReconcilerConfig>,
 }
 
 impl Default for AgentOptions {
@@ -193,6 +196,7 @@ impl Default for AgentOptions {
             local_api: None,
             terminal: Default::default(),
             logs: None,
+            reconciler: None,
         }
     }
 }

@@ -18,6 +18,27 @@ use tracing::{info, warn};
 use crate::local_api::{ControlError, ControlFuture, DeviceControl, DeviceInfo, ServiceRef};
 use crate::locks::Locks;
 
+fn rec_err(e: crate::reconciler::ReconcilerError) -> ControlError {
+    use crate::reconciler::ReconcilerError as E;
+    match e {
+        E::Locked { services } => {
+            ControlError::Locked(format!("update locks held by {}", services.join(", ")))
+        }
+        E::NotFound(s) => ControlError::NotFound(format!("no service {s:?}")),
+        E::NoTarget => ControlError::NotFound("no app is set to run on this device".into()),
+        other => ControlError::Internal(other.to_string()),
+    }
+}
+
+fn first_container(r: &crate::reconciler::Reconciler) -> String {
+    r.status()
+        .borrow()
+        .services
+        .first()
+        .and_then(|s| s.container_id.clone())
+        .unwrap_or_default()
+}
+
 /// Side effects of device actions. Every field has a default that acts on a real device.
 #[derive(Debug, Clone)]
 pub struct Hooks {
@@ -62,6 +83,7 @@ pub struct Device {
     api_key: Arc<RwLock<String>>,
     connected: Arc<AtomicBool>,
     ip_addresses: RwLock<Vec<String>>,
+    reconciler: std::sync::OnceLock<crate::reconciler::Reconciler>,
 }
 
 impl Device {
@@ -80,6 +102,45 @@ impl Device {
             api_key,
             connected: Arc::new(AtomicBool::new(false)),
             ip_addresses: RwLock::new(Vec::new()),
+            reconciler: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Hands container actions, app state and local-mode targets to `reconciler`.
+    pub fn set_reconciler(&self, reconciler: crate::reconciler::Reconciler) {
+        let _ = self.reconciler.set(reconciler);
+    }
+
+    /// The reconciler, when the agent runs one.
+    pub fn reconciler(&self) -> Option<&crate::reconciler::Reconciler> {
+        self.reconciler.get()
+    }
+
+    /// The reconciler, if it runs app `app_id`.
+    fn app_reconciler(&self, app_id: u32) -> Result<&crate::reconciler::Reconciler, ControlError> {
+        match self.reconciler.get() {
+            Some(r) if r.status().borrow().app_id == Some(app_id) => Ok(r),
+            _ => Err(Self::no_app(app_id)),
+        }
+    }
+
+    /// The name of a service of the running target.
+    async fn service_name(
+        r: &crate::reconciler::Reconciler,
+        service: ServiceRef,
+    ) -> Result<String, ControlError> {
+        match service {
+            ServiceRef::Name(n) => Ok(n),
+            ServiceRef::ImageId(id) => r
+                .target()
+                .await
+                .and_then(|t| {
+                    t.services
+                        .iter()
+                        .find(|(_, s)| s.service_id == id)
+                        .map(|(n, _)| n.clone())
+                })
+                .ok_or_else(|| ControlError::NotFound(format!("no service with image id {id}"))),
         }
     }
 
@@ -254,63 +315,82 @@ impl DeviceControl for Device {
         })
     }
 
-    fn update(&self, _force: bool) -> ControlFuture<'_, ()> {
-        // The reconciler (a later release) fetches the target here; until then there is
-        // nothing to update, which is a success.
-        Box::pin(async { Ok(()) })
+    fn update(&self, force: bool) -> ControlFuture<'_, ()> {
+        // Applies the current target again (with `force`, past update locks and a failed
+        // release); the gateway pushes new targets by itself.
+        Box::pin(async move {
+            let Some(r) = self.reconciler.get() else {
+                return Ok(());
+            };
+            if let Some(t) = r.target().await {
+                r.set_target(t, force).await.map_err(rec_err)?;
+            }
+            Ok(())
+        })
     }
 
     fn restart_app(&self, app_id: u32, force: bool) -> ControlFuture<'_, ()> {
         Box::pin(async move {
             self.check_locks(app_id, force)?;
-            Err(Self::no_app(app_id))
+            let r = self.app_reconciler(app_id)?;
+            r.restart_app(force).await.map_err(rec_err)
         })
     }
 
     fn stop_app(&self, app_id: u32, force: bool) -> ControlFuture<'_, String> {
         Box::pin(async move {
             self.check_locks(app_id, force)?;
-            Err(Self::no_app(app_id))
+            let r = self.app_reconciler(app_id)?;
+            r.stop_app(force).await.map_err(rec_err)?;
+            Ok(first_container(r))
         })
     }
 
     fn start_app(&self, app_id: u32) -> ControlFuture<'_, String> {
-        Box::pin(async move { Err(Self::no_app(app_id)) })
+        Box::pin(async move {
+            let r = self.app_reconciler(app_id)?;
+            r.start_app().await.map_err(rec_err)?;
+            Ok(first_container(r))
+        })
     }
 
     fn purge(&self, app_id: u32, force: bool) -> ControlFuture<'_, ()> {
         Box::pin(async move {
             self.check_locks(app_id, force)?;
-            Err(Self::no_app(app_id))
+            let r = self.app_reconciler(app_id)?;
+            r.purge(force).await.map_err(rec_err)
         })
     }
 
     fn restart_service(
         &self,
         app_id: u32,
-        _service: ServiceRef,
+        service: ServiceRef,
         force: bool,
     ) -> ControlFuture<'_, ()> {
         Box::pin(async move {
             self.check_locks(app_id, force)?;
-            Err(Self::no_app(app_id))
+            let r = self.app_reconciler(app_id)?;
+            let name = Self::service_name(r, service).await?;
+            r.restart_service(&name, force).await.map_err(rec_err)
         })
     }
 
-    fn stop_service(
-        &self,
-        app_id: u32,
-        _service: ServiceRef,
-        force: bool,
-    ) -> ControlFuture<'_, ()> {
+    fn stop_service(&self, app_id: u32, service: ServiceRef, force: bool) -> ControlFuture<'_, ()> {
         Box::pin(async move {
             self.check_locks(app_id, force)?;
-            Err(Self::no_app(app_id))
+            let r = self.app_reconciler(app_id)?;
+            let name = Self::service_name(r, service).await?;
+            r.stop_service(&name, force).await.map_err(rec_err)
         })
     }
 
-    fn start_service(&self, app_id: u32, _service: ServiceRef) -> ControlFuture<'_, ()> {
-        Box::pin(async move { Err(Self::no_app(app_id)) })
+    fn start_service(&self, app_id: u32, service: ServiceRef) -> ControlFuture<'_, ()> {
+        Box::pin(async move {
+            let r = self.app_reconciler(app_id)?;
+            let name = Self::service_name(r, service).await?;
+            r.start_service(&name).await.map_err(rec_err)
+        })
     }
 
     fn regenerate_api_key(&self) -> ControlFuture<'_, String> {
@@ -371,11 +451,117 @@ impl DeviceControl for Device {
     }
 
     fn apps_state(&self) -> ControlFuture<'_, Value> {
-        Box::pin(async { Ok(json!({})) })
+        Box::pin(async move {
+            let Some(r) = self.reconciler.get() else {
+                return Ok(json!({}));
+            };
+            let st = r.status().borrow().clone();
+            let Some(t) = r.target().await else {
+                return Ok(json!({}));
+            };
+            // balena's shape: { appName: { appId, commit, services: { name: {...} } } }
+            let mut services = serde_json::Map::new();
+            for s in &st.services {
+                services.insert(
+                    s.name.clone(),
+                    json!({
+                        "status": s.status,
+                        "releaseId": s.release,
+                        "downloadProgress": s.download_progress,
+                        "serviceId": s.service_id,
+                        "containerId": s.container_id,
+                        "image": s.image,
+                        "health": s.health,
+                        "exitCode": s.exit_code,
+                    }),
+                );
+            }
+            Ok(json!({ t.app_name.clone(): {
+                "appId": t.app_id,
+                "commit": st.release,
+                "targetCommit": st.target_release,
+                "updateStatus": st.update_status,
+                "error": st.error,
+                "services": services,
+            }}))
+        })
     }
 
-    fn app(&self, _app_id: u32) -> ControlFuture<'_, Option<Value>> {
-        Box::pin(async { Ok(None) })
+    fn app(&self, app_id: u32) -> ControlFuture<'_, Option<Value>> {
+        Box::pin(async move {
+            let Ok(r) = self.app_reconciler(app_id) else {
+                return Ok(None);
+            };
+            let st = r.status().borrow().clone();
+            let target = r.target().await;
+            // balena's v1 shape describes the app's (first) service.
+            let first = st.services.first();
+            Ok(Some(json!({
+                "appId": app_id,
+                "commit": st.release,
+                "releaseId": st.release,
+                "serviceName": first.map(|s| s.name.clone()),
+                "containerId": first.and_then(|s| s.container_id.clone()),
+                "imageId": first.map(|s| s.image.clone()),
+                "env": target
+                    .as_ref()
+                    .and_then(|t| first.and_then(|f| t.services.get(&f.name)))
+                    .map(|s| json!(s.environment))
+                    .unwrap_or(json!({})),
+            })))
+        })
+    }
+
+    fn state_status(&self) -> ControlFuture<'_, crate::local_api::StateStatus> {
+        Box::pin(async move {
+            let Some(r) = self.reconciler.get() else {
+                return Ok(Default::default());
+            };
+            let st = r.status().borrow().clone();
+            let app_id = st.app_id;
+            Ok(crate::local_api::StateStatus {
+                containers: st
+                    .services
+                    .iter()
+                    .map(|s| {
+                        json!({
+                            "status": s.status,
+                            "serviceName": s.name,
+                            "appId": app_id,
+                            "imageId": s.image,
+                            "serviceId": s.service_id,
+                            "containerId": s.container_id,
+                            "releaseId": s.release,
+                        })
+                    })
+                    .collect(),
+                images: st
+                    .images
+                    .iter()
+                    .map(|i| {
+                        json!({
+                            "name": i.image,
+                            "appId": app_id,
+                            "status": i.status,
+                            "downloadProgress": i.download_progress,
+                        })
+                    })
+                    .collect(),
+            })
+        })
+    }
+
+    fn set_local_target(&self, target: Value) -> ControlFuture<'_, ()> {
+        Box::pin(async move {
+            let Some(r) = self.reconciler.get() else {
+                return Err(ControlError::BadRequest(
+                    "this agent runs no reconciler (no container engine)".into(),
+                ));
+            };
+            let t: protocol::release::TargetState = serde_json::from_value(target)
+                .map_err(|e| ControlError::BadRequest(format!("invalid target state: {e}")))?;
+            r.set_pinned_target(t, false).await.map_err(rec_err)
+        })
     }
 }
 
@@ -412,7 +598,18 @@ impl DeviceInfo for Device {
     }
 
     fn status(&self) -> String {
-        "Idle".into()
+        use crate::reconciler::UpdateStatus as U;
+        match self
+            .reconciler
+            .get()
+            .map(|r| r.status().borrow().update_status)
+        {
+            Some(U::Downloading) => "Downloading".into(),
+            Some(U::Updating | U::RollingBack) => "Installing".into(),
+            Some(U::WaitingForLock) => "Waiting for update lock".into(),
+            Some(U::Failed) => "Update failed".into(),
+            Some(U::Idle) | None => "Idle".into(),
+        }
     }
 
     fn connected(&self) -> bool {
@@ -424,7 +621,28 @@ impl DeviceInfo for Device {
     }
 
     fn commit(&self) -> Option<String> {
-        None
+        self.reconciler
+            .get()
+            .and_then(|r| r.status().borrow().release.clone())
+    }
+
+    fn update_status(&self) -> crate::local_api::UpdateStatus {
+        use crate::reconciler::UpdateStatus as U;
+        let Some(r) = self.reconciler.get() else {
+            return Default::default();
+        };
+        let st = r.status().borrow().clone();
+        let pending = st.target_release.is_some() && st.target_release != st.release;
+        crate::local_api::UpdateStatus {
+            pending,
+            downloaded: pending && st.update_status != U::Downloading,
+            failed: st.update_status == U::Failed,
+            applying: matches!(
+                st.update_status,
+                U::Downloading | U::Updating | U::RollingBack | U::WaitingForLock
+            ),
+            download_progress: st.overall_progress,
+        }
     }
 }
 

@@ -73,6 +73,35 @@ enum Command {
         /// The shell.
         shell: clap_complete::Shell,
     },
+    /// Apply an offline update bundle (`gateway bundle create`): load its images into
+    /// the engine and run its release, pinned, without any network. Stop a running agent
+    /// first; it resumes from the new state when started again, keeps its uuid and
+    /// reports the release when next online.
+    Preload {
+        /// The bundle file.
+        file: PathBuf,
+        #[command(flatten)]
+        source: Source,
+        /// Container engine API socket.
+        #[arg(
+            long,
+            env = "DOCKER_HOST",
+            default_value = "unix:///var/run/docker.sock"
+        )]
+        engine: String,
+        /// Root of the per-service update-lock directories. [default: DATA_DIR/locks]
+        #[arg(long)]
+        locks_dir: Option<PathBuf>,
+        /// Pass update locks held by the running services.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Drop a pin set by `preload` or local mode, so the gateway's target applies again
+    /// (stop the agent first).
+    Unpin {
+        #[command(flatten)]
+        source: Source,
+    },
     /// Print the local supervisor API key.
     ApiKey {
         #[command(flatten)]
@@ -227,9 +256,91 @@ async fn main() -> anyhow::Result<()> {
                 tokio::spawn(edge_agent::logs::engine::collect(engine, pipeline.clone()));
             }
             opts.logs = Some(pipeline);
+            if let Some(engine) = &engine_socket {
+                let locks = hooks.hooks(&state_dir).locks_root;
+                let mut rc = edge_agent::reconciler::ReconcilerConfig::new(&state_dir, locks);
+                rc.engine_socket = engine.clone();
+                opts.reconciler = Some(rc);
+            }
             opts.data_dir = Some(state_dir);
             let agent = Agent::new(cfg, opts)?;
             agent.run(shutdown).await?;
+        }
+        Command::Preload {
+            file,
+            source,
+            engine,
+            locks_dir,
+            force,
+        } => {
+            let (_, state_dir) = source.paths();
+            eprintln!("loading images from {} ...", file.display());
+            let target = edge_agent::reconciler::bundle::preload(&engine, &file)
+                .await
+                .with_context(|| format!("preloading {}", file.display()))?;
+            eprintln!(
+                "applying release {} ({} services), pinned",
+                target.release,
+                target.services.len()
+            );
+            let mut cfg = edge_agent::reconciler::ReconcilerConfig::new(
+                &state_dir,
+                locks_dir.unwrap_or_else(|| state_dir.join("locks")),
+            );
+            cfg.engine_socket = engine;
+            let release = target.release.clone();
+            let r = edge_agent::reconciler::Reconciler::start(
+                cfg,
+                edge_agent::logs::LogSink::disabled(),
+            )
+            .await?;
+            r.set_pinned_target(target, force).await?;
+            let mut status = r.status();
+            let mut last = String::new();
+            let done = loop {
+                let st = status.borrow_and_update().clone();
+                let line = format!(
+                    "{:?} {}",
+                    st.update_status,
+                    st.services
+                        .iter()
+                        .map(|s| format!("{}={}", s.name, s.status))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                );
+                if line != last {
+                    eprintln!("  {line}");
+                    last = line;
+                }
+                if st.release.as_deref() == Some(release.as_str())
+                    && st.update_status == edge_agent::reconciler::UpdateStatus::Idle
+                {
+                    break Ok(());
+                }
+                if st.update_status == edge_agent::reconciler::UpdateStatus::Failed {
+                    break Err(st.error.unwrap_or_else(|| "no reason given".into()));
+                }
+                if status.changed().await.is_err() {
+                    break Err("reconciler stopped".into());
+                }
+            };
+            r.shutdown();
+            match done {
+                Ok(()) => println!("release {release} is running (pinned on this device)"),
+                Err(e) => anyhow::bail!("release {release} did not come up: {e}"),
+            }
+        }
+        Command::Unpin { source } => {
+            let (_, state_dir) = source.paths();
+            let mut j = edge_agent::reconciler::journal::Journal::load(&state_dir)
+                .map_err(anyhow::Error::msg)?;
+            if !j.pinned {
+                println!("nothing is pinned on this device");
+            } else {
+                j.pinned = false;
+                j.save(&state_dir).map_err(anyhow::Error::msg)?;
+                println!("unpinned: the gateway's target applies when the agent next connects");
+            }
         }
         Command::Provision { key, source, uuid } => {
             let key = ProvisioningKey::decode(&key)?;

@@ -89,6 +89,8 @@ pub struct Agent {
     state: watch::Sender<ConnState>,
     device: Option<(Arc<Device>, Arc<ActionLog>)>,
     terminals: Arc<crate::handlers::terminal::Terminals>,
+    /// The newest target state the gateway sent (kept for a reconciler that starts late).
+    gateway_target: Arc<std::sync::Mutex<Option<protocol::release::TargetState>>>,
 }
 
 impl Agent {
@@ -136,6 +138,7 @@ impl Agent {
             client_config,
             state: watch::Sender::new(ConnState::Connecting),
             device,
+            gateway_target: Arc::new(std::sync::Mutex::new(None)),
         })
     }
 
@@ -164,6 +167,20 @@ impl Agent {
             tasks.spawn(crate::local_api::serve(
                 listener,
                 state,
+                shutdown.child_token(),
+            ));
+        }
+        // The reconciler starts once the engine answers (it may come up after the agent).
+        if let (Some(cfg), Some((device, _))) = (self.opts.reconciler.clone(), &self.device) {
+            tasks.spawn(start_reconciler(
+                cfg,
+                Arc::clone(device),
+                self.opts
+                    .logs
+                    .as_ref()
+                    .map(|l| l.sink())
+                    .unwrap_or_else(crate::logs::LogSink::disabled),
+                Arc::clone(&self.gateway_target),
                 shutdown.child_token(),
             ));
         }
@@ -324,9 +341,13 @@ impl Agent {
             mut control_recv,
         } = session;
         // Report what this device is on every connect (the gateway shows it).
+        let base_report = self.state_report(conn.remote_address());
         let report = ControlMessage::StateReport {
-            state: self.state_report(conn.remote_address()),
+            state: base_report.clone(),
         };
+        let mut last_reported: Option<serde_json::Value> = None;
+        let mut report_tick = tokio::time::interval(Duration::from_millis(500));
+        report_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         if let Err(e) = wire::write_frame(&mut control_send, &report.to_frame()).await {
             return SessionError::Wire(e);
         }
@@ -393,12 +414,27 @@ impl Agent {
                             ControlMessage::Action { id, name, params } => {
                                 let _ = actions_tx.send((id, name, params));
                             }
+                            ControlMessage::TargetState { target } => self.apply_gateway_target(target).await,
                             ControlMessage::Error { message, .. } => return Err(SessionError::Refused(message)),
                             other => debug!(?other, "ignoring control message"),
                         }
                     }
                     Some(result) = results_rx.recv() => {
                         wire::write_frame(&mut control_send, &result.to_frame()).await?;
+                    }
+                    // Update progress goes to the gateway as it changes (at most twice a second).
+                    _ = report_tick.tick() => {
+                        if let Some(r) = self.device.as_ref().and_then(|(d, _)| d.reconciler()) {
+                            let status = serde_json::to_value(&*r.status().borrow()).expect("status serializes");
+                            if last_reported.as_ref() != Some(&status) {
+                                let mut state = base_report.clone();
+                                state["reconciler"] = status.clone();
+                                state["status"] = serde_json::json!(crate::local_api::DeviceInfo::status(&**self.device.as_ref().map(|(d, _)| d).expect("checked")));
+                                let msg = ControlMessage::StateReport { state };
+                                wire::write_frame(&mut control_send, &msg.to_frame()).await?;
+                                last_reported = Some(status);
+                            }
+                        }
                     }
                     _ = tokio::time::sleep_until(deadline) => {
                         match hb.poll(std::time::Instant::now()) {
@@ -451,6 +487,30 @@ impl Agent {
 }
 
 impl Agent {
+    /// Hands a target state from the gateway to the reconciler (or keeps it for when the
+    /// reconciler starts). A target pinned on the device (preload, local mode) wins.
+    async fn apply_gateway_target(&self, target: serde_json::Value) {
+        let target: protocol::release::TargetState = match serde_json::from_value(target) {
+            Ok(t) => t,
+            Err(e) => {
+                warn!(error = %e, "ignoring a malformed target state from the gateway");
+                return;
+            }
+        };
+        info!(release = %target.release, "target state received");
+        *self.gateway_target.lock().expect("target lock") = Some(target.clone());
+        let Some(r) = self.device.as_ref().and_then(|(d, _)| d.reconciler()) else {
+            return;
+        };
+        if r.pinned().await {
+            warn!(release = %target.release, "this device runs a locally pinned release; ignoring the gateway's target (edge-agent unpin)");
+            return;
+        }
+        if let Err(e) = r.set_target(target, false).await {
+            warn!(error = %e, "cannot apply the target state");
+        }
+    }
+
     /// Records an agent event in the device's logs (when logs are collected).
     fn log_event(&self, message: String) {
         if let Some(logs) = &self.opts.logs {
@@ -550,6 +610,49 @@ async fn run_action(
         }
     };
     let _ = results.send(result);
+}
+
+/// Starts the reconciler, retrying while the engine is unreachable, then applies the
+/// newest gateway target it missed.
+async fn start_reconciler(
+    cfg: crate::reconciler::ReconcilerConfig,
+    device: Arc<Device>,
+    logs: crate::logs::LogSink,
+    gateway_target: Arc<std::sync::Mutex<Option<protocol::release::TargetState>>>,
+    shutdown: CancellationToken,
+) {
+    let mut warned = false;
+    let r = loop {
+        match crate::reconciler::Reconciler::start_with_shutdown(
+            cfg.clone(),
+            logs.clone(),
+            shutdown.clone(),
+        )
+        .await
+        {
+            Ok(r) => break r,
+            Err(e) => {
+                if !warned {
+                    warn!(engine = %cfg.engine_socket, error = %e, "container engine unreachable; containers are managed once it answers");
+                    warned = true;
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                }
+            }
+        }
+    };
+    info!(engine = %cfg.engine_socket, "reconciler running");
+    device.set_reconciler(r.clone());
+    let missed = gateway_target.lock().expect("target lock").clone();
+    if let Some(t) = missed {
+        if !r.pinned().await {
+            if let Err(e) = r.set_target(t, false).await {
+                warn!(error = %e, "cannot apply the target state");
+            }
+        }
+    }
 }
 
 /// Reads a gateway-opened stream's header and dispatches it.

@@ -92,6 +92,39 @@ enum Command {
         /// The shell.
         shell: clap_complete::Shell,
     },
+    /// Publish and list releases (compose files) of a fleet (via the management API).
+    #[command(subcommand)]
+    Release(ReleaseCommand),
+    /// Offline updates: write a release and its images into one file for
+    /// `edge-agent preload`.
+    #[command(subcommand)]
+    Bundle(BundleCommand),
+    /// Print a device's logs (via the management API); `-f` keeps following new lines,
+    /// across reconnects of the device or of this command.
+    Logs {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Device uuid.
+        uuid: DeviceUuid,
+        /// Keep printing new lines as they arrive.
+        #[arg(short = 'f', long)]
+        follow: bool,
+        /// Only this service's lines.
+        #[arg(long)]
+        service: Option<String>,
+        /// Lines from this long ago (`30s`, `15m`, `1h`, `7d`) or unix milliseconds.
+        #[arg(long)]
+        since: Option<String>,
+        /// Only lines containing this text (ASCII case-insensitive).
+        #[arg(long)]
+        grep: Option<String>,
+        /// Print each line as JSON (balena's field names plus `id`, `seq`, `device`).
+        #[arg(long)]
+        json: bool,
+        /// Without --since: how many of the newest lines to print first.
+        #[arg(long, default_value_t = 100)]
+        tail: u32,
+    },
     /// Open a shell on a device's host, or in one of its service containers, over its
     /// tunnel (operator or admin token). Ctrl-C goes to the device; the remote exit status
     /// becomes this command's exit status. Works with a non-terminal stdin too (scripted).
@@ -178,6 +211,15 @@ enum FleetCommand {
         /// Fleet name.
         name: String,
     },
+    /// Pin the fleet to a release, or with no release, go back to tracking its latest.
+    Pin {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Fleet name.
+        name: String,
+        /// Release id.
+        release: Option<String>,
+    },
     /// Switch the public URL of every device in the fleet (and the fleet's default).
     PublicUrl {
         #[command(flatten)]
@@ -186,6 +228,59 @@ enum FleetCommand {
         name: String,
         /// on or off.
         state: OnOff,
+    },
+}
+
+#[derive(Subcommand)]
+enum BundleCommand {
+    /// Write the release's target state and its images (exported from an engine that
+    /// has them, e.g. after `docker pull`) into FILE.
+    Create {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Release id.
+        #[arg(long)]
+        release: String,
+        /// Engine API socket to export the images from.
+        #[arg(
+            long,
+            env = "DOCKER_HOST",
+            default_value = "unix:///var/run/docker.sock"
+        )]
+        engine: String,
+        /// Output file.
+        #[arg(short, long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum ReleaseCommand {
+    /// Publish a compose file as a new release of a fleet. Devices tracking the fleet's
+    /// latest release start updating at once.
+    Create {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// The fleet.
+        #[arg(long)]
+        fleet: String,
+        /// The compose file (services, volumes, networks; see docs/releases.md).
+        file: PathBuf,
+    },
+    /// List a fleet's releases, newest first.
+    List {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// The fleet.
+        #[arg(long)]
+        fleet: String,
+    },
+    /// Print a release's compose file.
+    Show {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Release id.
+        id: String,
     },
 }
 
@@ -382,6 +477,19 @@ enum DeviceCommand {
         api: ApiArgs,
         /// Device uuid.
         uuid: DeviceUuid,
+        /// Follow the device's update: release, per-service status and download progress,
+        /// redrawn until it runs its target (exit 1 if the update fails).
+        #[arg(long)]
+        watch: bool,
+    },
+    /// Pin a device to a release of its fleet, or with no release, follow the fleet again.
+    Pin {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Device uuid.
+        uuid: DeviceUuid,
+        /// Release id.
+        release: Option<String>,
     },
     /// Rename a device.
     Rename {
@@ -486,7 +594,78 @@ async fn main() -> anyhow::Result<()> {
                 print_devices(&v);
             }
         }
-        Command::Device(DeviceCommand::Show { api, uuid }) => {
+        Command::Device(DeviceCommand::Show {
+            api,
+            uuid,
+            watch: true,
+        }) => {
+            gateway::release_cli::watch(&api.client(), uuid, false).await?;
+        }
+        Command::Device(DeviceCommand::Pin { api, uuid, release }) => {
+            gateway::release_cli::pin(
+                &api.client(),
+                &format!("/v1/devices/{uuid}/pin"),
+                release.as_deref(),
+            )
+            .await?;
+            match release {
+                Some(r) => println!("device {uuid} pinned to release {r}"),
+                None => println!("device {uuid} follows its fleet's release again"),
+            }
+        }
+        Command::Fleet(FleetCommand::Pin { api, name, release }) => {
+            gateway::release_cli::pin(
+                &api.client(),
+                &format!("/v1/fleets/{name}/pin"),
+                release.as_deref(),
+            )
+            .await?;
+            match release {
+                Some(r) => println!("fleet {name} pinned to release {r}"),
+                None => println!("fleet {name} tracks its latest release again"),
+            }
+        }
+        Command::Bundle(BundleCommand::Create {
+            api,
+            release,
+            engine,
+            out,
+        }) => {
+            let v = api
+                .client()
+                .call(Method::GET, &format!("/v1/releases/{release}/target"), None)
+                .await?;
+            let target: protocol::release::TargetState =
+                serde_json::from_value(v).context("unexpected target state from the API")?;
+            eprintln!(
+                "exporting {} images of release {release} from {engine} ...",
+                target.services.len()
+            );
+            let summary = edge_agent::reconciler::bundle::create_bundle(&engine, &target, &out)
+                .await
+                .with_context(|| format!("writing {}", out.display()))?;
+            println!(
+                "{}: release {} with {} images ({:.1} MiB)",
+                out.display(),
+                summary.release,
+                summary.images.len(),
+                summary.bytes as f64 / (1024.0 * 1024.0)
+            );
+        }
+        Command::Release(ReleaseCommand::Create { api, fleet, file }) => {
+            gateway::release_cli::create(&api.client(), &fleet, &file).await?;
+        }
+        Command::Release(ReleaseCommand::List { api, fleet }) => {
+            gateway::release_cli::list(&api.client(), &fleet).await?;
+        }
+        Command::Release(ReleaseCommand::Show { api, id }) => {
+            let v = api
+                .client()
+                .call(Method::GET, &format!("/v1/releases/{id}"), None)
+                .await?;
+            print!("{}", v["compose"].as_str().unwrap_or_default());
+        }
+        Command::Device(DeviceCommand::Show { api, uuid, .. }) => {
             let v = api
                 .client()
                 .call(Method::GET, &format!("/v1/devices/{uuid}"), None)
@@ -786,6 +965,26 @@ async fn main() -> anyhow::Result<()> {
                 "gateway",
                 &mut std::io::stdout(),
             );
+        }
+        Command::Logs {
+            api,
+            uuid,
+            follow,
+            service,
+            since,
+            grep,
+            json,
+            tail,
+        } => {
+            let args = gateway::logs_cli::LogsArgs {
+                follow,
+                service,
+                since,
+                grep,
+                json,
+                tail,
+            };
+            gateway::logs_cli::run(&api.client(), uuid, &args).await?;
         }
         Command::Ssh { api, uuid, service } => {
             let ca = api.api_ca.as_ref().map(|p| {

@@ -50,6 +50,34 @@ pub async fn target_for(
     )))
 }
 
+/// The target a release gives every device of its fleet that sets no variables of its
+/// own (what an offline bundle carries).
+pub async fn release_target(
+    store: &Store,
+    rel: &crate::store::ReleaseRecord,
+) -> Result<TargetState, StoreError> {
+    let compose = release::parse_compose(&rel.compose)
+        .map_err(|e| StoreError::Corrupt(format!("release {}: {e}", rel.id)))?;
+    let fleet_env: Vec<EnvVar> = store
+        .env("fleet", &rel.fleet)
+        .await?
+        .into_iter()
+        .map(|(service, name, value)| EnvVar {
+            service,
+            name,
+            value,
+        })
+        .collect();
+    Ok(release::target_state(
+        app_id(&rel.fleet),
+        &rel.fleet,
+        &rel.id,
+        &compose,
+        &fleet_env,
+        &[],
+    ))
+}
+
 /// Wakes the control loop of `uuid`'s session (if connected) to re-send its target.
 pub fn retarget(sessions: &Sessions, uuid: DeviceUuid) {
     if let Some(s) = sessions.get(&uuid) {

@@ -130,4 +130,15 @@ pub trait DeviceControl: Send + Sync + 'static {
     fn state_status(&self) -> ControlFuture<'_, StateStatus> {
         Box::pin(async { Ok(StateStatus::default()) })
     }
+
+    /// Local mode: `POST /v2/local/target-state` applies a target state (our JSON shape,
+    /// as `GET /v1/devices/{uuid}/target` on the gateway shows it) without the gateway.
+    /// Default: refused.
+    fn set_local_target(&self, _target: Value) -> ControlFuture<'_, ()> {
+        Box::pin(async {
+            Err(ControlError::BadRequest(
+                "local mode is not available on this device".into(),
+            ))
+        })
+    }
 }

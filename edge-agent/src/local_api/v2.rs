@@ -34,6 +34,7 @@ pub(crate) fn routes() -> Router<LocalApiState> {
         .route("/v2/applications/{app_id}/restart", post(restart_app))
         .route("/v2/applications/{app_id}/purge", post(purge_app))
         .route("/v2/state/status", get(state_status))
+        .route("/v2/local/target-state", post(local_target_state))
         .route("/v2/version", get(version))
         .route("/v2/device/name", get(device_name))
         .route("/v2/device/tags", get(device_tags))
@@ -192,6 +193,22 @@ async fn state_status(State(s): State<LocalApiState>) -> Reply {
         "images": status.images,
         "release": s.device.commit(),
     })))
+}
+
+/// `POST /v2/local/target-state`: local mode, applies the body (a target state) without
+/// the gateway, pinned until the next preload or local target.
+async fn local_target_state(State(s): State<LocalApiState>, body: Bytes) -> Reply {
+    let target: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
+        control_error(
+            crate::local_api::ControlError::BadRequest(format!("invalid JSON: {e}")),
+            ErrorStyle::Standard,
+        )
+    })?;
+    s.control
+        .set_local_target(target)
+        .await
+        .map_err(|e| control_error(e, ErrorStyle::Standard))?;
+    Ok(success(json!({ "message": "OK" })))
 }
 
 /// `GET /v2/version`: `{"status":"success","version":...}`.

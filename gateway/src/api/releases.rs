@@ -23,6 +23,7 @@ pub(super) fn routes() -> Router<ApiState> {
             get(list_releases).post(create_release),
         )
         .route("/v1/releases/{id}", get(show_release))
+        .route("/v1/releases/{id}/target", get(release_target))
         .route("/v1/fleets/{name}/pin", put(pin_fleet))
         .route("/v1/devices/{uuid}/pin", put(pin_device))
         .route("/v1/devices/{uuid}/target", get(device_target))
@@ -132,6 +133,23 @@ async fn show_release(
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no release {id:?}")))?;
     Ok(Json(release_json(&rel, true)))
+}
+
+/// The target state a release gives its fleet's devices (fleet variables merged), as an
+/// offline bundle carries it.
+async fn release_target(
+    caller: Caller,
+    State(st): State<ApiState>,
+    id: Result<Path<String>, PathRejection>,
+) -> ApiResult {
+    caller.require(Role::Viewer)?;
+    let Path(id) = id?;
+    let rel = st
+        .store
+        .release(&id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no release {id:?}")))?;
+    Ok(Json(json!(targets::release_target(&st.store, &rel).await?)))
 }
 
 #[derive(Deserialize)]
