@@ -121,6 +121,55 @@ pub(crate) fn document() -> Value {
             "/v1/audit": {
                 "get": op("Audit log, newest first (`before`, `limit` for paging)", "admin", "200", None),
             },
+            "/v1/fleets/{name}/releases": {
+                "parameters": fleet,
+                "get": op("A fleet's releases, newest first, and its pin", "viewer", "200", None),
+                "post": op("Publish a compose file as a release (201; 200 when the same content exists; 422 with line and key when invalid)", "operator", "201", Some("NewRelease")),
+            },
+            "/v1/releases/{id}": {
+                "parameters": path_param("id", "release id"),
+                "get": op("A release with its compose text", "viewer", "200", None),
+            },
+            "/v1/releases/{id}/target": {
+                "parameters": path_param("id", "release id"),
+                "get": op("The target state the release gives its fleet (fleet variables merged)", "viewer", "200", None),
+            },
+            "/v1/fleets/{name}/pin": {
+                "parameters": fleet,
+                "put": op("Pin the fleet to a release (`{\"release\": null}` tracks the latest)", "operator", "200", Some("Pin")),
+            },
+            "/v1/devices/{uuid}/pin": {
+                "parameters": uuid.clone(),
+                "put": op("Pin a device to a release of its fleet (`null` follows the fleet)", "operator", "200", Some("Pin")),
+            },
+            "/v1/devices/{uuid}/target": {
+                "parameters": uuid.clone(),
+                "get": op("The device's target state and where its release comes from", "viewer", "200", None),
+            },
+            "/v1/devices/{uuid}/state": {
+                "parameters": uuid.clone(),
+                "get": op("Target release beside the device's reported update state (per-service status, download progress)", "viewer", "200", None),
+            },
+            "/v1/devices/{uuid}/logs": {
+                "parameters": uuid.clone(),
+                "get": op("Stored log lines, oldest first; query: since, until (unix ms or a duration ago like 1h), service, stderr, system, q (text), after (id), tail (newest N), limit", "viewer", "200", None),
+            },
+            "/v1/devices/{uuid}/logs/export": {
+                "parameters": uuid.clone(),
+                "get": op("Every matching line as NDJSON (same filters)", "viewer", "200", None),
+            },
+            "/v1/devices/{uuid}/logs/stream": {
+                "parameters": uuid.clone(),
+                "get": op("Live tail as Server-Sent Events (id = line id; Last-Event-ID or after= resumes; tail= sends a backlog first)", "viewer", "200", None),
+            },
+            "/v1/devices/{uuid}/logs/ws": {
+                "parameters": uuid.clone(),
+                "get": op("Live tail over WebSocket, one JSON line per text message", "viewer", "101", None),
+            },
+            "/v1/devices/{uuid}/terminal": {
+                "parameters": uuid.clone(),
+                "get": op("WebSocket terminal on the device (`service` query: a container; else the host). Binary messages are bytes; text messages are control JSON ({\"type\":\"resize\",\"cols\",\"rows\"}); the token may be given as ?token=", "operator", "101", None),
+            },
         },
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
@@ -131,6 +180,16 @@ pub(crate) fn document() -> Value {
                 }
             },
             "schemas": {
+                "NewRelease": {
+                    "type": "object",
+                    "required": ["compose"],
+                    "properties": {"compose": {"type": "string", "description": "the compose file's text"}}
+                },
+                "Pin": {
+                    "type": "object",
+                    "required": ["release"],
+                    "properties": {"release": {"type": "string", "nullable": true}}
+                },
                 "Error": {
                     "type": "object",
                     "required": ["error"],
