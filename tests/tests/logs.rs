@@ -3,10 +3,11 @@
 //! duplicate nothing; queries, live tails (SSE, WebSocket) and the CLI see them.
 
 use std::collections::BTreeMap;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use e2e_tests::engine::{build_test_images, engine_available, Container};
 use e2e_tests::relay::UdpRelay;
 use e2e_tests::*;
 use edge_agent::logs::{LogPipeline, LogRecord, LogSink};
@@ -632,63 +633,4 @@ async fn container_output_is_collected_once_across_an_agent_restart() {
     );
     collector.abort();
     agent.stop().await;
-}
-
-/// Whether a container engine answers; fails the test under CI, skips it elsewhere.
-fn engine_available(what: &str) -> bool {
-    let ok = Command::new("docker")
-        .arg("info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("no container engine reachable (docker info failed) and CI=true: {what} must be tested");
-        }
-        eprintln!("SKIPPED: no container engine reachable (docker info failed); {what} not tested");
-    }
-    ok
-}
-
-fn build_test_images() {
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/fixtures/engine/build-images.sh"
-    );
-    let out = Command::new("bash").arg(script).output().unwrap();
-    assert!(
-        out.status.success(),
-        "build-images.sh failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A container started with `docker run -d`, removed on drop.
-struct Container(String);
-
-impl Container {
-    fn run(args: &[&str]) -> Self {
-        let out = Command::new("docker")
-            .args(["run", "-d"])
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "docker run: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Self(String::from_utf8_lossy(&out.stdout).trim().to_string())
-    }
-}
-
-impl Drop for Container {
-    fn drop(&mut self) {
-        let _ = Command::new("docker")
-            .args(["rm", "-f", &self.0])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-    }
 }

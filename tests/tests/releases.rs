@@ -5,6 +5,7 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use e2e_tests::engine::{build_test_images, engine_available};
 use e2e_tests::*;
 use serde_json::{json, Value};
 
@@ -137,35 +138,6 @@ impl Drop for AppCleanup {
     }
 }
 
-fn engine_available() -> bool {
-    let ok = Command::new("docker")
-        .arg("info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("no container engine reachable (docker info failed) and CI=true");
-        }
-        eprintln!("SKIPPED: no container engine reachable (docker info failed)");
-    }
-    ok
-}
-
-fn build_images() {
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/fixtures/engine/build-images.sh"
-    );
-    let out = Command::new("bash").arg(script).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 async fn get_page(gw: &TestGateway, uuid: &str) -> (u16, String) {
     let (st, _, body) = request(
         &http_client(),
@@ -214,10 +186,10 @@ async fn runs(api: &Api, token: &str, uuid: &str, release: &str) -> Value {
 
 #[tokio::test]
 async fn a_published_release_runs_on_the_device_and_is_served_at_its_public_url() {
-    if !engine_available() {
+    if !engine_available("releases on the device's engine") {
         return;
     }
-    build_images();
+    build_test_images();
     let gw = TestGateway::spawn().await;
     let (viewer, operator, admin) = tokens(&gw).await;
     let api = Api::new(&gw);

@@ -373,32 +373,15 @@ async fn idle_sessions_are_closed() {
 
 // ---- a service container on the real engine ----
 
-fn engine_available() -> bool {
-    Command::new("docker")
-        .args(["info", "--format", "{{.ServerVersion}}"])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false)
-}
+use e2e_tests::engine::Container;
 
 fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true")
 }
 
-/// Removes the container when dropped.
-struct Container(String);
-
-impl Drop for Container {
-    fn drop(&mut self) {
-        let _ = Command::new("docker").args(["rm", "-f", &self.0]).output();
-    }
-}
-
 #[tokio::test]
 async fn exec_into_a_service_container() {
-    if !engine_available() {
-        assert!(!in_ci(), "no container engine reachable and CI=true");
-        println!("SKIPPED: no container engine reachable (docker info failed)");
+    if !e2e_tests::engine::engine_available("exec into a service container") {
         return;
     }
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
