@@ -352,3 +352,155 @@ async fn a_published_release_runs_on_the_device_and_is_served_at_its_public_url(
     );
     agent.stop().await;
 }
+
+#[tokio::test]
+async fn an_offline_bundle_applies_without_the_gateway_and_local_mode_sets_a_target() {
+    if !engine_available("offline bundles") {
+        return;
+    }
+    build_test_images();
+    let gw = TestGateway::spawn().await;
+    let (viewer, operator, admin) = tokens(&gw).await;
+    let api = Api::new(&gw);
+    let fleet = format!("offline-{}", std::process::id());
+    let (st, _) = api
+        .call(
+            "POST",
+            "/v1/fleets",
+            Some(&admin),
+            Some(json!({"name": fleet})),
+        )
+        .await;
+    assert_eq!(st, 201);
+    let _cleanup = AppCleanup(gateway::targets::app_id(&fleet));
+    let port = stable_port(false);
+    let mut ids = Vec::new();
+    for compose in [WEB_V1, WEB_V2] {
+        let (st, r) = api
+            .call(
+                "POST",
+                &format!("/v1/fleets/{fleet}/releases"),
+                Some(&operator),
+                Some(json!({"compose": compose.replace("{port}", &port.to_string())})),
+            )
+            .await;
+        assert_eq!(st, 201, "{r}");
+        ids.push(r["id"].as_str().unwrap().to_string());
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let bundle = tmp.path().join("update.bundle");
+    // The operator writes release 1 and its images into one file...
+    let out = tokio::process::Command::new(bin("gateway"))
+        .args(["bundle", "create", "--release", &ids[0], "-o"])
+        .arg(&bundle)
+        .env("GATEWAY_API", format!("http://{}", gw.api_addr))
+        .env("GATEWAY_TOKEN", &viewer)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(std::fs::metadata(&bundle).unwrap().len() > 1_000_000);
+    // ...and the device applies it with no gateway at all.
+    let data = tmp.path().join("device");
+    let out = tokio::process::Command::new(bin("edge-agent"))
+        .args(["preload"])
+        .arg(&bundle)
+        .arg("--data-dir")
+        .arg(&data)
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains(&format!("release {} is running", ids[0])),
+        "{text}"
+    );
+    let page = eventually(Duration::from_secs(10), || async {
+        let r = tokio::process::Command::new("curl")
+            .args(["-s", &format!("http://127.0.0.1:{port}/")])
+            .output()
+            .await
+            .ok()?;
+        let body = String::from_utf8_lossy(&r.stdout).into_owned();
+        (body == "web v1\n").then_some(body)
+    })
+    .await;
+    assert!(page.is_some(), "the preloaded release does not serve");
+
+    // Local mode: the device's own supervisor API applies release 2's target state.
+    let (st, target) = api
+        .call(
+            "GET",
+            &format!("/v1/releases/{}/target", ids[1]),
+            Some(&viewer),
+            None,
+        )
+        .await;
+    assert_eq!(st, 200);
+    let cfg = gw.add_device(false).await;
+    let local = format!("127.0.0.1:{}", stable_port(false));
+    let mut opts = fast_agent_options("127.0.0.1:9".parse().unwrap());
+    opts.data_dir = Some(data.clone());
+    opts.local_api = Some(local.parse().unwrap());
+    let mut rc = edge_agent::reconciler::ReconcilerConfig::new(&data, data.join("locks"));
+    rc.stable_for = Duration::from_secs(1);
+    rc.stop_grace = Duration::from_secs(1);
+    rc.poll_interval = Duration::from_secs(1);
+    opts.reconciler = Some(rc);
+    let mut agent = TestAgent::spawn_with(cfg, opts);
+    agent.connected().await;
+    let key = edge_agent::provision::api_key(&data).unwrap();
+    let out = tokio::process::Command::new("curl")
+        .args([
+            "-s",
+            "-X",
+            "POST",
+            "-H",
+            "content-type: application/json",
+            "--data-binary",
+            &target.to_string(),
+            &format!("http://{local}/v2/local/target-state?apikey={key}"),
+        ])
+        .output()
+        .await
+        .unwrap();
+    let answer = String::from_utf8_lossy(&out.stdout);
+    assert!(answer.contains("success"), "{answer}");
+    let page = eventually(Duration::from_secs(60), || async {
+        let r = tokio::process::Command::new("curl")
+            .args(["-s", &format!("http://127.0.0.1:{port}/")])
+            .output()
+            .await
+            .ok()?;
+        let body = String::from_utf8_lossy(&r.stdout).into_owned();
+        (body == "web v2\n").then_some(body)
+    })
+    .await;
+    assert!(page.is_some(), "local mode never ran release 2");
+    // The local API reports it, balena-style, once the release counts as good.
+    let v = eventually(Duration::from_secs(30), || async {
+        let out = tokio::process::Command::new("curl")
+            .args([
+                "-s",
+                &format!("http://{local}/v2/applications/state?apikey={key}"),
+            ])
+            .output()
+            .await
+            .ok()?;
+        let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+        (v[&fleet]["commit"] == ids[1].as_str()).then_some(v)
+    })
+    .await
+    .expect("the local API never reported release 2 as running");
+    assert_eq!(v[&fleet]["services"]["web"]["status"], "Running", "{v}");
+    agent.stop().await;
+}
