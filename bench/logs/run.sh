@@ -8,7 +8,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 TARGET="${CARGO_TARGET_DIR:-target}"
-cargo build --release --locked -p gateway --bin gateway --example logs_bench >&2
+# BENCH_NO_BUILD=1 reuses binaries already built (e.g. while another build runs).
+[ -n "${BENCH_NO_BUILD:-}" ] || cargo build --release --locked -p gateway --bin gateway --example logs_bench >&2
 GW="$TARGET/release/gateway"
 BENCH="$TARGET/release/examples/logs_bench"
 work="$(mktemp -d)"

@@ -168,8 +168,15 @@ struct Source {
 }
 
 impl Source {
-    /// (identity file, state dir)
+    /// (identity file, state dir), both absolute: the state dir ends up in bind mounts
+    /// (update-lock directories), which the engine refuses as relative paths.
     fn paths(&self) -> (PathBuf, PathBuf) {
+        let (file, dir) = self.relative_paths();
+        let abs = |p: PathBuf| std::path::absolute(&p).unwrap_or(p);
+        (abs(file), abs(dir))
+    }
+
+    fn relative_paths(&self) -> (PathBuf, PathBuf) {
         match (&self.config, &self.data_dir) {
             (Some(file), _) => {
                 let dir = file

@@ -88,10 +88,12 @@ pub struct ReconcilerConfig {
 impl ReconcilerConfig {
     /// Defaults (see each field) with the given data dir and lock root.
     pub fn new(data_dir: impl Into<PathBuf>, locks_root: impl Into<PathBuf>) -> Self {
+        // The lock root is bind-mounted into containers: the engine needs it absolute.
+        let abs = |p: PathBuf| std::path::absolute(&p).unwrap_or(p);
         Self {
             engine_socket: engine::default_socket(),
-            data_dir: data_dir.into(),
-            locks_root: locks_root.into(),
+            data_dir: abs(data_dir.into()),
+            locks_root: abs(locks_root.into()),
             max_parallel_pulls: 3,
             health_window: Duration::from_secs(60),
             stable_for: Duration::from_secs(3),
