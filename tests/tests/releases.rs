@@ -113,6 +113,11 @@ async fn compose_errors_name_the_line_and_key_and_releases_are_immutable() {
     assert_eq!(st, 404, "{v}");
 }
 
+/// The tests that run containers take turns: each holds the engine's published ports and
+/// CPU for about a minute, and in parallel they slow each other past their timeouts on
+/// a 2-core machine.
+static ENGINE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Removes every container and volume of app `app_id` (a test's own) when dropped.
 struct AppCleanup(u32);
 
@@ -189,6 +194,7 @@ async fn a_published_release_runs_on_the_device_and_is_served_at_its_public_url(
     if !engine_available("releases on the device's engine") {
         return;
     }
+    let _turn = ENGINE.lock().await;
     build_test_images();
     let gw = TestGateway::spawn().await;
     let (viewer, operator, admin) = tokens(&gw).await;
@@ -358,6 +364,7 @@ async fn an_offline_bundle_applies_without_the_gateway_and_local_mode_sets_a_tar
     if !engine_available("offline bundles") {
         return;
     }
+    let _turn = ENGINE.lock().await;
     build_test_images();
     let gw = TestGateway::spawn().await;
     let (viewer, operator, admin) = tokens(&gw).await;

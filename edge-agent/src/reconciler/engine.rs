@@ -572,11 +572,27 @@ pub async fn create(
 }
 
 /// Starts a container; already running is fine.
+///
+/// A host port that the container being replaced held is released by the engine a moment
+/// after that container stops (its userland proxy exits asynchronously), so a start that
+/// fails with "port is already allocated" / "address already in use" is retried for up
+/// to 10 s before the error counts.
 pub async fn start(docker: &Docker, id: &str) -> Result<(), BollardError> {
-    match docker.start_container(id, None).await {
-        Ok(()) => Ok(()),
-        Err(e) if is_not_modified(&e) => Ok(()),
-        Err(e) => Err(e),
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match docker.start_container(id, None).await {
+            Ok(()) => return Ok(()),
+            Err(e) if is_not_modified(&e) => return Ok(()),
+            Err(e) => {
+                let msg = e.to_string();
+                let port_busy = msg.contains("port is already allocated")
+                    || msg.contains("address already in use");
+                if !port_busy || std::time::Instant::now() >= deadline {
+                    return Err(e);
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
     }
 }
 
