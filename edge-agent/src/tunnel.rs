@@ -345,7 +345,7 @@ impl Agent {
         let report = ControlMessage::StateReport {
             state: base_report.clone(),
         };
-        let mut last_reported: Option<serde_json::Value> = None;
+        let mut last_reported: Option<crate::reconciler::ReconcilerStatus> = None;
         let mut report_tick = tokio::time::interval(Duration::from_millis(500));
         report_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         if let Err(e) = wire::write_frame(&mut control_send, &report.to_frame()).await {
@@ -424,12 +424,13 @@ impl Agent {
                     }
                     // Update progress goes to the gateway as it changes (at most twice a second).
                     _ = report_tick.tick() => {
-                        if let Some(r) = self.device.as_ref().and_then(|(d, _)| d.reconciler()) {
-                            let status = serde_json::to_value(&*r.status().borrow()).expect("status serializes");
+                        let device = self.device.as_ref().map(|(d, _)| d);
+                        if let Some((d, r)) = device.and_then(|d| d.reconciler().map(|r| (d, r))) {
+                            let status = r.status().borrow().clone();
                             if last_reported.as_ref() != Some(&status) {
                                 let mut state = base_report.clone();
-                                state["reconciler"] = status.clone();
-                                state["status"] = serde_json::json!(crate::local_api::DeviceInfo::status(&**self.device.as_ref().map(|(d, _)| d).expect("checked")));
+                                state["reconciler"] = serde_json::to_value(&status).expect("status serializes");
+                                state["status"] = serde_json::json!(crate::local_api::DeviceInfo::status(&**d));
                                 let msg = ControlMessage::StateReport { state };
                                 wire::write_frame(&mut control_send, &msg.to_frame()).await?;
                                 last_reported = Some(status);

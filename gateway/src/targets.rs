@@ -24,30 +24,8 @@ pub async fn target_for(
     let Some((rel, source)) = store.target_release(uuid).await? else {
         return Ok(None);
     };
-    let compose = release::parse_compose(&rel.compose)
-        .map_err(|e| StoreError::Corrupt(format!("release {}: {e}", rel.id)))?;
-    let env = |rows: Vec<(String, String, String)>| {
-        rows.into_iter()
-            .map(|(service, name, value)| EnvVar {
-                service,
-                name,
-                value,
-            })
-            .collect::<Vec<_>>()
-    };
-    let fleet_env = env(store.env("fleet", &rel.fleet).await?);
-    let device_env = env(store.env("device", uuid.as_str()).await?);
-    Ok(Some((
-        release::target_state(
-            app_id(&rel.fleet),
-            &rel.fleet,
-            &rel.id,
-            &compose,
-            &fleet_env,
-            &device_env,
-        ),
-        source,
-    )))
+    let device_env = env_vars(store, "device", uuid.as_str()).await?;
+    Ok(Some((target_of(store, &rel, &device_env).await?, source)))
 }
 
 /// The target a release gives every device of its fleet that sets no variables of its
@@ -56,10 +34,31 @@ pub async fn release_target(
     store: &Store,
     rel: &crate::store::ReleaseRecord,
 ) -> Result<TargetState, StoreError> {
+    target_of(store, rel, &[]).await
+}
+
+/// `rel`'s services with the fleet's variables and then `device_env` merged in.
+async fn target_of(
+    store: &Store,
+    rel: &crate::store::ReleaseRecord,
+    device_env: &[EnvVar],
+) -> Result<TargetState, StoreError> {
     let compose = release::parse_compose(&rel.compose)
         .map_err(|e| StoreError::Corrupt(format!("release {}: {e}", rel.id)))?;
-    let fleet_env: Vec<EnvVar> = store
-        .env("fleet", &rel.fleet)
+    let fleet_env = env_vars(store, "fleet", &rel.fleet).await?;
+    Ok(release::target_state(
+        app_id(&rel.fleet),
+        &rel.fleet,
+        &rel.id,
+        &compose,
+        &fleet_env,
+        device_env,
+    ))
+}
+
+async fn env_vars(store: &Store, scope: &str, owner: &str) -> Result<Vec<EnvVar>, StoreError> {
+    Ok(store
+        .env(scope, owner)
         .await?
         .into_iter()
         .map(|(service, name, value)| EnvVar {
@@ -67,15 +66,7 @@ pub async fn release_target(
             name,
             value,
         })
-        .collect();
-    Ok(release::target_state(
-        app_id(&rel.fleet),
-        &rel.fleet,
-        &rel.id,
-        &compose,
-        &fleet_env,
-        &[],
-    ))
+        .collect())
 }
 
 /// Wakes the control loop of `uuid`'s session (if connected) to re-send its target.

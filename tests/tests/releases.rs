@@ -189,28 +189,74 @@ async fn runs(api: &Api, token: &str, uuid: &str, release: &str) -> Value {
     panic!("device never ran release {release}; last state: {last:#}");
 }
 
+/// A gateway with one fleet for a test that runs containers: holds the engine turn and
+/// removes the fleet's containers at the end.
+struct EngineFleet {
+    gw: TestGateway,
+    viewer: String,
+    operator: String,
+    api: Api,
+    fleet: String,
+    _cleanup: AppCleanup,
+    _turn: tokio::sync::MutexGuard<'static, ()>,
+}
+
+impl EngineFleet {
+    async fn start(prefix: &str) -> Self {
+        let turn = ENGINE.lock().await;
+        build_test_images();
+        let gw = TestGateway::spawn().await;
+        let (viewer, operator, admin) = tokens(&gw).await;
+        let api = Api::new(&gw);
+        let fleet = format!("{prefix}-{}", std::process::id());
+        let (st, _) = api
+            .call(
+                "POST",
+                "/v1/fleets",
+                Some(&admin),
+                Some(json!({"name": fleet})),
+            )
+            .await;
+        assert_eq!(st, 201);
+        Self {
+            _cleanup: AppCleanup(gateway::targets::app_id(&fleet)),
+            gw,
+            viewer,
+            operator,
+            api,
+            fleet,
+            _turn: turn,
+        }
+    }
+}
+
+/// Reconciler settings for tests: short stability window, stop grace and poll interval.
+fn fast_reconciler(dir: &std::path::Path) -> edge_agent::reconciler::ReconcilerConfig {
+    let mut rc = edge_agent::reconciler::ReconcilerConfig::new(dir, dir.join("locks"));
+    rc.stable_for = Duration::from_secs(1);
+    rc.stop_grace = Duration::from_secs(1);
+    rc.poll_interval = Duration::from_secs(1);
+    rc
+}
+
+/// `GET /` on a service's published host port, through curl.
+async fn host_page(port: u16) -> Option<String> {
+    let r = tokio::process::Command::new("curl")
+        .args(["-s", &format!("http://127.0.0.1:{port}/")])
+        .output()
+        .await
+        .ok()?;
+    Some(String::from_utf8_lossy(&r.stdout).into_owned())
+}
+
 #[tokio::test]
 async fn a_published_release_runs_on_the_device_and_is_served_at_its_public_url() {
     if !engine_available("releases on the device's engine") {
         return;
     }
-    let _turn = ENGINE.lock().await;
-    build_test_images();
-    let gw = TestGateway::spawn().await;
-    let (viewer, operator, admin) = tokens(&gw).await;
-    let api = Api::new(&gw);
-    let fleet = format!("rel-{}", std::process::id());
-    let (st, _) = api
-        .call(
-            "POST",
-            "/v1/fleets",
-            Some(&admin),
-            Some(json!({"name": fleet})),
-        )
-        .await;
-    assert_eq!(st, 201);
-    let app_id = gateway::targets::app_id(&fleet);
-    let _cleanup = AppCleanup(app_id);
+    let ef = EngineFleet::start("rel").await;
+    let (gw, api, fleet) = (&ef.gw, &ef.api, ef.fleet.clone());
+    let (viewer, operator) = (ef.viewer.clone(), ef.operator.clone());
 
     // One device in the fleet, its public URL on, its web UI at the service's host port.
     let cfg = gw.add_device(true).await;
@@ -231,12 +277,8 @@ async fn a_published_release_runs_on_the_device_and_is_served_at_its_public_url(
     let mut hooks = edge_agent::device::Hooks::defaults(dir.path());
     hooks.reboot = vec!["true".into()];
     opts.hooks = Some(hooks);
-    let mut rc =
-        edge_agent::reconciler::ReconcilerConfig::new(dir.path(), dir.path().join("locks"));
+    let mut rc = fast_reconciler(dir.path());
     rc.health_window = Duration::from_secs(30);
-    rc.stable_for = Duration::from_secs(1);
-    rc.stop_grace = Duration::from_secs(1);
-    rc.poll_interval = Duration::from_secs(1);
     opts.reconciler = Some(rc);
     let pipeline =
         edge_agent::logs::LogPipeline::start(&dir.path().join("logs"), 64 << 20).unwrap();
@@ -255,11 +297,11 @@ async fn a_published_release_runs_on_the_device_and_is_served_at_its_public_url(
         .await;
     assert_eq!(st, 201, "{r1}");
     let r1 = r1["id"].as_str().unwrap().to_string();
-    let v = runs(&api, &viewer, &uuid, &r1).await;
+    let v = runs(api, &viewer, &uuid, &r1).await;
     assert_eq!(v["target_release"], r1.as_str());
     assert_eq!(v["target_source"], "fleet_latest");
     let page = eventually(Duration::from_secs(20), || async {
-        let (st, body) = get_page(&gw, &uuid).await;
+        let (st, body) = get_page(gw, &uuid).await;
         (st == 200).then_some(body)
     })
     .await
@@ -311,11 +353,11 @@ async fn a_published_release_runs_on_the_device_and_is_served_at_its_public_url(
     assert_eq!(st, 201, "{r2}");
     let r2 = r2["id"].as_str().unwrap().to_string();
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let v = state(&api, &viewer, &uuid).await;
+    let v = state(api, &viewer, &uuid).await;
     assert_eq!(v["target_release"], r1.as_str());
     assert_eq!(v["target_source"], "device_pin");
     assert_eq!(v["reported"]["reconciler"]["release"], r1.as_str());
-    let (_, body) = get_page(&gw, &uuid).await;
+    let (_, body) = get_page(gw, &uuid).await;
     assert_eq!(body, "web v1\n");
 
     // Unpin: it follows the fleet to v2.
@@ -328,9 +370,9 @@ async fn a_published_release_runs_on_the_device_and_is_served_at_its_public_url(
         )
         .await;
     assert_eq!(st, 200);
-    runs(&api, &viewer, &uuid, &r2).await;
+    runs(api, &viewer, &uuid, &r2).await;
     let page = eventually(Duration::from_secs(20), || async {
-        let (st, body) = get_page(&gw, &uuid).await;
+        let (st, body) = get_page(gw, &uuid).await;
         (st == 200 && body == "web v2\n").then_some(body)
     })
     .await;
@@ -364,22 +406,9 @@ async fn an_offline_bundle_applies_without_the_gateway_and_local_mode_sets_a_tar
     if !engine_available("offline bundles") {
         return;
     }
-    let _turn = ENGINE.lock().await;
-    build_test_images();
-    let gw = TestGateway::spawn().await;
-    let (viewer, operator, admin) = tokens(&gw).await;
-    let api = Api::new(&gw);
-    let fleet = format!("offline-{}", std::process::id());
-    let (st, _) = api
-        .call(
-            "POST",
-            "/v1/fleets",
-            Some(&admin),
-            Some(json!({"name": fleet})),
-        )
-        .await;
-    assert_eq!(st, 201);
-    let _cleanup = AppCleanup(gateway::targets::app_id(&fleet));
+    let ef = EngineFleet::start("offline").await;
+    let (gw, api, fleet) = (&ef.gw, &ef.api, ef.fleet.clone());
+    let (viewer, operator) = (ef.viewer.clone(), ef.operator.clone());
     let port = stable_port(false);
     let mut ids = Vec::new();
     for compose in [WEB_V1, WEB_V2] {
@@ -432,12 +461,7 @@ async fn an_offline_bundle_applies_without_the_gateway_and_local_mode_sets_a_tar
         "{text}"
     );
     let page = eventually(Duration::from_secs(10), || async {
-        let r = tokio::process::Command::new("curl")
-            .args(["-s", &format!("http://127.0.0.1:{port}/")])
-            .output()
-            .await
-            .ok()?;
-        let body = String::from_utf8_lossy(&r.stdout).into_owned();
+        let body = host_page(port).await?;
         (body == "web v1\n").then_some(body)
     })
     .await;
@@ -458,11 +482,7 @@ async fn an_offline_bundle_applies_without_the_gateway_and_local_mode_sets_a_tar
     let mut opts = fast_agent_options("127.0.0.1:9".parse().unwrap());
     opts.data_dir = Some(data.clone());
     opts.local_api = Some(local.parse().unwrap());
-    let mut rc = edge_agent::reconciler::ReconcilerConfig::new(&data, data.join("locks"));
-    rc.stable_for = Duration::from_secs(1);
-    rc.stop_grace = Duration::from_secs(1);
-    rc.poll_interval = Duration::from_secs(1);
-    opts.reconciler = Some(rc);
+    opts.reconciler = Some(fast_reconciler(&data));
     let mut agent = TestAgent::spawn_with(cfg, opts);
     agent.connected().await;
     let key = edge_agent::provision::api_key(&data).unwrap();
@@ -483,12 +503,7 @@ async fn an_offline_bundle_applies_without_the_gateway_and_local_mode_sets_a_tar
     let answer = String::from_utf8_lossy(&out.stdout);
     assert!(answer.contains("success"), "{answer}");
     let page = eventually(Duration::from_secs(60), || async {
-        let r = tokio::process::Command::new("curl")
-            .args(["-s", &format!("http://127.0.0.1:{port}/")])
-            .output()
-            .await
-            .ok()?;
-        let body = String::from_utf8_lossy(&r.stdout).into_owned();
+        let body = host_page(port).await?;
         (body == "web v2\n").then_some(body)
     })
     .await;

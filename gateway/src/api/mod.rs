@@ -250,6 +250,14 @@ async fn device_or_404(state: &ApiState, uuid: DeviceUuid) -> Result<DeviceRecor
     }
 }
 
+async fn fleet_or_404(state: &ApiState, name: &str) -> Result<crate::store::FleetRecord, ApiError> {
+    state
+        .store
+        .fleet(name)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no fleet {name:?}")))
+}
+
 // ---- fleets ----
 
 #[derive(Deserialize)]
@@ -611,9 +619,7 @@ async fn list_keys(
 ) -> ApiResult {
     caller.require(Role::Admin)?;
     let Path(fleet) = name?;
-    if st.store.fleet(&fleet).await?.is_none() {
-        return Err(ApiError::not_found(format!("no fleet {fleet:?}")));
-    }
+    fleet_or_404(&st, &fleet).await?;
     let keys = st.store.keys(&fleet).await?;
     Ok(Json(json!(keys.iter().map(key_json).collect::<Vec<_>>())))
 }
@@ -939,9 +945,7 @@ async fn get_fleet_env(
 ) -> ApiResult {
     caller.require(Role::Viewer)?;
     let Path(name) = name?;
-    if st.store.fleet(&name).await?.is_none() {
-        return Err(ApiError::not_found(format!("no fleet {name:?}")));
-    }
+    fleet_or_404(&st, &name).await?;
     Ok(Json(env_json(st.store.env("fleet", &name).await?)))
 }
 
@@ -954,9 +958,7 @@ async fn put_fleet_env(
     caller.require(Role::Admin)?;
     let Path(name) = name?;
     let Json(body) = body?;
-    if st.store.fleet(&name).await?.is_none() {
-        return Err(ApiError::not_found(format!("no fleet {name:?}")));
-    }
+    fleet_or_404(&st, &name).await?;
     let rows = env_rows(body)?;
     st.store.set_env("fleet", &name, &rows).await?;
     crate::targets::retarget_fleet(&st.store, &st.sessions, &name).await;

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 
 use super::auth::{Caller, Role};
 use super::error::ApiError;
-use super::{device_or_404, ApiResult, ApiState, DeviceParam};
+use super::{device_or_404, fleet_or_404, ApiResult, ApiState, DeviceParam};
 use crate::store::ReleaseRecord;
 use crate::targets;
 
@@ -61,9 +61,7 @@ async fn create_release(
     caller.require(Role::Operator)?;
     let Path(fleet) = name?;
     let Json(body) = body?;
-    if st.store.fleet(&fleet).await?.is_none() {
-        return Err(ApiError::not_found(format!("no fleet {fleet:?}")));
-    }
+    fleet_or_404(&st, &fleet).await?;
     let compose = protocol::release::parse_compose(&body.compose).map_err(|e| {
         ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -108,10 +106,8 @@ async fn list_releases(
 ) -> ApiResult {
     caller.require(Role::Viewer)?;
     let Path(fleet) = name?;
-    let Some(f) = st.store.fleet(&fleet).await? else {
-        return Err(ApiError::not_found(format!("no fleet {fleet:?}")));
-    };
-    let pinned = st.store.fleet_pin(&f.name).await?;
+    fleet_or_404(&st, &fleet).await?;
+    let pinned = st.store.fleet_pin(&fleet).await?;
     let rels = st.store.releases(&fleet).await?;
     Ok(Json(json!({
         "fleet": fleet,
@@ -168,9 +164,7 @@ async fn pin_fleet(
     caller.require(Role::Operator)?;
     let Path(fleet) = name?;
     let Json(pin) = body?;
-    if st.store.fleet(&fleet).await?.is_none() {
-        return Err(ApiError::not_found(format!("no fleet {fleet:?}")));
-    }
+    fleet_or_404(&st, &fleet).await?;
     if let Some(id) = &pin.release {
         release_of_fleet(&st, id, &fleet).await?;
     }

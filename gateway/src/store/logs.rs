@@ -85,6 +85,25 @@ impl LogQuery {
     }
 }
 
+/// The highest sequence number stored for `device`'s spool `epoch`; 0 for none or for a
+/// new epoch.
+async fn stored_upto(
+    conn: &mut sqlx::SqliteConnection,
+    device: DeviceUuid,
+    epoch: &str,
+) -> Result<u64, StoreError> {
+    let row = sqlx::query("SELECT epoch, last_seq FROM log_cursors WHERE device = $1")
+        .bind(device.as_str())
+        .fetch_optional(&mut *conn)
+        .await?;
+    Ok(match row {
+        Some(r) if r.try_get::<String, _>("epoch")? == epoch => {
+            r.try_get::<i64, _>("last_seq")? as u64
+        }
+        _ => 0,
+    })
+}
+
 fn escape_like(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
     out.push('%');
@@ -102,16 +121,8 @@ impl Store {
     /// The highest sequence number stored for `device`'s spool `epoch` (0 when none or when
     /// the device's spool has a new epoch).
     pub async fn log_resume(&self, device: DeviceUuid, epoch: &str) -> Result<u64, StoreError> {
-        let row = sqlx::query("SELECT epoch, last_seq FROM log_cursors WHERE device = $1")
-            .bind(device.as_str())
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(match row {
-            Some(r) if r.try_get::<String, _>("epoch")? == epoch => {
-                r.try_get::<i64, _>("last_seq")? as u64
-            }
-            _ => 0,
-        })
+        let mut conn = self.pool.acquire().await?;
+        stored_upto(&mut conn, device, epoch).await
     }
 
     /// Stores the lines of a batch whose sequence numbers are above what is stored for
@@ -124,16 +135,7 @@ impl Store {
         lines: &[LogLine],
     ) -> Result<(u64, Vec<StoredLine>), StoreError> {
         let mut tx = self.pool.begin().await?;
-        let row = sqlx::query("SELECT epoch, last_seq FROM log_cursors WHERE device = $1")
-            .bind(device.as_str())
-            .fetch_optional(&mut *tx)
-            .await?;
-        let last = match row {
-            Some(r) if r.try_get::<String, _>("epoch")? == epoch => {
-                r.try_get::<i64, _>("last_seq")? as u64
-            }
-            _ => 0,
-        };
+        let last = stored_upto(&mut tx, device, epoch).await?;
         let fresh: Vec<&LogLine> = lines.iter().filter(|l| l.seq > last).collect();
         let Some(upto) = fresh.last().map(|l| l.seq) else {
             return Ok((last, Vec::new()));
