@@ -356,6 +356,17 @@ async fn relay(
                 reason: reason.into(),
             })))
             .await;
+        // Finish the close handshake: read (and drop) what the client still sends until
+        // its close arrives. Dropping the socket with unread input makes the kernel send
+        // a reset, which can discard the exit message before the client reads it.
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            while let Some(Ok(m)) = ws_rx.next().await {
+                if matches!(m, Message::Close(_)) {
+                    break;
+                }
+            }
+        })
+        .await;
     }
     let _ = ws_tx.close().await;
     let mut detail = detail;
