@@ -1,0 +1,50 @@
+//! The QUIC implementation: thin helpers around quinn so callers never build quinn types
+//! by hand.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use protocol::AppErrorCode;
+
+use crate::{ConnectError, Connection};
+
+/// Converts an [`AppErrorCode`] to a QUIC varint.
+pub fn varint(code: AppErrorCode) -> quinn::VarInt {
+    quinn::VarInt::from_u32(code.as_u32())
+}
+
+/// A QUIC endpoint on a UDP socket made by [`crate::net::udp_socket`].
+///
+/// `reset_key`: the secret behind stateless resets. A server that keeps it across restarts
+/// lets peers of its previous run learn at their next packet that their connection is gone
+/// (instead of waiting out the idle timeout). `None` picks a random one.
+pub fn endpoint(
+    socket: std::net::UdpSocket,
+    server: Option<quinn::ServerConfig>,
+    reset_key: Option<&[u8]>,
+) -> std::io::Result<quinn::Endpoint> {
+    let config = match reset_key {
+        Some(key) => {
+            let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key);
+            quinn::EndpointConfig::new(Arc::new(key))
+        }
+        None => quinn::EndpointConfig::default(),
+    };
+    quinn::Endpoint::new(config, server, socket, Arc::new(quinn::TokioRuntime))
+}
+
+/// Dials `addr` from `endpoint` and completes the QUIC handshake.
+pub async fn connect(
+    endpoint: &quinn::Endpoint,
+    config: quinn::ClientConfig,
+    addr: SocketAddr,
+    server_name: &str,
+) -> Result<Connection, ConnectError> {
+    let conn = endpoint.connect_with(config, addr, server_name)?.await?;
+    Ok(Connection::Quic(conn))
+}
+
+/// Completes the handshake of an incoming QUIC connection.
+pub async fn accept(incoming: quinn::Incoming) -> Result<Connection, ConnectError> {
+    Ok(Connection::Quic(incoming.await?))
+}
