@@ -10,9 +10,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use compose::{parse_compose, target_state};
 use edge_agent::logs::LogSink;
 use edge_agent::reconciler::{Reconciler, ReconcilerConfig, ReconcilerStatus, UpdateStatus};
-use protocol::release::{parse_compose, target_state, TargetState};
+use protocol::release::TargetState;
 
 fn sh(cmd: &str) -> String {
     let out = Command::new("bash").arg("-c").arg(cmd).output().unwrap();

@@ -17,7 +17,7 @@ pub async fn create(client: &ApiClient, fleet: &str, file: &Path) -> anyhow::Res
     let compose =
         std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
     // Validate here too, so the operator sees the file name with the line and key.
-    if let Err(e) = protocol::release::parse_compose(&compose) {
+    if let Err(e) = compose::parse_compose(&compose) {
         anyhow::bail!("{}: {e}", file.display());
     }
     let v = client

@@ -2,7 +2,7 @@
 //! newest) with environment variables merged fleet < device, and telling connected agents
 //! when that changes.
 
-use protocol::release::{self, EnvVar, TargetState};
+use protocol::release::{EnvVar, TargetState};
 use protocol::DeviceUuid;
 
 use crate::sessions::Sessions;
@@ -43,10 +43,10 @@ async fn target_of(
     rel: &crate::store::ReleaseRecord,
     device_env: &[EnvVar],
 ) -> Result<TargetState, StoreError> {
-    let compose = release::parse_compose(&rel.compose)
+    let compose = compose::parse_compose(&rel.compose)
         .map_err(|e| StoreError::Corrupt(format!("release {}: {e}", rel.id)))?;
     let fleet_env = env_vars(store, "fleet", &rel.fleet).await?;
-    Ok(release::target_state(
+    Ok(compose::target_state(
         app_id(&rel.fleet),
         &rel.fleet,
         &rel.id,

@@ -43,9 +43,7 @@ pub use logs::{
 pub use provision::{
     InvalidKey, ProvisionErrorCode, ProvisionRequest, ProvisionResponse, ProvisioningKey,
 };
-pub use release::{
-    parse_compose, target_state, Compose, ComposeError, EnvVar, ServiceSpec, TargetState,
-};
+pub use release::{EnvVar, ServiceSpec, TargetState};
 pub use target::TargetStatus;
 pub use terminal::{TerminalHeader, TerminalMessage, TerminalTarget, TERMINAL_SIZE_RANGE};
 pub use uuid::{DeviceUuid, InvalidUuid};

@@ -1526,7 +1526,7 @@ pub fn topo_order(target: &TargetState) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use protocol::release::{parse_compose, target_state};
+    use compose::{parse_compose, target_state};
 
     fn t(release: &str, compose: &str) -> TargetState {
         target_state(1, "a", release, &parse_compose(compose).unwrap(), &[], &[])

@@ -9,9 +9,10 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use compose::{parse_compose, target_state};
 use edge_agent::logs::{LogRecord, LogSink};
 use edge_agent::reconciler::{Reconciler, ReconcilerConfig, ReconcilerStatus};
-use protocol::release::{parse_compose, target_state, EnvVar, TargetState};
+use protocol::release::{EnvVar, TargetState};
 
 /// The workspace root.
 pub(crate) fn root() -> PathBuf {

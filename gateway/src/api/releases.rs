@@ -62,14 +62,14 @@ async fn create_release(
     let Path(fleet) = name?;
     let Json(body) = body?;
     fleet_or_404(&st, &fleet).await?;
-    let compose = protocol::release::parse_compose(&body.compose).map_err(|e| {
+    let compose = compose::parse_compose(&body.compose).map_err(|e| {
         ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid_compose",
             format!("invalid compose file: {e}"),
         )
     })?;
-    let hash = protocol::release::release_hash(&body.compose);
+    let hash = compose::release_hash(&body.compose);
     let (rel, created) = st
         .store
         .create_release(&fleet, &body.compose, &hash, &caller.actor())
