@@ -641,7 +641,7 @@ async fn main() -> anyhow::Result<()> {
                 "exporting {} images of release {release} from {engine} ...",
                 target.services.len()
             );
-            let summary = edge_agent::reconciler::bundle::create_bundle(&engine, &target, &out)
+            let summary = bundle::create_bundle(&engine, &target, &out)
                 .await
                 .with_context(|| format!("writing {}", out.display()))?;
             println!(

@@ -22,6 +22,7 @@ use bollard::query_parameters::{
     RemoveVolumeOptionsBuilder, StopContainerOptionsBuilder,
 };
 use bollard::Docker;
+pub use bundle::engine::{connect, default_socket, has_image, is_not_found};
 use futures_util::StreamExt;
 use protocol::release::{NetworkSpec, RestartPolicy, ServiceSpec, TargetState};
 
@@ -39,22 +40,6 @@ pub const LABEL_RELEASE: &str = "io.edge.release";
 pub const LABEL_CONFIG_HASH: &str = "io.edge.config-hash";
 /// Per-service stop grace period override, in seconds.
 pub const LABEL_STOP_GRACE: &str = "io.edge.stop-grace-period";
-
-/// Connects to the engine at `socket` (`unix:///path` or a bare path) and negotiates
-/// the API version (Docker 20.10 speaks 1.41 only).
-pub async fn connect(socket: &str) -> Result<Docker, BollardError> {
-    let docker = if socket.starts_with("tcp://") || socket.starts_with("http://") {
-        Docker::connect_with_http(socket, 120, bollard::API_DEFAULT_VERSION)?
-    } else {
-        Docker::connect_with_unix(socket, 120, bollard::API_DEFAULT_VERSION)?
-    };
-    docker.negotiate_version().await
-}
-
-/// The engine socket from `$DOCKER_HOST`, else Docker's default.
-pub fn default_socket() -> String {
-    std::env::var("DOCKER_HOST").unwrap_or_else(|_| "unix:///var/run/docker.sock".into())
-}
 
 /// One of our containers, as the engine sees it.
 #[derive(Debug, Clone)]
@@ -108,17 +93,6 @@ pub fn volume_name(app_id: u32, name: &str) -> String {
 /// The engine name of a network (`default` is the app's own bridge).
 pub fn network_name(app_id: u32, name: &str) -> String {
     format!("{app_id}_{name}")
-}
-
-/// Whether an engine error is "no such object".
-pub fn is_not_found(e: &BollardError) -> bool {
-    matches!(
-        e,
-        BollardError::DockerResponseServerError {
-            status_code: 404,
-            ..
-        }
-    )
 }
 
 fn is_conflict(e: &BollardError) -> bool {
@@ -201,15 +175,6 @@ pub async fn list_ours(
         });
     }
     Ok(out)
-}
-
-/// Whether `image` is present in the engine.
-pub async fn has_image(docker: &Docker, image: &str) -> Result<bool, BollardError> {
-    match docker.inspect_image(image).await {
-        Ok(_) => Ok(true),
-        Err(e) if is_not_found(&e) => Ok(false),
-        Err(e) => Err(e),
-    }
 }
 
 /// Splits `registry:5000/repo/name:tag` into (`registry:5000/repo/name`, `tag`).

@@ -25,7 +25,8 @@
 //!
 //! Services whose config hash did not change are never touched, whatever the release id.
 
-pub mod bundle;
+/// Offline bundles (the format lives in the `bundle` crate, shared with the gateway).
+pub use bundle;
 pub mod engine;
 pub mod journal;
 

@@ -8,6 +8,13 @@
 //!
 //! It is written to a temp file next to the destination, synced and renamed, so a crash
 //! leaves the old bundle or the new one, never a torn file.
+//!
+//! Both sides use this crate: the gateway's `gateway bundle create` writes bundles, the
+//! agent's `edge-agent preload` loads them; [`engine`] is the small engine client both
+//! need (the agent's reconciler builds on it).
+#![warn(missing_docs)]
+
+pub mod engine;
 
 use std::path::Path;
 
@@ -15,8 +22,6 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use protocol::release::TargetState;
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
-
-use super::engine;
 
 /// What [`create_bundle`] wrote.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -142,7 +147,7 @@ pub async fn create_bundle(
 }
 
 /// Loads a bundle's images into the engine at `engine_socket` and returns its target,
-/// for the caller to apply (pinned) with [`super::Reconciler::set_pinned_target`].
+/// for the caller to apply (pinned) with the agent's reconciler (`set_pinned_target`).
 pub async fn preload(engine_socket: &str, bundle: &Path) -> Result<TargetState, BundleError> {
     let io = |source| BundleError::Io {
         path: bundle.display().to_string(),
