@@ -226,6 +226,8 @@ async fn stream_ws(
     caller.require(Role::Viewer)?;
     let p = params(p)?;
     device_or_404(&st, uuid).await?;
+    // Bad parameters are a 400 whether or not the request is an upgrade.
+    let q = p.to_query()?;
     let ws = ws.map_err(|e| {
         ApiError::new(
             axum::http::StatusCode::UPGRADE_REQUIRED,
@@ -233,7 +235,6 @@ async fn stream_ws(
             format!("this endpoint speaks WebSocket: {}", e.body_text()),
         )
     })?;
-    let q = p.to_query()?;
     let rx = live(&st, uuid, q);
     Ok(ws.on_upgrade(move |socket| relay_ws(socket, rx)))
 }
