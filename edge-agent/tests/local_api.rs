@@ -86,6 +86,8 @@ struct FakeControl {
     performed: Mutex<Vec<String>>,
     host_patches: Mutex<Vec<(Value, bool)>>,
     next_key: Mutex<String>,
+    /// Sizes (serialized) of the local-mode target states received.
+    local_targets: Mutex<Vec<usize>>,
 }
 
 impl FakeControl {
@@ -275,6 +277,16 @@ impl DeviceControl for FakeControl {
                 })],
                 images: vec![],
             })
+        })
+    }
+    fn set_local_target(&self, target: Value) -> ControlFuture<'_, ()> {
+        Box::pin(async move {
+            self.act("local-target".into(), false, false)?;
+            self.local_targets
+                .lock()
+                .unwrap()
+                .push(target.to_string().len());
+            Ok(())
         })
     }
 }
@@ -756,7 +768,12 @@ async fn device_has_the_documented_fields() {
     assert_eq!(r.status, 200);
     let v = r.json();
     // Field by field from the doc's list and example response.
-    assert_eq!(v["api_port"], 48484, "api_port: port, as a number");
+    // The port the API is really bound to (the test binds port 0), not balena's default.
+    assert_eq!(
+        v["api_port"],
+        api.addr.port(),
+        "api_port: port, as a number"
+    );
     assert_eq!(
         v["ip_address"], "192.168.0.114 10.42.0.3",
         "space-separated"
@@ -1188,4 +1205,323 @@ async fn shutdown_stops_the_listener() {
         .expect("serve returns after shutdown")
         .unwrap();
     assert!(TcpStream::connect(api.addr).await.is_err());
+}
+
+// ---- form bodies, balena's value coercion, body limits ----
+
+impl TestApi {
+    /// One request with exactly this `Content-Type` (or none) and body, key as Bearer.
+    async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        content_type: Option<&str>,
+        body: &[u8],
+    ) -> Resp {
+        let mut req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nAuthorization: Bearer {KEY}\r\nContent-Length: {}\r\n",
+            body.len()
+        );
+        if let Some(ct) = content_type {
+            req.push_str(&format!("Content-Type: {ct}\r\n"));
+        }
+        req.push_str("\r\n");
+        let mut stream = TcpStream::connect(self.addr).await.unwrap();
+        // A refused body (413) may be answered and the socket closed mid-upload.
+        let _ = stream.write_all(req.as_bytes()).await;
+        let _ = stream.write_all(body).await;
+        let mut raw = Vec::new();
+        let read = tokio::time::timeout(
+            std::time::Duration::from_secs(30),
+            stream.read_to_end(&mut raw),
+        )
+        .await
+        .expect("response within 30 s");
+        if let Err(e) = read {
+            assert!(!raw.is_empty(), "{method} {path}: no response: {e}");
+        }
+        parse_response(&raw)
+    }
+}
+
+const FORM: Option<&str> = Some("application/x-www-form-urlencoded");
+
+#[tokio::test]
+async fn form_encoded_bodies_work_like_json() {
+    let api = spawn_api().await;
+    // `curl -d force=true` (form content type), Python `requests.post(url, data=...)`
+    // (the same, sometimes with a charset), and a bare body with no content type.
+    let r = api.send("POST", "/v1/reboot", FORM, b"force=true").await;
+    assert_eq!(r.status, 202, "{}", r.text());
+    assert_eq!(r.json(), json!({ "Data": "OK", "Error": "" }));
+    let r = api
+        .send(
+            "POST",
+            "/v1/shutdown",
+            Some("application/x-www-form-urlencoded; charset=utf-8"),
+            b"force=1",
+        )
+        .await;
+    assert_eq!(r.status, 202, "{}", r.text());
+    let r = api.send("POST", "/v1/update", None, b"force=on").await;
+    assert_eq!(r.status, 204, "{}", r.text());
+    let r = api
+        .send("POST", "/v1/purge", FORM, b"appId=1&force=true")
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = api.send("POST", "/v1/restart", FORM, b"appId=1").await;
+    assert_eq!((r.status, r.text()), (200, "OK"));
+    let r = api
+        .send(
+            "POST",
+            "/v2/applications/1/restart-service",
+            FORM,
+            b"serviceName=main",
+        )
+        .await;
+    assert_eq!((r.status, r.text()), (200, "OK"));
+    let r = api
+        .send(
+            "POST",
+            "/v2/applications/1/stop-service",
+            FORM,
+            b"imageId=959262&force=1",
+        )
+        .await;
+    assert_eq!((r.status, r.text()), (200, "OK"));
+    // `curl -d '{"force":true}'` without -H sends JSON labelled as a form: it is JSON.
+    let r = api
+        .send("POST", "/v1/reboot", FORM, br#"{"force": true}"#)
+        .await;
+    assert_eq!(r.status, 202, "{}", r.text());
+    // Nested keys, as express's extended parser reads them.
+    let r = api
+        .send(
+            "PATCH",
+            "/v1/device/host-config",
+            FORM,
+            b"network%5Bhostname%5D=formhost",
+        )
+        .await;
+    assert_eq!((r.status, r.text()), (200, "OK"));
+    assert_eq!(
+        api.control.performed(),
+        [
+            "reboot force=true",
+            "shutdown force=true",
+            "update force=true",
+            "purge app=1 force=true",
+            "restart app=1 force=false",
+            "restart-service app=1 name:main force=false",
+            "stop-service app=1 image:959262 force=true",
+            "reboot force=true",
+            "patch-host-config force=false",
+        ]
+    );
+    assert_eq!(
+        api.control.host_patches.lock().unwrap().last().unwrap().0,
+        json!({"network": {"hostname": "formhost"}})
+    );
+
+    // Locks and bad values behave as with JSON.
+    api.lock();
+    let r = api.send("POST", "/v1/reboot", FORM, b"force=false").await;
+    assert_eq!(r.status, 423, "{}", r.text());
+    let r = api.send("POST", "/v1/reboot", FORM, b"force=banana").await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("force"), "{}", r.text());
+    let r = api.send("POST", "/v1/purge", FORM, b"appId=one").await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("appId"), "{}", r.text());
+    assert_eq!(api.control.performed().len(), 9, "nothing more ran");
+}
+
+#[tokio::test]
+async fn string_values_coerce_like_balenas() {
+    let api = spawn_api().await;
+    for (body, want) in [
+        (r#"{"force":"1"}"#, "reboot force=true"),
+        (r#"{"force":"on"}"#, "reboot force=true"),
+        (r#"{"force":"true"}"#, "reboot force=true"),
+        (r#"{"force":"0"}"#, "reboot force=false"),
+        (r#"{"force":"off"}"#, "reboot force=false"),
+    ] {
+        let r = api.post("/v1/reboot", Some(body)).await;
+        assert_eq!(r.status, 202, "{body}: {}", r.text());
+        assert_eq!(api.control.performed().last().unwrap(), want, "{body}");
+    }
+    // "42" is app 42 (which this device does not run: 404, not a 400 for the type).
+    let r = api.post("/v1/restart", Some(r#"{"appId":"42"}"#)).await;
+    assert_eq!(r.status, 404, "{}", r.text());
+    assert!(r.text().contains("42"), "{}", r.text());
+    let r = api.send("POST", "/v1/restart", FORM, b"appId=42").await;
+    assert_eq!(r.status, 404, "{}", r.text());
+    let r = api.post("/v1/restart", Some(r#"{"appId":"1"}"#)).await;
+    assert_eq!((r.status, r.text()), (200, "OK"));
+}
+
+#[tokio::test]
+async fn local_target_state_takes_bodies_up_to_balenas_10_mb() {
+    let api = spawn_api().await;
+    let five_mb = format!(r#"{{"pad":"{}"}}"#, "x".repeat(5 * 1024 * 1024));
+    let r = api
+        .send(
+            "POST",
+            "/v2/local/target-state",
+            Some("application/json"),
+            five_mb.as_bytes(),
+        )
+        .await;
+    assert_eq!(
+        r.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&r.body[..r.body.len().min(200)])
+    );
+    assert_eq!(*api.control.local_targets.lock().unwrap(), [five_mb.len()]);
+    let eleven_mb = format!(r#"{{"pad":"{}"}}"#, "x".repeat(11 * 1024 * 1024));
+    let r = api
+        .send(
+            "POST",
+            "/v2/local/target-state",
+            Some("application/json"),
+            eleven_mb.as_bytes(),
+        )
+        .await;
+    assert_eq!(r.status, 413);
+    assert_eq!(api.control.local_targets.lock().unwrap().len(), 1);
+    // Elsewhere the small limit stays.
+    let big = format!(r#"{{"force":true,"pad":"{}"}}"#, "x".repeat(100 * 1024));
+    let r = api
+        .send(
+            "POST",
+            "/v1/update",
+            Some("application/json"),
+            big.as_bytes(),
+        )
+        .await;
+    assert_eq!(r.status, 413);
+}
+
+// ---- the real device behind the API ----
+
+/// The API serving the agent's real [`edge_agent::device::Device`], its host-config files
+/// in a temp dir.
+async fn spawn_real() -> (TestApi, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut hooks = edge_agent::device::Hooks::defaults(dir.path());
+    hooks.hostname_file = dir.path().join("hostname");
+    let key = Arc::new(RwLock::new(KEY.to_string()));
+    let device = Arc::new(edge_agent::device::Device::new(
+        "7cf02a6b1c2d4e5f8a9b0c1d2e3f4a5b".into(),
+        dir.path().to_path_buf(),
+        hooks,
+        Arc::clone(&key),
+    ));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let state = LocalApiState {
+        api_key: Arc::clone(&key),
+        device: device.clone(),
+        control: device,
+    };
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(serve(listener, state, shutdown.clone()));
+    let api = TestApi {
+        addr,
+        key,
+        device: Arc::new(FakeDevice {
+            healthy: AtomicBool::new(true),
+            connected: AtomicBool::new(true),
+        }),
+        control: Arc::new(FakeControl::default()),
+        shutdown,
+        task,
+    };
+    (api, dir)
+}
+
+#[tokio::test]
+async fn the_real_device_reports_the_port_it_is_bound_to() {
+    let (api, _dir) = spawn_real().await;
+    let r = api.get("/v1/device").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["api_port"], api.addr.port(), "{}", r.text());
+}
+
+async fn patch(api: &TestApi, body: &str) -> Resp {
+    api.call(
+        "PATCH",
+        "/v1/device/host-config",
+        Auth::Bearer(KEY),
+        Some(body),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn host_config_keeps_the_hostname_files_mode_and_validates_every_field() {
+    use std::os::unix::fs::PermissionsExt;
+    let (api, dir) = spawn_real().await;
+    let hostname = dir.path().join("hostname");
+    std::fs::write(&hostname, "old\n").unwrap();
+    std::fs::set_permissions(&hostname, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+
+    let r = patch(&api, r#"{"network":{"hostname":"kiosk-7"}}"#).await;
+    assert_eq!((r.status, r.text()), (200, "OK"));
+    assert_eq!(std::fs::read_to_string(&hostname).unwrap(), "kiosk-7\n");
+    assert_eq!(mode(&hostname), 0o644, "the hostname file keeps its mode");
+
+    // RFC 1123 labels only: no leading or trailing dash, 1-63 characters.
+    for bad in ["-rf", "kiosk-", "a_b", "", &"a".repeat(64), "a.b"] {
+        let r = patch(&api, &json!({"network": {"hostname": bad}}).to_string()).await;
+        assert_eq!(r.status, 400, "{bad:?}: {}", r.text());
+        assert!(r.text().contains("hostname"), "{bad:?}: {}", r.text());
+    }
+    assert_eq!(std::fs::read_to_string(&hostname).unwrap(), "kiosk-7\n");
+
+    let good = json!({"network": {"proxy": {
+        "type": "socks5", "ip": "192.168.0.199", "port": 8123,
+        "login": "user", "password": "s3cret p@ss",
+        "noProxy": ["10.0.0.0/8", "example.com", "fd00::/8", "172.16.1.1"],
+    }}});
+    let r = patch(&api, &good.to_string()).await;
+    assert_eq!((r.status, r.text()), (200, "OK"));
+    let r = api.get("/v1/device/host-config").await;
+    assert_eq!(r.json()["network"]["proxy"], good["network"]["proxy"]);
+    assert_eq!(r.json()["network"]["hostname"], "kiosk-7");
+    // Each bad field is refused with its name, and nothing is written.
+    for (field, value) in [
+        ("type", json!("ftp")),
+        ("port", json!(0)),
+        ("port", json!(65536)),
+        ("port", json!("80; rm -rf /")),
+        ("ip", json!("bad host!")),
+        ("ip", json!("-rf")),
+        ("login", json!("user\nredsocks {")),
+        ("password", json!("p\u{7}")),
+        ("noProxy", json!(["a b"])),
+        ("noProxy", json!("example.com")),
+        ("colour", json!("red")),
+    ] {
+        let mut proxy = good["network"]["proxy"].clone();
+        proxy[field] = value.clone();
+        let r = patch(&api, &json!({"network": {"proxy": proxy}}).to_string()).await;
+        assert_eq!(r.status, 400, "{field}={value}: {}", r.text());
+        assert!(r.text().contains(field), "{field}={value}: {}", r.text());
+    }
+    let r = api.get("/v1/device/host-config").await;
+    assert_eq!(r.json()["network"]["proxy"], good["network"]["proxy"]);
+    // http-connect with a port as a string (a form field) works; `{}` removes the proxy.
+    let r = patch(
+        &api,
+        r#"{"network":{"proxy":{"type":"http-connect","ip":"proxy.local","port":"3128"}}}"#,
+    )
+    .await;
+    assert_eq!((r.status, r.text()), (200, "OK"));
+    let r = patch(&api, r#"{"network":{"proxy":{}}}"#).await;
+    assert_eq!((r.status, r.text()), (200, "OK"));
+    let r = api.get("/v1/device/host-config").await;
+    assert_eq!(r.json()["network"]["proxy"], json!({}));
 }

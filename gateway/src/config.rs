@@ -86,6 +86,10 @@ pub struct ServeConfig {
     /// How often retention runs. Default is 10 min.
     #[serde(deserialize_with = "de_duration")]
     pub log_prune_interval: Duration,
+    /// Browser origins (`https://console.example.com`) whose pages may open the terminal
+    /// and log WebSockets, besides the API's own (the request's `Host`). Clients that send
+    /// no `Origin` (the CLI) are always let in. Default is none.
+    pub allowed_origins: Vec<String>,
 }
 
 impl Default for ServeConfig {
@@ -108,6 +112,7 @@ impl Default for ServeConfig {
             log_retention: crate::logs::DEFAULT_RETENTION,
             log_max_lines_per_device: crate::logs::DEFAULT_MAX_LINES_PER_DEVICE,
             log_prune_interval: Duration::from_secs(600),
+            allowed_origins: Vec::new(),
         }
     }
 }
@@ -176,6 +181,16 @@ impl ServeConfig {
                     reason: "must be more than zero".into(),
                 });
             }
+        }
+        if let Some(o) = self
+            .allowed_origins
+            .iter()
+            .find(|o| crate::api::normalize_origin(o).is_none())
+        {
+            return Err(ConfigError::Invalid {
+                key: "allowed_origins",
+                reason: format!("{o:?} is not an origin like https://console.example.com"),
+            });
         }
         Ok(())
     }
@@ -253,5 +268,18 @@ mod tests {
             ..Default::default()
         };
         assert!(bad.validate().unwrap_err().to_string().contains("`domain`"));
+        let cfg: ServeConfig =
+            toml::from_str("allowed_origins = [\"https://console.example.com\"]\n").unwrap();
+        assert_eq!(cfg.allowed_origins, ["https://console.example.com"]);
+        cfg.validate().unwrap();
+        let bad = ServeConfig {
+            allowed_origins: vec!["console.example.com/path".into()],
+            ..Default::default()
+        };
+        assert!(bad
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("`allowed_origins`"));
     }
 }

@@ -251,6 +251,7 @@ impl Gateway {
                 terminal_idle_timeout: self.cfg.terminal_idle_timeout,
                 logs: Arc::clone(&log_hub),
                 shutdown: shutdown.clone(),
+                allowed_origins: Arc::new(self.cfg.allowed_origins.clone()),
             },
             shutdown.clone(),
         ));

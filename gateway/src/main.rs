@@ -396,6 +396,10 @@ struct ServeArgs {
     /// Terminal sessions with no bytes either way for this long are closed. [default: 15m]
     #[arg(long, value_parser = parse_duration)]
     terminal_idle_timeout: Option<std::time::Duration>,
+    /// A browser origin (e.g. https://console.example.com) whose pages may open the
+    /// terminal and log WebSockets besides the API's own; repeatable. [default: none]
+    #[arg(long = "allowed-origin", value_name = "ORIGIN")]
+    allowed_origins: Vec<String>,
 }
 
 impl ServeArgs {
@@ -413,6 +417,9 @@ impl ServeArgs {
         if self.api_tls_cert.is_some() {
             cfg.api_tls_cert = self.api_tls_cert;
             cfg.api_tls_key = self.api_tls_key;
+        }
+        if !self.allowed_origins.is_empty() {
+            cfg.allowed_origins = self.allowed_origins;
         }
         apply!(
             data_dir,

@@ -527,7 +527,7 @@ async fn bad_input_gets_a_json_4xx_never_a_500() {
     // The OpenAPI document is public and names every endpoint family.
     let (s, doc) = api.call("GET", "/openapi.json", None, None).await;
     assert_eq!(s, StatusCode::OK);
-    assert_eq!(doc["openapi"], "3.0.3");
+    assert_eq!(doc["openapi"], "3.1.0");
     for p in [
         "/v1/fleets",
         "/v1/devices/{uuid}",
@@ -740,4 +740,276 @@ async fn api_over_https_with_an_operator_certificate() {
         .await
         .unwrap();
     assert!(!String::from_utf8_lossy(&out.stdout).starts_with('['));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn deleting_a_fleet_takes_its_keys_releases_and_variables_along() {
+    let gw = TestGateway::spawn().await;
+    let api = Api::new(&gw);
+    let (_, operator, admin) = tokens(&gw).await;
+    let t = Some(admin.as_str());
+    let (s, _) = api
+        .call("POST", "/v1/fleets", t, Some(json!({"name": "doomed"})))
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    let (s, key) = api
+        .call(
+            "POST",
+            "/v1/fleets/doomed/keys",
+            t,
+            Some(json!({"max_uses": 5})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{key}");
+    let (s, rel) = api
+        .call(
+            "POST",
+            "/v1/fleets/doomed/releases",
+            Some(&operator),
+            Some(json!({"compose": "services:\n  web:\n    image: edge-test/web:v1\n"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{rel}");
+    let (s, v) = api
+        .call(
+            "PUT",
+            "/v1/fleets/doomed/pin",
+            Some(&operator),
+            Some(json!({"release": rel["id"]})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (s, v) = api
+        .call(
+            "PUT",
+            "/v1/fleets/doomed/env",
+            t,
+            Some(json!({"vars": {"MODE": "old"}, "services": {"web": {"PORT": "80"}}})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+
+    // Devices block the delete (a device must be moved or deleted on purpose), and the
+    // answer says so; a device deleted earlier does not.
+    let (s, dev) = api
+        .call("POST", "/v1/devices", t, Some(json!({"fleet": "doomed"})))
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{dev}");
+    let (s, v) = api.call("DELETE", "/v1/fleets/doomed", t, None).await;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    assert_error(&v, "fleet_not_empty");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("1 device"),
+        "{v}"
+    );
+    let (s, _) = api
+        .call(
+            "DELETE",
+            &format!("/v1/devices/{}", dev["uuid"].as_str().unwrap()),
+            t,
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+
+    // Then the fleet goes, with its keys, releases and variables: never a 500.
+    let (s, v) = api.call("DELETE", "/v1/fleets/doomed", t, None).await;
+    assert_eq!(s, StatusCode::NO_CONTENT, "{v}");
+    let (s, _) = api.call("GET", "/v1/fleets/doomed", t, None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, _) = api
+        .call(
+            "GET",
+            &format!("/v1/releases/{}", rel["id"].as_str().unwrap()),
+            t,
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "the release went with its fleet");
+    let (s, _) = api
+        .call(
+            "DELETE",
+            &format!("/v1/keys/{}", key["id"].as_str().unwrap()),
+            t,
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "the key went with its fleet");
+    // A new fleet of the same name starts empty: nothing of the old one comes back.
+    let (s, _) = api
+        .call("POST", "/v1/fleets", t, Some(json!({"name": "doomed"})))
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    let (_, env) = api.call("GET", "/v1/fleets/doomed/env", t, None).await;
+    assert_eq!(env, json!({"vars": {}, "services": {}}));
+    let (_, keys) = api.call("GET", "/v1/fleets/doomed/keys", t, None).await;
+    assert_eq!(keys, json!([]));
+    let (_, rels) = api.call("GET", "/v1/fleets/doomed/releases", t, None).await;
+    assert_eq!(rels["releases"], json!([]));
+    assert_eq!(rels["pinned_release"], Value::Null);
+    let (_, log) = api.call("GET", "/v1/audit", t, None).await;
+    let delete = log
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["action"] == "fleet.delete")
+        .expect("fleet.delete audited");
+    assert_eq!(
+        delete["detail"],
+        json!({"keys": 1, "releases": 1, "env_vars": 2}),
+        "{delete}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn request_bodies_must_be_json_objects() {
+    let gw = TestGateway::spawn().await;
+    let api = Api::new(&gw);
+    let (_, _, admin) = tokens(&gw).await;
+    let t = Some(admin.as_str());
+    let json_ct = Some("application/json");
+    let (s, _) = api
+        .call("POST", "/v1/fleets", t, Some(json!({"name": "base"})))
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    // serde reads a struct from an array too: `[null,null]` was an unlimited key.
+    for body in [
+        "[null,null]",
+        "[1,1]",
+        "\"x\"",
+        "null",
+        "7",
+        r#"{"uses":-1}"#,
+        r#"{"max_uses":-1}"#,
+        r#"{"max_uses":0}"#,
+        r#"{"expires_in_secs":0}"#,
+        r#"{"max_uses":"5"}"#,
+    ] {
+        let (s, v) = api
+            .raw(
+                "POST",
+                "/v1/fleets/base/keys",
+                t,
+                json_ct,
+                body.as_bytes().to_vec(),
+            )
+            .await;
+        assert!(s.is_client_error(), "{body}: {s} {v}");
+        assert!(v["error"]["code"].is_string(), "{body}: {v}");
+    }
+    let (_, keys) = api.call("GET", "/v1/fleets/base/keys", t, None).await;
+    assert_eq!(keys, json!([]), "no key was created");
+    // A whole float is an integer (as JSON Schema has it); a fraction is not.
+    let (s, v) = api
+        .call(
+            "POST",
+            "/v1/fleets/base/keys",
+            t,
+            Some(json!({"max_uses": 2.5})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    let (s, v) = api
+        .call(
+            "POST",
+            "/v1/fleets/base/keys",
+            t,
+            Some(json!({"max_uses": 2.0})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    assert_eq!(v["max_uses"], 2);
+    // The same for every other body.
+    for (method, path, body) in [
+        ("POST", "/v1/fleets", r#"["other", true]"#),
+        ("POST", "/v1/tokens", r#"["n", "admin"]"#),
+        ("PUT", "/v1/fleets/base/public-url", "[true]"),
+        ("POST", "/v1/devices", "[null, null]"),
+        ("PUT", "/v1/fleets/base/env", "[]"),
+        ("POST", "/v1/fleets/base/releases", r#"["services: {}"]"#),
+        ("PUT", "/v1/fleets/base/pin", "[null]"),
+    ] {
+        let (s, v) = api
+            .raw(method, path, t, json_ct, body.as_bytes().to_vec())
+            .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{method} {path} {body}: {v}");
+        assert_error(&v, "invalid_request");
+    }
+    let (_, fleets) = api.call("GET", "/v1/fleets", t, None).await;
+    assert_eq!(fleets.as_array().unwrap().len(), 1, "{fleets}");
+}
+
+/// Opens a WebSocket on the API with these headers; the status of a refused upgrade.
+async fn ws_open(
+    url: String,
+    headers: &[(&'static str, String)],
+) -> Result<(), (StatusCode, Value)> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = url.into_client_request().unwrap();
+    for (k, v) in headers {
+        req.headers_mut()
+            .insert(*k, http::HeaderValue::from_str(v).unwrap());
+    }
+    match tokio_tungstenite::connect_async(req).await {
+        Ok((mut ws, _)) => {
+            let _ = ws.close(None).await;
+            Ok(())
+        }
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => Err((
+            resp.status(),
+            resp.body()
+                .as_ref()
+                .and_then(|b| serde_json::from_slice(b).ok())
+                .unwrap_or(Value::Null),
+        )),
+        Err(e) => panic!("websocket connect: {e}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn websockets_refuse_foreign_origins() {
+    let gw = TestGateway::spawn_custom(|c| {
+        c.allowed_origins = vec!["https://console.example.com".into()];
+    })
+    .await;
+    let (_, operator, _) = tokens(&gw).await;
+    let cfg = gw.add_device(false).await;
+    let uuid = cfg.uuid.clone();
+    let mut opts = fast_agent_options("127.0.0.1:9".parse().unwrap());
+    opts.terminal.shell = Some("/bin/sh".into());
+    let mut agent = TestAgent::spawn_with(cfg, opts);
+    agent.connected().await;
+    let auth = ("authorization", format!("Bearer {operator}"));
+    let own = format!("http://{}", gw.api_addr);
+    for url in [
+        format!("ws://{}/v1/devices/{uuid}/terminal", gw.api_addr),
+        format!("ws://{}/v1/devices/{uuid}/logs/ws", gw.api_addr),
+    ] {
+        // A page on another site cannot use the operator's token in the browser.
+        for evil in [
+            "http://evil.example",
+            "null",
+            "http://127.0.0.1.evil.example",
+        ] {
+            let r = ws_open(url.clone(), &[auth.clone(), ("origin", evil.into())]).await;
+            let (s, v) = r.expect_err(&format!("{url} with Origin {evil} was upgraded"));
+            assert_eq!(s, StatusCode::FORBIDDEN, "{url} {evil}: {v}");
+            assert_error(&v, "forbidden_origin");
+        }
+        // The gateway's own pages (terminal page on the API listener), a configured
+        // console, and clients that send no Origin (gateway ssh, websocat) are let in.
+        for origin in [
+            Some(own.clone()),
+            Some("https://console.example.com".into()),
+            None,
+        ] {
+            let mut headers = vec![auth.clone()];
+            if let Some(o) = &origin {
+                headers.push(("origin", o.clone()));
+            }
+            if let Err((s, v)) = ws_open(url.clone(), &headers).await {
+                panic!("{url} with Origin {origin:?}: {s} {v}");
+            }
+        }
+    }
 }

@@ -1,29 +1,92 @@
 //! Request bodies and path parameters, read the way balena's supervisor reads them but
 //! with a 400 instead of a silent default when a field has the wrong type.
+//!
+//! balena's supervisor parses `application/json` and `application/x-www-form-urlencoded`
+//! bodies (express's `json` and extended `urlencoded` parsers, 10 MB each), and real
+//! clients send both: `curl -d force=true`, Python's `requests.post(url, data=...)`. So
+//! does this API, chosen by `Content-Type`:
+//!
+//! * `application/json` (or any `+json` type): JSON, strictly;
+//! * `application/x-www-form-urlencoded`: a form, `a=1&b=2`, with express's nested keys
+//!   (`network[hostname]=x`, `list[]=a&list[]=b`). A body that starts with `{` is read as
+//!   JSON instead: `curl -d '{"force":true}'` without `-H` labels JSON as a form;
+//! * no `Content-Type` (or another one): JSON if it parses as JSON, else a form if it
+//!   reads as one (every `&`-separated part is `name=value`), else the JSON error.
+//!
+//! Values then coerce the same way whichever encoding they came in (a form has only
+//! strings): `"true"`, `"1"` and `"on"` are true, `"42"` is the app id 42 — balena's
+//! `checkTruthy` and `checkInt`.
 
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Request};
+use axum::http::header;
 use serde_json::{Map, Value};
 
-/// A request body: a JSON object, or nothing at all (balena's own examples POST with
-/// `Content-Type: application/json` and no body, meaning "no options").
+/// Deepest nesting a form key may have (`a[b][c]...`), as express's parser (`qs`) allows.
+const MAX_FORM_DEPTH: usize = 5;
+
+/// A request body as received: its bytes and declared `Content-Type`, parsed later with
+/// [`JsonBody::parse`] so that each endpoint family reports errors in its own shape.
+/// The body size limit (`DefaultBodyLimit`) applies as for [`Bytes`].
+pub(crate) struct Payload {
+    content_type: Option<String>,
+    bytes: Bytes,
+}
+
+impl<S: Send + Sync> FromRequest<S> for Payload {
+    type Rejection = axum::extract::rejection::BytesRejection;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let content_type = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let bytes = Bytes::from_request(req, state).await?;
+        Ok(Self {
+            content_type,
+            bytes,
+        })
+    }
+}
+
+/// A request body: an object read from JSON or a form, or nothing at all (balena's own
+/// examples POST with `Content-Type: application/json` and no body, meaning "no
+/// options").
 #[derive(Debug, Default)]
 pub(crate) struct JsonBody(Map<String, Value>);
 
 impl JsonBody {
-    /// Parses a body. Empty (or all-whitespace) is `{}`; anything but an object is an
-    /// error message for a 400. The `Content-Type` is not checked: a JSON object sent
-    /// without one still means what it says.
-    pub(crate) fn parse(bytes: &[u8]) -> Result<Self, String> {
+    /// Parses a body by its `Content-Type` (see the module docs). Empty (or
+    /// all-whitespace) is `{}`; anything but an object is an error message for a 400.
+    pub(crate) fn parse(payload: &Payload) -> Result<Self, String> {
+        Self::parse_as(payload.content_type.as_deref(), &payload.bytes)
+    }
+
+    fn parse_as(content_type: Option<&str>, bytes: &[u8]) -> Result<Self, String> {
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(Self::default());
         }
-        match serde_json::from_slice::<Value>(bytes) {
-            Ok(Value::Object(map)) => Ok(Self(map)),
-            Ok(other) => Err(format!(
-                "request body must be a JSON object, got {}",
-                kind(&other)
-            )),
-            Err(e) => Err(format!("request body is not valid JSON: {e}")),
+        let mime = content_type
+            .and_then(|ct| ct.split(';').next())
+            .map(|m| m.trim().to_ascii_lowercase());
+        match mime.as_deref() {
+            Some("application/json") => json_object(bytes),
+            Some(m) if m.ends_with("+json") => json_object(bytes),
+            Some("application/x-www-form-urlencoded") => {
+                if bytes.trim_ascii_start().starts_with(b"{") {
+                    json_object(bytes)
+                } else {
+                    form(bytes)
+                }
+            }
+            _ => match serde_json::from_slice::<Value>(bytes) {
+                Ok(v) => object(v),
+                Err(_) if looks_like_form(bytes) => form(bytes),
+                Err(e) => Err(not_json(&e)),
+            },
         }
+        .map(Self)
     }
 
     /// The optional `force` flag. Besides JSON booleans it takes the spellings balena's
@@ -76,6 +139,116 @@ impl JsonBody {
     }
 }
 
+fn json_object(bytes: &[u8]) -> Result<Map<String, Value>, String> {
+    serde_json::from_slice::<Value>(bytes)
+        .map_err(|e| not_json(&e))
+        .and_then(object)
+}
+
+fn object(v: Value) -> Result<Map<String, Value>, String> {
+    match v {
+        Value::Object(map) => Ok(map),
+        other => Err(format!(
+            "request body must be a JSON object, got {}",
+            kind(&other)
+        )),
+    }
+}
+
+fn not_json(e: &serde_json::Error) -> String {
+    format!("request body is not valid JSON: {e}")
+}
+
+/// Whether a body without a usable `Content-Type` reads as a form: every `&`-separated
+/// part is `name=value` with a non-empty name, and nothing is whitespace or a control
+/// character (which `curl -d` and `requests` percent-encode).
+fn looks_like_form(bytes: &[u8]) -> bool {
+    bytes.split(|b| *b == b'&').all(|part| {
+        part.iter()
+            .position(|b| *b == b'=')
+            .is_some_and(|eq| eq > 0)
+            && part.iter().all(|b| b.is_ascii_graphic())
+    })
+}
+
+/// A form body as an object of strings, nesting `a[b]=v` and collecting `a[]=v` into
+/// arrays like express's extended parser; a name given twice is an error.
+fn form(bytes: &[u8]) -> Result<Map<String, Value>, String> {
+    let mut map = Map::new();
+    for (name, value) in form_urlencoded::parse(bytes) {
+        let (path, append) = form_path(&name)?;
+        insert(
+            &mut map,
+            &name,
+            &path,
+            append,
+            Value::String(value.into_owned()),
+        )?;
+    }
+    Ok(map)
+}
+
+/// `a[b][c]` → (`[a, b, c]`, false); `a[]` → (`[a]`, true); anything else is one name.
+fn form_path(name: &str) -> Result<(Vec<&str>, bool), String> {
+    if name.is_empty() {
+        return Err("a form field has no name".into());
+    }
+    let Some(open) = name.find('[').filter(|&i| i > 0 && name.ends_with(']')) else {
+        return Ok((vec![name], false));
+    };
+    let mut path = vec![&name[..open]];
+    let inner = &name[open + 1..name.len() - 1];
+    let mut segments: Vec<&str> = inner.split("][").collect();
+    let append = segments.last() == Some(&"");
+    if append {
+        segments.pop();
+    }
+    if segments
+        .iter()
+        .any(|s| s.is_empty() || s.contains(['[', ']']))
+    {
+        return Err(format!("form field name {name:?} is malformed"));
+    }
+    path.extend(segments);
+    if path.len() > MAX_FORM_DEPTH {
+        return Err(format!(
+            "form field name {name:?} nests deeper than {MAX_FORM_DEPTH} levels"
+        ));
+    }
+    Ok((path, append))
+}
+
+fn insert(
+    map: &mut Map<String, Value>,
+    name: &str,
+    path: &[&str],
+    append: bool,
+    value: Value,
+) -> Result<(), String> {
+    let conflict = || format!("form field {name:?} conflicts with another field");
+    let (last, parents) = path.split_last().expect("a path has a name");
+    let mut at = map;
+    for p in parents {
+        at = at
+            .entry(p.to_string())
+            .or_insert_with(|| Value::Object(Map::new()))
+            .as_object_mut()
+            .ok_or_else(conflict)?;
+    }
+    if append {
+        at.entry(last.to_string())
+            .or_insert_with(|| Value::Array(Vec::new()))
+            .as_array_mut()
+            .ok_or_else(conflict)?
+            .push(value);
+        return Ok(());
+    }
+    if at.insert(last.to_string(), value).is_some() {
+        return Err(format!("form field {name:?} is given twice"));
+    }
+    Ok(())
+}
+
 /// Parses an app id from a URL path segment: decimal digits, 1 to `u32::MAX`.
 pub(crate) fn path_id(segment: &str) -> Option<u32> {
     if segment.is_empty() || !segment.bytes().all(|b| b.is_ascii_digit()) {
@@ -116,24 +289,103 @@ fn show(v: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
+
+    const JSON: Option<&str> = Some("application/json");
+    const FORM: Option<&str> = Some("application/x-www-form-urlencoded");
 
     fn body(s: &str) -> JsonBody {
-        JsonBody::parse(s.as_bytes()).unwrap()
+        JsonBody::parse_as(JSON, s.as_bytes()).unwrap()
+    }
+
+    fn parsed(ct: Option<&str>, s: &str) -> Result<Value, String> {
+        JsonBody::parse_as(ct, s.as_bytes()).map(|b| Value::Object(b.0))
     }
 
     #[test]
     fn empty_body_is_an_empty_object() {
-        assert!(!JsonBody::parse(b"").unwrap().force().unwrap());
-        assert!(!JsonBody::parse(b" \r\n").unwrap().force().unwrap());
+        for ct in [JSON, FORM, None] {
+            assert!(!JsonBody::parse_as(ct, b"").unwrap().force().unwrap());
+            assert!(!JsonBody::parse_as(ct, b" \r\n").unwrap().force().unwrap());
+        }
     }
 
     #[test]
     fn non_objects_and_garbage_are_rejected() {
-        assert!(JsonBody::parse(b"[1]").unwrap_err().contains("an array"));
-        assert!(JsonBody::parse(b"true").unwrap_err().contains("a boolean"));
-        assert!(JsonBody::parse(b"{\"force\":")
+        for ct in [JSON, None] {
+            assert!(parsed(ct, "[1]").unwrap_err().contains("an array"));
+            assert!(parsed(ct, "true").unwrap_err().contains("a boolean"));
+            assert!(parsed(ct, "{\"force\":")
+                .unwrap_err()
+                .contains("not valid JSON"));
+        }
+        // JSON is strict: a form labelled as JSON is refused.
+        assert!(parsed(JSON, "force=true")
             .unwrap_err()
             .contains("not valid JSON"));
+    }
+
+    #[test]
+    fn forms_by_content_type_or_by_shape() {
+        let want = json!({"force": "true", "appId": "42"});
+        assert_eq!(parsed(FORM, "force=true&appId=42").unwrap(), want);
+        assert_eq!(
+            parsed(
+                Some("Application/X-WWW-Form-Urlencoded; charset=UTF-8"),
+                "force=true&appId=42"
+            )
+            .unwrap(),
+            want
+        );
+        assert_eq!(parsed(None, "force=true&appId=42").unwrap(), want);
+        assert_eq!(
+            parsed(Some("text/plain"), "force=true").unwrap(),
+            json!({"force": "true"})
+        );
+        assert_eq!(
+            parsed(FORM, "serviceName=my%20app+x").unwrap(),
+            json!({"serviceName": "my app x"})
+        );
+        // JSON sent with curl's default form type is JSON.
+        assert_eq!(
+            parsed(FORM, r#" {"force": true}"#).unwrap(),
+            json!({"force": true})
+        );
+        // Nested names, as express's extended parser reads them.
+        assert_eq!(
+            parsed(
+                FORM,
+                "network[hostname]=kiosk&network[proxy][type]=socks5&network[proxy][noProxy][]=a&network[proxy][noProxy][]=b"
+            )
+            .unwrap(),
+            json!({"network": {"hostname": "kiosk", "proxy": {"type": "socks5", "noProxy": ["a", "b"]}}})
+        );
+        // Not a form without a content type: the JSON error stays.
+        assert!(parsed(None, "{oops")
+            .unwrap_err()
+            .contains("not valid JSON"));
+        assert!(parsed(None, "force")
+            .unwrap_err()
+            .contains("not valid JSON"));
+        assert!(parsed(None, "a b=c")
+            .unwrap_err()
+            .contains("not valid JSON"));
+    }
+
+    #[test]
+    fn bad_forms_are_rejected() {
+        assert!(parsed(FORM, "=x").unwrap_err().contains("no name"));
+        assert!(parsed(FORM, "a=1&a=2").unwrap_err().contains("twice"));
+        assert!(parsed(FORM, "a=1&a[b]=2")
+            .unwrap_err()
+            .contains("conflicts"));
+        assert!(parsed(FORM, "a[]=1&a[b]=2")
+            .unwrap_err()
+            .contains("conflicts"));
+        assert!(parsed(FORM, "a[b]]=1").unwrap_err().contains("malformed"));
+        assert!(parsed(FORM, "a[b][c][d][e][f]=1")
+            .unwrap_err()
+            .contains("deeper"));
     }
 
     #[test]
@@ -143,10 +395,14 @@ mod tests {
         assert!(!body(r#"{"force":null}"#).force().unwrap());
         assert!(body(r#"{"force":"TRUE"}"#).force().unwrap());
         assert!(body(r#"{"force":1}"#).force().unwrap());
+        assert!(body(r#"{"force":"1"}"#).force().unwrap());
+        assert!(body(r#"{"force":"on"}"#).force().unwrap());
         assert!(!body(r#"{"force":"off"}"#).force().unwrap());
         assert!(body(r#"{"force":"yes please"}"#).force().is_err());
         assert!(body(r#"{"force":2}"#).force().is_err());
         assert!(body(r#"{"force":{}}"#).force().is_err());
+        let form = JsonBody::parse_as(FORM, b"force=on").unwrap();
+        assert!(form.force().unwrap());
     }
 
     #[test]
@@ -164,6 +420,8 @@ mod tests {
         ] {
             assert!(body(bad).id("appId").is_err(), "{bad}");
         }
+        let form = JsonBody::parse_as(FORM, b"appId=42").unwrap();
+        assert_eq!(form.id("appId").unwrap(), Some(42));
         assert_eq!(path_id("12"), Some(12));
         assert_eq!(path_id("0"), None);
         assert_eq!(path_id("+1"), None);

@@ -12,7 +12,9 @@ pub trait DeviceInfo: Send + Sync + 'static {
     /// The device name as last known from the gateway (`GET /v2/device/name`).
     fn name(&self) -> String;
 
-    /// The port the local API listens on (`api_port` in `GET /v1/device`).
+    /// The port the local API is configured to listen on. `GET /v1/device` reports the
+    /// port [`super::serve`] is actually bound to instead; this is the answer when the
+    /// router is served some other way ([`super::router`]).
     fn api_port(&self) -> u16;
 
     /// The host OS, e.g. `"Debian GNU/Linux 12 (bookworm)"` (`os_version`).

@@ -35,7 +35,7 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::get;
-use axum::{middleware, Router};
+use axum::{middleware, Extension, Router};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -47,8 +47,18 @@ use reply::text;
 /// balena's supervisor address, which services expect: loopback only, port 48484.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:48484";
 
-/// Largest request body accepted; host-config patches, the largest bodies, are tiny.
+/// Largest request body accepted, except a local-mode target state; host-config
+/// patches, the largest of these bodies, are tiny.
 const MAX_BODY: usize = 64 * 1024;
+
+/// Largest local-mode target state (`POST /v2/local/target-state`): balena's body limit,
+/// 10 MB.
+const MAX_TARGET_STATE: usize = 10 * 1024 * 1024;
+
+/// The port [`serve`] is bound to, for `api_port` in `GET /v1/device` (the listener may
+/// have been bound to port 0, or to another port than balena's 48484).
+#[derive(Debug, Clone, Copy)]
+struct BoundPort(u16);
 
 /// What the handlers share. Cheap to clone.
 #[derive(Clone)]
@@ -102,7 +112,10 @@ pub fn router(state: LocalApiState) -> Router {
 pub async fn serve(listener: TcpListener, state: LocalApiState, shutdown: CancellationToken) {
     let addr = listener.local_addr().ok();
     tracing::info!(addr = ?addr, device = %state.device.uuid(), "local API listening");
-    let app = router(state);
+    let mut app = router(state);
+    if let Some(addr) = addr {
+        app = app.layer(Extension(BoundPort(addr.port())));
+    }
     if let Err(e) = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await

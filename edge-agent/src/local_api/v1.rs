@@ -2,17 +2,17 @@
 
 use std::sync::PoisonError;
 
-use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::Extension;
 use axum::Router;
 use serde_json::{json, Value};
 
-use super::body::{kind, path_id, JsonBody};
+use super::body::{kind, path_id, JsonBody, Payload};
 use super::reply::{control_error, json, legacy, text, ErrorStyle, Reject, Reply};
-use super::LocalApiState;
+use super::{BoundPort, LocalApiState};
 
 /// The v1 routes.
 pub(crate) fn routes() -> Router<LocalApiState> {
@@ -35,8 +35,8 @@ pub(crate) fn routes() -> Router<LocalApiState> {
 }
 
 /// Parses a body for a v1 endpoint: errors are plain-text 400s.
-fn parse(bytes: &[u8]) -> Result<JsonBody, Reject> {
-    JsonBody::parse(bytes).map_err(|m| text(StatusCode::BAD_REQUEST, m).into())
+fn parse(body: &Payload) -> Result<JsonBody, Reject> {
+    JsonBody::parse(body).map_err(|m| text(StatusCode::BAD_REQUEST, m).into())
 }
 
 fn bad_request(message: String) -> Response {
@@ -58,7 +58,7 @@ async fn blink(State(s): State<LocalApiState>) -> Reply {
 }
 
 /// `POST /v1/update`, body `{"force":bool}`: empty 204.
-async fn update(State(s): State<LocalApiState>, body: Bytes) -> Reply {
+async fn update(State(s): State<LocalApiState>, body: Payload) -> Reply {
     let force = parse(&body)?.force().map_err(bad_request)?;
     tracing::info!(force, "update check requested through the local API");
     s.control
@@ -69,7 +69,7 @@ async fn update(State(s): State<LocalApiState>, body: Bytes) -> Reply {
 }
 
 /// `POST /v1/reboot`, body `{"force":bool}`: 202 `{"Data":"OK","Error":""}`.
-async fn reboot(State(s): State<LocalApiState>, body: Bytes) -> Reply {
+async fn reboot(State(s): State<LocalApiState>, body: Payload) -> Reply {
     let force = parse(&body)?.force().map_err(bad_request)?;
     tracing::info!(force, "reboot requested through the local API");
     s.control
@@ -80,7 +80,7 @@ async fn reboot(State(s): State<LocalApiState>, body: Bytes) -> Reply {
 }
 
 /// `POST /v1/shutdown`, body `{"force":bool}`: 202 `{"Data":"OK","Error":""}`.
-async fn shutdown(State(s): State<LocalApiState>, body: Bytes) -> Reply {
+async fn shutdown(State(s): State<LocalApiState>, body: Payload) -> Reply {
     let force = parse(&body)?.force().map_err(bad_request)?;
     tracing::info!(force, "shutdown requested through the local API");
     s.control
@@ -91,7 +91,7 @@ async fn shutdown(State(s): State<LocalApiState>, body: Bytes) -> Reply {
 }
 
 /// `POST /v1/purge`, body `{"appId":N,"force":bool}`: 200 `{"Data":"OK","Error":""}`.
-async fn purge(State(s): State<LocalApiState>, body: Bytes) -> Reply {
+async fn purge(State(s): State<LocalApiState>, body: Payload) -> Reply {
     let body = parse(&body)?;
     let force = body.force().map_err(bad_request)?;
     let app_id = body
@@ -107,7 +107,7 @@ async fn purge(State(s): State<LocalApiState>, body: Bytes) -> Reply {
 }
 
 /// `POST /v1/restart`, body `{"appId":N,"force":bool}`: 200 `OK`.
-async fn restart(State(s): State<LocalApiState>, body: Bytes) -> Reply {
+async fn restart(State(s): State<LocalApiState>, body: Payload) -> Reply {
     let body = parse(&body)?;
     let force = body.force().map_err(bad_request)?;
     let app_id = body
@@ -140,12 +140,14 @@ async fn regenerate_api_key(State(s): State<LocalApiState>) -> Reply {
     Ok(text(StatusCode::OK, key))
 }
 
-/// `GET /v1/device`: balena's legacy device state.
-async fn device(State(s): State<LocalApiState>) -> Response {
+/// `GET /v1/device`: balena's legacy device state. `api_port` is the port this API is
+/// bound to when [`super::serve`] runs it (which knows), else [`super::DeviceInfo::api_port`].
+async fn device(State(s): State<LocalApiState>, bound: Option<Extension<BoundPort>>) -> Response {
     let d = &s.device;
     let update = d.update_status();
+    let api_port = bound.map_or_else(|| d.api_port(), |Extension(BoundPort(p))| p);
     let mut body = json!({
-        "api_port": d.api_port(),
+        "api_port": api_port,
         "ip_address": d.ip_addresses().join(" "),
         "os_version": d.os_version(),
         "supervisor_version": d.supervisor_version(),
@@ -173,7 +175,7 @@ async fn host_config(State(s): State<LocalApiState>) -> Reply {
 }
 
 /// `PATCH /v1/device/host-config`, body `{"network":{...},"force":bool}`: 200 `OK`.
-async fn patch_host_config(State(s): State<LocalApiState>, body: Bytes) -> Reply {
+async fn patch_host_config(State(s): State<LocalApiState>, body: Payload) -> Reply {
     let body = parse(&body)?;
     let force = body.force().map_err(bad_request)?;
     match body.get("network") {
@@ -218,7 +220,7 @@ async fn app(State(s): State<LocalApiState>, Path(segment): Path<String>) -> Rep
 async fn stop_app(
     State(s): State<LocalApiState>,
     Path(segment): Path<String>,
-    body: Bytes,
+    body: Payload,
 ) -> Reply {
     let app_id = app_id(&segment)?;
     let force = parse(&body)?.force().map_err(bad_request)?;
@@ -235,7 +237,7 @@ async fn stop_app(
 async fn start_app(
     State(s): State<LocalApiState>,
     Path(segment): Path<String>,
-    body: Bytes,
+    body: Payload,
 ) -> Reply {
     let app_id = app_id(&segment)?;
     parse(&body)?.force().map_err(bad_request)?;

@@ -2,14 +2,14 @@
 //! the app and service actions, which answer a plain `OK` like balena's.
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
 use serde_json::json;
 
-use super::body::{path_id, JsonBody};
+use super::body::{path_id, JsonBody, Payload};
 use super::control::{ControlFuture, ServiceRef};
 use super::reply::{control_error, failed, json, success, text, ErrorStyle, Reject, Reply};
 use super::{DeviceControl, LocalApiState};
@@ -34,7 +34,11 @@ pub(crate) fn routes() -> Router<LocalApiState> {
         .route("/v2/applications/{app_id}/restart", post(restart_app))
         .route("/v2/applications/{app_id}/purge", post(purge_app))
         .route("/v2/state/status", get(state_status))
-        .route("/v2/local/target-state", post(local_target_state))
+        // A whole target state (compose services, env) can be large: balena's 10 MB.
+        .route(
+            "/v2/local/target-state",
+            post(local_target_state).layer(DefaultBodyLimit::max(super::MAX_TARGET_STATE)),
+        )
         .route("/v2/version", get(version))
         .route("/v2/device/name", get(device_name))
         .route("/v2/device/tags", get(device_tags))
@@ -50,8 +54,8 @@ fn app_id(segment: &str) -> Result<u32, Reject> {
     path_id(segment).ok_or_else(|| bad_request("Invalid app id").into())
 }
 
-fn parse(bytes: &[u8]) -> Result<JsonBody, Reject> {
-    JsonBody::parse(bytes).map_err(|m| bad_request(m).into())
+fn parse(body: &Payload) -> Result<JsonBody, Reject> {
+    JsonBody::parse(body).map_err(|m| bad_request(m).into())
 }
 
 /// `GET /v2/applications/state`: the current state of apps and services.
@@ -94,7 +98,7 @@ impl ServiceAction {
 async fn service_action(
     s: LocalApiState,
     segment: &str,
-    body: &[u8],
+    body: &Payload,
     action: ServiceAction,
 ) -> Reply {
     let app_id = app_id(segment)?;
@@ -125,7 +129,7 @@ async fn service_action(
 async fn restart_service(
     State(s): State<LocalApiState>,
     Path(segment): Path<String>,
-    body: Bytes,
+    body: Payload,
 ) -> Reply {
     service_action(s, &segment, &body, ServiceAction::Restart).await
 }
@@ -133,7 +137,7 @@ async fn restart_service(
 async fn stop_service(
     State(s): State<LocalApiState>,
     Path(segment): Path<String>,
-    body: Bytes,
+    body: Payload,
 ) -> Reply {
     service_action(s, &segment, &body, ServiceAction::Stop).await
 }
@@ -141,7 +145,7 @@ async fn stop_service(
 async fn start_service(
     State(s): State<LocalApiState>,
     Path(segment): Path<String>,
-    body: Bytes,
+    body: Payload,
 ) -> Reply {
     service_action(s, &segment, &body, ServiceAction::Start).await
 }
@@ -150,7 +154,7 @@ async fn start_service(
 async fn restart_app(
     State(s): State<LocalApiState>,
     Path(segment): Path<String>,
-    body: Bytes,
+    body: Payload,
 ) -> Reply {
     let app_id = app_id(&segment)?;
     let force = parse(&body)?.force().map_err(bad_request)?;
@@ -166,7 +170,7 @@ async fn restart_app(
 async fn purge_app(
     State(s): State<LocalApiState>,
     Path(segment): Path<String>,
-    body: Bytes,
+    body: Payload,
 ) -> Reply {
     let app_id = app_id(&segment)?;
     let force = parse(&body)?.force().map_err(bad_request)?;

@@ -1,11 +1,13 @@
 //! The one JSON error shape of the management API: `{"error":{"code":"...","message":"..."}}`
-//! with a stable, machine-readable `code`.
+//! with a stable, machine-readable `code`, and the JSON body extractor that produces it.
 
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{FromRequest, Request};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::json;
+use serde::de::DeserializeOwned;
+use serde_json::{json, Value};
 
 use crate::store::StoreError;
 
@@ -102,5 +104,39 @@ impl From<QueryRejection> for ApiError {
 impl From<PathRejection> for ApiError {
     fn from(r: PathRejection) -> Self {
         Self::bad_request("invalid_path", r.body_text())
+    }
+}
+
+/// A JSON request body that must be an object, deserialized into `T`; every failure is an
+/// [`ApiError`]: 415 without a JSON `Content-Type`, 400 `invalid_json` for bad syntax,
+/// 400 `invalid_request` for anything but an object or a field of the wrong type or
+/// name, 413 past the body limit.
+///
+/// The object check comes first because serde reads a struct from a JSON array too:
+/// `[null,null]` was a `NewKey` with every field unset, an unlimited key.
+pub(crate) struct JsonObject<T>(pub(crate) T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonObject<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let Json(value) = Json::<Value>::from_request(req, state).await?;
+        let kind = match &value {
+            Value::Object(_) => None,
+            Value::Null => Some("null"),
+            Value::Bool(_) => Some("a boolean"),
+            Value::Number(_) => Some("a number"),
+            Value::String(_) => Some("a string"),
+            Value::Array(_) => Some("an array"),
+        };
+        if let Some(kind) = kind {
+            return Err(ApiError::bad_request(
+                "invalid_request",
+                format!("the request body must be a JSON object, not {kind}"),
+            ));
+        }
+        serde_json::from_value(value)
+            .map(Self)
+            .map_err(|e| ApiError::bad_request("invalid_request", e.to_string()))
     }
 }

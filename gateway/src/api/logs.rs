@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::rejection::QueryRejection;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, HeaderValue};
@@ -21,6 +22,7 @@ use tokio::sync::{broadcast, mpsc};
 
 use super::auth::{Caller, Role};
 use super::error::ApiError;
+use super::terminal::SameOrigin;
 use super::{device_or_404, ApiResult, ApiState, DeviceParam};
 use crate::store::{LogQuery, StoredLine};
 
@@ -211,18 +213,28 @@ async fn stream_sse(
     Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }
 
-/// Live tail over WebSocket: one text message per line, as JSON.
+/// Live tail over WebSocket: one text message per line, as JSON. Browsers may open it
+/// only from the gateway's own origin or a configured one ([`SameOrigin`]).
 async fn stream_ws(
+    _origin: SameOrigin,
     caller: Caller,
     State(st): State<ApiState>,
     DeviceParam(uuid): DeviceParam,
     p: Result<Query<Params>, QueryRejection>,
-    ws: WebSocketUpgrade,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
     caller.require(Role::Viewer)?;
     let p = params(p)?;
     device_or_404(&st, uuid).await?;
+    // Bad parameters are a 400 whether or not the request is an upgrade.
     let q = p.to_query()?;
+    let ws = ws.map_err(|e| {
+        ApiError::new(
+            axum::http::StatusCode::UPGRADE_REQUIRED,
+            "websocket_required",
+            format!("this endpoint speaks WebSocket: {}", e.body_text()),
+        )
+    })?;
     let rx = live(&st, uuid, q);
     Ok(ws.on_upgrade(move |socket| relay_ws(socket, rx)))
 }

@@ -15,7 +15,7 @@ mod terminal;
 
 use std::sync::Arc;
 
-use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::{get, put};
@@ -27,7 +27,9 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use auth::{Caller, Role};
-use error::ApiError;
+use error::{ApiError, JsonObject};
+
+pub(crate) use terminal::normalize_origin;
 
 use crate::sessions::Sessions;
 use crate::store::{DeviceRecord, Store};
@@ -51,6 +53,9 @@ pub(crate) struct ApiState {
     pub(crate) logs: Arc<crate::logs::LogHub>,
     /// Fires when the gateway stops: long-lived streams (log tails, terminals) end.
     pub(crate) shutdown: CancellationToken,
+    /// Browser origins besides the API's own that may open the terminal and log
+    /// WebSockets (`allowed_origins`), normalized by [`terminal::normalize_origin`].
+    pub(crate) allowed_origins: Arc<Vec<String>>,
 }
 
 type ApiResult<T = Json<Value>> = Result<T, ApiError>;
@@ -296,10 +301,10 @@ async fn list_fleets(caller: Caller, State(st): State<ApiState>) -> ApiResult {
 async fn create_fleet(
     caller: Caller,
     State(st): State<ApiState>,
-    body: Result<Json<NewFleet>, JsonRejection>,
+    body: Result<JsonObject<NewFleet>, ApiError>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     caller.require(Role::Admin)?;
-    let Json(body) = body?;
+    let JsonObject(body) = body?;
     valid_name(&body.name)?;
     let f = st
         .store
@@ -353,11 +358,20 @@ async fn delete_fleet(
 ) -> ApiResult<StatusCode> {
     caller.require(Role::Admin)?;
     let Path(name) = name?;
-    if !st.store.delete_fleet(&name).await? {
-        return Err(ApiError::not_found(format!("no fleet {name:?}")));
-    }
+    // Keys, releases and fleet variables go with the fleet; devices block it (409).
+    let gone = st
+        .store
+        .delete_fleet(&name)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no fleet {name:?}")))?;
     st.store
-        .audit(&caller.actor(), "fleet.delete", &name, "{}")
+        .audit(
+            &caller.actor(),
+            "fleet.delete",
+            &name,
+            &json!({"keys": gone.keys, "releases": gone.releases, "env_vars": gone.env_vars})
+                .to_string(),
+        )
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -372,11 +386,11 @@ async fn set_fleet_public_url(
     caller: Caller,
     State(st): State<ApiState>,
     name: Result<Path<String>, PathRejection>,
-    body: Result<Json<Switch>, JsonRejection>,
+    body: Result<JsonObject<Switch>, ApiError>,
 ) -> ApiResult {
     caller.require(Role::Admin)?;
     let Path(name) = name?;
-    let Json(body) = body?;
+    let JsonObject(body) = body?;
     let switched = st
         .store
         .set_fleet_public_url(&name, body.enabled)
@@ -475,10 +489,10 @@ async fn update_device(
     caller: Caller,
     State(st): State<ApiState>,
     DeviceParam(uuid): DeviceParam,
-    body: Result<Json<DevicePatch>, JsonRejection>,
+    body: Result<JsonObject<DevicePatch>, ApiError>,
 ) -> ApiResult {
     caller.require(Role::Operator)?;
-    let Json(patch) = body?;
+    let JsonObject(patch) = body?;
     if let Some(n) = &patch.name {
         valid_name(n)?;
     }
@@ -529,10 +543,10 @@ async fn set_device_public_url(
     caller: Caller,
     State(st): State<ApiState>,
     DeviceParam(uuid): DeviceParam,
-    body: Result<Json<Switch>, JsonRejection>,
+    body: Result<JsonObject<Switch>, ApiError>,
 ) -> ApiResult {
     caller.require(Role::Operator)?;
-    let Json(body) = body?;
+    let JsonObject(body) = body?;
     if !st.store.set_public_url(uuid, body.enabled).await? {
         return Err(ApiError::not_found(format!("no device {uuid}")));
     }
@@ -555,9 +569,27 @@ async fn set_device_public_url(
 #[serde(deny_unknown_fields)]
 struct NewKey {
     /// Seconds until the key expires; none = never.
+    #[serde(default, deserialize_with = "whole_number")]
     expires_in_secs: Option<i64>,
     /// How many devices may provision with it; none = unlimited.
+    #[serde(default, deserialize_with = "whole_number")]
     max_uses: Option<i64>,
+}
+
+/// An optional integer that may also be written as a whole float (`5.0`): JSON Schema, and
+/// so the OpenAPI document, counts those as integers. `5.5` is still an error.
+fn whole_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    let Some(n) = Option::<serde_json::Number>::deserialize(d)? else {
+        return Ok(None);
+    };
+    n.as_i64()
+        .or_else(|| {
+            n.as_f64()
+                .filter(|f| f.fract() == 0.0 && (i64::MIN as f64..i64::MAX as f64).contains(f))
+                .map(|f| f as i64)
+        })
+        .map(Some)
+        .ok_or_else(|| serde::de::Error::custom(format!("expected an integer, got {n}")))
 }
 
 fn key_json(k: &crate::store::KeyRecord) -> Value {
@@ -571,11 +603,11 @@ async fn create_key(
     caller: Caller,
     State(st): State<ApiState>,
     name: Result<Path<String>, PathRejection>,
-    body: Result<Json<NewKey>, JsonRejection>,
+    body: Result<JsonObject<NewKey>, ApiError>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     caller.require(Role::Admin)?;
     let Path(fleet) = name?;
-    let Json(body) = body?;
+    let JsonObject(body) = body?;
     if body.expires_in_secs.is_some_and(|s| s <= 0) || body.max_uses.is_some_and(|n| n <= 0) {
         return Err(ApiError::bad_request(
             "invalid_request",
@@ -650,10 +682,10 @@ struct Register {
 async fn register_device(
     caller: Caller,
     State(st): State<ApiState>,
-    body: Result<Json<Register>, JsonRejection>,
+    body: Result<JsonObject<Register>, ApiError>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     caller.require(Role::Admin)?;
-    let Json(body) = body?;
+    let JsonObject(body) = body?;
     let uuid = match body.uuid.as_deref() {
         Some(u) => parse_uuid(u)?,
         None => certs::random_uuid(),
@@ -700,6 +732,7 @@ struct NewAction {
     params: serde_json::Map<String, Value>,
     #[serde(default)]
     force: bool,
+    #[serde(default, deserialize_with = "whole_number")]
     ttl_secs: Option<i64>,
 }
 
@@ -723,10 +756,10 @@ async fn create_action(
     caller: Caller,
     State(st): State<ApiState>,
     DeviceParam(uuid): DeviceParam,
-    body: Result<Json<NewAction>, JsonRejection>,
+    body: Result<JsonObject<NewAction>, ApiError>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     caller.require(Role::Operator)?;
-    let Json(body) = body?;
+    let JsonObject(body) = body?;
     if !ACTIONS.contains(&body.action.as_str()) {
         return Err(ApiError::bad_request(
             "invalid_action",
@@ -819,13 +852,13 @@ async fn put_tags(
     caller: Caller,
     State(st): State<ApiState>,
     DeviceParam(uuid): DeviceParam,
-    body: Result<Json<std::collections::BTreeMap<String, String>>, JsonRejection>,
+    body: Result<JsonObject<std::collections::BTreeMap<String, String>>, ApiError>,
 ) -> ApiResult {
     caller.require(Role::Operator)?;
-    let Json(tags) = body?;
+    let JsonObject(tags) = body?;
     device_or_404(&st, uuid).await?;
     for k in tags.keys() {
-        if k.is_empty() || k.len() > 100 {
+        if k.is_empty() || k.chars().count() > 100 {
             return Err(ApiError::bad_request(
                 "invalid_tag",
                 format!("tag name {k:?} must be 1-100 characters"),
@@ -919,10 +952,10 @@ async fn put_device_env(
     caller: Caller,
     State(st): State<ApiState>,
     DeviceParam(uuid): DeviceParam,
-    body: Result<Json<EnvBody>, JsonRejection>,
+    body: Result<JsonObject<EnvBody>, ApiError>,
 ) -> ApiResult {
     caller.require(Role::Operator)?;
-    let Json(body) = body?;
+    let JsonObject(body) = body?;
     device_or_404(&st, uuid).await?;
     let rows = env_rows(body)?;
     st.store.set_env("device", uuid.as_str(), &rows).await?;
@@ -953,11 +986,11 @@ async fn put_fleet_env(
     caller: Caller,
     State(st): State<ApiState>,
     name: Result<Path<String>, PathRejection>,
-    body: Result<Json<EnvBody>, JsonRejection>,
+    body: Result<JsonObject<EnvBody>, ApiError>,
 ) -> ApiResult {
     caller.require(Role::Admin)?;
     let Path(name) = name?;
-    let Json(body) = body?;
+    let JsonObject(body) = body?;
     fleet_or_404(&st, &name).await?;
     let rows = env_rows(body)?;
     st.store.set_env("fleet", &name, &rows).await?;
@@ -985,10 +1018,10 @@ struct NewTokenReq {
 async fn create_token(
     caller: Caller,
     State(st): State<ApiState>,
-    body: Result<Json<NewTokenReq>, JsonRejection>,
+    body: Result<JsonObject<NewTokenReq>, ApiError>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     caller.require(Role::Admin)?;
-    let Json(body) = body?;
+    let JsonObject(body) = body?;
     let role = Role::parse(&body.role).ok_or_else(|| {
         ApiError::bad_request(
             "invalid_role",

@@ -1,7 +1,7 @@
 //! Releases: compose files published for a fleet, pins, and each device's target state
 //! and reported update progress.
 
-use axum::extract::rejection::{JsonRejection, PathRejection};
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, put};
@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::auth::{Caller, Role};
-use super::error::ApiError;
+use super::error::{ApiError, JsonObject};
 use super::{device_or_404, fleet_or_404, ApiResult, ApiState, DeviceParam};
 use crate::store::ReleaseRecord;
 use crate::targets;
@@ -56,11 +56,11 @@ async fn create_release(
     caller: Caller,
     State(st): State<ApiState>,
     name: Result<Path<String>, PathRejection>,
-    body: Result<Json<CreateRelease>, JsonRejection>,
+    body: Result<JsonObject<CreateRelease>, ApiError>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     caller.require(Role::Operator)?;
     let Path(fleet) = name?;
-    let Json(body) = body?;
+    let JsonObject(body) = body?;
     fleet_or_404(&st, &fleet).await?;
     let compose = compose::parse_compose(&body.compose).map_err(|e| {
         ApiError::new(
@@ -159,11 +159,11 @@ async fn pin_fleet(
     caller: Caller,
     State(st): State<ApiState>,
     name: Result<Path<String>, PathRejection>,
-    body: Result<Json<Pin>, JsonRejection>,
+    body: Result<JsonObject<Pin>, ApiError>,
 ) -> ApiResult {
     caller.require(Role::Operator)?;
     let Path(fleet) = name?;
-    let Json(pin) = body?;
+    let JsonObject(pin) = body?;
     fleet_or_404(&st, &fleet).await?;
     if let Some(id) = &pin.release {
         release_of_fleet(&st, id, &fleet).await?;
@@ -185,10 +185,10 @@ async fn pin_device(
     caller: Caller,
     State(st): State<ApiState>,
     DeviceParam(uuid): DeviceParam,
-    body: Result<Json<Pin>, JsonRejection>,
+    body: Result<JsonObject<Pin>, ApiError>,
 ) -> ApiResult {
     caller.require(Role::Operator)?;
-    let Json(pin) = body?;
+    let JsonObject(pin) = body?;
     let d = device_or_404(&st, uuid).await?;
     if let Some(id) = &pin.release {
         let Some(fleet) = d.fleet.as_deref() else {

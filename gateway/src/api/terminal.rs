@@ -19,7 +19,7 @@
 
 use std::time::{Duration, Instant};
 
-use axum::extract::rejection::QueryRejection;
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::{header, HeaderValue, StatusCode};
@@ -56,6 +56,81 @@ pub(crate) fn routes() -> Router<ApiState> {
         .route("/v1/devices/{uuid}/terminal", get(open))
         .route("/terminal/{uuid}", get(page))
         .route("/assets/terminal/{file}", get(asset))
+}
+
+/// Lets a WebSocket upgrade through only from the gateway's own pages, a configured
+/// origin (`allowed_origins`), or a client that sends no `Origin` (the CLI, websocat):
+/// otherwise any web page could open a terminal with the operator's token in a browser
+/// (cross-site WebSocket hijacking). "Own" is the API listener as the browser reached
+/// it, i.e. the request's `Host`, which is where the terminal page is served.
+/// Refuses with 403 `forbidden_origin` before anything else is looked at.
+pub(super) struct SameOrigin;
+
+impl FromRequestParts<ApiState> for SameOrigin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &ApiState,
+    ) -> Result<Self, ApiError> {
+        let Some(origin) = parts.headers.get(header::ORIGIN) else {
+            return Ok(Self);
+        };
+        let shown = String::from_utf8_lossy(origin.as_bytes()).into_owned();
+        let forbidden = || {
+            ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden_origin",
+                format!(
+                    "WebSocket from origin {shown:?} refused: only the gateway's own pages and the configured allowed_origins may open it"
+                ),
+            )
+        };
+        let origin = origin
+            .to_str()
+            .ok()
+            .and_then(normalize_origin)
+            .ok_or_else(forbidden)?;
+        let host = parts
+            .headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| parts.uri.authority().map(|a| a.as_str()));
+        let own = host.and_then(|h| normalize_origin(&format!("{}://{h}", origin.0)));
+        if own.as_ref() == Some(&origin)
+            || state
+                .allowed_origins
+                .iter()
+                .any(|a| normalize_origin(a).as_ref() == Some(&origin))
+        {
+            Ok(Self)
+        } else {
+            Err(forbidden())
+        }
+    }
+}
+
+/// An origin, `http[s]://host[:port]`, as (scheme, authority): lowercase, without the
+/// scheme's default port and a trailing `/`. `None` for anything else: `null`, a path,
+/// user info, another scheme.
+pub(crate) fn normalize_origin(origin: &str) -> Option<(String, String)> {
+    let uri: axum::http::Uri = origin.trim().parse().ok()?;
+    let scheme = uri.scheme_str()?.to_ascii_lowercase();
+    let default_port = match scheme.as_str() {
+        "http" => 80,
+        "https" => 443,
+        _ => return None,
+    };
+    let authority = uri.authority()?;
+    if authority.as_str().contains('@') || !matches!(uri.path(), "" | "/") || uri.query().is_some()
+    {
+        return None;
+    }
+    let host = authority.host().to_ascii_lowercase();
+    Some(match authority.port_u16() {
+        Some(p) if p != default_port => (scheme, format!("{host}:{p}")),
+        _ => (scheme, host),
+    })
 }
 
 /// The caller, authenticated by the `Authorization` header or, for browsers, `?token=`.
@@ -122,11 +197,12 @@ struct OpenQuery {
     token: Option<String>,
 }
 
-#[instrument(skip_all, fields(device = %uuid))]
+#[instrument(skip_all, fields(device = uuid.as_ref().map_or("?", |p| p.0.as_str())))]
 async fn open(
+    _origin: SameOrigin,
     WsCaller(caller): WsCaller,
     State(st): State<ApiState>,
-    Path(uuid): Path<String>,
+    uuid: Result<Path<String>, PathRejection>,
     q: Result<Query<OpenQuery>, QueryRejection>,
     ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
@@ -140,6 +216,7 @@ async fn open(
             ),
         ));
     }
+    let Path(uuid) = uuid?;
     let uuid = parse_uuid(&uuid)?;
     let Query(q) = q?;
     let target = match q.service.as_deref().filter(|s| !s.is_empty()) {
@@ -419,9 +496,9 @@ async fn open_stream(
     Ok((send, recv))
 }
 
-async fn page(Path(uuid): Path<String>) -> Response {
+async fn page(uuid: Result<Path<String>, PathRejection>) -> Response {
     // The uuid is only checked for shape here; the page's WebSocket does the real checks.
-    if parse_uuid(&uuid).is_err() {
+    if !uuid.is_ok_and(|Path(u)| parse_uuid(&u).is_ok()) {
         return ApiError::not_found("no such device").into_response();
     }
     (
@@ -434,7 +511,8 @@ async fn page(Path(uuid): Path<String>) -> Response {
         .into_response()
 }
 
-async fn asset(Path(file): Path<String>) -> Response {
+async fn asset(file: Result<Path<String>, PathRejection>) -> Response {
+    let file = file.map(|Path(f)| f).unwrap_or_default();
     let (ty, body) = match file.as_str() {
         "xterm.js" => ("text/javascript; charset=utf-8", XTERM_JS),
         "addon-fit.js" => ("text/javascript; charset=utf-8", FIT_JS),
@@ -467,6 +545,33 @@ mod tests {
                 ("x".into(), "y z".into()),
             ]
         );
+    }
+
+    #[test]
+    fn origins_normalize() {
+        let o = |s: &str| normalize_origin(s);
+        let pair = |a: &str, b: &str| Some((a.to_string(), b.to_string()));
+        assert_eq!(o("http://127.0.0.1:8081"), pair("http", "127.0.0.1:8081"));
+        assert_eq!(
+            o("HTTPS://Console.Example.com/"),
+            pair("https", "console.example.com")
+        );
+        assert_eq!(
+            o("https://console.example.com:443"),
+            pair("https", "console.example.com")
+        );
+        assert_eq!(o("http://[::1]:8080"), pair("http", "[::1]:8080"));
+        for bad in [
+            "null",
+            "",
+            "evil.example",
+            "ftp://evil.example",
+            "http://evil.example/path",
+            "http://user@evil.example",
+            "http://evil.example?x",
+        ] {
+            assert_eq!(o(bad), None, "{bad:?}");
+        }
     }
 
     #[test]

@@ -134,7 +134,9 @@ impl Store {
         epoch: &str,
         lines: &[LogLine],
     ) -> Result<(u64, Vec<StoredLine>), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        // A write transaction from the start: it reads the cursor, then writes (see
+        // `Store::write_tx`).
+        let mut tx = self.write_tx().await?;
         let last = stored_upto(&mut tx, device, epoch).await?;
         let fresh: Vec<&LogLine> = lines.iter().filter(|l| l.seq > last).collect();
         let Some(upto) = fresh.last().map(|l| l.seq) else {

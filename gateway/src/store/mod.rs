@@ -27,8 +27,10 @@ pub enum StoreError {
     /// A fleet with this name already exists.
     #[error("fleet {0:?} already exists")]
     FleetExists(String),
-    /// The fleet still has devices.
-    #[error("fleet {0:?} still has {1} devices; move or delete them first")]
+    /// The fleet still has (this many) devices.
+    #[error(
+        "fleet {0:?} still has {1} device(s); move them to another fleet or delete them first"
+    )]
     FleetNotEmpty(String, i64),
     /// A stored value is corrupt.
     #[error("corrupt row: {0}")]
@@ -248,6 +250,17 @@ pub struct FleetRecord {
     pub created_at: i64,
 }
 
+/// What [`Store::delete_fleet`] removed along with the fleet.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FleetDeletion {
+    /// Provisioning keys of the fleet.
+    pub keys: u64,
+    /// Releases of the fleet.
+    pub releases: u64,
+    /// Fleet-level environment variables (fleet-wide and per service).
+    pub env_vars: u64,
+}
+
 /// An API token as stored (the secret is never stored, only its hash).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenRecord {
@@ -286,6 +299,8 @@ pub struct Store {
     pool: SqlitePool,
 }
 
+#[cfg(test)]
+mod concurrency_tests;
 mod logs;
 mod releases;
 
@@ -349,6 +364,19 @@ impl Store {
                 .await?
                 .try_get(0)?,
         )
+    }
+
+    /// Opens a transaction that writes.
+    ///
+    /// Every transaction that writes starts with this. `BEGIN IMMEDIATE` takes SQLite's
+    /// write lock at `BEGIN`, where the busy handler waits for it (up to `busy_timeout`).
+    /// A deferred `BEGIN` would take it at the first write instead; in WAL mode a
+    /// transaction that has read by then fails at once with `database is locked`
+    /// (SQLITE_BUSY, or BUSY_SNAPSHOT 517) if another connection wrote in between,
+    /// because its snapshot is stale and waiting cannot help. That dropped log streams
+    /// during reconnect storms. (The PostgreSQL backend will open its own kind here.)
+    async fn write_tx(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, StoreError> {
+        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {
@@ -467,7 +495,7 @@ impl Store {
         uuid: DeviceUuid,
         tags: &[(String, String)],
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         sqlx::query("DELETE FROM device_tags WHERE device = $1")
             .bind(uuid.as_str())
             .execute(&mut *tx)
@@ -516,7 +544,7 @@ impl Store {
         owner: &str,
         vars: &[(String, String, String)],
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         sqlx::query("DELETE FROM env_vars WHERE scope = $1 AND owner = $2")
             .bind(scope)
             .bind(owner)
@@ -575,7 +603,7 @@ impl Store {
         uuid: DeviceUuid,
         fleet: Option<&str>,
     ) -> Result<DeviceRecord, StoreError> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.write_tx().await?;
         let public_url = match fleet {
             Some(f) => {
                 self.fleet_in(&mut tx, f)
@@ -616,7 +644,7 @@ impl Store {
         expires_at: Option<i64>,
         max_uses: Option<i64>,
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         if self.fleet_in(&mut tx, fleet).await?.is_none() {
             return Err(StoreError::NoSuchFleet(fleet.to_string()));
         }
@@ -677,7 +705,7 @@ impl Store {
         uuid: DeviceUuid,
         now: i64,
     ) -> Result<Result<String, Refusal>, StoreError> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.write_tx().await?;
         let Some(k) = sqlx::query(
             "SELECT fleet, secret_hash, expires_at, max_uses, uses, revoked FROM provisioning_keys WHERE id = $1",
         )
@@ -880,7 +908,7 @@ impl Store {
         name: Option<&str>,
         fleet: Option<Option<&str>>,
     ) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let exists = sqlx::query("SELECT 1 FROM devices WHERE uuid = $1 AND NOT revoked")
             .bind(uuid.as_str())
             .fetch_optional(&mut *tx)
@@ -997,7 +1025,7 @@ impl Store {
         fleet: &str,
         on: bool,
     ) -> Result<Option<Vec<DeviceUuid>>, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let r = sqlx::query("UPDATE fleets SET public_url_default = $1 WHERE name = $2")
             .bind(on)
             .bind(fleet)
@@ -1026,9 +1054,17 @@ impl Store {
             .map(Some)
     }
 
-    /// Deletes an empty fleet. Returns `false` if it does not exist.
-    pub async fn delete_fleet(&self, name: &str) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await?;
+    /// Deletes a fleet that has no devices, and with it its provisioning keys, its
+    /// releases and its fleet-level environment variables (all meaningless without the
+    /// fleet). Devices block it ([`StoreError::FleetNotEmpty`]): moving or deleting a
+    /// device is a decision of its own. Devices deleted earlier keep their (revoked) rows
+    /// but leave the fleet. Returns what went with it, or `None` if there is no such
+    /// fleet.
+    pub async fn delete_fleet(&self, name: &str) -> Result<Option<FleetDeletion>, StoreError> {
+        let mut tx = self.write_tx().await?;
+        if self.fleet_in(&mut tx, name).await?.is_none() {
+            return Ok(None);
+        }
         let n: i64 = sqlx::query("SELECT COUNT(*) FROM devices WHERE fleet = $1 AND NOT revoked")
             .bind(name)
             .fetch_one(&mut *tx)
@@ -1037,16 +1073,42 @@ impl Store {
         if n > 0 {
             return Err(StoreError::FleetNotEmpty(name.to_string(), n));
         }
+        sqlx::query(
+            "UPDATE devices SET pinned_release = NULL
+             WHERE pinned_release IN (SELECT id FROM releases WHERE fleet = $1)",
+        )
+        .bind(name)
+        .execute(&mut *tx)
+        .await?;
         sqlx::query("UPDATE devices SET fleet = NULL WHERE fleet = $1")
             .bind(name)
             .execute(&mut *tx)
             .await?;
-        let r = sqlx::query("DELETE FROM fleets WHERE name = $1")
+        let keys = sqlx::query("DELETE FROM provisioning_keys WHERE fleet = $1")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        let releases = sqlx::query("DELETE FROM releases WHERE fleet = $1")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        let env_vars = sqlx::query("DELETE FROM env_vars WHERE scope = 'fleet' AND owner = $1")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        sqlx::query("DELETE FROM fleets WHERE name = $1")
             .bind(name)
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        Ok(r.rows_affected() == 1)
+        Ok(Some(FleetDeletion {
+            keys,
+            releases,
+            env_vars,
+        }))
     }
 
     /// Stores a new API token (only its hash).

@@ -64,7 +64,7 @@ impl Store {
             return Err(StoreError::NoSuchFleet(fleet.to_string()));
         }
         let id = certs::sha256_hex(format!("{fleet}\0{hash}").as_bytes())[..12].to_string();
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.write_tx().await?;
         if let Some(r) = sqlx::query(&format!("SELECT {COLS} FROM releases WHERE id = $1"))
             .bind(&id)
             .fetch_optional(&mut *tx)

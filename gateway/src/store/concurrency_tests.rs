@@ -1,0 +1,168 @@
+//! Many writers on one real SQLite store at once: log ingest, action creation and device
+//! registration side by side, as during a reconnect storm. Every write must succeed (no
+//! `database is locked`, SQLite codes 5/517) and every row must be there afterwards.
+
+use protocol::{DeviceUuid, LogLine};
+
+use super::{Store, StoreError};
+
+const LOG_TASKS: usize = 16;
+const BATCHES: u64 = 12;
+const LINES_PER_BATCH: u64 = 40;
+const ACTION_TASKS: usize = 8;
+const ACTIONS_PER_TASK: usize = 15;
+const REGISTER_TASKS: usize = 4;
+const REGISTRATIONS_PER_TASK: usize = 15;
+
+fn uuid(kind: u8, n: usize) -> DeviceUuid {
+    let mut b = [0u8; 16];
+    b[0] = kind;
+    b[8..16].copy_from_slice(&(n as u64).to_be_bytes());
+    DeviceUuid::from_bytes(b)
+}
+
+fn batch(first_seq: u64) -> Vec<LogLine> {
+    (first_seq..first_seq + LINES_PER_BATCH)
+        .map(|seq| LogLine {
+            seq,
+            timestamp: 1_700_000_000_000 + seq as i64,
+            message: format!("line {seq}"),
+            is_std_err: false,
+            is_system: false,
+            service_name: Some("main".into()),
+            service_id: None,
+        })
+        .collect()
+}
+
+/// Collapses a failure to what the test reports: locked or something else.
+fn describe(e: &StoreError) -> String {
+    let s = e.to_string();
+    if s.contains("locked") || s.contains("busy") {
+        format!("LOCKED: {s}")
+    } else {
+        s
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writers_never_see_database_is_locked() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).await.unwrap();
+    store.create_fleet("storm", false).await.unwrap();
+    // Devices that ship logs and receive actions exist first, as they do in production.
+    for n in 0..LOG_TASKS.max(ACTION_TASKS) {
+        store.add_device(uuid(1, n), false).await.unwrap();
+    }
+
+    let mut tasks = tokio::task::JoinSet::new();
+    for n in 0..LOG_TASKS {
+        let store = store.clone();
+        tasks.spawn(async move {
+            let device = uuid(1, n);
+            let mut errors = Vec::new();
+            for b in 0..BATCHES {
+                match store
+                    .insert_logs(device, "epoch-1", &batch(1 + b * LINES_PER_BATCH))
+                    .await
+                {
+                    Ok((upto, stored)) => {
+                        assert_eq!(upto, (b + 1) * LINES_PER_BATCH);
+                        assert_eq!(stored.len() as u64, LINES_PER_BATCH);
+                    }
+                    Err(e) => errors.push(format!("insert_logs: {}", describe(&e))),
+                }
+            }
+            errors
+        });
+    }
+    for n in 0..ACTION_TASKS {
+        let store = store.clone();
+        tasks.spawn(async move {
+            let mut errors = Vec::new();
+            for i in 0..ACTIONS_PER_TASK {
+                let id = format!("act_{n}_{i}");
+                let params = serde_json::json!({"i": i});
+                if let Err(e) = store
+                    .create_action(&id, uuid(1, n), "blink", &params, "test", 3600)
+                    .await
+                {
+                    errors.push(format!("create_action: {}", describe(&e)));
+                }
+                // The tunnel marks deliveries while actions are created.
+                if let Err(e) = store.action_delivered(&id).await {
+                    errors.push(format!("action_delivered: {}", describe(&e)));
+                }
+            }
+            errors
+        });
+    }
+    for n in 0..REGISTER_TASKS {
+        let store = store.clone();
+        tasks.spawn(async move {
+            let mut errors = Vec::new();
+            for i in 0..REGISTRATIONS_PER_TASK {
+                let u = uuid(2, n * 1000 + i);
+                if let Err(e) = store.register_device(u, Some("storm")).await {
+                    errors.push(format!("register_device: {}", describe(&e)));
+                }
+                // Renaming and tagging are read-then-write transactions too.
+                if let Err(e) = store.update_device(u, Some("renamed"), None).await {
+                    errors.push(format!("update_device: {}", describe(&e)));
+                }
+                if let Err(e) = store
+                    .set_tags(u, &[("batch".to_string(), n.to_string())])
+                    .await
+                {
+                    errors.push(format!("set_tags: {}", describe(&e)));
+                }
+            }
+            errors
+        });
+    }
+    let mut errors = Vec::new();
+    while let Some(r) = tasks.join_next().await {
+        errors.extend(r.expect("writer task panicked"));
+    }
+    assert!(
+        errors.is_empty(),
+        "{} writes failed, e.g. {:?}",
+        errors.len(),
+        &errors[..errors.len().min(5)]
+    );
+
+    // Every row is there.
+    for n in 0..LOG_TASKS {
+        let device = uuid(1, n);
+        assert_eq!(
+            store.log_resume(device, "epoch-1").await.unwrap(),
+            BATCHES * LINES_PER_BATCH
+        );
+        let lines = store
+            .query_logs(
+                device,
+                &super::LogQuery {
+                    limit: Some(10_000),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        let seqs: Vec<u64> = lines.iter().map(|l| l.line.seq).collect();
+        let want: Vec<u64> = (1..=BATCHES * LINES_PER_BATCH).collect();
+        assert_eq!(seqs, want, "device {n}: lines missing or repeated");
+    }
+    for n in 0..ACTION_TASKS {
+        let actions = store.device_actions(uuid(1, n), 1000).await.unwrap();
+        assert_eq!(actions.len(), ACTIONS_PER_TASK, "actions of device {n}");
+        assert!(actions.iter().all(|a| a.status == "delivered"));
+    }
+    let fleet_devices = store
+        .devices()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|d| d.fleet.as_deref() == Some("storm"))
+        .count();
+    assert_eq!(fleet_devices, REGISTER_TASKS * REGISTRATIONS_PER_TASK);
+}
