@@ -79,7 +79,7 @@ enum Command {
         /// host-config: a JSON patch, e.g. '{"network":{"hostname":"kiosk-7"}}'.
         #[arg(long)]
         patch: Option<String>,
-        /// How long the action waits for an offline device.
+        /// How long the action waits for an offline device (1s..=3650d).
         #[arg(long, value_parser = duration_within(bounds::ACTION_TTL), default_value = "24h")]
         ttl: std::time::Duration,
         /// Return once queued instead of waiting for the result.
@@ -378,22 +378,24 @@ struct ServeArgs {
     /// tunnel address]
     #[arg(long)]
     advertise_tunnel: Option<String>,
-    /// A silent tunnel counts as dead after this long (e.g. 15s). [default: 15s]
+    /// A silent tunnel counts as dead after this long (500ms..=1d). [default: 15s]
     #[arg(long, value_parser = duration_within(bounds::IDLE_TIMEOUT))]
     idle_timeout: Option<std::time::Duration>,
-    /// QUIC keep-alive interval. [default: 5s]
+    /// QUIC keep-alive interval, below --idle-timeout (10ms..=1d). [default: 5s]
     #[arg(long, value_parser = duration_within(bounds::KEEP_ALIVE))]
     keep_alive: Option<std::time::Duration>,
-    /// Visitors get a 504 when the device has not answered within this time. [default: 60s]
+    /// Visitors get a 504 when the device has not answered within this time (1ms..=1d).
+    /// [default: 60s]
     #[arg(long, value_parser = duration_within(bounds::UPSTREAM_TIMEOUT))]
     upstream_timeout: Option<std::time::Duration>,
-    /// Visitors must send their request headers within this time. [default: 10s]
+    /// Visitors must send their request headers within this time (1ms..=1d). [default: 10s]
     #[arg(long, value_parser = duration_within(bounds::HEADER_READ_TIMEOUT))]
     header_read_timeout: Option<std::time::Duration>,
-    /// Largest request head a visitor may send, in bytes. [default: 65536]
+    /// Largest request head a visitor may send, in bytes (8192..=1048576). [default: 65536]
     #[arg(long)]
     max_header_bytes: Option<usize>,
-    /// Terminal sessions with no bytes either way for this long are closed. [default: 15m]
+    /// Terminal sessions with no bytes either way for this long are closed (1s..=7d).
+    /// [default: 15m]
     #[arg(long, value_parser = duration_within(bounds::TERMINAL_IDLE_TIMEOUT))]
     terminal_idle_timeout: Option<std::time::Duration>,
 }
