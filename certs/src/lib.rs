@@ -29,6 +29,15 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::RootCertStore;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
+/// File name of the CA certificate in the gateway's data dir.
+pub const CA_CERT_FILE: &str = "ca.pem";
+/// File name of the CA private key in the gateway's data dir.
+pub const CA_KEY_FILE: &str = "ca.key";
+/// File name of the tunnel server certificate in the gateway's data dir.
+pub const TUNNEL_CERT_FILE: &str = "tunnel.pem";
+/// File name of the tunnel server private key in the gateway's data dir.
+pub const TUNNEL_KEY_FILE: &str = "tunnel.key";
+
 /// The TLS server name the agent verifies, whatever address it dials.
 pub const TUNNEL_SERVER_NAME: &str = "tunnel.gateway.invalid";
 
@@ -67,6 +76,17 @@ pub enum CertError {
     /// Building the client certificate verifier failed.
     #[error("client verifier: {0}")]
     Verifier(#[from] rustls::server::VerifierBuilderError),
+    /// A file that is only ever created, never replaced, already exists.
+    #[error("{} already exists; refusing to overwrite it", .0.display())]
+    Exists(PathBuf),
+    /// One file of a pair (certificate and key) is there without the other.
+    #[error("{} is missing while {} is present; restore both from a backup", missing.display(), present.display())]
+    Partial {
+        /// The file that is not there.
+        missing: PathBuf,
+        /// Its partner, which is.
+        present: PathBuf,
+    },
     /// The peer certificate does not carry a device identity.
     #[error("peer certificate has no device identity: {0}")]
     NoIdentity(String),
@@ -121,36 +141,71 @@ pub struct Ca {
 }
 
 impl Ca {
-    /// Loads the CA from `dir/ca.pem` + `dir/ca.key`, creating both on first use.
-    ///
-    /// Safe against two processes creating it at once: the loser reads the winner's files.
-    pub fn load_or_create(dir: &Path) -> Result<Self, CertError> {
-        let cert_path = dir.join("ca.pem");
-        let key_path = dir.join("ca.key");
+    /// Creates a new CA in `dir` (created if missing): `ca.key` (mode 0600), then
+    /// `ca.pem`. Never overwrites: if either file exists, nothing is written and the
+    /// answer is [`CertError::Exists`]. Each file is created with `O_EXCL` semantics, so
+    /// two processes racing here cannot both succeed, and a reader never sees half a file.
+    pub fn create_new(dir: &Path) -> Result<Self, CertError> {
+        let cert_path = dir.join(CA_CERT_FILE);
+        let key_path = dir.join(CA_KEY_FILE);
         fs::create_dir_all(dir).map_err(io_err(dir))?;
-        // `gateway serve` and `gateway device add` may both create the CA at once: an
-        // advisory lock makes creation happen once, and readers never see half of it.
-        let _lock = lock_dir(dir)?;
-        if !cert_path.exists() {
-            let key = KeyPair::generate()?;
-            let mut params = CertificateParams::new(Vec::<String>::new())?;
-            let mut dn = DistinguishedName::new();
-            dn.push(DnType::CommonName, "edge tunnel fleet CA");
-            params.distinguished_name = dn;
-            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-            params.key_usages = vec![
-                KeyUsagePurpose::KeyCertSign,
-                KeyUsagePurpose::CrlSign,
-                KeyUsagePurpose::DigitalSignature,
-            ];
-            let cert = params.self_signed(&key)?;
-            // Key first: whoever sees ca.pem can rely on ca.key.
-            write_atomic(&key_path, key.serialize_pem().as_bytes(), true)?;
-            write_atomic(&cert_path, cert.pem().as_bytes(), false)?;
+        for p in [&key_path, &cert_path] {
+            if fs::symlink_metadata(p).is_ok() {
+                return Err(CertError::Exists(p.to_path_buf()));
+            }
         }
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, "edge tunnel fleet CA");
+        params.distinguished_name = dn;
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let cert = params.self_signed(&key)?;
+        let key_pem = key.serialize_pem();
+        // Key first: whoever sees ca.pem can rely on ca.key.
+        write_new(&key_path, key_pem.as_bytes(), true)?;
+        write_new(&cert_path, cert.pem().as_bytes(), false)?;
+        Self::from_pem(&cert.pem(), &key_pem)
+    }
+
+    /// Loads the CA from `dir/ca.pem` + `dir/ca.key`; both must exist. Writes nothing.
+    pub fn load(dir: &Path) -> Result<Self, CertError> {
+        let cert_path = dir.join(CA_CERT_FILE);
+        let key_path = dir.join(CA_KEY_FILE);
         let cert_pem = fs::read_to_string(&cert_path).map_err(io_err(&cert_path))?;
         let key_pem = fs::read_to_string(&key_path).map_err(io_err(&key_path))?;
         Self::from_pem(&cert_pem, &key_pem)
+    }
+
+    /// Loads the CA from `dir`, or creates it when neither `ca.pem` nor `ca.key` exists
+    /// (for tests and tools that make a throwaway CA). A dir holding only one of the two
+    /// is refused with [`CertError::Partial`]; nothing is ever overwritten. The gateway
+    /// itself decides between [`Ca::create_new`] and [`Ca::load`] from the whole data
+    /// dir, not from the CA files alone.
+    pub fn load_or_create(dir: &Path) -> Result<Self, CertError> {
+        fs::create_dir_all(dir).map_err(io_err(dir))?;
+        // Several threads or processes may get here at once on a fresh dir: the lock
+        // makes one of them create the CA and the others load it.
+        let _lock = lock_dir(dir)?;
+        let cert = dir.join(CA_CERT_FILE);
+        let key = dir.join(CA_KEY_FILE);
+        match (cert.exists(), key.exists()) {
+            (false, false) => Self::create_new(dir),
+            (true, true) => Self::load(dir),
+            (false, true) => Err(CertError::Partial {
+                missing: cert,
+                present: key,
+            }),
+            (true, false) => Err(CertError::Partial {
+                missing: key,
+                present: cert,
+            }),
+        }
     }
 
     /// Builds a CA from PEM strings.
@@ -211,21 +266,75 @@ impl Ca {
         })
     }
 
-    /// Loads the tunnel server identity from `dir/tunnel.pem` + `dir/tunnel.key`, issuing
-    /// it on first use.
-    pub fn load_or_create_server(&self, dir: &Path) -> Result<ServerIdentity, CertError> {
-        let cert_path = dir.join("tunnel.pem");
-        let key_path = dir.join("tunnel.key");
-        let _lock = lock_dir(dir)?;
-        if !cert_path.exists() {
-            let id = self.issue_server(&[])?;
-            write_atomic(&key_path, id.key_pem.as_bytes(), true)?;
-            write_atomic(&cert_path, id.cert_pem.as_bytes(), false)?;
+    /// Issues a new tunnel server identity into `dir/tunnel.key` (mode 0600) and
+    /// `dir/tunnel.pem`; like [`Ca::create_new`], never overwrites either file.
+    pub fn create_server(&self, dir: &Path) -> Result<ServerIdentity, CertError> {
+        let cert_path = dir.join(TUNNEL_CERT_FILE);
+        let key_path = dir.join(TUNNEL_KEY_FILE);
+        for p in [&key_path, &cert_path] {
+            if fs::symlink_metadata(p).is_ok() {
+                return Err(CertError::Exists(p.to_path_buf()));
+            }
         }
+        let id = self.issue_server(&[])?;
+        write_new(&key_path, id.key_pem.as_bytes(), true)?;
+        write_new(&cert_path, id.cert_pem.as_bytes(), false)?;
+        Ok(id)
+    }
+
+    /// Loads the tunnel server identity from `dir/tunnel.pem` + `dir/tunnel.key`; both
+    /// must exist. Writes nothing.
+    pub fn load_server(dir: &Path) -> Result<ServerIdentity, CertError> {
+        let cert_path = dir.join(TUNNEL_CERT_FILE);
+        let key_path = dir.join(TUNNEL_KEY_FILE);
         Ok(ServerIdentity {
             cert_pem: fs::read_to_string(&cert_path).map_err(io_err(&cert_path))?,
             key_pem: fs::read_to_string(&key_path).map_err(io_err(&key_path))?,
         })
+    }
+
+    /// Loads the tunnel server identity from `dir`, issuing it when neither file exists;
+    /// one file without the other is refused with [`CertError::Partial`].
+    pub fn load_or_create_server(&self, dir: &Path) -> Result<ServerIdentity, CertError> {
+        let _lock = lock_dir(dir)?;
+        let cert = dir.join(TUNNEL_CERT_FILE);
+        let key = dir.join(TUNNEL_KEY_FILE);
+        match (cert.exists(), key.exists()) {
+            (false, false) => self.create_server(dir),
+            (true, true) => Self::load_server(dir),
+            (false, true) => Err(CertError::Partial {
+                missing: cert,
+                present: key,
+            }),
+            (true, false) => Err(CertError::Partial {
+                missing: key,
+                present: cert,
+            }),
+        }
+    }
+
+    /// Checks that `server` is a tunnel certificate devices accept from this CA: signed
+    /// by it, valid now, for [`TUNNEL_SERVER_NAME`]. (A tunnel certificate from another CA
+    /// would make every device refuse the gateway.)
+    pub fn verify_server(&self, server: &ServerIdentity) -> Result<(), CertError> {
+        use rustls::client::danger::ServerCertVerifier;
+        let chain = parse_certs(&server.cert_pem, "tunnel certificate")?;
+        let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots(&self.cert_pem)?),
+            provider(),
+        )
+        .build()
+        .map_err(|e| CertError::Tls(rustls::Error::General(e.to_string())))?;
+        let name = rustls_pki_types::ServerName::try_from(TUNNEL_SERVER_NAME)
+            .map_err(|e| CertError::Tls(rustls::Error::General(e.to_string())))?;
+        verifier.verify_server_cert(
+            &chain[0],
+            &chain[1..],
+            &name,
+            &[],
+            rustls_pki_types::UnixTime::now(),
+        )?;
+        Ok(())
     }
 }
 
@@ -267,10 +376,80 @@ pub fn write_atomic(path: &Path, bytes: &[u8], secret: bool) -> Result<(), CertE
             opts.mode(if secret { 0o600 } else { 0o644 });
         }
         let mut f = opts.open(&tmp).map_err(io_err(&tmp))?;
+        // The mode above applies only to a file this call creates: a temp file left by a
+        // crash keeps its old mode, so set it explicitly.
+        set_mode(&f, secret).map_err(io_err(&tmp))?;
         f.write_all(bytes).map_err(io_err(&tmp))?;
         f.sync_all().map_err(io_err(&tmp))?;
     }
     fs::rename(&tmp, path).map_err(io_err(path))
+}
+
+/// Writes a file that must not exist yet (mode 0600 when `secret`, else 0644): fails with
+/// [`CertError::Exists`] if it does, even when another process creates it at the same
+/// moment. The bytes go to a temp file created with `O_EXCL`, which is then hard-linked to
+/// `path` (the link fails if `path` exists), so a reader never sees half a file.
+pub fn write_new(path: &Path, bytes: &[u8], secret: bool) -> Result<(), CertError> {
+    let tmp = path.with_extension(format!("new.{}.{}", std::process::id(), random_hex(4)));
+    let result = (|| {
+        let mut opts = fs::OpenOptions::new();
+        opts.write(true).create_new(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            opts.mode(if secret { 0o600 } else { 0o644 });
+        }
+        let mut f = opts.open(&tmp).map_err(io_err(&tmp))?;
+        set_mode(&f, secret).map_err(io_err(&tmp))?;
+        f.write_all(bytes).map_err(io_err(&tmp))?;
+        f.sync_all().map_err(io_err(&tmp))?;
+        match fs::hard_link(&tmp, path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                Err(CertError::Exists(path.to_path_buf()))
+            }
+            // A file system without hard links: create the file itself exclusively.
+            Err(_) => {
+                let mut opts = fs::OpenOptions::new();
+                opts.write(true).create_new(true);
+                #[cfg(unix)]
+                {
+                    use std::os::unix::fs::OpenOptionsExt;
+                    opts.mode(if secret { 0o600 } else { 0o644 });
+                }
+                let mut f = opts.open(path).map_err(|e| match e.kind() {
+                    std::io::ErrorKind::AlreadyExists => CertError::Exists(path.to_path_buf()),
+                    _ => io_err(path)(e),
+                })?;
+                f.write_all(bytes).map_err(io_err(path))?;
+                f.sync_all().map_err(io_err(path))
+            }
+        }
+    })();
+    let _ = fs::remove_file(&tmp);
+    result?;
+    // Make the new directory entry durable too.
+    if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        if let Ok(d) = fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+    }
+    Ok(())
+}
+
+fn set_mode(f: &fs::File, secret: bool) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        f.set_permissions(fs::Permissions::from_mode(if secret {
+            0o600
+        } else {
+            0o644
+        }))?;
+    }
+    #[cfg(not(unix))]
+    let _ = (f, secret);
+    Ok(())
 }
 
 /// SHA-256 fingerprint of a DER certificate, lowercase hex.
@@ -598,5 +777,98 @@ mod tests {
         let der = parse_certs(&server.cert_pem, "server").unwrap();
         assert!(device_uuid_from_cert(&der[0]).is_err());
         assert!(!format!("{id:?}").contains("PRIVATE"));
+    }
+
+    #[test]
+    fn a_ca_key_is_never_overwritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Ca::create_new(dir.path()).unwrap();
+        let key = fs::read(dir.path().join(CA_KEY_FILE)).unwrap();
+        // ca.pem gone (a bad restore): creating again must not touch ca.key.
+        fs::remove_file(dir.path().join(CA_CERT_FILE)).unwrap();
+        let e = Ca::create_new(dir.path())
+            .err()
+            .expect("created over an existing key");
+        assert!(
+            matches!(e, CertError::Exists(ref p) if p.ends_with(CA_KEY_FILE)),
+            "{e}"
+        );
+        let e = Ca::load_or_create(dir.path())
+            .err()
+            .expect("partial CA accepted");
+        assert!(e.to_string().contains("ca.pem is missing while"), "{e}");
+        assert_eq!(fs::read(dir.path().join(CA_KEY_FILE)).unwrap(), key);
+        assert!(!dir.path().join(CA_CERT_FILE).exists());
+        // Loading needs both files.
+        assert!(Ca::load(dir.path()).is_err());
+        fs::write(dir.path().join(CA_CERT_FILE), ca.cert_pem()).unwrap();
+        assert_eq!(
+            Ca::load(dir.path()).unwrap().fingerprint(),
+            ca.fingerprint()
+        );
+    }
+
+    #[test]
+    fn write_new_lets_exactly_one_racer_win_and_never_leaves_temp_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k");
+        let wins: Vec<bool> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..8u8)
+                .map(|i| {
+                    let path = &path;
+                    s.spawn(move || write_new(path, &[i; 64], true).is_ok())
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert_eq!(wins.iter().filter(|w| **w).count(), 1, "{wins:?}");
+        let bytes = fs::read(&path).unwrap();
+        assert!(bytes.len() == 64 && bytes.iter().all(|b| *b == bytes[0]));
+        assert_eq!(
+            fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "temp files left"
+        );
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn write_atomic_makes_a_secret_private_even_over_a_stale_temp_file() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("device.toml");
+        let stale = path.with_extension(format!("tmp.{}", std::process::id()));
+        fs::write(&stale, "old").unwrap();
+        fs::set_permissions(&stale, fs::Permissions::from_mode(0o644)).unwrap();
+        write_atomic(&path, b"key = 1", true).unwrap();
+        let mode = fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn tunnel_certificates_are_checked_against_the_ca() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Ca::create_new(dir.path()).unwrap();
+        let server = ca.create_server(dir.path()).unwrap();
+        ca.verify_server(&server).unwrap();
+        assert!(matches!(
+            ca.create_server(dir.path()),
+            Err(CertError::Exists(_))
+        ));
+        let other = tempfile::tempdir().unwrap();
+        let foreign = Ca::create_new(other.path())
+            .unwrap()
+            .issue_server(&[])
+            .unwrap();
+        assert!(ca.verify_server(&foreign).is_err());
+        fs::remove_file(dir.path().join(TUNNEL_CERT_FILE)).unwrap();
+        let e = ca.load_or_create_server(dir.path()).err().unwrap();
+        assert!(matches!(e, CertError::Partial { .. }), "{e}");
     }
 }

@@ -18,13 +18,16 @@ pub enum ConfigError {
         /// Why.
         source: std::io::Error,
     },
-    /// The file is not valid TOML or has unknown/missing keys.
-    #[error("{path}: {source}")]
+    /// The file is not valid TOML or has unknown/missing keys. The message never quotes
+    /// the file's text: the offending line may be a line of the private key.
+    #[error("{path}: {}{message}", line.map(|l| format!("line {l}: ")).unwrap_or_default())]
     Parse {
         /// The file.
         path: String,
-        /// Why (names the key and line).
-        source: toml::de::Error,
+        /// 1-based line of the error, when known.
+        line: Option<usize>,
+        /// What is wrong (toml's message, without the source excerpt).
+        message: String,
     },
     /// A key has an invalid value.
     #[error("invalid value for `{key}`: {reason}")]
@@ -84,9 +87,17 @@ impl AgentConfig {
             path: path.display().to_string(),
             source,
         })?;
-        let cfg: Self = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+        guard_private(path);
+        let cfg: Self = toml::from_str(&text).map_err(|e| ConfigError::Parse {
             path: path.display().to_string(),
-            source,
+            line: e.span().map(|s| {
+                text.as_bytes()[..s.start.min(text.len())]
+                    .iter()
+                    .filter(|b| **b == b'\n')
+                    .count()
+                    + 1
+            }),
+            message: e.message().trim_end().to_string(),
         })?;
         cfg.validate()?;
         Ok(cfg)
@@ -145,6 +156,47 @@ impl AgentConfig {
             key_pem: self.key.clone(),
         })
     }
+}
+
+/// The file holds the device's private key: one that group or others can read (or
+/// write) is made private (mode 0600) with a loud warning, as the key may have leaked.
+///
+/// Warn-and-fix rather than refuse (as `ssh` does with a private key): the tunnel is
+/// usually the only way to reach a device, and an agent that refused to start over a
+/// mode bit would strand it until someone visits it. When the mode cannot be changed
+/// (another owner, a read-only file system) the warning says what to run.
+fn guard_private(path: &Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let Ok(meta) = std::fs::metadata(path) else {
+            return;
+        };
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 == 0 {
+            return;
+        }
+        let fixed = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+        match fixed {
+            Ok(()) => tracing::warn!(
+                file = %path.display(),
+                mode = format!("{mode:04o}"),
+                "the device's private key file was accessible to other users: its key may have leaked. \
+                 Its mode is now 0600 (`chmod 600 {}`); consider re-provisioning the device",
+                path.display()
+            ),
+            Err(e) => tracing::warn!(
+                file = %path.display(),
+                mode = format!("{mode:04o}"),
+                error = %e,
+                "the device's private key file is accessible to other users and its mode cannot be changed: \
+                 run `chmod 600 {}`",
+                path.display()
+            ),
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
 }
 
 /// Runtime knobs of the agent. Every field has a sane default.

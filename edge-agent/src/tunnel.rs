@@ -704,8 +704,11 @@ async fn resolve(addr: &str) -> Result<SocketAddr, SessionError> {
 pub fn transport_config(opts: &AgentOptions) -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
     t.keep_alive_interval(Some(opts.keep_alive));
+    // QUIC encodes at most 2^62 ms. Config validation keeps the timeout within a day;
+    // a longer one from elsewhere is capped rather than a panic.
     t.max_idle_timeout(Some(
-        quinn::IdleTimeout::try_from(opts.idle_timeout).expect("idle timeout in range"),
+        quinn::IdleTimeout::try_from(opts.idle_timeout)
+            .unwrap_or_else(|_| quinn::IdleTimeout::from(quinn::VarInt::MAX)),
     ));
     t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(MAX_INCOMING_STREAMS));
     t.max_concurrent_uni_streams(quinn::VarInt::from_u32(0));

@@ -5,7 +5,41 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use protocol::duration::{self, Bounds, DurationError, DAY, MINUTE, SECOND, TEN_YEARS};
 use serde::{Deserialize, Deserializer};
+
+/// The range each duration setting accepts, shared by the config keys and the flags of
+/// `gateway serve` and the operator commands.
+pub mod bounds {
+    use super::*;
+
+    /// `idle_timeout`: QUIC encodes up to 2^62 ms; beyond a day a dead tunnel would hold
+    /// its device "online" for no good reason.
+    pub const IDLE_TIMEOUT: Bounds = Bounds::new(Duration::from_millis(500), DAY);
+    /// `keep_alive` (also below `idle_timeout`).
+    pub const KEEP_ALIVE: Bounds = Bounds::new(Duration::from_millis(10), DAY);
+    /// `upstream_timeout`.
+    pub const UPSTREAM_TIMEOUT: Bounds = Bounds::new(Duration::from_millis(1), DAY);
+    /// `header_read_timeout`.
+    pub const HEADER_READ_TIMEOUT: Bounds = Bounds::new(Duration::from_millis(1), DAY);
+    /// `terminal_idle_timeout`.
+    pub const TERMINAL_IDLE_TIMEOUT: Bounds = Bounds::new(SECOND, Duration::from_secs(7 * 86_400));
+    /// `log_retention`: at least a minute, so a bare number meant as days (`30`) cannot
+    /// delete every line within seconds.
+    pub const LOG_RETENTION: Bounds = Bounds::new(MINUTE, TEN_YEARS);
+    /// `log_prune_interval`.
+    pub const LOG_PRUNE_INTERVAL: Bounds = Bounds::new(Duration::from_millis(100), DAY);
+    /// `gateway action --ttl`.
+    pub const ACTION_TTL: Bounds = Bounds::new(SECOND, TEN_YEARS);
+    /// `gateway key create --expires`.
+    pub const KEY_EXPIRY: Bounds = Bounds::new(SECOND, TEN_YEARS);
+    /// `since`/`until` of the logs API and `gateway logs --since`: how long ago.
+    pub const LOGS_AGO: Bounds = Bounds::new(Duration::ZERO, duration::MAX);
+    /// `max_header_bytes`: hyper needs 8 KiB; more than 1 MiB of headers is an attack.
+    pub const MAX_HEADER_BYTES: std::ops::RangeInclusive<usize> = 8192..=1024 * 1024;
+    /// `log_max_lines_per_device`.
+    pub const LOG_MAX_LINES_PER_DEVICE: std::ops::RangeInclusive<i64> = 1..=1_000_000_000;
+}
 
 /// Errors in the gateway configuration.
 #[derive(Debug, thiserror::Error)]
@@ -18,13 +52,20 @@ pub enum ConfigError {
         /// Why.
         source: std::io::Error,
     },
-    /// The config file is not valid TOML or has unknown keys.
-    #[error("{path}: {source}")]
+    /// The config file is not valid TOML, has unknown keys or a value of the wrong kind.
+    /// The message never quotes the file's text: a line of it may be a secret.
+    #[error("{}{}{message}", file_prefix(path), location(key, *line, *column))]
     Parse {
         /// The file.
         path: PathBuf,
-        /// Why (names the key and line).
-        source: toml::de::Error,
+        /// The key involved, when known (`idle_timeout`).
+        key: Option<String>,
+        /// 1-based line of the error, when known.
+        line: Option<usize>,
+        /// 1-based column of the error, when known.
+        column: Option<usize>,
+        /// What is wrong.
+        message: String,
     },
     /// A key has an invalid value.
     #[error("invalid value for `{key}`: {reason}")]
@@ -124,9 +165,31 @@ impl ServeConfig {
             path: path.to_path_buf(),
             source,
         })?;
-        toml::from_str(&text).map_err(|source| ConfigError::Parse {
-            path: path.to_path_buf(),
-            source,
+        Self::from_toml(&text).map_err(|e| e.in_file(path))
+    }
+
+    /// Parses TOML text; missing keys take their defaults. Errors carry no file name
+    /// (see [`ConfigError::in_file`]).
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        // serde_path_to_error names the key of a bad value (toml only gives a position).
+        serde_path_to_error::deserialize(toml::Deserializer::new(text)).map_err(|e| {
+            let path = e.path().to_string();
+            let key = (!path.is_empty() && path != ".").then_some(path);
+            let e = e.into_inner();
+            let (line, column) = match e.span() {
+                Some(span) => {
+                    let (l, c) = line_column(text, span.start);
+                    (Some(l), Some(c))
+                }
+                None => (None, None),
+            };
+            ConfigError::Parse {
+                path: PathBuf::new(),
+                key,
+                line,
+                column,
+                message: e.message().trim_end().to_string(),
+            }
         })
     }
 
@@ -143,19 +206,44 @@ impl ServeConfig {
                 reason: format!("{:?} is not a DNS name", self.domain),
             });
         }
+        for (key, value, b) in [
+            ("idle_timeout", self.idle_timeout, bounds::IDLE_TIMEOUT),
+            ("keep_alive", self.keep_alive, bounds::KEEP_ALIVE),
+            (
+                "upstream_timeout",
+                self.upstream_timeout,
+                bounds::UPSTREAM_TIMEOUT,
+            ),
+            (
+                "header_read_timeout",
+                self.header_read_timeout,
+                bounds::HEADER_READ_TIMEOUT,
+            ),
+            (
+                "terminal_idle_timeout",
+                self.terminal_idle_timeout,
+                bounds::TERMINAL_IDLE_TIMEOUT,
+            ),
+            ("log_retention", self.log_retention, bounds::LOG_RETENTION),
+            (
+                "log_prune_interval",
+                self.log_prune_interval,
+                bounds::LOG_PRUNE_INTERVAL,
+            ),
+        ] {
+            b.check(value).map_err(|e| ConfigError::Invalid {
+                key,
+                reason: e.to_string(),
+            })?;
+        }
         if self.keep_alive >= self.idle_timeout {
             return Err(ConfigError::Invalid {
                 key: "keep_alive",
                 reason: format!(
-                    "must be shorter than idle_timeout ({:?} >= {:?})",
-                    self.keep_alive, self.idle_timeout
+                    "must be shorter than idle_timeout ({} >= {})",
+                    duration::display(self.keep_alive),
+                    duration::display(self.idle_timeout)
                 ),
-            });
-        }
-        if self.idle_timeout < Duration::from_millis(500) {
-            return Err(ConfigError::Invalid {
-                key: "idle_timeout",
-                reason: "must be at least 500ms".into(),
             });
         }
         if self.api_tls_cert.is_some() != self.api_tls_key.is_some() {
@@ -164,23 +252,27 @@ impl ServeConfig {
                 reason: "api_tls_cert and api_tls_key go together".into(),
             });
         }
-        if self.max_header_bytes < 8192 {
+        if !bounds::MAX_HEADER_BYTES.contains(&self.max_header_bytes) {
             return Err(ConfigError::Invalid {
                 key: "max_header_bytes",
-                reason: "must be at least 8192".into(),
+                reason: format!(
+                    "{} is out of range: it must be between {} and {}",
+                    self.max_header_bytes,
+                    bounds::MAX_HEADER_BYTES.start(),
+                    bounds::MAX_HEADER_BYTES.end()
+                ),
             });
         }
-        for (key, d) in [
-            ("upstream_timeout", self.upstream_timeout),
-            ("header_read_timeout", self.header_read_timeout),
-            ("terminal_idle_timeout", self.terminal_idle_timeout),
-        ] {
-            if d.is_zero() {
-                return Err(ConfigError::Invalid {
-                    key,
-                    reason: "must be more than zero".into(),
-                });
-            }
+        if !bounds::LOG_MAX_LINES_PER_DEVICE.contains(&self.log_max_lines_per_device) {
+            return Err(ConfigError::Invalid {
+                key: "log_max_lines_per_device",
+                reason: format!(
+                    "{} is out of range: it must be between {} and {}",
+                    self.log_max_lines_per_device,
+                    bounds::LOG_MAX_LINES_PER_DEVICE.start(),
+                    bounds::LOG_MAX_LINES_PER_DEVICE.end()
+                ),
+            });
         }
         if let Some(o) = self
             .allowed_origins
@@ -201,44 +293,105 @@ impl ServeConfig {
     }
 }
 
-/// Parses `250ms`, `15s`, `2m`, `1h` or a bare number of seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration (try 500ms, 15s, 2m)"))?;
-    let secs = match unit.trim() {
-        "ms" => n / 1000.0,
-        "" | "s" => n,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        other => {
-            return Err(format!(
-                "unknown unit {other:?} in {s:?} (use ms, s, m or h)"
-            ))
+impl ConfigError {
+    /// The same error, naming the file it came from.
+    pub fn in_file(self, file: &Path) -> Self {
+        match self {
+            Self::Parse {
+                key,
+                line,
+                column,
+                message,
+                ..
+            } => Self::Parse {
+                path: file.to_path_buf(),
+                key,
+                line,
+                column,
+                message,
+            },
+            other => other,
         }
-    };
-    if !secs.is_finite() || secs < 0.0 {
-        return Err(format!("{s:?} is not a valid duration"));
     }
-    Ok(Duration::from_secs_f64(secs))
 }
 
+fn file_prefix(path: &Path) -> String {
+    if path.as_os_str().is_empty() {
+        String::new()
+    } else {
+        format!("{}: ", path.display())
+    }
+}
+
+fn location(key: &Option<String>, line: Option<usize>, column: Option<usize>) -> String {
+    let mut out = String::new();
+    if let Some(l) = line {
+        out.push_str(&format!("line {l}"));
+        if let Some(c) = column {
+            out.push_str(&format!(", column {c}"));
+        }
+        out.push_str(": ");
+    }
+    if let Some(k) = key {
+        out.push_str(&format!("`{k}`: "));
+    }
+    out
+}
+
+/// 1-based line and column (in characters) of byte offset `at` in `text`.
+fn line_column(text: &str, at: usize) -> (usize, usize) {
+    let mut at = at.min(text.len());
+    while !text.is_char_boundary(at) {
+        at -= 1;
+    }
+    let before = &text[..at];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+/// Parses a duration (`250ms`, `15s`, `2m`, `1h30m`, `7d`, or bare seconds) of at most
+/// [`duration::MAX`]; each setting's own range is checked by [`ServeConfig::validate`].
+pub fn parse_duration(s: &str) -> Result<Duration, DurationError> {
+    duration::parse(s)
+}
+
+/// A clap value parser for a duration flag within `b`; clap's error names the flag.
+pub fn duration_within(
+    b: Bounds,
+) -> impl Fn(&str) -> Result<Duration, DurationError> + Clone + Send + Sync + 'static {
+    move |s| b.parse(s)
+}
+
+/// A duration key: a string (`"15s"`) or integer seconds.
 fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Raw {
-        Secs(u64),
-        Text(String),
+    struct V;
+    impl serde::de::Visitor<'_> for V {
+        type Value = Duration;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a duration such as \"15s\", \"2m\", \"7d\", or integer seconds")
+        }
+
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Duration, E> {
+            Ok(Duration::from_secs(v))
+        }
+
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Duration, E> {
+            u64::try_from(v)
+                .map(Duration::from_secs)
+                .map_err(|_| E::custom(format!("{v} is negative: a duration cannot be")))
+        }
+
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Duration, E> {
+            // Anything a Duration holds: validate() then checks the key's own range, so
+            // the error names that range rather than a general one.
+            Bounds::new(Duration::ZERO, Duration::MAX)
+                .parse(v)
+                .map_err(E::custom)
+        }
     }
-    match Raw::deserialize(d)? {
-        Raw::Secs(s) => Ok(Duration::from_secs(s)),
-        Raw::Text(t) => parse_duration(&t).map_err(serde::de::Error::custom),
-    }
+    d.deserialize_any(V)
 }
 
 #[cfg(test)]
@@ -281,5 +434,117 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("`allowed_origins`"));
+    }
+
+    fn invalid(text: &str) -> String {
+        match ServeConfig::from_toml(text).and_then(|c| c.validate()) {
+            Ok(()) => panic!("{text:?} was accepted"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn values_that_wiped_data_or_panicked_are_refused_with_the_key_named() {
+        for (text, key, why) in [
+            (
+                "log_retention = \"99999999999999h\"",
+                "log_retention",
+                "maximum is 3650d",
+            ),
+            ("log_retention = 30", "log_retention", "minimum is 1m"),
+            (
+                "log_max_lines_per_device = -5",
+                "log_max_lines_per_device",
+                "between 1 and",
+            ),
+            (
+                "log_max_lines_per_device = 0",
+                "log_max_lines_per_device",
+                "between 1 and",
+            ),
+            (
+                "idle_timeout = \"100000000000000000s\"",
+                "idle_timeout",
+                "maximum is 1d",
+            ),
+            (
+                "idle_timeout = \"100000000000000000000s\"",
+                "idle_timeout",
+                "too large",
+            ),
+            (
+                "upstream_timeout = \"99999999999999999999h\"",
+                "upstream_timeout",
+                "too large",
+            ),
+            (
+                "upstream_timeout = \"0s\"",
+                "upstream_timeout",
+                "minimum is 1ms",
+            ),
+            ("idle_timeout = -5", "idle_timeout", "negative"),
+            (
+                "max_header_bytes = 0",
+                "max_header_bytes",
+                "between 8192 and",
+            ),
+            (
+                "max_header_bytes = 99999999999",
+                "max_header_bytes",
+                "between 8192 and",
+            ),
+            ("max_header_bytes = -1", "max_header_bytes", ""),
+            (
+                "log_prune_interval = \"0s\"",
+                "log_prune_interval",
+                "minimum is 100ms",
+            ),
+            (
+                "terminal_idle_timeout = \"30d\"",
+                "terminal_idle_timeout",
+                "maximum is 7d",
+            ),
+            (
+                "keep_alive = \"20s\"",
+                "keep_alive",
+                "shorter than idle_timeout",
+            ),
+        ] {
+            let e = invalid(text);
+            assert!(e.contains(&format!("`{key}`")), "{text}: {e}");
+            assert!(e.contains(why), "{text}: {e}");
+        }
+        // Good values of each kind still load.
+        let cfg = ServeConfig::from_toml(
+            "log_retention = \"7d\"\nidle_timeout = 20\nterminal_idle_timeout = \"1h30m\"\n",
+        )
+        .unwrap();
+        cfg.validate().unwrap();
+        assert_eq!(cfg.log_retention, 7 * DAY);
+        assert_eq!(cfg.idle_timeout, Duration::from_secs(20));
+        assert_eq!(cfg.terminal_idle_timeout, Duration::from_secs(5400));
+    }
+
+    #[test]
+    fn toml_errors_name_the_line_but_never_quote_it() {
+        let secret = "MIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC7";
+        let text = format!("domain = \"example.com\"\n{secret}\n");
+        let e = ServeConfig::from_toml(&text)
+            .unwrap_err()
+            .in_file(Path::new("gw.toml"))
+            .to_string();
+        assert!(e.starts_with("gw.toml: line 2, column"), "{e}");
+        assert!(!e.contains(secret) && !e.contains("MIIE"), "{e}");
+        let e = ServeConfig::from_toml("domain = \"a.b\"\nhttp_lisen = \"x\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("line 2") && e.contains("unknown field `http_lisen`"),
+            "{e}"
+        );
+        let e = ServeConfig::from_toml("idle_timeout = \"soon\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`idle_timeout`") && e.contains("line 1"), "{e}");
     }
 }

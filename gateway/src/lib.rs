@@ -9,6 +9,7 @@
 pub mod api;
 pub mod client;
 pub mod config;
+pub mod datadir;
 pub mod demo;
 pub mod logs;
 pub mod logs_cli;
@@ -43,6 +44,9 @@ pub enum GatewayError {
     /// Invalid configuration.
     #[error(transparent)]
     Config(#[from] config::ConfigError),
+    /// The data dir is missing, incomplete, mismatched or in use by another `serve`.
+    #[error(transparent)]
+    DataDir(#[from] datadir::DataDirError),
     /// The CA or a certificate could not be loaded or created.
     #[error("certificates: {0}")]
     Certs(#[from] certs::CertError),
@@ -73,14 +77,23 @@ pub struct Gateway {
     api_tls: Option<Arc<rustls::ServerConfig>>,
     ca: Arc<certs::Ca>,
     fingerprint: String,
+    // Held until the gateway stops: no second `serve` on this data dir meanwhile.
+    _serve_lock: datadir::ServeLock,
 }
 
 impl Gateway {
-    /// Opens the data dir (creating the CA on first start) and binds both listeners.
+    /// Opens the data dir and binds both listeners. A new data dir (with a new CA) is
+    /// created only where none of its files exists; a partial one, an empty database, a
+    /// CA that does not match the database, or a data dir another `serve` holds, is
+    /// refused (see [`datadir`]).
     pub async fn bind(cfg: ServeConfig) -> Result<Self, GatewayError> {
         cfg.validate()?;
-        let ca = certs::Ca::load_or_create(&cfg.data_dir)?;
-        let server_id = ca.load_or_create_server(&cfg.data_dir)?;
+        let datadir::Opened {
+            ca,
+            server: server_id,
+            store,
+            lock,
+        } = datadir::open_for_serve(&cfg.data_dir).await?;
         let tls = certs::server_config(ca.cert_pem(), &server_id)?;
         let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
             .map_err(|e| GatewayError::Quic(e.to_string()))?;
@@ -89,7 +102,6 @@ impl Gateway {
             cfg.keep_alive,
             cfg.idle_timeout,
         )));
-        let store = Store::open(&cfg.data_dir).await?;
         store.mark_all_offline().await?;
         let socket = edge_agent::net::udp_socket(cfg.tunnel_listen).map_err(|source| {
             GatewayError::Bind {
@@ -136,6 +148,7 @@ impl Gateway {
             fingerprint: ca.fingerprint(),
             api_tls,
             ca: Arc::new(ca),
+            _serve_lock: lock,
             cfg,
             store,
             sessions: Arc::new(Sessions::default()),
@@ -277,15 +290,16 @@ impl Gateway {
 
 /// Registers a device offline and returns the agent configuration file for it: identity,
 /// CA and gateway address (`gateway device add`). A running gateway accepts it at once.
+/// The data dir must exist (see [`datadir::open_existing`]).
 pub async fn add_device(
     data_dir: &Path,
     uuid: Option<DeviceUuid>,
     public_url: bool,
     gateway_addr: &str,
 ) -> Result<AgentConfig, GatewayError> {
-    let ca = certs::Ca::load_or_create(data_dir)?;
+    // Never creates a data dir: a mistyped --data-dir must not mint a CA.
+    let (ca, store) = datadir::open_existing(data_dir).await?;
     let uuid = uuid.unwrap_or_else(certs::random_uuid);
-    let store = Store::open(data_dir).await?;
     let identity = ca.issue_device(uuid)?;
     store.add_device(uuid, public_url).await?;
     store.close().await;
@@ -302,12 +316,13 @@ pub async fn add_device(
 
 /// Creates an API token offline (`gateway token create`), for bootstrapping the first
 /// admin. Returns `(id, token)`; the token is shown once and only its hash is stored.
+/// The data dir must exist (see [`datadir::open_existing`]).
 pub async fn create_token(
     data_dir: &Path,
     role: api::auth::Role,
     name: &str,
 ) -> Result<(String, String), GatewayError> {
-    let store = Store::open(data_dir).await?;
+    let (_, store) = datadir::open_existing(data_dir).await?;
     let t = api::auth::generate_token();
     store
         .create_token(&t.id, name, role.as_str(), &t.hash)

@@ -116,7 +116,11 @@ pub(crate) async fn retention_loop(
     shutdown: CancellationToken,
 ) {
     loop {
-        let cutoff = edge_agent::logs::now_ms() - retention.as_millis() as i64;
+        // Checked, never wrapped: a retention beyond i64 milliseconds put the cutoff in
+        // the future once and deleted every line. validate() bounds it; this saturates
+        // at "nothing is old enough" whatever a caller passes.
+        let retention_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
+        let cutoff = edge_agent::logs::now_ms().saturating_sub(retention_ms);
         match store.prune_logs(cutoff, max_per_device).await {
             Ok(0) => {}
             Ok(n) => info!(lines = n, "pruned old log lines"),

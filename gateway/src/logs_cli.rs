@@ -18,7 +18,8 @@ pub struct LogsArgs {
     pub follow: bool,
     /// Only this service.
     pub service: Option<String>,
-    /// Lines newer than this (`1h`, `30m`, or unix milliseconds).
+    /// Lines newer than this (`1h`, `30m`, `7d`, or unix milliseconds), as
+    /// [`parse_since`] returns it.
     pub since: Option<String>,
     /// Only lines containing this text.
     pub grep: Option<String>,
@@ -26,6 +27,19 @@ pub struct LogsArgs {
     pub json: bool,
     /// Without `--since`: how many of the newest lines to print first.
     pub tail: u32,
+}
+
+/// Checks a `--since` value (unix milliseconds, or a duration ago within
+/// [`bounds::LOGS_AGO`](crate::config::bounds::LOGS_AGO)) and returns it in the form the
+/// API takes, safe to put in a query string unescaped.
+pub fn parse_since(s: &str) -> Result<String, protocol::duration::DurationError> {
+    let s = s.trim();
+    // A bare integer is a unix time in milliseconds, as the API reads it.
+    if let Ok(ms) = s.parse::<i64>() {
+        return Ok(ms.to_string());
+    }
+    let ago = crate::config::bounds::LOGS_AGO.parse(s)?;
+    Ok(protocol::duration::display(ago))
 }
 
 fn filters(a: &LogsArgs) -> String {

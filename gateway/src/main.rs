@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use gateway::api::auth::Role;
 use gateway::client::ApiClient;
-use gateway::config::parse_duration;
+use gateway::config::{bounds, duration_within};
 use gateway::{Gateway, ServeConfig};
 use http::Method;
 use protocol::DeviceUuid;
@@ -79,8 +79,8 @@ enum Command {
         /// host-config: a JSON patch, e.g. '{"network":{"hostname":"kiosk-7"}}'.
         #[arg(long)]
         patch: Option<String>,
-        /// How long the action waits for an offline device.
-        #[arg(long, value_parser = parse_duration, default_value = "24h")]
+        /// How long the action waits for an offline device (1s..=3650d).
+        #[arg(long, value_parser = duration_within(bounds::ACTION_TTL), default_value = "24h")]
         ttl: std::time::Duration,
         /// Return once queued instead of waiting for the result.
         #[arg(long)]
@@ -113,7 +113,7 @@ enum Command {
         #[arg(long)]
         service: Option<String>,
         /// Lines from this long ago (`30s`, `15m`, `1h`, `7d`) or unix milliseconds.
-        #[arg(long)]
+        #[arg(long, value_parser = gateway::logs_cli::parse_since)]
         since: Option<String>,
         /// Only lines containing this text (ASCII case-insensitive).
         #[arg(long)]
@@ -295,8 +295,8 @@ enum KeyCommand {
         /// The fleet devices provisioned with this key join.
         #[arg(long)]
         fleet: String,
-        /// Expire after this long (e.g. 24h, 30m). Default: never.
-        #[arg(long, value_parser = parse_duration)]
+        /// Expire after this long (e.g. 24h, 30m, 7d; at most 3650d). Default: never.
+        #[arg(long, value_parser = duration_within(bounds::KEY_EXPIRY))]
         expires: Option<std::time::Duration>,
         /// At most this many devices. Default: unlimited.
         #[arg(long)]
@@ -378,23 +378,25 @@ struct ServeArgs {
     /// tunnel address]
     #[arg(long)]
     advertise_tunnel: Option<String>,
-    /// A silent tunnel counts as dead after this long (e.g. 15s). [default: 15s]
-    #[arg(long, value_parser = parse_duration)]
+    /// A silent tunnel counts as dead after this long (500ms..=1d). [default: 15s]
+    #[arg(long, value_parser = duration_within(bounds::IDLE_TIMEOUT))]
     idle_timeout: Option<std::time::Duration>,
-    /// QUIC keep-alive interval. [default: 5s]
-    #[arg(long, value_parser = parse_duration)]
+    /// QUIC keep-alive interval, below --idle-timeout (10ms..=1d). [default: 5s]
+    #[arg(long, value_parser = duration_within(bounds::KEEP_ALIVE))]
     keep_alive: Option<std::time::Duration>,
-    /// Visitors get a 504 when the device has not answered within this time. [default: 60s]
-    #[arg(long, value_parser = parse_duration)]
+    /// Visitors get a 504 when the device has not answered within this time (1ms..=1d).
+    /// [default: 60s]
+    #[arg(long, value_parser = duration_within(bounds::UPSTREAM_TIMEOUT))]
     upstream_timeout: Option<std::time::Duration>,
-    /// Visitors must send their request headers within this time. [default: 10s]
-    #[arg(long, value_parser = parse_duration)]
+    /// Visitors must send their request headers within this time (1ms..=1d). [default: 10s]
+    #[arg(long, value_parser = duration_within(bounds::HEADER_READ_TIMEOUT))]
     header_read_timeout: Option<std::time::Duration>,
-    /// Largest request head a visitor may send, in bytes. [default: 65536]
+    /// Largest request head a visitor may send, in bytes (8192..=1048576). [default: 65536]
     #[arg(long)]
     max_header_bytes: Option<usize>,
-    /// Terminal sessions with no bytes either way for this long are closed. [default: 15m]
-    #[arg(long, value_parser = parse_duration)]
+    /// Terminal sessions with no bytes either way for this long are closed (1s..=7d).
+    /// [default: 15m]
+    #[arg(long, value_parser = duration_within(bounds::TERMINAL_IDLE_TIMEOUT))]
     terminal_idle_timeout: Option<std::time::Duration>,
     /// A browser origin (e.g. https://console.example.com) whose pages may open the
     /// terminal and log WebSockets besides the API's own; repeatable. [default: none]
@@ -574,7 +576,7 @@ async fn main() -> anyhow::Result<()> {
             println!("{}", cfg.uuid);
         }
         Command::Device(DeviceCommand::List { data_dir }) => {
-            let store = gateway::store::Store::open(&data_dir).await?;
+            let (_, store) = gateway::datadir::open_existing(&data_dir).await?;
             println!(
                 "{:<32}  {:<7}  {:<10}  LAST SEEN",
                 "UUID", "ONLINE", "PUBLIC URL"

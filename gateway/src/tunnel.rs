@@ -386,8 +386,11 @@ async fn deliver_actions(
 pub(crate) fn transport_config(keep_alive: Duration, idle: Duration) -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
     t.keep_alive_interval(Some(keep_alive));
+    // QUIC encodes at most 2^62 ms. Config validation keeps the timeout within a day;
+    // a longer one from elsewhere is capped rather than a panic.
     t.max_idle_timeout(Some(
-        quinn::IdleTimeout::try_from(idle).expect("idle timeout in range"),
+        quinn::IdleTimeout::try_from(idle)
+            .unwrap_or_else(|_| quinn::IdleTimeout::from(quinn::VarInt::MAX)),
     ));
     t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(MAX_AGENT_STREAMS));
     t.max_concurrent_uni_streams(quinn::VarInt::from_u32(0));

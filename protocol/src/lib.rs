@@ -17,6 +17,7 @@
 
 mod codec;
 mod control;
+pub mod duration;
 mod error;
 mod frame;
 mod header;

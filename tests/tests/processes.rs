@@ -85,6 +85,12 @@ async fn documented_commands_and_gateway_kill9_restart() {
     let backend = Backend::spawn("real-device").await;
     let (http, tunnel) = (free_port_tcp(), free_port_udp());
     let mut gw = serve(&data, http, tunnel, "2s");
+    // Only `serve` creates a data dir: wait for it before the offline command.
+    assert!(eventually(Duration::from_secs(20), || async {
+        data.join("gateway.db").exists().then_some(())
+    })
+    .await
+    .is_some());
 
     // Added while `serve` runs: accepted without a restart.
     let out = dir.path().join("device.toml");

@@ -907,6 +907,12 @@ async fn bench_keystroke_echo() {
             .args(["--api-listen", &format!("127.0.0.1:{api}")])
             .env("RUST_LOG", "warn"),
     );
+    // Only `serve` creates a data dir: wait for it before the offline commands.
+    assert!(eventually(Duration::from_secs(20), || async {
+        dir.path().join("gateway.db").exists().then_some(())
+    })
+    .await
+    .is_some());
     let out = Command::new(binary("gateway"))
         .args(["device", "add", "--data-dir"])
         .arg(dir.path())

@@ -57,7 +57,7 @@ impl From<StoreError> for ApiError {
                 Self::new(StatusCode::CONFLICT, "fleet_not_empty", e.to_string())
             }
             StoreError::NoSuchFleet(_) => Self::not_found(e.to_string()),
-            StoreError::Db(_) | StoreError::Corrupt(_) => {
+            StoreError::Db(_) | StoreError::Corrupt(_) | StoreError::EmptyDatabase(_) => {
                 tracing::error!(error = %e, "store failure in API request");
                 Self::new(
                     StatusCode::INTERNAL_SERVER_ERROR,

@@ -59,17 +59,21 @@ struct Params {
     limit: Option<i64>,
 }
 
+/// `since`/`until`: unix milliseconds, or a duration ago within
+/// [`bounds::LOGS_AGO`](crate::config::bounds::LOGS_AGO) (`90s`, `1h`, `7d`).
 fn time_param(name: &str, v: &str) -> Result<i64, ApiError> {
     if let Ok(ms) = v.parse::<i64>() {
         return Ok(ms);
     }
-    let ago = crate::config::parse_duration(v).map_err(|e| {
+    let ago = crate::config::bounds::LOGS_AGO.parse(v).map_err(|e| {
         ApiError::bad_request(
             "invalid_query",
             format!("`{name}` must be unix milliseconds or a duration like 1h: {e}"),
         )
     })?;
-    Ok(edge_agent::logs::now_ms() - ago.as_millis() as i64)
+    // The bound keeps `ago` within 100 years, so this cannot wrap; saturate anyway.
+    let ago_ms = i64::try_from(ago.as_millis()).unwrap_or(i64::MAX);
+    Ok(edge_agent::logs::now_ms().saturating_sub(ago_ms))
 }
 
 impl Params {

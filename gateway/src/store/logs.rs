@@ -259,12 +259,16 @@ impl Store {
     }
 
     /// Deletes lines produced before `older_than_ms`, then each device's oldest lines
-    /// beyond `per_device_cap`. Returns how many lines went.
+    /// beyond `per_device_cap` (at least 1). Returns how many lines went.
     pub async fn prune_logs(
         &self,
         older_than_ms: i64,
         per_device_cap: i64,
     ) -> Result<u64, StoreError> {
+        // A cap below 1 would make SQLite's OFFSET count from the newest line and delete
+        // everything (a config of -5 once did): the config refuses it, and here it means
+        // "keep at least the newest line" whatever a caller passes.
+        let per_device_cap = per_device_cap.max(1);
         let mut n = sqlx::query("DELETE FROM logs WHERE ts < $1")
             .bind(older_than_ms)
             .execute(&self.pool)

@@ -35,6 +35,20 @@ pub enum StoreError {
     /// A stored value is corrupt.
     #[error("corrupt row: {0}")]
     Corrupt(String),
+    /// The database file exists but is empty (0 bytes): a failed copy or restore. Opening
+    /// it would start an empty gateway that has forgotten every device.
+    #[error("{} is empty (0 bytes); restore it from a backup of the data dir", .0.display())]
+    EmptyDatabase(std::path::PathBuf),
+}
+
+/// File name of the database in the data dir.
+pub const DB_FILE: &str = "gateway.db";
+
+/// Whether `data_dir/gateway.db` exists but holds nothing (0 bytes, and no write-ahead
+/// log with content beside it): a database that was truncated or copied wrongly.
+pub fn database_is_empty(data_dir: &Path) -> bool {
+    let len = |name: &str| std::fs::metadata(data_dir.join(name)).map(|m| m.len());
+    matches!(len(DB_FILE), Ok(0)) && !matches!(len(&format!("{DB_FILE}-wal")), Ok(n) if n > 0)
 }
 
 /// Numbered schema migrations; never edit one that has shipped, append a new one.
@@ -151,6 +165,12 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX releases_fleet ON releases (fleet, seq);
     ALTER TABLE fleets ADD COLUMN pinned_release TEXT;
     ALTER TABLE devices ADD COLUMN pinned_release TEXT;",
+    // 9: facts about the data dir itself, such as the fingerprint of the CA it was
+    // created with (checked against ca.pem at every start).
+    "CREATE TABLE gateway_meta (
+        key TEXT PRIMARY KEY NOT NULL,
+        value TEXT NOT NULL
+    );",
 ];
 
 /// A device as stored.
@@ -340,7 +360,12 @@ impl Store {
         .await
         .map_err(|e| StoreError::Db(sqlx::Error::Io(std::io::Error::other(e))))?
         .map_err(|e| StoreError::Db(sqlx::Error::Io(e)))?;
-        let path = data_dir.join("gateway.db");
+        let path = data_dir.join(DB_FILE);
+        // Checked under the open lock: an open that is creating the file has finished
+        // (and written the schema) before the next one looks.
+        if database_is_empty(data_dir) {
+            return Err(StoreError::EmptyDatabase(path));
+        }
         let opts = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
@@ -377,6 +402,32 @@ impl Store {
     /// during reconnect storms. (The PostgreSQL backend will open its own kind here.)
     async fn write_tx(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, StoreError> {
         Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+    }
+
+    /// The fingerprint of the CA this database was created with, if recorded.
+    pub async fn ca_fingerprint(&self) -> Result<Option<String>, StoreError> {
+        Ok(
+            sqlx::query("SELECT value FROM gateway_meta WHERE key = 'ca_fingerprint'")
+                .fetch_optional(&self.pool)
+                .await?
+                .map(|r| r.try_get(0))
+                .transpose()?,
+        )
+    }
+
+    /// Records the fingerprint of the data dir's CA, unless one is recorded already.
+    /// Returns the recorded fingerprint (which may be another one).
+    pub async fn record_ca_fingerprint(&self, fingerprint: &str) -> Result<String, StoreError> {
+        sqlx::query(
+            "INSERT INTO gateway_meta (key, value) VALUES ('ca_fingerprint', $1) ON CONFLICT (key) DO NOTHING",
+        )
+        .bind(fingerprint)
+        .execute(&self.pool)
+        .await?;
+        Ok(self
+            .ca_fingerprint()
+            .await?
+            .unwrap_or_else(|| fingerprint.to_string()))
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {
