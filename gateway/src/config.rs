@@ -36,6 +36,10 @@ pub enum ConfigError {
     },
 }
 
+/// Largest allowed `max_streams_per_device`: the agent accepts 4096 gateway-opened
+/// streams, and 256 of them stay free for terminal sessions whatever visitors do.
+pub const MAX_STREAMS_PER_DEVICE_CAP: usize = 4096 - 256;
+
 /// Configuration of `gateway serve`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -86,6 +90,16 @@ pub struct ServeConfig {
     /// How often retention runs. Default is 10 min.
     #[serde(deserialize_with = "de_duration")]
     pub log_prune_interval: Duration,
+    /// A visitor's request body that sends nothing for this long, while the gateway waits
+    /// for it, is cut off: the visitor gets a 408 and the stream to the device is reset.
+    /// Default is 30 s.
+    #[serde(deserialize_with = "de_duration")]
+    pub request_body_idle_timeout: Duration,
+    /// Most public-URL streams open at once to one device (requests in flight,
+    /// WebSockets, idle keep-alive streams); visitors over it get a 503 with
+    /// `Retry-After` at once. Kept well below the agent's stream cap so terminals always
+    /// have room. Default is 1024; at most [`MAX_STREAMS_PER_DEVICE_CAP`].
+    pub max_streams_per_device: usize,
 }
 
 impl Default for ServeConfig {
@@ -108,6 +122,8 @@ impl Default for ServeConfig {
             log_retention: crate::logs::DEFAULT_RETENTION,
             log_max_lines_per_device: crate::logs::DEFAULT_MAX_LINES_PER_DEVICE,
             log_prune_interval: Duration::from_secs(600),
+            request_body_idle_timeout: Duration::from_secs(30),
+            max_streams_per_device: 1024,
         }
     }
 }
@@ -169,6 +185,7 @@ impl ServeConfig {
             ("upstream_timeout", self.upstream_timeout),
             ("header_read_timeout", self.header_read_timeout),
             ("terminal_idle_timeout", self.terminal_idle_timeout),
+            ("request_body_idle_timeout", self.request_body_idle_timeout),
         ] {
             if d.is_zero() {
                 return Err(ConfigError::Invalid {
@@ -176,6 +193,16 @@ impl ServeConfig {
                     reason: "must be more than zero".into(),
                 });
             }
+        }
+        if !(1..=MAX_STREAMS_PER_DEVICE_CAP).contains(&self.max_streams_per_device) {
+            return Err(ConfigError::Invalid {
+                key: "max_streams_per_device",
+                reason: format!(
+                    "must be between 1 and {MAX_STREAMS_PER_DEVICE_CAP} (the agent's stream cap \
+                     less room for terminals), not {}",
+                    self.max_streams_per_device
+                ),
+            });
         }
         Ok(())
     }
@@ -253,5 +280,29 @@ mod tests {
             ..Default::default()
         };
         assert!(bad.validate().unwrap_err().to_string().contains("`domain`"));
+    }
+
+    #[test]
+    fn visitor_limits() {
+        let cfg: ServeConfig =
+            toml::from_str("request_body_idle_timeout = \"5s\"\nmax_streams_per_device = 64\n")
+                .unwrap();
+        assert_eq!(cfg.request_body_idle_timeout, Duration::from_secs(5));
+        assert_eq!(cfg.max_streams_per_device, 64);
+        cfg.validate().unwrap();
+        for n in [0, MAX_STREAMS_PER_DEVICE_CAP + 1] {
+            let bad = ServeConfig {
+                max_streams_per_device: n,
+                ..Default::default()
+            };
+            let err = bad.validate().unwrap_err().to_string();
+            assert!(err.contains("`max_streams_per_device`"), "{err}");
+        }
+        let bad = ServeConfig {
+            request_body_idle_timeout: Duration::ZERO,
+            ..Default::default()
+        };
+        let err = bad.validate().unwrap_err().to_string();
+        assert!(err.contains("`request_body_idle_timeout`"), "{err}");
     }
 }

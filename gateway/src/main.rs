@@ -396,6 +396,15 @@ struct ServeArgs {
     /// Terminal sessions with no bytes either way for this long are closed. [default: 15m]
     #[arg(long, value_parser = parse_duration)]
     terminal_idle_timeout: Option<std::time::Duration>,
+    /// A visitor's request body that sends nothing for this long is cut off (408, and the
+    /// stream to the device is reset). [default: 30s]
+    #[arg(long, value_parser = parse_duration)]
+    request_body_idle_timeout: Option<std::time::Duration>,
+    /// Most public-URL streams open at once to one device; visitors over it get a 503
+    /// with Retry-After. At most 3840 (the agent's cap less room for terminals).
+    /// [default: 1024]
+    #[arg(long)]
+    max_streams_per_device: Option<usize>,
 }
 
 impl ServeArgs {
@@ -425,7 +434,9 @@ impl ServeArgs {
             upstream_timeout,
             header_read_timeout,
             max_header_bytes,
-            terminal_idle_timeout
+            terminal_idle_timeout,
+            request_body_idle_timeout,
+            max_streams_per_device
         );
         cfg.validate()?;
         Ok(cfg)
