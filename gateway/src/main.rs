@@ -14,6 +14,13 @@ use protocol::DeviceUuid;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
+/// jemalloc with its background purge thread instead of glibc's malloc: after a burst
+/// (thousands of visitor streams) the freed memory goes back to the kernel within
+/// seconds, where glibc (and mimalloc) kept it (BENCHMARKS.md, "Memory after a
+/// slow-POST burst").
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Gateway for fleets of devices behind NAT: devices dial in over one mutually
 /// authenticated QUIC tunnel each, and their web UIs are served at
 /// http://<uuid>.<domain>/.
