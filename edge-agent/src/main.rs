@@ -8,6 +8,13 @@ use edge_agent::{provision, Agent, AgentConfig, AgentOptions};
 use protocol::{DeviceUuid, ProvisioningKey};
 use tokio_util::sync::CancellationToken;
 
+/// jemalloc with its background purge thread instead of glibc's malloc: after a burst
+/// (thousands of visitor streams) the freed memory goes back to the kernel within
+/// seconds, where glibc (and mimalloc) kept it (BENCHMARKS.md, "Memory after a
+/// slow-POST burst").
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Keeps one mutually authenticated QUIC tunnel open to a gateway and serves the device's
 /// web UI, terminals and logs through it.
 #[derive(Parser)]

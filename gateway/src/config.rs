@@ -22,6 +22,8 @@ pub mod bounds {
     pub const UPSTREAM_TIMEOUT: Bounds = Bounds::new(Duration::from_millis(1), DAY);
     /// `header_read_timeout`.
     pub const HEADER_READ_TIMEOUT: Bounds = Bounds::new(Duration::from_millis(1), DAY);
+    /// `request_body_idle_timeout`.
+    pub const REQUEST_BODY_IDLE_TIMEOUT: Bounds = Bounds::new(Duration::from_millis(1), DAY);
     /// `terminal_idle_timeout`.
     pub const TERMINAL_IDLE_TIMEOUT: Bounds = Bounds::new(SECOND, Duration::from_secs(7 * 86_400));
     /// `log_retention`: at least a minute, so a bare number meant as days (`30`) cannot
@@ -77,6 +79,10 @@ pub enum ConfigError {
     },
 }
 
+/// Largest allowed `max_streams_per_device`: the agent accepts 4096 gateway-opened
+/// streams, and 256 of them stay free for terminal sessions whatever visitors do.
+pub const MAX_STREAMS_PER_DEVICE_CAP: usize = 4096 - 256;
+
 /// Configuration of `gateway serve`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -131,6 +137,16 @@ pub struct ServeConfig {
     /// and log WebSockets, besides the API's own (the request's `Host`). Clients that send
     /// no `Origin` (the CLI) are always let in. Default is none.
     pub allowed_origins: Vec<String>,
+    /// A visitor's request body that sends nothing for this long, while the gateway waits
+    /// for it, is cut off: the visitor gets a 408 and the stream to the device is reset.
+    /// Default is 30 s.
+    #[serde(deserialize_with = "de_duration")]
+    pub request_body_idle_timeout: Duration,
+    /// Most public-URL streams open at once to one device (requests in flight,
+    /// WebSockets, idle keep-alive streams); visitors over it get a 503 with
+    /// `Retry-After` at once. Kept well below the agent's stream cap so terminals always
+    /// have room. Default is 1024; at most [`MAX_STREAMS_PER_DEVICE_CAP`].
+    pub max_streams_per_device: usize,
 }
 
 impl Default for ServeConfig {
@@ -154,6 +170,8 @@ impl Default for ServeConfig {
             log_max_lines_per_device: crate::logs::DEFAULT_MAX_LINES_PER_DEVICE,
             log_prune_interval: Duration::from_secs(600),
             allowed_origins: Vec::new(),
+            request_body_idle_timeout: Duration::from_secs(30),
+            max_streams_per_device: 1024,
         }
     }
 }
@@ -230,6 +248,11 @@ impl ServeConfig {
                 self.log_prune_interval,
                 bounds::LOG_PRUNE_INTERVAL,
             ),
+            (
+                "request_body_idle_timeout",
+                self.request_body_idle_timeout,
+                bounds::REQUEST_BODY_IDLE_TIMEOUT,
+            ),
         ] {
             b.check(value).map_err(|e| ConfigError::Invalid {
                 key,
@@ -282,6 +305,16 @@ impl ServeConfig {
             return Err(ConfigError::Invalid {
                 key: "allowed_origins",
                 reason: format!("{o:?} is not an origin like https://console.example.com"),
+            });
+        }
+        if !(1..=MAX_STREAMS_PER_DEVICE_CAP).contains(&self.max_streams_per_device) {
+            return Err(ConfigError::Invalid {
+                key: "max_streams_per_device",
+                reason: format!(
+                    "must be between 1 and {MAX_STREAMS_PER_DEVICE_CAP} (the agent's stream cap \
+                     less room for terminals), not {}",
+                    self.max_streams_per_device
+                ),
             });
         }
         Ok(())
@@ -546,5 +579,29 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("`idle_timeout`") && e.contains("line 1"), "{e}");
+    }
+
+    #[test]
+    fn visitor_limits() {
+        let cfg: ServeConfig =
+            toml::from_str("request_body_idle_timeout = \"5s\"\nmax_streams_per_device = 64\n")
+                .unwrap();
+        assert_eq!(cfg.request_body_idle_timeout, Duration::from_secs(5));
+        assert_eq!(cfg.max_streams_per_device, 64);
+        cfg.validate().unwrap();
+        for n in [0, MAX_STREAMS_PER_DEVICE_CAP + 1] {
+            let bad = ServeConfig {
+                max_streams_per_device: n,
+                ..Default::default()
+            };
+            let err = bad.validate().unwrap_err().to_string();
+            assert!(err.contains("`max_streams_per_device`"), "{err}");
+        }
+        let bad = ServeConfig {
+            request_body_idle_timeout: Duration::ZERO,
+            ..Default::default()
+        };
+        let err = bad.validate().unwrap_err().to_string();
+        assert!(err.contains("`request_body_idle_timeout`"), "{err}");
     }
 }

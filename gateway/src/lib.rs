@@ -224,6 +224,8 @@ impl Gateway {
             upstream_timeout: self.cfg.upstream_timeout,
             header_read_timeout: self.cfg.header_read_timeout,
             max_header_bytes: self.cfg.max_header_bytes,
+            request_body_idle_timeout: self.cfg.request_body_idle_timeout,
+            max_streams_per_device: self.cfg.max_streams_per_device,
         };
         let router = Arc::new(proxy::router::Router::new(
             &router_cfg,

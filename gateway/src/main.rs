@@ -14,6 +14,13 @@ use protocol::DeviceUuid;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
+/// jemalloc with its background purge thread instead of glibc's malloc: after a burst
+/// (thousands of visitor streams) the freed memory goes back to the kernel within
+/// seconds, where glibc (and mimalloc) kept it (BENCHMARKS.md, "Memory after a
+/// slow-POST burst").
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Gateway for fleets of devices behind NAT: devices dial in over one mutually
 /// authenticated QUIC tunnel each, and their web UIs are served at
 /// http://<uuid>.<domain>/.
@@ -402,6 +409,15 @@ struct ServeArgs {
     /// terminal and log WebSockets besides the API's own; repeatable. [default: none]
     #[arg(long = "allowed-origin", value_name = "ORIGIN")]
     allowed_origins: Vec<String>,
+    /// A visitor's request body that sends nothing for this long is cut off (408, and the
+    /// stream to the device is reset) (1ms..=1d). [default: 30s]
+    #[arg(long, value_parser = duration_within(bounds::REQUEST_BODY_IDLE_TIMEOUT))]
+    request_body_idle_timeout: Option<std::time::Duration>,
+    /// Most public-URL streams open at once to one device; visitors over it get a 503
+    /// with Retry-After. At most 3840 (the agent's cap less room for terminals).
+    /// [default: 1024]
+    #[arg(long)]
+    max_streams_per_device: Option<usize>,
 }
 
 impl ServeArgs {
@@ -434,7 +450,9 @@ impl ServeArgs {
             upstream_timeout,
             header_read_timeout,
             max_header_bytes,
-            terminal_idle_timeout
+            terminal_idle_timeout,
+            request_body_idle_timeout,
+            max_streams_per_device
         );
         cfg.validate()?;
         Ok(cfg)

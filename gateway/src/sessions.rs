@@ -1,6 +1,6 @@
 //! Live device sessions: a sharded map from device uuid to a small handle.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use dashmap::DashMap;
@@ -25,6 +25,9 @@ pub struct Session {
     pub kick: tokio::sync::Notify,
     /// Wakes the session's control loop to re-send the device's target state.
     pub retarget: tokio::sync::Notify,
+    /// Public-URL (`Http`) streams open on this tunnel, in flight or idle in the proxy's
+    /// pool; the proxy keeps it under its per-device limit (see [`Session::http_streams`]).
+    pub(crate) open_http_streams: AtomicUsize,
 }
 
 impl Session {
@@ -41,7 +44,35 @@ impl Session {
             pool_authority,
             kick: tokio::sync::Notify::new(),
             retarget: tokio::sync::Notify::new(),
+            open_http_streams: AtomicUsize::new(0),
         }
+    }
+
+    /// Number of public-URL streams open on this tunnel right now (requests in flight,
+    /// WebSockets, and keep-alive streams idle in the proxy's pool).
+    pub fn http_streams(&self) -> usize {
+        self.open_http_streams.load(Ordering::Relaxed)
+    }
+
+    /// Counts one more `Http` stream unless `limit` are already open. The stream is
+    /// counted until the returned guard drops.
+    pub(crate) fn try_open_http_stream(self: &Arc<Self>, limit: usize) -> Option<HttpStreamGuard> {
+        self.open_http_streams
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < limit).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| HttpStreamGuard(Arc::clone(self)))
+    }
+}
+
+/// One counted `Http` stream of a session; uncounts it when dropped.
+#[derive(Debug)]
+pub(crate) struct HttpStreamGuard(Arc<Session>);
+
+impl Drop for HttpStreamGuard {
+    fn drop(&mut self) {
+        self.0.open_http_streams.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

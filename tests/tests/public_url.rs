@@ -415,46 +415,94 @@ async fn oversized_request_head_is_refused() {
     assert_eq!(s, StatusCode::OK);
 }
 
+/// Gateway and agent as separate processes (the shipped binaries), so their RSS is their
+/// own: measured in this test process, the figure also held the backend, the client and
+/// the allocator's slack. glibc opens a new arena whenever a thread finds its arena
+/// locked, so on a loaded machine more arenas each kept freed memory and the in-process
+/// figure grew with load (10 arenas and twice the growth of `MALLOC_ARENA_MAX=1` here;
+/// 342 MiB once on a loaded machine). The binaries use jemalloc, whose threads keep the
+/// arena they were given at start.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn large_bodies_stream_with_bounded_memory() {
+    use std::process::Command;
     const SIZE: u64 = 256 * 1024 * 1024;
-    let gw = TestGateway::spawn().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("gw");
+    let (http, tunnel) = (free_port_tcp(), free_port_udp());
+    let file = dir.path().join("device.toml");
+    let out = Command::new(bin("gateway"))
+        .args(["device", "add", "--public-url", "--data-dir"])
+        .arg(&data)
+        .args(["--gateway", &format!("127.0.0.1:{tunnel}"), "--out"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let uuid = String::from_utf8(out.stdout).unwrap();
+    let host = device_host(uuid.lines().last().unwrap().trim());
     let backend = Backend::spawn("bulk").await;
-    let cfg = gw.add_device(true).await;
-    let host = device_host(&cfg.uuid);
-    let mut agent = TestAgent::spawn(cfg, backend.addr);
-    agent.connected().await;
+    let gw = Proc::spawn(
+        Command::new(bin("gateway"))
+            .args(["serve", "--data-dir"])
+            .arg(&data)
+            .args(["--http-listen", &format!("127.0.0.1:{http}")])
+            .args(["--tunnel-listen", &format!("127.0.0.1:{tunnel}")])
+            .args(["--api-listen", "127.0.0.1:0", "--upstream-timeout", "300s"])
+            .env("RUST_LOG", "warn"),
+    );
+    let agent = Proc::spawn(
+        Command::new(bin("edge-agent"))
+            .args([
+                "run",
+                "--local-api",
+                "127.0.0.1:0",
+                "--engine",
+                "none",
+                "--config",
+            ])
+            .arg(&file)
+            .args(["--target", &backend.addr.to_string()])
+            .env("RUST_LOG", "warn"),
+    );
+    let gw_addr: std::net::SocketAddr = format!("127.0.0.1:{http}").parse().unwrap();
+    let c = http_client();
+    let up = eventually(Duration::from_secs(60), || async {
+        let req = http::Request::builder()
+            .uri(format!("http://{gw_addr}/"))
+            .header("host", &host)
+            .body(empty())
+            .unwrap();
+        // Refused until the gateway listens: keep polling.
+        let resp = c.request(req).await.ok()?;
+        (resp.status() == StatusCode::OK).then_some(())
+    })
+    .await;
+    assert!(up.is_some(), "the device never served");
+    let (gpid, apid) = (gw.pid().to_string(), agent.pid().to_string());
+    let rss = move || rss_kib_of(&gpid) + rss_kib_of(&apid);
 
-    let baseline = rss_kib();
+    let baseline = rss();
     let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(baseline));
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let sampler = {
         let peak = peak.clone();
         let stop = stop.clone();
+        let rss = rss.clone();
         std::thread::spawn(move || {
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                peak.fetch_max(rss_kib(), std::sync::atomic::Ordering::Relaxed);
+                peak.fetch_max(rss(), std::sync::atomic::Ordering::Relaxed);
                 std::thread::sleep(Duration::from_millis(20));
             }
         })
     };
 
-    let c = http_client();
     // Upload: the device counts what arrives.
-    let (s, _, b) = request(
-        &c,
-        gw.http_addr,
-        &host,
-        "POST",
-        "/count",
-        generated_body(SIZE),
-    )
-    .await;
+    let (s, _, b) = request(&c, gw_addr, &host, "POST", "/count", generated_body(SIZE)).await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(b, SIZE.to_string());
     // Download: count while streaming, never collecting the body.
     let req = http::Request::builder()
-        .uri(gw.url(&format!("/bytes/{SIZE}")))
+        .uri(format!("http://{gw_addr}/bytes/{SIZE}"))
         .header("host", &host)
         .body(empty())
         .unwrap();
@@ -471,10 +519,13 @@ async fn large_bodies_stream_with_bounded_memory() {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     sampler.join().unwrap();
     let grown_mib = (peak.load(std::sync::atomic::Ordering::Relaxed) - baseline) / 1024;
-    // Gateway, agent, backend and client all live in this process: 512 MiB moved, and
-    // together they grew by far less than one body.
+    eprintln!(
+        "large bodies: gateway + agent RSS baseline {baseline} KiB, grew {grown_mib} MiB at peak"
+    );
+    // 512 MiB moved; what may queue is bounded by the QUIC windows (4 MiB per stream on
+    // each side) and hyper's buffers, far below one body. 64 MiB is a wide margin.
     assert!(
-        grown_mib < 96,
-        "RSS grew by {grown_mib} MiB while moving 2 x 256 MiB"
+        grown_mib < 64,
+        "gateway + agent RSS grew by {grown_mib} MiB while moving 2 x 256 MiB"
     );
 }

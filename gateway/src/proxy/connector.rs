@@ -5,6 +5,12 @@
 //! byte the agent sends back is a [`TargetStatus`]. Reading it is folded into the first
 //! read, so a request costs no extra round trip; an error status surfaces as an
 //! [`UpstreamError`] inside the client's error.
+//!
+//! Each stream counts against its session's per-device limit for as long as it lives
+//! (in flight or idle in the pool), so one device's visitors can never take all the
+//! streams the agent accepts: the rest stays free for other work on that tunnel
+//! (terminals). A stream dropped before it was shut down cleanly (the request was
+//! aborted: visitor gone, body stalled) is reset, so the device drops its side at once.
 
 use std::future::Future;
 use std::io;
@@ -19,7 +25,7 @@ use hyper_util::rt::TokioIo;
 use protocol::{DeviceUuid, HttpHeader, StreamHeader, TargetStatus};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use crate::sessions::Sessions;
+use crate::sessions::{HttpStreamGuard, Sessions};
 
 /// Why a request could not reach the device's web server.
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +33,9 @@ pub(crate) enum UpstreamError {
     /// The device has no live tunnel (or its session was replaced).
     #[error("device is offline")]
     Offline,
+    /// The device already has its limit of public-URL streams open.
+    #[error("too many concurrent requests to this device (limit {0})")]
+    TooManyStreams(usize),
     /// The agent could not connect to its local target.
     #[error("{}", .0.describe())]
     Target(TargetStatus),
@@ -42,6 +51,8 @@ pub(crate) enum UpstreamError {
 #[derive(Clone)]
 pub(crate) struct TunnelConnector {
     pub(crate) sessions: Arc<Sessions>,
+    /// Most `Http` streams open at once per device session.
+    pub(crate) max_streams: usize,
 }
 
 impl tower_service::Service<Uri> for TunnelConnector {
@@ -55,6 +66,7 @@ impl tower_service::Service<Uri> for TunnelConnector {
 
     fn call(&mut self, uri: Uri) -> Self::Future {
         let sessions = Arc::clone(&self.sessions);
+        let limit = self.max_streams;
         Box::pin(async move {
             let host = uri.host().unwrap_or_default();
             let (uuid, id) = host
@@ -65,6 +77,11 @@ impl tower_service::Service<Uri> for TunnelConnector {
                 .get(&uuid)
                 .filter(|s| s.id == id)
                 .ok_or(UpstreamError::Offline)?;
+            // Counted before opening: over the limit the visitor gets a 503 at once
+            // instead of queueing behind the device's stream cap.
+            let guard = session
+                .try_open_http_stream(limit)
+                .ok_or(UpstreamError::TooManyStreams(limit))?;
             let (mut send, recv) = session.conn.open_bi().await?;
             // Written without waiting: the header and the request leave in one flight.
             let header = StreamHeader::Http(HttpHeader::default())
@@ -77,6 +94,8 @@ impl tower_service::Service<Uri> for TunnelConnector {
             Ok(TokioIo::new(TunnelStream {
                 inner: BiStream { send, recv },
                 status_seen: false,
+                shut_down: false,
+                _counted: guard,
             }))
         })
     }
@@ -86,6 +105,25 @@ impl tower_service::Service<Uri> for TunnelConnector {
 pub(crate) struct TunnelStream {
     inner: BiStream,
     status_seen: bool,
+    /// Whether the client shut the stream down (finished our side) itself.
+    shut_down: bool,
+    /// Keeps the stream counted against the device's limit while it lives.
+    _counted: HttpStreamGuard,
+}
+
+impl Drop for TunnelStream {
+    fn drop(&mut self) {
+        // Dropped without a clean shutdown: the request was aborted (visitor gone, body
+        // idle timeout) or an idle pooled stream expired. quinn would otherwise *finish*
+        // the stream, which the device reads as a complete request body; a reset makes
+        // it drop the target connection at once instead.
+        if !self.shut_down {
+            let _ = self
+                .inner
+                .send
+                .reset(edge_agent::wire::varint(protocol::AppErrorCode::NoError));
+        }
+    }
 }
 
 impl Connection for TunnelStream {
@@ -135,6 +173,7 @@ impl AsyncWrite for TunnelStream {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.shut_down = true;
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

@@ -1,16 +1,26 @@
 //! Routes visitors' requests to devices by `Host` and forwards them through the tunnel.
+//!
+//! The device is picked from the request-target's authority when there is one (HTTP/2
+//! `:authority`, an HTTP/1.1 absolute-form URI: RFC 9112 §3.2.2 says it wins over
+//! `Host`), else from the one `Host` header; two `Host` headers are a 400. Forwarding
+//! headers are the gateway's own: `X-Real-IP` is replaced, `X-Forwarded-For` and
+//! `Forwarded` get the gateway's element appended last. A visitor body that sends
+//! nothing for `request_body_idle_timeout` is cut off with a 408.
 
 use std::convert::Infallible;
 use std::error::Error as StdError;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::{Either, Full};
-use hyper::body::Incoming;
+use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -45,6 +55,12 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::TRANSFER_ENCODING,
 ];
 
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+
+/// `Retry-After` (seconds) sent with the 503 for a device at its stream limit.
+const BUSY_RETRY_AFTER: &str = "5";
+
 /// Settings of the public router.
 #[derive(Debug, Clone)]
 pub(crate) struct RouterConfig {
@@ -52,6 +68,8 @@ pub(crate) struct RouterConfig {
     pub(crate) upstream_timeout: Duration,
     pub(crate) header_read_timeout: Duration,
     pub(crate) max_header_bytes: usize,
+    pub(crate) request_body_idle_timeout: Duration,
+    pub(crate) max_streams_per_device: usize,
 }
 
 /// Routes requests by `Host` to device sessions.
@@ -59,8 +77,9 @@ pub(crate) struct Router {
     suffix: String,
     sessions: Arc<Sessions>,
     store: Store,
-    client: Client<TunnelConnector, Incoming>,
+    client: Client<TunnelConnector, IdleBody>,
     upstream_timeout: Duration,
+    body_idle_timeout: Duration,
 }
 
 impl Router {
@@ -73,6 +92,7 @@ impl Router {
             .set_host(false)
             .build(TunnelConnector {
                 sessions: Arc::clone(&sessions),
+                max_streams: cfg.max_streams_per_device,
             });
         Self {
             suffix: format!(".{}", cfg.domain),
@@ -80,6 +100,7 @@ impl Router {
             store,
             client,
             upstream_timeout: cfg.upstream_timeout,
+            body_idle_timeout: cfg.request_body_idle_timeout,
         }
     }
 
@@ -94,14 +115,28 @@ impl Router {
         label.parse().ok()
     }
 
-    async fn handle(&self, mut req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
-        let host = req
-            .headers()
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .map(str::to_string)
-            .or_else(|| req.uri().authority().map(|a| a.to_string()))
-            .unwrap_or_default();
+    async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+        // RFC 9112 §3.2: a request with more than one Host field is answered 400. A
+        // proxy that forwarded it would let the device pick another Host than we did.
+        if req.headers().get_all(header::HOST).iter().nth(1).is_some() {
+            return error_page(
+                StatusCode::BAD_REQUEST,
+                "A request carries exactly one Host header.",
+                req.headers(),
+            );
+        }
+        // The request-target's authority wins over Host (RFC 9112 §3.2.2 for absolute
+        // form; HTTP/2 carries the host in :authority); the device is picked from it and
+        // the Host the device sees is rewritten to match.
+        let host = match req.uri().authority() {
+            Some(a) => a.as_str().to_string(),
+            None => req
+                .headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .unwrap_or_default()
+                .to_string(),
+        };
         let Some(uuid) = self.device_from_host(&host) else {
             return error_page(
                 StatusCode::NOT_FOUND,
@@ -141,6 +176,7 @@ impl Router {
             }
         };
 
+        let mut req = req;
         let upgrade = is_upgrade(req.headers());
         let visitor_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         // Error pages only need to know whether the visitor accepts HTML.
@@ -160,24 +196,40 @@ impl Router {
                 .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
         );
         *req.uri_mut() = Uri::from_parts(parts).expect("scheme, authority and path form a URI");
+        let visitor_version = req.version();
         *req.version_mut() = Version::HTTP_11;
+        let has_body = !req.body().is_end_stream();
+        let req = req.map(|b| IdleBody::new(b, self.body_idle_timeout));
 
-        let mut resp =
-            match tokio::time::timeout(self.upstream_timeout, self.client.request(req)).await {
-                Ok(Ok(resp)) => resp,
-                Ok(Err(e)) => {
-                    let (status, detail) = classify(&e);
-                    debug!(device = %uuid, error = %e, %status, "upstream request failed");
-                    return error_page(status, detail, &request_headers);
+        let mut resp = match tokio::time::timeout(self.upstream_timeout, self.client.request(req))
+            .await
+        {
+            Ok(Ok(resp)) => resp,
+            Ok(Err(e)) => {
+                let failure = classify(&e);
+                debug!(device = %uuid, error = %e, status = %failure.status, "upstream request failed");
+                let mut page = error_page(failure.status, &failure.detail, &request_headers);
+                if let Some(secs) = failure.retry_after {
+                    page.headers_mut()
+                        .insert(header::RETRY_AFTER, HeaderValue::from_static(secs));
                 }
-                Err(_) => {
-                    return error_page(
-                        StatusCode::GATEWAY_TIMEOUT,
-                        "The device did not answer in time.",
-                        &request_headers,
-                    )
+                // An HTTP/1 visitor whose body was not read to the end cannot send
+                // another request on this connection: say so instead of leaving it
+                // to guess (hyper closes it after this answer either way).
+                if has_body && visitor_version < Version::HTTP_2 {
+                    page.headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
                 }
-            };
+                return page;
+            }
+            Err(_) => {
+                return error_page(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "The device did not answer in time.",
+                    &request_headers,
+                )
+            }
+        };
 
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             if let Some(visitor_upgrade) = visitor_upgrade {
@@ -246,32 +298,181 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
-fn prepare_request(req: &mut Request<Incoming>, host: &str, peer: SocketAddr, upgrade: bool) {
+/// Turns the visitor's request head into the one the device sees: hop-by-hop headers
+/// go, `Host` is the routed authority, and the forwarding headers are the gateway's.
+fn prepare_request<B>(req: &mut Request<B>, host: &str, peer: SocketAddr, upgrade: bool) {
     let headers = req.headers_mut();
     strip_hop_by_hop(headers, upgrade);
-    if !headers.contains_key(header::HOST) {
-        if let Ok(v) = HeaderValue::from_str(host) {
-            headers.insert(header::HOST, v);
+    // The routed authority, also when it came from the URI rather than Host (a proxy
+    // MUST send a Host made from an absolute-form target, RFC 9112 §3.2.2).
+    match HeaderValue::from_str(host) {
+        Ok(v) => {
+            headers.insert(header::HOST, v.clone());
+            headers.insert("x-forwarded-host", v);
+        }
+        Err(_) => {
+            headers.remove(header::HOST);
         }
     }
-    let ip = peer.ip().to_string();
-    let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(prev) => format!("{prev}, {ip}"),
-        None => ip,
+    let ip = peer.ip().to_canonical();
+    // X-Forwarded-For and Forwarded are lists each proxy appends to; the gateway's entry
+    // is last, and it is the only one a device should trust.
+    let xff = append_list(headers, &X_FORWARDED_FOR, &ip.to_string());
+    set(headers, X_FORWARDED_FOR, &xff);
+    let node = match ip {
+        std::net::IpAddr::V4(v4) => v4.to_string(),
+        std::net::IpAddr::V6(v6) => format!("\"[{v6}]\""),
     };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
-        headers.insert("x-forwarded-for", v);
-    }
+    let ours = format!("for={node};host={};proto=http", quoted(host));
+    let forwarded = append_list(headers, &header::FORWARDED, &ours);
+    set(headers, header::FORWARDED, &forwarded);
     headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
-    if let Ok(v) = HeaderValue::from_str(host) {
-        headers.insert("x-forwarded-host", v);
+    // X-Real-IP is one address, the visitor's as the gateway saw it: never the
+    // visitor's own claim.
+    set(headers, X_REAL_IP, &ip.to_string());
+}
+
+/// Every value of list header `name`, joined, with `ours` appended.
+fn append_list(headers: &HeaderMap, name: &HeaderName, ours: &str) -> String {
+    let mut items: Vec<&str> = headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .collect();
+    items.push(ours);
+    items.join(", ")
+}
+
+/// Replaces every value of `name` with `value` (or removes it if `value` is not a valid
+/// header value, so a visitor's value never survives).
+fn set(headers: &mut HeaderMap, name: HeaderName, value: &str) {
+    match HeaderValue::from_str(value) {
+        Ok(v) => {
+            headers.insert(name, v);
+        }
+        Err(_) => {
+            headers.remove(name);
+        }
     }
 }
 
+/// An RFC 7230 quoted-string.
+fn quoted(s: &str) -> String {
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+/// A visitor's request body that fails once nothing has arrived for `idle` while the
+/// proxy is waiting for it. Time the proxy spends not asking (the device is not reading:
+/// flow control) does not count.
+struct IdleBody {
+    inner: Incoming,
+    idle: Duration,
+    /// Made at the first wait, then reused: a long upload allocates it once.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Whether the timer runs: from a poll that found nothing until the next frame.
+    armed: bool,
+}
+
+impl IdleBody {
+    fn new(inner: Incoming, idle: Duration) -> Self {
+        Self {
+            inner,
+            idle,
+            timer: None,
+            armed: false,
+        }
+    }
+}
+
+impl HttpBody for IdleBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                // Something arrived: the next wait starts the clock from scratch.
+                this.armed = false;
+                Poll::Ready(frame.map(|r| r.map_err(BodyError::Visitor)))
+            }
+            Poll::Pending => {
+                let idle = this.idle;
+                let deadline = tokio::time::Instant::now() + idle;
+                let timer = this
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                if !this.armed {
+                    // Waiting on the visitor starts now (a stale deadline from an earlier
+                    // wait, or from time the proxy was not asking, must not count).
+                    timer.as_mut().reset(deadline);
+                    this.armed = true;
+                }
+                match timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Some(Err(BodyError::IdleTimeout(idle)))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Why a visitor's request body stopped.
+#[derive(Debug, thiserror::Error)]
+enum BodyError {
+    /// The visitor's connection failed or closed mid-body.
+    #[error("visitor body: {0}")]
+    Visitor(hyper::Error),
+    /// Nothing arrived for this long while the proxy was waiting for it.
+    #[error("visitor sent no body bytes for {0:?}")]
+    IdleTimeout(Duration),
+}
+
+/// What a visitor is told when the request could not be forwarded.
+struct Failure {
+    status: StatusCode,
+    detail: String,
+    /// `Retry-After` seconds, for a busy device.
+    retry_after: Option<&'static str>,
+}
+
 /// Maps a client error to the status and page a visitor sees.
-fn classify(err: &(dyn StdError + 'static)) -> (StatusCode, &'static str) {
+fn classify(err: &(dyn StdError + 'static)) -> Failure {
+    let page = |status, detail: &str| Failure {
+        status,
+        detail: detail.to_string(),
+        retry_after: None,
+    };
     let mut cur: Option<&(dyn StdError + 'static)> = Some(err);
     while let Some(e) = cur {
+        if let Some(b) = e.downcast_ref::<BodyError>() {
+            return match b {
+                BodyError::IdleTimeout(idle) => page(
+                    StatusCode::REQUEST_TIMEOUT,
+                    &format!(
+                        "The request body stalled: nothing arrived for {} s.",
+                        idle.as_secs_f64()
+                    ),
+                ),
+                BodyError::Visitor(_) => page(
+                    StatusCode::BAD_REQUEST,
+                    "The request body ended before it was complete.",
+                ),
+            };
+        }
         let upstream = e.downcast_ref::<UpstreamError>().or_else(|| {
             e.downcast_ref::<std::io::Error>()
                 .and_then(|io| io.get_ref())
@@ -279,33 +480,40 @@ fn classify(err: &(dyn StdError + 'static)) -> (StatusCode, &'static str) {
         });
         if let Some(u) = upstream {
             return match u {
-                UpstreamError::Offline | UpstreamError::Tunnel(_) => (
+                UpstreamError::TooManyStreams(_) => Failure {
+                    status: StatusCode::SERVICE_UNAVAILABLE,
+                    detail: "The device is busy: too many concurrent requests to this device. \
+                             Try again in a few seconds."
+                        .into(),
+                    retry_after: Some(BUSY_RETRY_AFTER),
+                },
+                UpstreamError::Offline | UpstreamError::Tunnel(_) => page(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "The device is offline. It is reachable again as soon as it reconnects.",
                 ),
-                UpstreamError::Target(TargetStatus::Timeout) => (
+                UpstreamError::Target(TargetStatus::Timeout) => page(
                     StatusCode::GATEWAY_TIMEOUT,
                     "The device's web server did not accept the connection in time.",
                 ),
-                UpstreamError::Target(TargetStatus::Refused) => (
+                UpstreamError::Target(TargetStatus::Refused) => page(
                     StatusCode::BAD_GATEWAY,
                     "The device is online, but nothing is listening on its web port.",
                 ),
-                UpstreamError::Target(_) | UpstreamError::BadKey(_) => (
+                UpstreamError::Target(_) | UpstreamError::BadKey(_) => page(
                     StatusCode::BAD_GATEWAY,
                     "The device could not reach its web server.",
                 ),
             };
         }
         if e.downcast_ref::<quinn::ConnectionError>().is_some() {
-            return (
+            return page(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "The device went offline while answering.",
             );
         }
         cur = e.source();
     }
-    (
+    page(
         StatusCode::BAD_GATEWAY,
         "The device's web server closed the connection without a valid answer.",
     )
@@ -385,6 +593,41 @@ mod tests {
         strip_hop_by_hop(&mut h, false);
         assert_eq!(h.len(), 1, "{h:?}");
         assert!(h.contains_key("x-keep"));
+    }
+
+    #[test]
+    fn forwarding_headers_are_the_gateways() {
+        let mut req = Request::builder()
+            .uri("/")
+            .header(header::HOST, "forged.example")
+            .header("x-real-ip", "6.6.6.6")
+            .header("forwarded", "for=1.2.3.4")
+            .header("x-forwarded-for", "1.2.3.4")
+            .header("x-forwarded-for", "5.6.7.8")
+            .body(())
+            .unwrap();
+        let peer = "[::1]:5000".parse().unwrap();
+        prepare_request(&mut req, "a.devices.localhost:8080", peer, false);
+        let h = req.headers();
+        assert_eq!(h[header::HOST], "a.devices.localhost:8080");
+        assert_eq!(h["x-forwarded-host"], "a.devices.localhost:8080");
+        assert_eq!(h["x-real-ip"], "::1");
+        assert_eq!(h["x-forwarded-for"], "1.2.3.4, 5.6.7.8, ::1");
+        assert_eq!(
+            h["forwarded"],
+            "for=1.2.3.4, for=\"[::1]\";host=\"a.devices.localhost:8080\";proto=http"
+        );
+        assert_eq!(h.get_all("x-real-ip").iter().count(), 1);
+        // A v4-mapped peer (dual-stack listener) is reported as the v4 address.
+        let mut req = Request::builder().uri("/").body(()).unwrap();
+        let peer = "[::ffff:192.0.2.7]:1".parse().unwrap();
+        prepare_request(&mut req, "a.devices.localhost", peer, false);
+        assert_eq!(req.headers()["x-real-ip"], "192.0.2.7");
+        assert_eq!(
+            req.headers()["forwarded"],
+            "for=192.0.2.7;host=\"a.devices.localhost\";proto=http"
+        );
+        assert_eq!(quoted("a\"b\\c"), "\"a\\\"b\\\\c\"");
     }
 
     #[test]
