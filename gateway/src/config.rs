@@ -69,7 +69,8 @@ pub struct ServeConfig {
     /// Default is 60 s.
     #[serde(deserialize_with = "de_duration")]
     pub upstream_timeout: Duration,
-    /// A visitor must send complete request headers within this time. Default is 10 s.
+    /// A visitor or API client must send a complete request head within this time of
+    /// connecting (TLS handshake included) and between keep-alive requests. Default is 10 s.
     #[serde(deserialize_with = "de_duration")]
     pub header_read_timeout: Duration,
     /// Largest request head (request line + headers) a visitor may send. Default is 64 KiB.
@@ -86,6 +87,34 @@ pub struct ServeConfig {
     /// How often retention runs. Default is 10 min.
     #[serde(deserialize_with = "de_duration")]
     pub log_prune_interval: Duration,
+    /// Open visitor connections at most (public listener, all clients together). Default
+    /// is derived from the file-descriptor limit: what it leaves after
+    /// `api_max_connections` and 256 fds for the gateway's own files, within 64..=50,000.
+    pub max_connections: Option<usize>,
+    /// Open visitor connections at most from one client address (IPv6: one /64). Default
+    /// is 256: room for an office behind one NAT address (browsers open up to 6
+    /// connections per device URL).
+    pub max_connections_per_ip: usize,
+    /// Open management API connections at most. Default is 256.
+    pub api_max_connections: usize,
+    /// Open management API connections at most from one client address. Default is 64.
+    pub api_max_connections_per_ip: usize,
+    /// A visitor or API connection with no request open for this long is closed (HTTP/1
+    /// keep-alive connections also close when `header_read_timeout` passes without a new
+    /// request). Default is 60 s.
+    #[serde(deserialize_with = "de_duration")]
+    pub connection_idle_timeout: Duration,
+    /// Failed API token checks from one client address before it is refused with 429 for
+    /// a while; 0 turns the back-off off. Default is 10.
+    pub auth_failures_before_backoff: u32,
+    /// The first refusal window after `auth_failures_before_backoff` failures; each further
+    /// failure doubles it. Default is 1 s.
+    #[serde(deserialize_with = "de_duration")]
+    pub auth_backoff: Duration,
+    /// The longest refusal window; an address quiet this long is forgotten. Default is
+    /// 5 min.
+    #[serde(deserialize_with = "de_duration")]
+    pub auth_backoff_max: Duration,
 }
 
 impl Default for ServeConfig {
@@ -108,6 +137,14 @@ impl Default for ServeConfig {
             log_retention: crate::logs::DEFAULT_RETENTION,
             log_max_lines_per_device: crate::logs::DEFAULT_MAX_LINES_PER_DEVICE,
             log_prune_interval: Duration::from_secs(600),
+            max_connections: None,
+            max_connections_per_ip: 256,
+            api_max_connections: 256,
+            api_max_connections_per_ip: 64,
+            connection_idle_timeout: Duration::from_secs(60),
+            auth_failures_before_backoff: 10,
+            auth_backoff: Duration::from_secs(1),
+            auth_backoff_max: Duration::from_secs(5 * 60),
         }
     }
 }
@@ -169,6 +206,8 @@ impl ServeConfig {
             ("upstream_timeout", self.upstream_timeout),
             ("header_read_timeout", self.header_read_timeout),
             ("terminal_idle_timeout", self.terminal_idle_timeout),
+            ("connection_idle_timeout", self.connection_idle_timeout),
+            ("auth_backoff", self.auth_backoff),
         ] {
             if d.is_zero() {
                 return Err(ConfigError::Invalid {
@@ -176,6 +215,31 @@ impl ServeConfig {
                     reason: "must be more than zero".into(),
                 });
             }
+        }
+        for (key, n) in [
+            ("max_connections", self.max_connections.unwrap_or(1)),
+            ("max_connections_per_ip", self.max_connections_per_ip),
+            ("api_max_connections", self.api_max_connections),
+            (
+                "api_max_connections_per_ip",
+                self.api_max_connections_per_ip,
+            ),
+        ] {
+            if n == 0 {
+                return Err(ConfigError::Invalid {
+                    key,
+                    reason: "must be at least 1".into(),
+                });
+            }
+        }
+        if self.auth_backoff_max < self.auth_backoff {
+            return Err(ConfigError::Invalid {
+                key: "auth_backoff_max",
+                reason: format!(
+                    "must not be shorter than auth_backoff ({:?} < {:?})",
+                    self.auth_backoff_max, self.auth_backoff
+                ),
+            });
         }
         Ok(())
     }
@@ -253,5 +317,37 @@ mod tests {
             ..Default::default()
         };
         assert!(bad.validate().unwrap_err().to_string().contains("`domain`"));
+    }
+
+    #[test]
+    fn limit_keys() {
+        let cfg: ServeConfig = toml::from_str(
+            "max_connections = 5000\nmax_connections_per_ip = 32\nconnection_idle_timeout = \"30s\"\nauth_backoff_max = \"1m\"\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.max_connections, Some(5000));
+        assert_eq!(cfg.max_connections_per_ip, 32);
+        assert_eq!(cfg.connection_idle_timeout, Duration::from_secs(30));
+        cfg.validate().unwrap();
+        assert_eq!(ServeConfig::default().max_connections, None);
+        for (bad, key) in [
+            ("max_connections = 0", "`max_connections`"),
+            (
+                "api_max_connections_per_ip = 0",
+                "`api_max_connections_per_ip`",
+            ),
+            (
+                "connection_idle_timeout = \"0s\"",
+                "`connection_idle_timeout`",
+            ),
+            (
+                "auth_backoff = \"10s\"\nauth_backoff_max = \"5s\"",
+                "`auth_backoff_max`",
+            ),
+        ] {
+            let cfg: ServeConfig = toml::from_str(bad).unwrap();
+            let err = cfg.validate().unwrap_err().to_string();
+            assert!(err.contains(key), "{bad}: {err}");
+        }
     }
 }

@@ -27,7 +27,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the gateway: tunnel endpoint (UDP) and public HTTP router (TCP).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Manage devices in a gateway's data dir (works beside a running `serve`).
     #[command(subcommand)]
     Device(DeviceCommand),
@@ -387,7 +387,8 @@ struct ServeArgs {
     /// Visitors get a 504 when the device has not answered within this time. [default: 60s]
     #[arg(long, value_parser = parse_duration)]
     upstream_timeout: Option<std::time::Duration>,
-    /// Visitors must send their request headers within this time. [default: 10s]
+    /// Visitors and API clients must send a complete request head within this time of
+    /// connecting (TLS handshake included), and between keep-alive requests. [default: 10s]
     #[arg(long, value_parser = parse_duration)]
     header_read_timeout: Option<std::time::Duration>,
     /// Largest request head a visitor may send, in bytes. [default: 65536]
@@ -396,6 +397,35 @@ struct ServeArgs {
     /// Terminal sessions with no bytes either way for this long are closed. [default: 15m]
     #[arg(long, value_parser = parse_duration)]
     terminal_idle_timeout: Option<std::time::Duration>,
+    /// Open visitor connections at most, all clients together. [default: derived from the
+    /// file-descriptor limit, minus --api-max-connections and 256; 64 to 50000]
+    #[arg(long)]
+    max_connections: Option<usize>,
+    /// Open visitor connections at most from one client address (IPv6: one /64).
+    /// [default: 256]
+    #[arg(long)]
+    max_connections_per_ip: Option<usize>,
+    /// Open management API connections at most. [default: 256]
+    #[arg(long)]
+    api_max_connections: Option<usize>,
+    /// Open management API connections at most from one client address. [default: 64]
+    #[arg(long)]
+    api_max_connections_per_ip: Option<usize>,
+    /// Visitor and API connections with no request open for this long are closed.
+    /// [default: 60s]
+    #[arg(long, value_parser = parse_duration)]
+    connection_idle_timeout: Option<std::time::Duration>,
+    /// Failed API token checks from one address before it gets 429 for a while (0: off).
+    /// [default: 10]
+    #[arg(long)]
+    auth_failures_before_backoff: Option<u32>,
+    /// First 429 window after too many failed token checks; doubles with each further
+    /// failure. [default: 1s]
+    #[arg(long, value_parser = parse_duration)]
+    auth_backoff: Option<std::time::Duration>,
+    /// Longest 429 window; an address quiet this long is forgotten. [default: 5m]
+    #[arg(long, value_parser = parse_duration)]
+    auth_backoff_max: Option<std::time::Duration>,
 }
 
 impl ServeArgs {
@@ -425,8 +455,18 @@ impl ServeArgs {
             upstream_timeout,
             header_read_timeout,
             max_header_bytes,
-            terminal_idle_timeout
+            terminal_idle_timeout,
+            max_connections_per_ip,
+            api_max_connections,
+            api_max_connections_per_ip,
+            connection_idle_timeout,
+            auth_failures_before_backoff,
+            auth_backoff,
+            auth_backoff_max
         );
+        if self.max_connections.is_some() {
+            cfg.max_connections = self.max_connections;
+        }
         cfg.validate()?;
         Ok(cfg)
     }
@@ -538,7 +578,9 @@ async fn main() -> anyhow::Result<()> {
         .init();
     match cli.command {
         Command::Serve(args) => {
-            let cfg = args.into_config()?;
+            // Before binding: every visitor and API connection costs a file descriptor.
+            edge_agent::net::raise_fd_limit();
+            let cfg = (*args).into_config()?;
             let gateway = Gateway::bind(cfg).await?;
             let shutdown = CancellationToken::new();
             tokio::spawn(signal_shutdown(shutdown.clone()));
