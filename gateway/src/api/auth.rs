@@ -3,7 +3,7 @@
 //! A token is `gw_<id>.<secret>`. Only the SHA-256 of the whole token is stored; `id` is
 //! public (shown in listings and the audit log) so a token can be revoked by id.
 //!
-//! Guessing is slowed down per client address ([`AuthBackoff`]): after a few failed token
+//! Guessing is slowed down per client address (`AuthBackoff`): after a few failed token
 //! checks, every request from that address gets `429 Too Many Requests` with
 //! `Retry-After` for a window that doubles with each further failure.
 
