@@ -227,6 +227,8 @@ async fn main() -> anyhow::Result<()> {
             log_spool_mib,
             engine,
         } => {
+            // Before anything opens files: terminals, streams and engine calls all cost fds.
+            edge_agent::net::raise_fd_limit();
             let engine_socket = (engine != "none").then_some(engine);
             let (identity, state_dir) = source.paths();
             let shutdown = CancellationToken::new();

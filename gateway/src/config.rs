@@ -24,6 +24,10 @@ pub mod bounds {
     pub const HEADER_READ_TIMEOUT: Bounds = Bounds::new(Duration::from_millis(1), DAY);
     /// `request_body_idle_timeout`.
     pub const REQUEST_BODY_IDLE_TIMEOUT: Bounds = Bounds::new(Duration::from_millis(1), DAY);
+    /// `connection_idle_timeout`.
+    pub const CONNECTION_IDLE_TIMEOUT: Bounds = Bounds::new(Duration::from_millis(1), DAY);
+    /// `auth_backoff` and `auth_backoff_max`.
+    pub const AUTH_BACKOFF: Bounds = Bounds::new(Duration::from_millis(1), DAY);
     /// `terminal_idle_timeout`.
     pub const TERMINAL_IDLE_TIMEOUT: Bounds = Bounds::new(SECOND, Duration::from_secs(7 * 86_400));
     /// `log_retention`: at least a minute, so a bare number meant as days (`30`) cannot
@@ -116,7 +120,8 @@ pub struct ServeConfig {
     /// Default is 60 s.
     #[serde(deserialize_with = "de_duration")]
     pub upstream_timeout: Duration,
-    /// A visitor must send complete request headers within this time. Default is 10 s.
+    /// A visitor or API client must send a complete request head within this time of
+    /// connecting (TLS handshake included) and between keep-alive requests. Default is 10 s.
     #[serde(deserialize_with = "de_duration")]
     pub header_read_timeout: Duration,
     /// Largest request head (request line + headers) a visitor may send. Default is 64 KiB.
@@ -147,6 +152,34 @@ pub struct ServeConfig {
     /// `Retry-After` at once. Kept well below the agent's stream cap so terminals always
     /// have room. Default is 1024; at most [`MAX_STREAMS_PER_DEVICE_CAP`].
     pub max_streams_per_device: usize,
+    /// Open visitor connections at most (public listener, all clients together). Default
+    /// is derived from the file-descriptor limit: what it leaves after
+    /// `api_max_connections` and 256 fds for the gateway's own files, within 64..=50,000.
+    pub max_connections: Option<usize>,
+    /// Open visitor connections at most from one client address (IPv6: one /64). Default
+    /// is 256: room for an office behind one NAT address (browsers open up to 6
+    /// connections per device URL).
+    pub max_connections_per_ip: usize,
+    /// Open management API connections at most. Default is 256.
+    pub api_max_connections: usize,
+    /// Open management API connections at most from one client address. Default is 64.
+    pub api_max_connections_per_ip: usize,
+    /// A visitor or API connection with no request open for this long is closed (HTTP/1
+    /// keep-alive connections also close when `header_read_timeout` passes without a new
+    /// request). Default is 60 s.
+    #[serde(deserialize_with = "de_duration")]
+    pub connection_idle_timeout: Duration,
+    /// Failed API token checks from one client address before it is refused with 429 for
+    /// a while; 0 turns the back-off off. Default is 10.
+    pub auth_failures_before_backoff: u32,
+    /// The first refusal window after `auth_failures_before_backoff` failures; each further
+    /// failure doubles it. Default is 1 s.
+    #[serde(deserialize_with = "de_duration")]
+    pub auth_backoff: Duration,
+    /// The longest refusal window; an address quiet this long is forgotten. Default is
+    /// 5 min.
+    #[serde(deserialize_with = "de_duration")]
+    pub auth_backoff_max: Duration,
 }
 
 impl Default for ServeConfig {
@@ -172,6 +205,14 @@ impl Default for ServeConfig {
             allowed_origins: Vec::new(),
             request_body_idle_timeout: Duration::from_secs(30),
             max_streams_per_device: 1024,
+            max_connections: None,
+            max_connections_per_ip: 256,
+            api_max_connections: 256,
+            api_max_connections_per_ip: 64,
+            connection_idle_timeout: Duration::from_secs(60),
+            auth_failures_before_backoff: 10,
+            auth_backoff: Duration::from_secs(1),
+            auth_backoff_max: Duration::from_secs(5 * 60),
         }
     }
 }
@@ -253,6 +294,13 @@ impl ServeConfig {
                 self.request_body_idle_timeout,
                 bounds::REQUEST_BODY_IDLE_TIMEOUT,
             ),
+            (
+                "connection_idle_timeout",
+                self.connection_idle_timeout,
+                bounds::CONNECTION_IDLE_TIMEOUT,
+            ),
+            ("auth_backoff", self.auth_backoff, bounds::AUTH_BACKOFF),
+            ("auth_backoff_max", self.auth_backoff_max, bounds::AUTH_BACKOFF),
         ] {
             b.check(value).map_err(|e| ConfigError::Invalid {
                 key,
@@ -314,6 +362,31 @@ impl ServeConfig {
                     "must be between 1 and {MAX_STREAMS_PER_DEVICE_CAP} (the agent's stream cap \
                      less room for terminals), not {}",
                     self.max_streams_per_device
+                ),
+            });
+        }
+        for (key, n) in [
+            ("max_connections", self.max_connections.unwrap_or(1)),
+            ("max_connections_per_ip", self.max_connections_per_ip),
+            ("api_max_connections", self.api_max_connections),
+            (
+                "api_max_connections_per_ip",
+                self.api_max_connections_per_ip,
+            ),
+        ] {
+            if n == 0 {
+                return Err(ConfigError::Invalid {
+                    key,
+                    reason: "must be at least 1".into(),
+                });
+            }
+        }
+        if self.auth_backoff_max < self.auth_backoff {
+            return Err(ConfigError::Invalid {
+                key: "auth_backoff_max",
+                reason: format!(
+                    "must not be shorter than auth_backoff ({:?} < {:?})",
+                    self.auth_backoff_max, self.auth_backoff
                 ),
             });
         }
@@ -603,5 +676,37 @@ mod tests {
         };
         let err = bad.validate().unwrap_err().to_string();
         assert!(err.contains("`request_body_idle_timeout`"), "{err}");
+    }
+
+    #[test]
+    fn limit_keys() {
+        let cfg: ServeConfig = toml::from_str(
+            "max_connections = 5000\nmax_connections_per_ip = 32\nconnection_idle_timeout = \"30s\"\nauth_backoff_max = \"1m\"\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.max_connections, Some(5000));
+        assert_eq!(cfg.max_connections_per_ip, 32);
+        assert_eq!(cfg.connection_idle_timeout, Duration::from_secs(30));
+        cfg.validate().unwrap();
+        assert_eq!(ServeConfig::default().max_connections, None);
+        for (bad, key) in [
+            ("max_connections = 0", "`max_connections`"),
+            (
+                "api_max_connections_per_ip = 0",
+                "`api_max_connections_per_ip`",
+            ),
+            (
+                "connection_idle_timeout = \"0s\"",
+                "`connection_idle_timeout`",
+            ),
+            (
+                "auth_backoff = \"10s\"\nauth_backoff_max = \"5s\"",
+                "`auth_backoff_max`",
+            ),
+        ] {
+            let cfg: ServeConfig = toml::from_str(bad).unwrap();
+            let err = cfg.validate().unwrap_err().to_string();
+            assert!(err.contains(key), "{bad}: {err}");
+        }
     }
 }

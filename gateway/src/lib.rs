@@ -11,6 +11,7 @@ pub mod client;
 pub mod config;
 pub mod datadir;
 pub mod demo;
+mod listener;
 pub mod logs;
 pub mod logs_cli;
 mod provisioning;
@@ -32,7 +33,7 @@ use protocol::{AppErrorCode, DeviceUuid};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::info;
+use tracing::{info, warn};
 
 pub use config::ServeConfig;
 use sessions::Sessions;
@@ -119,19 +120,14 @@ impl Gateway {
             addr: cfg.tunnel_listen,
             source,
         })?;
-        let http =
-            TcpListener::bind(cfg.http_listen)
-                .await
-                .map_err(|source| GatewayError::Bind {
-                    addr: cfg.http_listen,
-                    source,
-                })?;
-        let api = TcpListener::bind(cfg.api_listen)
-            .await
-            .map_err(|source| GatewayError::Bind {
-                addr: cfg.api_listen,
-                source,
-            })?;
+        let http = tcp_listener(cfg.http_listen).map_err(|source| GatewayError::Bind {
+            addr: cfg.http_listen,
+            source,
+        })?;
+        let api = tcp_listener(cfg.api_listen).map_err(|source| GatewayError::Bind {
+            addr: cfg.api_listen,
+            source,
+        })?;
         let api_tls = match (&cfg.api_tls_cert, &cfg.api_tls_key) {
             (Some(c), Some(k)) => {
                 let read = |p: &Path| {
@@ -247,16 +243,22 @@ impl Gateway {
             keep_alive: self.cfg.keep_alive,
             logs: Arc::clone(&log_hub),
         });
+        let (public_limits, api_limits) = self.listener_configs();
         let http = tokio::spawn(proxy::router::serve(
             self.http,
             router,
             router_cfg,
+            public_limits,
             shutdown.clone(),
-            tasks.clone(),
         ));
         let api = tokio::spawn(api::serve(
             self.api,
-            self.api_tls.clone(),
+            api_limits,
+            api::auth::BackoffConfig {
+                failures_before_backoff: self.cfg.auth_failures_before_backoff,
+                initial: self.cfg.auth_backoff,
+                max: self.cfg.auth_backoff_max,
+            },
             api::ApiState {
                 store: self.store.clone(),
                 sessions: Arc::clone(&self.sessions),
@@ -288,6 +290,64 @@ impl Gateway {
         info!("gateway stopped");
         Ok(())
     }
+
+    /// Caps and timeouts of the public and API listeners.
+    fn listener_configs(&self) -> (listener::ListenerConfig, listener::ListenerConfig) {
+        let c = &self.cfg;
+        let max_connections = c
+            .max_connections
+            .unwrap_or_else(|| listener::auto_max_connections(c.api_max_connections));
+        let fds = listener::fd_limit();
+        let wanted = (max_connections as u64).saturating_add(c.api_max_connections as u64);
+        if wanted > fds {
+            warn!(
+                max_connections,
+                api_max_connections = c.api_max_connections,
+                fd_limit = fds,
+                "the connection caps exceed the file descriptor limit; when fds run out, \
+                 new connections wait in the backlog"
+            );
+        }
+        let public = listener::ListenerConfig {
+            name: "public",
+            max_connections,
+            max_connections_per_ip: c.max_connections_per_ip,
+            header_read_timeout: c.header_read_timeout,
+            idle_timeout: c.connection_idle_timeout,
+            max_header_bytes: c.max_header_bytes,
+            tls: None,
+            json_errors: false,
+            grace: Duration::from_secs(5),
+        };
+        let api = listener::ListenerConfig {
+            name: "api",
+            max_connections: c.api_max_connections,
+            max_connections_per_ip: c.api_max_connections_per_ip,
+            tls: self.api_tls.clone().map(tokio_rustls::TlsAcceptor::from),
+            json_errors: true,
+            ..public.clone()
+        };
+        (public, api)
+    }
+}
+
+/// Pending connections the kernel may queue per TCP listener (capped by
+/// `net.core.somaxconn`). tokio's `bind` uses 128, which a burst of visitors, or a moment
+/// without free fds, fills at once; beyond it the kernel drops SYNs and clients stall on
+/// retransmits.
+const LISTEN_BACKLOG: u32 = 1024;
+
+/// Binds a TCP listener with [`LISTEN_BACKLOG`].
+fn tcp_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // As tokio's `bind`: a restarted gateway can bind while old connections linger.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// Registers a device offline and returns the agent configuration file for it: identity,

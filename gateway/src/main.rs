@@ -34,7 +34,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the gateway: tunnel endpoint (UDP) and public HTTP router (TCP).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Manage devices in a gateway's data dir (works beside a running `serve`).
     #[command(subcommand)]
     Device(DeviceCommand),
@@ -395,7 +395,9 @@ struct ServeArgs {
     /// [default: 60s]
     #[arg(long, value_parser = duration_within(bounds::UPSTREAM_TIMEOUT))]
     upstream_timeout: Option<std::time::Duration>,
-    /// Visitors must send their request headers within this time (1ms..=1d). [default: 10s]
+    /// Visitors and API clients must send a complete request head within this time of
+    /// connecting (TLS handshake included), and between keep-alive requests (1ms..=1d).
+    /// [default: 10s]
     #[arg(long, value_parser = duration_within(bounds::HEADER_READ_TIMEOUT))]
     header_read_timeout: Option<std::time::Duration>,
     /// Largest request head a visitor may send, in bytes (8192..=1048576). [default: 65536]
@@ -418,6 +420,36 @@ struct ServeArgs {
     /// [default: 1024]
     #[arg(long)]
     max_streams_per_device: Option<usize>,
+    /// Open visitor connections at most, all clients together. [default: derived from the
+    /// file-descriptor limit, minus --api-max-connections and 256; 64 to 50000]
+    #[arg(long)]
+    max_connections: Option<usize>,
+    /// Open visitor connections at most from one client address (IPv6: one /64).
+    /// [default: 256]
+    #[arg(long)]
+    max_connections_per_ip: Option<usize>,
+    /// Open management API connections at most. [default: 256]
+    #[arg(long)]
+    api_max_connections: Option<usize>,
+    /// Open management API connections at most from one client address. [default: 64]
+    #[arg(long)]
+    api_max_connections_per_ip: Option<usize>,
+    /// Visitor and API connections with no request open for this long are closed
+    /// (1ms..=1d). [default: 60s]
+    #[arg(long, value_parser = duration_within(bounds::CONNECTION_IDLE_TIMEOUT))]
+    connection_idle_timeout: Option<std::time::Duration>,
+    /// Failed API token checks from one address before it gets 429 for a while (0: off).
+    /// [default: 10]
+    #[arg(long)]
+    auth_failures_before_backoff: Option<u32>,
+    /// First 429 window after too many failed token checks; doubles with each further
+    /// failure (1ms..=1d). [default: 1s]
+    #[arg(long, value_parser = duration_within(bounds::AUTH_BACKOFF))]
+    auth_backoff: Option<std::time::Duration>,
+    /// Longest 429 window; an address quiet this long is forgotten (1ms..=1d).
+    /// [default: 5m]
+    #[arg(long, value_parser = duration_within(bounds::AUTH_BACKOFF))]
+    auth_backoff_max: Option<std::time::Duration>,
 }
 
 impl ServeArgs {
@@ -452,8 +484,18 @@ impl ServeArgs {
             max_header_bytes,
             terminal_idle_timeout,
             request_body_idle_timeout,
-            max_streams_per_device
+            max_streams_per_device,
+            max_connections_per_ip,
+            api_max_connections,
+            api_max_connections_per_ip,
+            connection_idle_timeout,
+            auth_failures_before_backoff,
+            auth_backoff,
+            auth_backoff_max
         );
+        if self.max_connections.is_some() {
+            cfg.max_connections = self.max_connections;
+        }
         cfg.validate()?;
         Ok(cfg)
     }
@@ -565,7 +607,9 @@ async fn main() -> anyhow::Result<()> {
         .init();
     match cli.command {
         Command::Serve(args) => {
-            let cfg = args.into_config()?;
+            // Before binding: every visitor and API connection costs a file descriptor.
+            edge_agent::net::raise_fd_limit();
+            let cfg = (*args).into_config()?;
             let gateway = Gateway::bind(cfg).await?;
             let shutdown = CancellationToken::new();
             tokio::spawn(signal_shutdown(shutdown.clone()));

@@ -137,74 +137,34 @@ async fn refuse_oversized(
     next.run(req).await
 }
 
-/// Serves the API on `listener` (HTTPS when `tls` is given) until `shutdown`.
+/// Serves the API on `listener` until `shutdown`, through the gateway's one accept loop
+/// (HTTPS when `limits.tls` is set; caps, first-request and idle deadlines, back-off).
+/// Clients that fail token checks too often are refused for a while, per address
+/// (`backoff`).
 pub(crate) async fn serve(
     listener: TcpListener,
-    tls: Option<Arc<rustls::ServerConfig>>,
+    limits: crate::listener::ListenerConfig,
+    backoff: auth::BackoffConfig,
     state: ApiState,
     shutdown: CancellationToken,
 ) {
-    let app = router(state);
-    let Some(tls) = tls else {
-        let serve =
-            axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
-        // Graceful, but bounded: a client that never hangs up cannot hold a stop.
-        let grace = async {
-            shutdown.cancelled().await;
-            tokio::time::sleep(std::time::Duration::from_secs(5)).await;
-        };
-        tokio::select! {
-            r = serve => if let Err(e) = r {
-                tracing::error!(error = %e, "management API stopped");
-            },
-            _ = grace => tracing::warn!("management API connections still open 5 s after shutdown; closing them"),
-        }
-        return;
-    };
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let builder =
-        hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
-    loop {
-        let (tcp, peer) = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            r = listener.accept() => match r {
-                Ok(v) => v,
-                Err(e) => {
-                    tracing::warn!(error = %e, "API accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let acceptor = acceptor.clone();
+    let backoff = Arc::new(auth::AuthBackoff::new(backoff));
+    let app = router(state).layer(axum::middleware::from_fn_with_state(
+        backoff,
+        auth::backoff_gate,
+    ));
+    let make_service = move |peer: std::net::SocketAddr| {
         let app = app.clone();
-        let builder = builder.clone();
-        let watcher = graceful.watcher();
-        tokio::spawn(async move {
-            // A client that never finishes the handshake must not hold a task forever.
-            let tls = match tokio::time::timeout(
-                std::time::Duration::from_secs(10),
-                acceptor.accept(tcp),
-            )
-            .await
-            {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, error = %e, "API TLS handshake failed");
-                    return;
-                }
-                Err(_) => return,
-            };
-            let svc = hyper_util::service::TowerToHyperService::new(app);
-            let conn =
-                builder.serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(tls), svc);
-            if let Err(e) = watcher.watch(conn.into_owned()).await {
-                tracing::debug!(%peer, error = %e, "API connection ended with an error");
-            }
-        });
-    }
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), graceful.shutdown()).await;
+        hyper::service::service_fn(move |mut req: axum::http::Request<hyper::body::Incoming>| {
+            // The client address, for the per-address token back-off (and any handler
+            // that asks for `ConnectInfo`).
+            req.extensions_mut()
+                .insert(axum::extract::ConnectInfo(peer));
+            // `Router` is always ready; `call` on a clone needs no `poll_ready`.
+            tower_service::Service::call(&mut app.clone(), req)
+        })
+    };
+    crate::listener::serve(listener, limits, make_service, shutdown).await;
 }
 
 /// The `{uuid}` path parameter, parsed (400 `invalid_uuid` when malformed).

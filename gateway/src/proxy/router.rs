@@ -24,16 +24,14 @@ use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use protocol::{DeviceUuid, TargetStatus};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
 use super::connector::{TunnelConnector, UpstreamError};
 use super::pages::error_page;
+use crate::listener::ListenerConfig;
 use crate::sessions::Sessions;
 use crate::store::Store;
 
@@ -519,58 +517,30 @@ fn classify(err: &(dyn StdError + 'static)) -> Failure {
     )
 }
 
-/// Serves visitors on `listener` until `shutdown`, then drains for a grace period.
+/// Serves visitors on `listener` until `shutdown`, then drains for a grace period, through
+/// the gateway's one accept loop (caps, first-request and idle deadlines, back-off). The
+/// header timeout and size come from `cfg`; the rest of `limits` is used as given.
 pub(crate) async fn serve(
     listener: TcpListener,
     router: Arc<Router>,
     cfg: RouterConfig,
+    limits: ListenerConfig,
     shutdown: CancellationToken,
-    tasks: TaskTracker,
 ) {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(cfg.header_read_timeout)
-        .max_buf_size(cfg.max_header_bytes.max(8192));
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(cfg.max_header_bytes as u32)
-        .keep_alive_interval(Some(Duration::from_secs(30)));
-    let graceful = GracefulShutdown::new();
-    loop {
-        let (tcp, peer) = tokio::select! {
-            // Stop accepting at once on shutdown; open connections drain below.
-            _ = shutdown.cancelled() => break,
-            r = listener.accept() => match r {
-                Ok(v) => v,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let _ = tcp.set_nodelay(true);
+    let limits = ListenerConfig {
+        header_read_timeout: cfg.header_read_timeout,
+        max_header_bytes: cfg.max_header_bytes,
+        grace: DRAIN_GRACE,
+        ..limits
+    };
+    let make_service = move |peer: SocketAddr| {
         let router = Arc::clone(&router);
-        let svc = service_fn(move |req| {
+        service_fn(move |req| {
             let router = Arc::clone(&router);
             async move { Ok::<_, Infallible>(router.handle(req, peer).await) }
-        });
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(tcp), svc)
-            .into_owned();
-        let conn = graceful.watch(conn);
-        tasks.spawn(async move {
-            if let Err(e) = conn.await {
-                debug!(%peer, error = %e, "visitor connection ended with an error");
-            }
-        });
-    }
-    // Timeout: a visitor streaming a huge body must not hold shutdown forever.
-    let _ = tokio::time::timeout(DRAIN_GRACE, graceful.shutdown()).await;
+        })
+    };
+    crate::listener::serve(listener, limits, make_service, shutdown).await;
 }
 
 #[cfg(test)]

@@ -1,0 +1,792 @@
+//! The one accept loop of the gateway's TCP listeners: the public router and the
+//! management API (plain or TLS) are both served through [`serve`].
+//!
+//! It owns what every listener facing the network needs, so that no caller can forget a
+//! part of it:
+//!
+//! * **connection caps**, total and per client address (IPv6 per /64), counted by an RAII
+//!   guard that lives as long as the socket (also after a WebSocket upgrade); a connection
+//!   over a cap is closed at once, on plain listeners after a one-line `429`/`503`;
+//! * **a first-request deadline**: a connection must deliver a complete request head within
+//!   `header_read_timeout` of being accepted, TLS handshake included. hyper's own header
+//!   timeout only starts once `auto` has seen enough bytes to choose HTTP/1 or HTTP/2, so
+//!   a client that sends nothing, or only the HTTP/2 preface, was never closed;
+//! * **an idle deadline**: a connection with no request open for `idle_timeout` is shut
+//!   down gracefully (HTTP/2 `GOAWAY`; HTTP/1 keep-alive connections are also closed by
+//!   hyper when `header_read_timeout` passes without a new request);
+//! * **accept back-off** when the process runs out of file descriptors, with rate-limited
+//!   logging, so existing connections keep being served;
+//! * **graceful shutdown with a bounded grace**.
+//!
+//! It contains no HTTP routing: callers pass a service per connection.
+
+use std::error::Error as StdError;
+use std::future::Future;
+use std::io;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use dashmap::DashMap;
+use http::{Request, Response};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use pin_project_lite::pin_project;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
+use tokio::time::{sleep, sleep_until, Instant};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+/// Fds kept free for the gateway's own files (database, WAL, engine calls, logs) when
+/// the total connection cap is derived from the fd limit.
+const RESERVED_FDS: u64 = 256;
+
+/// Upper bound of the derived total cap: 50,000 idle connections cost about 1 GiB of
+/// buffers at the worst, which is what a small gateway host can give visitors.
+const AUTO_MAX_CONNECTIONS: u64 = 50_000;
+
+/// Lower bound of the derived total cap, for hosts with a tiny fd limit.
+const MIN_AUTO_CONNECTIONS: u64 = 64;
+
+/// How often a repeated condition (accept errors, refused connections) is logged.
+const LOG_EVERY: Duration = Duration::from_secs(5);
+
+/// First wait after an accept failed for lack of resources; doubles up to
+/// [`ACCEPT_BACKOFF_MAX`].
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
+
+/// Longest wait between accept attempts while the process is out of fds.
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// Time an idle connection gets to finish after a graceful shutdown was started on it
+/// (an HTTP/2 client reading its `GOAWAY`).
+const IDLE_CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// How one listener serves: caps, timeouts, TLS.
+#[derive(Clone)]
+pub(crate) struct ListenerConfig {
+    /// Name in log lines (`public`, `api`).
+    pub(crate) name: &'static str,
+    /// Open connections at most, all clients together.
+    pub(crate) max_connections: usize,
+    /// Open connections at most from one client address (IPv6: one /64).
+    pub(crate) max_connections_per_ip: usize,
+    /// A connection must deliver its first complete request head (after the TLS
+    /// handshake, if any) within this time of being accepted; HTTP/1 requests after the
+    /// first get the same (hyper's header read timeout).
+    pub(crate) header_read_timeout: Duration,
+    /// A connection with no request open for this long is closed.
+    pub(crate) idle_timeout: Duration,
+    /// Largest request head, in bytes.
+    pub(crate) max_header_bytes: usize,
+    /// Serve HTTPS with this acceptor; plain HTTP when `None`.
+    pub(crate) tls: Option<tokio_rustls::TlsAcceptor>,
+    /// Refusals over a cap carry the API's JSON error shape instead of plain text.
+    pub(crate) json_errors: bool,
+    /// Time open connections get to finish after shutdown before they are closed.
+    pub(crate) grace: Duration,
+}
+
+/// The total connection cap used when none is configured: what the fd limit leaves after
+/// room for `other_connections` (the other listener's cap) and the gateway's own files,
+/// within 64..=50,000.
+pub(crate) fn auto_max_connections(other_connections: usize) -> usize {
+    let limit = fd_limit();
+    let reserve = RESERVED_FDS + other_connections as u64;
+    if limit < reserve + MIN_AUTO_CONNECTIONS {
+        warn!(
+            limit,
+            "the file descriptor limit is low for a gateway; raise it (ulimit -n, LimitNOFILE=)"
+        );
+    }
+    limit
+        .saturating_sub(reserve)
+        .clamp(MIN_AUTO_CONNECTIONS, AUTO_MAX_CONNECTIONS) as usize
+}
+
+/// The soft `RLIMIT_NOFILE` of this process (`u64::MAX` when unlimited).
+pub(crate) fn fd_limit() -> u64 {
+    rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .unwrap_or(u64::MAX)
+}
+
+/// The address per-client limits count by: the address itself for IPv4 (also when
+/// IPv4-mapped), the /64 for IPv6, since one IPv6 host usually holds a whole /64.
+pub(crate) fn client_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+    }
+}
+
+/// Serves `listener` until `shutdown`: each accepted connection within the caps gets the
+/// service `make_service(peer)`. Returns when every connection has ended, at most
+/// `grace` after `shutdown` (the rest are closed then).
+pub(crate) async fn serve<F, S, B>(
+    listener: TcpListener,
+    cfg: ListenerConfig,
+    make_service: F,
+    shutdown: CancellationToken,
+) where
+    F: Fn(SocketAddr) -> S,
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn StdError + Send + Sync>>,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn StdError + Send + Sync>>,
+{
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(cfg.header_read_timeout)
+        .max_buf_size(cfg.max_header_bytes.max(8192));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(cfg.max_header_bytes).unwrap_or(u32::MAX))
+        .keep_alive_interval(Some(Duration::from_secs(30)));
+    let limiter = Arc::new(ConnLimiter::new(
+        cfg.max_connections,
+        cfg.max_connections_per_ip,
+    ));
+    info!(
+        listener = cfg.name,
+        max_connections = cfg.max_connections,
+        max_connections_per_ip = cfg.max_connections_per_ip,
+        header_read_timeout = ?cfg.header_read_timeout,
+        idle_timeout = ?cfg.idle_timeout,
+        "connection limits"
+    );
+    let shared = Arc::new(Shared {
+        builder,
+        cfg,
+        shutdown: shutdown.clone(),
+        hard_stop: CancellationToken::new(),
+    });
+    let conns = TaskTracker::new();
+    let mut accept_errors = LogEvery::new(LOG_EVERY);
+    let mut refused = LogEvery::new(LOG_EVERY);
+    let mut backoff = ACCEPT_BACKOFF_MIN;
+    loop {
+        let (tcp, peer) = tokio::select! {
+            // Stop accepting at once on shutdown; open connections drain below.
+            _ = shutdown.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok(v) => {
+                    backoff = ACCEPT_BACKOFF_MIN;
+                    v
+                }
+                Err(e) => {
+                    let exhausted = out_of_resources(&e);
+                    if let Some(count) = accept_errors.hit(Instant::now()) {
+                        warn!(
+                            listener = shared.cfg.name,
+                            error = %e,
+                            count,
+                            "accept failed{}",
+                            if exhausted { "; backing off (existing connections are still served)" } else { "" }
+                        );
+                    }
+                    if exhausted {
+                        // Out of fds (or kernel memory): the pending connection stays in
+                        // the backlog and accept would fail again at once. Wait, so the
+                        // loop does not spin, but stay responsive to shutdown.
+                        tokio::select! {
+                            _ = shutdown.cancelled() => break,
+                            _ = sleep(backoff) => {}
+                        }
+                        backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
+                    }
+                    continue;
+                }
+            },
+        };
+        let guard = match limiter.try_acquire(peer.ip()) {
+            Ok(g) => g,
+            Err(over) => {
+                if shared.cfg.tls.is_none() {
+                    // Cheap courtesy for plain HTTP/1 clients: a fresh socket's send
+                    // buffer is empty, so this never blocks. Then the drop closes it.
+                    let _ = tcp.try_write(over.response(shared.cfg.json_errors));
+                }
+                drop(tcp);
+                if let Some(count) = refused.hit(Instant::now()) {
+                    warn!(
+                        listener = shared.cfg.name,
+                        client = %peer.ip(),
+                        limit = over.limit(&shared.cfg),
+                        count,
+                        "{}", over.message()
+                    );
+                }
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let svc = make_service(peer);
+        conns.spawn(connection(tcp, peer, guard, svc, Arc::clone(&shared)));
+    }
+    // Free the port at once: a restarted gateway can bind it while this one drains.
+    drop(listener);
+    conns.close();
+    // Graceful, but bounded: a client that never hangs up cannot hold a stop.
+    if tokio::time::timeout(shared.cfg.grace, conns.wait())
+        .await
+        .is_err()
+    {
+        warn!(
+            listener = shared.cfg.name,
+            open = conns.len(),
+            grace = ?shared.cfg.grace,
+            "connections still open after the shutdown grace; closing them"
+        );
+        shared.hard_stop.cancel();
+        conns.wait().await;
+    }
+}
+
+/// What every connection task of one listener shares.
+struct Shared {
+    builder: auto::Builder<TokioExecutor>,
+    cfg: ListenerConfig,
+    shutdown: CancellationToken,
+    /// Fires when the shutdown grace is over: remaining connections are dropped.
+    hard_stop: CancellationToken,
+}
+
+/// Serves one accepted connection: TLS handshake if configured, then HTTP with the
+/// first-request and idle deadlines.
+async fn connection<S, B>(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    guard: ConnGuard,
+    svc: S,
+    shared: Arc<Shared>,
+) where
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn StdError + Send + Sync>>,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn StdError + Send + Sync>>,
+{
+    let first_request_by = Instant::now() + shared.cfg.header_read_timeout;
+    let Some(acceptor) = shared.cfg.tls.clone() else {
+        return drive(
+            Guarded::new(tcp, guard),
+            peer,
+            svc,
+            first_request_by,
+            &shared,
+        )
+        .await;
+    };
+    let tls = tokio::select! {
+        // The handshake counts against the first-request deadline: a client that never
+        // finishes it must not hold a socket.
+        r = tokio::time::timeout_at(first_request_by, acceptor.accept(tcp)) => match r {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                debug!(listener = shared.cfg.name, %peer, error = %e, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                debug!(listener = shared.cfg.name, %peer, "TLS handshake timed out");
+                return;
+            }
+        },
+        // Nothing was served yet, so there is nothing to drain.
+        _ = shared.shutdown.cancelled() => return,
+    };
+    drive(
+        Guarded::new(tls, guard),
+        peer,
+        svc,
+        first_request_by,
+        &shared,
+    )
+    .await;
+}
+
+/// Runs hyper on `io` until the connection ends, a deadline passes or the gateway stops.
+async fn drive<I, S, B>(io: I, peer: SocketAddr, svc: S, first_request_by: Instant, shared: &Shared)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn StdError + Send + Sync>>,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn StdError + Send + Sync>>,
+{
+    let activity = Arc::new(Activity::new());
+    let svc = Tracked {
+        inner: svc,
+        activity: Arc::clone(&activity),
+    };
+    let conn = shared
+        .builder
+        .serve_connection_with_upgrades(TokioIo::new(io), svc)
+        .into_owned();
+    tokio::pin!(conn);
+    let idle_timeout = shared.cfg.idle_timeout;
+    let mut closing_by: Option<Instant> = None;
+    loop {
+        let idle_at = activity.idle_deadline(first_request_by, idle_timeout);
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    debug!(listener = shared.cfg.name, %peer, error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            // A request ended (or began): the idle deadline moved, compute it again.
+            _ = activity.changed.notified() => {}
+            // Idle too long (or no first request in time). Checked again on waking: a
+            // request may have begun at the last moment.
+            _ = sleep_until(idle_at.unwrap_or(first_request_by)), if idle_at.is_some() && closing_by.is_none() => {
+                if activity.idle_deadline(first_request_by, idle_timeout).is_some_and(|d| d <= Instant::now()) {
+                    if !activity.served_any() {
+                        debug!(listener = shared.cfg.name, %peer, "no request within the header read timeout; closing");
+                        return;
+                    }
+                    debug!(listener = shared.cfg.name, %peer, "idle connection; closing");
+                    conn.as_mut().graceful_shutdown();
+                    closing_by = Some(Instant::now() + IDLE_CLOSE_GRACE);
+                }
+            }
+            // Gateway stopping: finish open requests (bounded by the listener's grace,
+            // after which `hard_stop` fires), take no new ones.
+            _ = shared.shutdown.cancelled(), if closing_by.is_none() => {
+                conn.as_mut().graceful_shutdown();
+                closing_by = Some(Instant::now() + shared.cfg.grace);
+            }
+            _ = sleep_until(closing_by.unwrap_or(first_request_by)), if closing_by.is_some() => return,
+            // The shutdown grace is over: drop the connection.
+            _ = shared.hard_stop.cancelled() => return,
+        }
+    }
+}
+
+/// Whether an accept error means the process or kernel ran out of something, so that
+/// retrying at once would fail again.
+fn out_of_resources(e: &io::Error) -> bool {
+    use rustix::io::Errno;
+    matches!(
+        Errno::from_io_error(e),
+        Some(Errno::MFILE | Errno::NFILE | Errno::NOBUFS | Errno::NOMEM)
+    )
+}
+
+/// Logs a repeated condition at most once per period, with the number of occurrences.
+struct LogEvery {
+    every: Duration,
+    last: Option<Instant>,
+    count: u64,
+}
+
+impl LogEvery {
+    fn new(every: Duration) -> Self {
+        Self {
+            every,
+            last: None,
+            count: 0,
+        }
+    }
+
+    /// Counts one occurrence at `now`; returns `Some(occurrences since the last line)`
+    /// when a line is due.
+    fn hit(&mut self, now: Instant) -> Option<u64> {
+        self.count += 1;
+        if self
+            .last
+            .is_some_and(|t| now.duration_since(t) < self.every)
+        {
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.count))
+    }
+}
+
+/// Why a connection was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OverLimit {
+    Total,
+    PerIp,
+}
+
+impl OverLimit {
+    /// The one-shot answer written to a plain-HTTP client before closing: text for
+    /// visitors, the API's error shape for API clients.
+    fn response(self, json: bool) -> &'static [u8] {
+        match (self, json) {
+            (Self::Total, false) => b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Type: text/plain\r\nContent-Length: 38\r\n\r\nThe gateway has too many connections.\n",
+            (Self::PerIp, false) => b"HTTP/1.1 429 Too Many Requests\r\nConnection: close\r\nContent-Type: text/plain\r\nContent-Length: 40\r\n\r\nToo many connections from your address.\n",
+            (Self::Total, true) => b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: 94\r\n\r\n{\"error\":{\"code\":\"too_many_connections\",\"message\":\"the gateway has too many API connections\"}}",
+            (Self::PerIp, true) => b"HTTP/1.1 429 Too Many Requests\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: 96\r\n\r\n{\"error\":{\"code\":\"too_many_connections\",\"message\":\"too many API connections from your address\"}}",
+        }
+    }
+
+    fn message(self) -> &'static str {
+        match self {
+            Self::Total => "connection refused: total connection cap reached",
+            Self::PerIp => "connection refused: per-address connection cap reached",
+        }
+    }
+
+    fn limit(self, cfg: &ListenerConfig) -> usize {
+        match self {
+            Self::Total => cfg.max_connections,
+            Self::PerIp => cfg.max_connections_per_ip,
+        }
+    }
+}
+
+/// Counts open connections, in total and per client address.
+struct ConnLimiter {
+    total: AtomicUsize,
+    per_ip: DashMap<IpAddr, usize>,
+    max_total: usize,
+    max_per_ip: usize,
+}
+
+impl ConnLimiter {
+    fn new(max_total: usize, max_per_ip: usize) -> Self {
+        Self {
+            total: AtomicUsize::new(0),
+            per_ip: DashMap::default(),
+            max_total,
+            max_per_ip,
+        }
+    }
+
+    /// Takes a slot for a connection from `ip`, or says which cap is full.
+    fn try_acquire(self: &Arc<Self>, ip: IpAddr) -> Result<ConnGuard, OverLimit> {
+        let key = client_key(ip);
+        if self.total.fetch_add(1, Ordering::AcqRel) >= self.max_total {
+            self.total.fetch_sub(1, Ordering::AcqRel);
+            return Err(OverLimit::Total);
+        }
+        {
+            // The shard guard ends in this block: never held past the check.
+            let mut n = self.per_ip.entry(key).or_insert(0);
+            if *n >= self.max_per_ip {
+                drop(n);
+                self.total.fetch_sub(1, Ordering::AcqRel);
+                return Err(OverLimit::PerIp);
+            }
+            *n += 1;
+        }
+        Ok(ConnGuard {
+            limiter: Arc::clone(self),
+            key,
+        })
+    }
+}
+
+/// One open connection's slot; gives it back when dropped.
+struct ConnGuard {
+    limiter: Arc<ConnLimiter>,
+    key: IpAddr,
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        if let dashmap::Entry::Occupied(mut e) = self.limiter.per_ip.entry(self.key) {
+            *e.get_mut() -= 1;
+            if *e.get() == 0 {
+                e.remove();
+            }
+        }
+        self.limiter.total.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+pin_project! {
+    /// A connection's byte stream holding its [`ConnGuard`]: the slot is held for as long
+    /// as the socket is open, also after hyper hands it over in a WebSocket upgrade.
+    struct Guarded<T> {
+        #[pin]
+        inner: T,
+        guard: ConnGuard,
+    }
+}
+
+impl<T> Guarded<T> {
+    fn new(inner: T, guard: ConnGuard) -> Self {
+        Self { inner, guard }
+    }
+}
+
+impl<T: AsyncRead> AsyncRead for Guarded<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        self.project().inner.poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite> AsyncWrite for Guarded<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.project().inner.poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().inner.poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().inner.poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.project().inner.poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+/// Which requests of one connection are open, and since when none is.
+struct Activity {
+    state: Mutex<ActivityState>,
+    /// Woken when the last open request ends.
+    changed: Notify,
+}
+
+struct ActivityState {
+    open: usize,
+    served: u64,
+    idle_since: Instant,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            state: Mutex::new(ActivityState {
+                open: 0,
+                served: 0,
+                idle_since: Instant::now(),
+            }),
+            changed: Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ActivityState> {
+        // The state is a few integers updated in one step: usable even after a panic.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A request has reached the service; it is open until its response body is dropped.
+    fn begin(self: &Arc<Self>) -> OpenRequest {
+        let mut s = self.lock();
+        s.open += 1;
+        s.served += 1;
+        OpenRequest(Arc::clone(self))
+    }
+
+    fn served_any(&self) -> bool {
+        self.lock().served > 0
+    }
+
+    /// When the connection may be closed for idleness: `None` while a request is open.
+    fn idle_deadline(&self, first_request_by: Instant, idle: Duration) -> Option<Instant> {
+        let s = self.lock();
+        match (s.open, s.served) {
+            (0, 0) => Some(first_request_by),
+            (0, _) => Some(s.idle_since + idle),
+            _ => None,
+        }
+    }
+}
+
+/// One open request of a connection (see [`Activity::begin`]).
+struct OpenRequest(Arc<Activity>);
+
+impl Drop for OpenRequest {
+    fn drop(&mut self) {
+        let last = {
+            let mut s = self.0.lock();
+            s.open -= 1;
+            if s.open == 0 {
+                s.idle_since = Instant::now();
+            }
+            s.open == 0
+        };
+        if last {
+            self.0.changed.notify_one();
+        }
+    }
+}
+
+/// A service that marks each request open from the call until its response body is
+/// dropped (so a long SSE stream or download is not "idle").
+struct Tracked<S> {
+    inner: S,
+    activity: Arc<Activity>,
+}
+
+impl<S, B> hyper::service::Service<Request<Incoming>> for Tracked<S>
+where
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>>,
+{
+    type Response = Response<TrackedBody<B>>;
+    type Error = S::Error;
+    type Future = TrackedFuture<S::Future>;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        TrackedFuture {
+            open: Some(self.activity.begin()),
+            inner: self.inner.call(req),
+        }
+    }
+}
+
+pin_project! {
+    /// The response future of [`Tracked`]; hands the open-request mark to the body.
+    struct TrackedFuture<F> {
+        #[pin]
+        inner: F,
+        open: Option<OpenRequest>,
+    }
+}
+
+impl<F, B, E> Future for TrackedFuture<F>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+{
+    type Output = Result<Response<TrackedBody<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let resp = std::task::ready!(this.inner.poll(cx));
+        let open = this.open.take();
+        Poll::Ready(resp.map(|r| r.map(|inner| TrackedBody { inner, _open: open })))
+    }
+}
+
+pin_project! {
+    /// A response body that keeps its request marked open until it is dropped.
+    struct TrackedBody<B> {
+        #[pin]
+        inner: B,
+        _open: Option<OpenRequest>,
+    }
+}
+
+impl<B: Body> Body for TrackedBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        self.project().inner.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_keys_group_ipv6_by_64() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:bbbb::2".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(client_key(a), client_key(b));
+        assert_ne!(client_key(a), client_key(c));
+        let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
+        assert_eq!(client_key(mapped), "192.0.2.7".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn caps_count_and_release() {
+        let l = Arc::new(ConnLimiter::new(3, 2));
+        let ip1: IpAddr = "192.0.2.1".parse().unwrap();
+        let ip2: IpAddr = "192.0.2.2".parse().unwrap();
+        let a = l.try_acquire(ip1).unwrap();
+        let _b = l.try_acquire(ip1).unwrap();
+        assert_eq!(l.try_acquire(ip1).err(), Some(OverLimit::PerIp));
+        let _c = l.try_acquire(ip2).unwrap();
+        assert_eq!(l.try_acquire(ip2).err(), Some(OverLimit::Total));
+        drop(a);
+        let _d = l.try_acquire(ip1).unwrap();
+        assert_eq!(l.total.load(Ordering::Relaxed), 3);
+        drop((_b, _c, _d));
+        assert_eq!(l.total.load(Ordering::Relaxed), 0);
+        assert!(l.per_ip.is_empty(), "entries of closed clients are removed");
+    }
+
+    #[test]
+    fn log_every_counts_between_lines() {
+        let mut l = LogEvery::new(Duration::from_secs(5));
+        let t = Instant::now();
+        assert_eq!(l.hit(t), Some(1));
+        for i in 0..99 {
+            assert_eq!(l.hit(t + Duration::from_millis(i * 40)), None);
+        }
+        assert_eq!(l.hit(t + Duration::from_secs(5)), Some(100));
+    }
+
+    #[test]
+    fn canned_responses_have_exact_lengths() {
+        for (o, json) in [
+            (OverLimit::Total, false),
+            (OverLimit::PerIp, false),
+            (OverLimit::Total, true),
+            (OverLimit::PerIp, true),
+        ] {
+            let r = std::str::from_utf8(o.response(json)).unwrap();
+            let (head, body) = r.split_once("\r\n\r\n").unwrap();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("Content-Length: "))
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert_eq!(len, body.len(), "{r}");
+            if json {
+                let v: serde_json::Value = serde_json::from_str(body).unwrap();
+                assert_eq!(v["error"]["code"], "too_many_connections");
+            }
+        }
+    }
+}
