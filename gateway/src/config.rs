@@ -300,7 +300,11 @@ impl ServeConfig {
                 bounds::CONNECTION_IDLE_TIMEOUT,
             ),
             ("auth_backoff", self.auth_backoff, bounds::AUTH_BACKOFF),
-            ("auth_backoff_max", self.auth_backoff_max, bounds::AUTH_BACKOFF),
+            (
+                "auth_backoff_max",
+                self.auth_backoff_max,
+                bounds::AUTH_BACKOFF,
+            ),
         ] {
             b.check(value).map_err(|e| ConfigError::Invalid {
                 key,

@@ -70,6 +70,11 @@ pub fn test_config(data_dir: PathBuf) -> ServeConfig {
         // api.rs probes every endpoint with a bogus token from one address; the back-off
         // itself is tested with its own thresholds (limits.rs).
         auth_failures_before_backoff: 1000,
+        // Load tests open hundreds of connections from 127.0.0.1; the per-address caps
+        // are tested with their own values (limits.rs).
+        max_connections_per_ip: 100_000,
+        api_max_connections_per_ip: 100_000,
+        max_connections: Some(100_000),
         ..ServeConfig::default()
     }
 }

@@ -377,7 +377,7 @@ async fn real_agent_serves_the_local_supervisor_api() {
     assert_eq!(s, StatusCode::OK);
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["supervisor_version"], env!("CARGO_PKG_VERSION"), "{v}");
-    assert_eq!(v["api_port"], 48484, "{v}");
+    assert_eq!(v["api_port"], port, "{v}");
     // Learned from the tunnel once connected.
     let ip = eventually(Duration::from_secs(20), || async {
         let (_, body) = local("GET", format!("/v1/device?apikey={key}"), None).await?;

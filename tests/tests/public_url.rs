@@ -429,6 +429,22 @@ async fn large_bodies_stream_with_bounded_memory() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("gw");
     let (http, tunnel) = (free_port_tcp(), free_port_udp());
+    let backend = Backend::spawn("bulk").await;
+    let gw = Proc::spawn(
+        Command::new(bin("gateway"))
+            .args(["serve", "--data-dir"])
+            .arg(&data)
+            .args(["--http-listen", &format!("127.0.0.1:{http}")])
+            .args(["--tunnel-listen", &format!("127.0.0.1:{tunnel}")])
+            .args(["--api-listen", "127.0.0.1:0", "--upstream-timeout", "300s"])
+            .env("RUST_LOG", "warn"),
+    );
+    // `device add` needs the data dir `serve` creates.
+    eventually(Duration::from_secs(60), || async {
+        data.join("gateway.db").exists().then_some(())
+    })
+    .await
+    .expect("gateway serve created its data dir");
     let file = dir.path().join("device.toml");
     let out = Command::new(bin("gateway"))
         .args(["device", "add", "--public-url", "--data-dir"])
@@ -440,16 +456,6 @@ async fn large_bodies_stream_with_bounded_memory() {
     assert!(out.status.success(), "{out:?}");
     let uuid = String::from_utf8(out.stdout).unwrap();
     let host = device_host(uuid.lines().last().unwrap().trim());
-    let backend = Backend::spawn("bulk").await;
-    let gw = Proc::spawn(
-        Command::new(bin("gateway"))
-            .args(["serve", "--data-dir"])
-            .arg(&data)
-            .args(["--http-listen", &format!("127.0.0.1:{http}")])
-            .args(["--tunnel-listen", &format!("127.0.0.1:{tunnel}")])
-            .args(["--api-listen", "127.0.0.1:0", "--upstream-timeout", "300s"])
-            .env("RUST_LOG", "warn"),
-    );
     let agent = Proc::spawn(
         Command::new(bin("edge-agent"))
             .args([
