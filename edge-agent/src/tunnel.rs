@@ -65,6 +65,20 @@ enum SessionError {
     HeartbeatTimeout,
 }
 
+impl SessionError {
+    /// The application code the gateway closed the connection with, if it did.
+    fn app_code(&self) -> Option<AppErrorCode> {
+        match self {
+            Self::Connection(quinn::ConnectionError::ApplicationClosed(c)) => {
+                u32::try_from(c.error_code.into_inner())
+                    .ok()
+                    .and_then(AppErrorCode::from_u32)
+            }
+            _ => None,
+        }
+    }
+}
+
 /// The agent's connection state, observable through [`Agent::state`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ConnState {
@@ -91,6 +105,8 @@ pub struct Agent {
     terminals: Arc<crate::handlers::terminal::Terminals>,
     /// The newest target state the gateway sent (kept for a reconciler that starts late).
     gateway_target: Arc<std::sync::Mutex<Option<protocol::release::TargetState>>>,
+    /// Random id of this agent process, sent in every hello (see `ControlMessage::Hello`).
+    instance: String,
 }
 
 impl Agent {
@@ -139,6 +155,7 @@ impl Agent {
             state: watch::Sender::new(ConnState::Connecting),
             device,
             gateway_target: Arc::new(std::sync::Mutex::new(None)),
+            instance: format!("{:016x}", rand::random::<u64>()),
         })
     }
 
@@ -193,6 +210,7 @@ impl Agent {
                 _ = shutdown.cancelled() => break,
                 r = self.connect(&mut endpoint) => r,
             };
+            let last_code: Option<AppErrorCode>;
             let reason = match attempt {
                 Ok(session) => {
                     info!(gateway = %self.config.gateway, "connected");
@@ -213,9 +231,16 @@ impl Agent {
                     if let Some(f) = &connected_flag {
                         f.store(false, std::sync::atomic::Ordering::Relaxed);
                     }
-                    if started.elapsed() >= self.opts.stable_after {
+                    // The gateway restarted (a stateless reset) or is restarting: it is
+                    // back, or about to be, so the first retry waits only the jittered base.
+                    let gateway_restarted = matches!(
+                        &ended,
+                        SessionError::Connection(quinn::ConnectionError::Reset)
+                    ) || ended.app_code() == Some(AppErrorCode::Shutdown);
+                    if gateway_restarted || started.elapsed() >= self.opts.stable_after {
                         backoff.reset();
                     }
+                    last_code = ended.app_code();
                     let reason = ended.to_string();
                     warn!(%reason, "connection lost");
                     self.log_event(format!("Connection to the gateway lost: {reason}"));
@@ -223,6 +248,7 @@ impl Agent {
                     reason
                 }
                 Err(e) => {
+                    last_code = e.app_code();
                     let reason = e.to_string();
                     // One line per distinct failure, not one per retry.
                     if last_failure.as_deref() != Some(&reason) {
@@ -232,7 +258,13 @@ impl Agent {
                     reason
                 }
             };
-            let delay = backoff.next_delay();
+            let mut delay = backoff.next_delay();
+            if last_code == Some(AppErrorCode::DuplicateIdentity) {
+                // The gateway keeps another agent with this identity; stop taking turns
+                // with it.
+                delay = delay.max(self.opts.backoff_cap);
+                warn!(seconds = delay.as_secs(), "another agent uses this device's identity (a copied data dir or certificate?); the gateway keeps it and refuses this one");
+            }
             if backoff.ceiling() <= self.opts.backoff_cap && delay >= Duration::from_secs(1) {
                 info!(seconds = delay.as_secs(), "backing off");
             } else {
@@ -292,19 +324,30 @@ impl Agent {
             let mut hello = StreamHeader::Control
                 .to_vec()
                 .expect("the control header fits");
-            ControlMessage::hello(crate::VERSION)
-                .to_frame()
-                .encode(&mut hello);
+            let mut msg = ControlMessage::hello(crate::VERSION);
+            if let ControlMessage::Hello {
+                instance,
+                keep_alive_ms,
+                ..
+            } = &mut msg
+            {
+                *instance = Some(self.instance.clone());
+                *keep_alive_ms = Some(self.opts.keep_alive.as_millis() as u64);
+            }
+            msg.to_frame().encode(&mut hello);
             send.write_all(&hello).await.map_err(WireError::from)?;
             let mut reader = FrameReader::new(recv, MAX_CONTROL_FRAME);
             let reply =
                 ControlMessage::from_frame(&reader.next().await?).map_err(WireError::from)?;
             match reply {
                 ControlMessage::Welcome {
-                    version, device, ..
+                    version,
+                    device,
+                    heartbeat_interval_ms,
+                    ..
                 } => {
-                    debug!(version, %device, "welcomed");
-                    Ok((send, reader))
+                    debug!(version, %device, heartbeat_interval_ms, "welcomed");
+                    Ok((send, reader, heartbeat_interval_ms))
                 }
                 ControlMessage::Error { message, .. } => Err(SessionError::Refused(message)),
                 other => Err(SessionError::Refused(format!(
@@ -312,24 +355,26 @@ impl Agent {
                 ))),
             }
         };
-        let (send, reader) = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
-            Ok(Ok(v)) => v,
-            Ok(Err(e)) => {
-                // If the gateway closed the connection, its close reason is the real story.
-                if let Some(reason) = conn.close_reason() {
-                    return Err(reason.into());
+        let (send, reader, heartbeat_ms) =
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+                Ok(Ok(v)) => v,
+                Ok(Err(e)) => {
+                    // If the gateway closed the connection, its close reason is the real story.
+                    if let Some(reason) = conn.close_reason() {
+                        return Err(reason.into());
+                    }
+                    return Err(e);
                 }
-                return Err(e);
-            }
-            Err(_) => {
-                conn.close(wire::varint(AppErrorCode::HandshakeTimeout), b"no welcome");
-                return Err(SessionError::HandshakeTimeout(HANDSHAKE_TIMEOUT));
-            }
-        };
+                Err(_) => {
+                    conn.close(wire::varint(AppErrorCode::HandshakeTimeout), b"no welcome");
+                    return Err(SessionError::HandshakeTimeout(HANDSHAKE_TIMEOUT));
+                }
+            };
         Ok(Session {
             conn,
             control_send: send,
             control_recv: reader,
+            heartbeat: Duration::from_millis(heartbeat_ms),
         })
     }
 
@@ -339,6 +384,7 @@ impl Agent {
             conn,
             mut control_send,
             mut control_recv,
+            heartbeat,
         } = session;
         // Report what this device is on every connect (the gateway shows it).
         let base_report = self.state_report(conn.remote_address());
@@ -349,7 +395,11 @@ impl Agent {
         let mut report_tick = tokio::time::interval(Duration::from_millis(500));
         report_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         if let Err(e) = wire::write_frame(&mut control_send, &report.to_frame()).await {
-            return SessionError::Wire(e);
+            // A gateway that closed the connection at once (a duplicate identity) says why.
+            return match conn.close_reason() {
+                Some(reason) => SessionError::Connection(reason),
+                None => SessionError::Wire(e),
+            };
         }
         // Spooled logs go out on their own stream, resuming where the gateway's store ends.
         if let Some(logs) = self.opts.logs.clone() {
@@ -395,9 +445,14 @@ impl Agent {
             }
         });
         let control = async {
+            // Heartbeats prove the control loops alive (the transport's keep-alives prove
+            // the path): at the gateway's interval, kept below half the idle timeout.
+            let interval = heartbeat
+                .max(self.opts.keep_alive)
+                .min(self.opts.idle_timeout / 2);
             let mut hb = Heartbeat::new(
                 tokio::time::Instant::now().into_std(),
-                self.opts.keep_alive,
+                interval,
                 self.opts.idle_timeout,
             );
             loop {
@@ -552,6 +607,8 @@ struct Session {
     conn: quinn::Connection,
     control_send: quinn::SendStream,
     control_recv: FrameReader,
+    /// The heartbeat interval the gateway asked for in its welcome.
+    heartbeat: Duration,
 }
 
 /// Runs one action exactly once (per the persisted log) and reports its result.

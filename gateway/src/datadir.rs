@@ -25,6 +25,12 @@ use crate::store::{Store, StoreError, DB_FILE};
 /// The lock file `gateway serve` holds for its lifetime.
 pub const SERVE_LOCK_FILE: &str = "serve.lock";
 
+/// The secret behind the tunnel endpoint's QUIC stateless resets. Kept across restarts so
+/// that a device whose connection the previous run held learns at its next packet that
+/// the connection is gone, instead of waiting out its idle timeout. Not part of
+/// [`FILES`]: it protects nothing, and a lost one is simply made again.
+pub const RESET_KEY_FILE: &str = "reset.key";
+
 /// The files of a data dir, in the order they are created.
 const FILES: [&str; 5] = [
     certs::CA_KEY_FILE,
@@ -135,6 +141,7 @@ pub struct ServeLock {
 /// What `serve` works from.
 pub(crate) struct Opened {
     pub(crate) ca: Ca,
+    pub(crate) reset_key: Vec<u8>,
     pub(crate) server: ServerIdentity,
     pub(crate) store: Store,
     pub(crate) lock: ServeLock,
@@ -188,6 +195,7 @@ pub(crate) async fn open_for_serve(dir: &Path) -> Result<Opened, DataDirError> {
             "created a new data dir with a new fleet CA; back it up (see README)"
         );
         return Ok(Opened {
+            reset_key: reset_key(dir)?,
             ca,
             server,
             store,
@@ -227,11 +235,28 @@ pub(crate) async fn open_for_serve(dir: &Path) -> Result<Opened, DataDirError> {
         store.record_ca_fingerprint(&ca.fingerprint()).await?;
     }
     Ok(Opened {
+        reset_key: reset_key(dir)?,
         ca,
         server,
         store,
         lock,
     })
+}
+
+/// Reads the stateless-reset key of `dir`, making a new one (mode 0600) when there is
+/// none or it is unusable.
+fn reset_key(dir: &Path) -> Result<Vec<u8>, DataDirError> {
+    let path = dir.join(RESET_KEY_FILE);
+    match fs::read(&path) {
+        Ok(key) if key.len() == 32 => return Ok(key),
+        Ok(_) => warn!(path = %path.display(), "reset.key is not 32 bytes; making a new one"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(source) => return Err(DataDirError::Io { path, source }),
+    }
+    let mut key = vec![0u8; 32];
+    rand::fill(&mut key[..]);
+    certs::write_atomic(&path, &key, true)?;
+    Ok(key)
 }
 
 /// Opens an existing data dir for an offline command (`device add`, `token create`,

@@ -91,6 +91,7 @@ impl Gateway {
         cfg.validate()?;
         let datadir::Opened {
             ca,
+            reset_key,
             server: server_id,
             store,
             lock,
@@ -110,16 +111,13 @@ impl Gateway {
                 source,
             }
         })?;
-        let endpoint = quinn::Endpoint::new(
-            quinn::EndpointConfig::default(),
-            Some(server_config),
-            socket,
-            Arc::new(quinn::TokioRuntime),
-        )
-        .map_err(|source| GatewayError::Bind {
-            addr: cfg.tunnel_listen,
-            source,
-        })?;
+        // The persisted reset key lets devices of the previous run learn at once that
+        // their connection is gone (see `datadir::RESET_KEY_FILE`).
+        let endpoint = transport::quic::endpoint(socket, Some(server_config), Some(&reset_key))
+            .map_err(|source| GatewayError::Bind {
+                addr: cfg.tunnel_listen,
+                source,
+            })?;
         let http = tcp_listener(cfg.http_listen).map_err(|source| GatewayError::Bind {
             addr: cfg.http_listen,
             source,

@@ -1,7 +1,9 @@
 //! Live device sessions: a sharded map from device uuid to a small handle.
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 use protocol::DeviceUuid;
@@ -28,24 +30,56 @@ pub struct Session {
     /// Public-URL (`Http`) streams open on this tunnel, in flight or idle in the proxy's
     /// pool; the proxy keeps it under its per-device limit (see [`Session::http_streams`]).
     pub(crate) open_http_streams: AtomicUsize,
+    /// The agent process's instance id from its hello (`None` from older agents).
+    pub instance: Option<String>,
+    /// Where the tunnel comes from.
+    pub remote: SocketAddr,
+    /// When the session started.
+    pub started: Instant,
+    /// Milliseconds after `started` at which the agent was last heard from (kept by the
+    /// session's liveness watch; `u64::MAX` while unknown).
+    pub(crate) last_heard_ms: AtomicU64,
 }
 
 impl Session {
     /// Builds a session record for a freshly accepted connection.
-    pub fn new(id: u64, uuid: DeviceUuid, conn: quinn::Connection, public_url: bool) -> Self {
+    pub fn new(
+        id: u64,
+        uuid: DeviceUuid,
+        conn: quinn::Connection,
+        public_url: bool,
+        instance: Option<String>,
+    ) -> Self {
         let pool_authority = format!("{uuid}-{id}")
             .parse()
             .expect("hex uuid, dash and digits form a valid authority");
         Self {
             id,
             uuid,
+            remote: conn.remote_address(),
             conn,
+            instance,
+            started: Instant::now(),
+            last_heard_ms: AtomicU64::new(u64::MAX),
             public_url: AtomicBool::new(public_url),
             pool_authority,
             kick: tokio::sync::Notify::new(),
             retarget: tokio::sync::Notify::new(),
             open_http_streams: AtomicUsize::new(0),
         }
+    }
+
+    /// Records that the agent was heard from just now.
+    pub(crate) fn heard(&self) {
+        let ms = self.started.elapsed().as_millis() as u64;
+        self.last_heard_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Whether the agent was heard from within `window` (unknown counts as no).
+    pub(crate) fn heard_within(&self, window: Duration) -> bool {
+        let at = self.last_heard_ms.load(Ordering::Relaxed);
+        at != u64::MAX
+            && self.started.elapsed().as_millis() as u64 <= at + window.as_millis() as u64
     }
 
     /// Number of public-URL streams open on this tunnel right now (requests in flight,
@@ -82,6 +116,33 @@ impl Drop for HttpStreamGuard {
 pub struct Sessions {
     map: DashMap<DeviceUuid, Arc<Session>>,
     next_id: AtomicU64,
+    /// Per device: how often sessions of other agent instances replaced a live one lately.
+    flaps: DashMap<DeviceUuid, Flaps>,
+}
+
+/// Recent replacements of one device's live session by another agent instance.
+#[derive(Debug, Clone, Copy)]
+struct Flaps {
+    count: u32,
+    last: Instant,
+}
+
+/// Replacements by another instance counted together when this close to each other.
+const FLAP_WINDOW: Duration = Duration::from_secs(60);
+/// After this many such replacements in a row, the next newcomer is refused while the
+/// incumbent is alive: two agents share one identity.
+const FLAPS_BEFORE_REFUSAL: u32 = 3;
+
+/// What [`Sessions::admit`] decided about a new session.
+#[derive(Debug)]
+pub enum Admission {
+    /// The device had no live session.
+    First,
+    /// The new session replaces this one (a reconnect, a restart, a planned move).
+    Replaces(Arc<Session>),
+    /// Refused: another agent instance holds a live session of this device and the two
+    /// keep replacing each other. The incumbent stays.
+    Duplicate(Arc<Session>),
 }
 
 impl Sessions {
@@ -93,6 +154,45 @@ impl Sessions {
     /// Registers `session`, returning the one it replaces, if any.
     pub fn insert(&self, session: Arc<Session>) -> Option<Arc<Session>> {
         self.map.insert(session.uuid, session)
+    }
+
+    /// Registers `session` unless it is the far side of a duplicate identity.
+    ///
+    /// A session of the same agent instance (or one replacing a session nothing was heard
+    /// from lately) always wins. One from another instance, from another address, that
+    /// replaces a live session for the third time within a minute is refused instead:
+    /// two agents hold one certificate and would otherwise take turns forever.
+    /// `alive` is how recently the incumbent must have been heard from to count as live.
+    pub fn admit(&self, session: Arc<Session>, alive: Duration) -> Admission {
+        use dashmap::mapref::entry::Entry;
+        match self.map.entry(session.uuid) {
+            Entry::Vacant(v) => {
+                v.insert(session);
+                Admission::First
+            }
+            Entry::Occupied(mut o) => {
+                let old = Arc::clone(o.get());
+                let planned = session.instance.is_some() && session.instance == old.instance;
+                if !planned && old.remote != session.remote && old.heard_within(alive) {
+                    let now = Instant::now();
+                    let mut f = self.flaps.entry(session.uuid).or_insert(Flaps {
+                        count: 0,
+                        last: now,
+                    });
+                    f.count = if now.duration_since(f.last) <= FLAP_WINDOW {
+                        f.count + 1
+                    } else {
+                        1
+                    };
+                    f.last = now;
+                    if f.count >= FLAPS_BEFORE_REFUSAL {
+                        return Admission::Duplicate(old);
+                    }
+                }
+                o.insert(session);
+                Admission::Replaces(old)
+            }
+        }
     }
 
     /// The live session of `uuid`.

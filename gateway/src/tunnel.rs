@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, instrument, warn};
 
-use crate::sessions::{Session, Sessions};
+use crate::sessions::{Admission, Session, Sessions};
 use crate::store::Store;
 
 /// Time allowed for the TLS handshake plus hello/welcome.
@@ -75,6 +75,8 @@ pub(crate) enum ConnError {
     Wire(#[from] WireError),
     #[error("protocol: {0}")]
     Protocol(String),
+    #[error("nothing heard from the device for {0:?}")]
+    Silent(Duration),
 }
 
 async fn handle_connection(
@@ -160,6 +162,8 @@ async fn serve_session(
         let ControlMessage::Hello {
             versions,
             agent_version,
+            instance,
+            keep_alive_ms,
             ..
         } = hello
         else {
@@ -176,7 +180,7 @@ async fn serve_session(
                     heartbeat_interval_ms: ctx.keep_alive.as_millis() as u64,
                 };
                 wire::write_frame(&mut send, &welcome.to_frame()).await?;
-                Ok((send, reader, agent_version))
+                Ok((send, reader, agent_version, instance, keep_alive_ms))
             }
             Err(e) => {
                 let msg = ControlMessage::Error {
@@ -195,7 +199,7 @@ async fn serve_session(
             }
         }
     };
-    let (mut control_send, mut control_recv, agent_version) =
+    let (mut control_send, mut control_recv, agent_version, instance, keep_alive_ms) =
         match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
             Ok(Ok(v)) => v,
             Ok(Err(e)) => {
@@ -220,16 +224,47 @@ async fn serve_session(
         uuid,
         conn.clone(),
         public_url,
+        instance,
     ));
-    if let Some(old) = ctx.sessions.insert(Arc::clone(&session)) {
-        info!(
-            old_session = old.id,
-            "replacing older session of this device"
-        );
-        old.conn.close(
-            wire::varint(AppErrorCode::Replaced),
-            b"replaced by a newer connection",
-        );
+    session.heard();
+    // An agent that announces its keep-alive is dead after a few of them go missing; one
+    // that does not is left to the transport's idle timeout.
+    let silence = keep_alive_ms
+        .map(|ms| Duration::from_millis(ms.clamp(100, 60_000)) * 3 + Duration::from_secs(1));
+    match ctx
+        .sessions
+        .admit(Arc::clone(&session), silence.unwrap_or(ctx.keep_alive * 3))
+    {
+        Admission::First => {}
+        Admission::Replaces(old) => {
+            info!(
+                old_session = old.id,
+                old_remote = %old.remote,
+                "replacing older session of this device"
+            );
+            old.conn.close(
+                wire::varint(AppErrorCode::Replaced),
+                b"replaced by a newer connection",
+            );
+        }
+        Admission::Duplicate(old) => {
+            warn!(
+                live_session = old.id,
+                live_remote = %old.remote,
+                new_remote = %session.remote,
+                "two agents share this device's identity (a copied certificate?): they keep \
+                 replacing each other; refusing the newer one, which backs off"
+            );
+            conn.close(
+                wire::varint(AppErrorCode::DuplicateIdentity),
+                format!(
+                    "another agent with this identity is connected from {}",
+                    old.remote
+                )
+                .as_bytes(),
+            );
+            return Ok(());
+        }
     }
     if let Err(e) = ctx.store.set_online(uuid, true).await {
         warn!(error = %e, "cannot record device online");
@@ -311,15 +346,38 @@ async fn serve_session(
             });
         }
     };
+    // The transport's keep-alives reach us every `keep_alive_ms`: a device that went quiet
+    // for a few of them is gone (killed, unplugged), and its visitors get an answer now
+    // rather than after the idle timeout.
+    let liveness = async {
+        let Some(silence) = silence else {
+            return std::future::pending().await;
+        };
+        let mut tick = tokio::time::interval(silence / 4);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut seen = conn.stats().udp_rx.datagrams;
+        loop {
+            tick.tick().await;
+            let now = conn.stats().udp_rx.datagrams;
+            if now != seen {
+                seen = now;
+                session.heard();
+            } else if !session.heard_within(silence) {
+                return Err(ConnError::Silent(silence));
+            }
+        }
+    };
     let ended: Result<(), ConnError> = tokio::select! {
         r = control => r,
         r = streams => r,
+        r = liveness => r,
     };
     let reason = match (&ended, conn.close_reason()) {
         (_, Some(reason)) => wire::describe_close(&reason),
         (Err(e), None) => {
             let code = match e {
                 ConnError::Wire(w) => w.code(),
+                ConnError::Silent(_) => AppErrorCode::HeartbeatTimeout,
                 _ => AppErrorCode::ProtocolError,
             };
             conn.close(wire::varint(code), e.to_string().as_bytes());

@@ -37,6 +37,15 @@ pub enum ControlMessage {
         /// The agent's software version, for display.
         #[serde(default)]
         agent_version: String,
+        /// Random id of this agent process, the same on every session it opens. A new
+        /// session with the instance of the device's live session is a planned move (a
+        /// reconnect, a change of transport), never a second agent sharing the identity.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        instance: Option<String>,
+        /// How often the agent's transport sends keep-alives, in milliseconds: the gateway
+        /// declares the device dead after a few of them go missing.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        keep_alive_ms: Option<u64>,
     },
     /// Gateway → agent, answer to `Hello`.
     Welcome {
@@ -124,6 +133,8 @@ impl ControlMessage {
             versions: SUPPORTED_VERSIONS.to_vec(),
             capabilities: CAPABILITIES.iter().map(|s| s.to_string()).collect(),
             agent_version: agent_version.into(),
+            instance: None,
+            keep_alive_ms: None,
         }
     }
 
@@ -196,6 +207,8 @@ mod tests {
                         versions,
                         capabilities,
                         agent_version,
+                        instance: None,
+                        keep_alive_ms: None,
                     }
                 }),
             (any::<u16>(), "[0-9a-f]{32}", any::<u64>()).prop_map(|(version, device, hb)| {

@@ -28,11 +28,14 @@ pub enum AppErrorCode {
     HandshakeTimeout = 0x9,
     /// The peer stopped answering heartbeats.
     HeartbeatTimeout = 0xa,
+    /// Another agent with this device's identity keeps replacing this connection (two
+    /// devices share one certificate); back off before trying again.
+    DuplicateIdentity = 0xb,
 }
 
 impl AppErrorCode {
     /// All codes, for iteration in docs and tests.
-    pub const ALL: [AppErrorCode; 11] = [
+    pub const ALL: [AppErrorCode; 12] = [
         Self::NoError,
         Self::ProtocolError,
         Self::VersionMismatch,
@@ -44,6 +47,7 @@ impl AppErrorCode {
         Self::Internal,
         Self::HandshakeTimeout,
         Self::HeartbeatTimeout,
+        Self::DuplicateIdentity,
     ];
 
     /// The numeric value sent on the wire.
@@ -70,6 +74,9 @@ impl AppErrorCode {
             Self::Internal => "internal error",
             Self::HandshakeTimeout => "control handshake timed out",
             Self::HeartbeatTimeout => "heartbeat timed out",
+            Self::DuplicateIdentity => {
+                "another agent with this device's identity is connected (a copied certificate?)"
+            }
         }
     }
 }

@@ -122,6 +122,8 @@ fn version_mismatch_is_reported_clearly() {
         versions: vec![7, 8],
         capabilities: vec![],
         agent_version: "future".into(),
+        instance: None,
+        keep_alive_ms: None,
     };
     let answer = gateway_answer(&hello, SUPPORTED_VERSIONS);
     let ControlMessage::Error { code, message } = answer else {

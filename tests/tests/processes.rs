@@ -5,77 +5,17 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use e2e_tests::procs::{self, device_add, try_get, wait_status, ServeProc};
 use e2e_tests::*;
 use http::StatusCode;
 
-struct ServeProc {
-    proc: Proc,
-    http: u16,
-    tunnel: u16,
-}
-
 fn serve(data: &std::path::Path, http: u16, tunnel: u16, idle: &str) -> ServeProc {
-    let proc = Proc::spawn(
-        Command::new(bin("gateway"))
-            .args(["serve", "--data-dir"])
-            .arg(data)
-            .args(["--domain", "devices.localhost"])
-            .args(["--http-listen", &format!("127.0.0.1:{http}")])
-            .args(["--tunnel-listen", &format!("127.0.0.1:{tunnel}")])
-            .args(["--api-listen", "127.0.0.1:0"])
-            .args(["--idle-timeout", idle, "--keep-alive", "500ms"])
-            .env("RUST_LOG", "warn"),
-    );
-    ServeProc { proc, http, tunnel }
-}
-
-/// GET / on the device through the gateway; `None` when the gateway is not reachable.
-async fn try_get(http: u16, host: &str) -> Option<(StatusCode, bytes::Bytes)> {
-    let req = http::Request::builder()
-        .uri(format!("http://127.0.0.1:{http}/"))
-        .header("host", host)
-        .body(empty())
-        .unwrap();
-    let resp = tokio::time::timeout(Duration::from_secs(5), http_client().request(req))
-        .await
-        .ok()?
-        .ok()?;
-    let status = resp.status();
-    let body = http_body_util::BodyExt::collect(resp.into_body())
-        .await
-        .ok()?
-        .to_bytes();
-    Some((status, body))
-}
-
-async fn wait_status(http: u16, host: &str, want: StatusCode, limit: Duration) -> bool {
-    eventually(limit, || async {
-        try_get(http, host)
-            .await
-            .filter(|(s, _)| *s == want)
-            .map(|_| ())
-    })
-    .await
-    .is_some()
-}
-
-fn device_add(data: &std::path::Path, tunnel: u16, out: &std::path::Path) -> String {
-    let output = Command::new(bin("gateway"))
-        .args(["device", "add", "--data-dir"])
-        .arg(data)
-        .args(["--public-url", "--gateway", &format!("127.0.0.1:{tunnel}")])
-        .arg("--out")
-        .arg(out)
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "{output:?}");
-    let stdout = String::from_utf8(output.stdout).unwrap();
-    let uuid = stdout.lines().last().unwrap().trim().to_string();
-    assert_eq!(uuid.len(), 32, "{stdout}");
-    assert!(uuid
-        .chars()
-        .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
-    uuid
+    procs::serve(
+        data,
+        http,
+        tunnel,
+        &["--idle-timeout", idle, "--keep-alive", "500ms"],
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -126,6 +126,8 @@ async fn version_mismatch_gets_a_clear_error_and_close() {
         versions: vec![99],
         capabilities: vec![],
         agent_version: "from the future".into(),
+        instance: None,
+        keep_alive_ms: None,
     }
     .to_frame()
     .encode(&mut bytes);

@@ -25,8 +25,18 @@ pub fn endpoint(
 ) -> std::io::Result<quinn::Endpoint> {
     let config = match reset_key {
         Some(key) => {
-            let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key);
-            quinn::EndpointConfig::new(Arc::new(key))
+            let hmac = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key);
+            // quinn drops packets whose connection id its generator does not recognise
+            // before it considers a reset, and the default generator's key is random per
+            // process: derive it from the reset key too, so that a restarted endpoint
+            // recognises its previous run's ids and answers them with a reset.
+            let tag = ring::hmac::sign(&hmac, b"edge-tunnel connection id key");
+            let cid_key = u64::from_le_bytes(tag.as_ref()[..8].try_into().expect("8 bytes"));
+            let mut config = quinn::EndpointConfig::new(Arc::new(hmac));
+            config.cid_generator(move || {
+                Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+            });
+            config
         }
         None => quinn::EndpointConfig::default(),
     };
