@@ -234,6 +234,9 @@ pub struct AgentOptions {
     /// The container reconciler's settings (engine socket, journal dir, locks). Default
     /// is none: the agent runs no containers. Needs a data dir.
     pub reconciler: Option<crate::reconciler::ReconcilerConfig>,
+    /// Which transports to dial, and how TCP gets out. Default: QUIC, falling back to
+    /// TLS over TCP on the same `host:port` when UDP is blocked, with no proxy.
+    pub route: crate::dial::Route,
 }
 
 impl Default for AgentOptions {
@@ -252,6 +255,7 @@ impl Default for AgentOptions {
             terminal: Default::default(),
             logs: None,
             reconciler: None,
+            route: Default::default(),
         }
     }
 }

@@ -13,12 +13,11 @@
 pub mod backoff;
 pub mod config;
 pub mod device;
+pub mod dial;
 pub mod handlers;
-pub mod net;
 pub mod provision;
 pub mod reconciler;
 pub mod tunnel;
-pub mod wire;
 
 pub use config::{AgentConfig, AgentOptions, ConfigError};
 pub use tunnel::{Agent, AgentError, ConnState};

@@ -36,6 +36,8 @@ enum Command {
         /// identity yet (ignored once provisioned).
         #[arg(long, env = "EDGE_AGENT_KEY", hide_env_values = true)]
         key: Option<String>,
+        #[command(flatten)]
+        route: RouteArgs,
         /// Where public-URL traffic goes on the device, HOST:PORT. Default is the file's
         /// `target`, else 127.0.0.1:80.
         #[arg(long, env = "EDGE_AGENT_TARGET")]
@@ -74,6 +76,8 @@ enum Command {
         /// Claim this pre-registered uuid instead of getting a new one.
         #[arg(long)]
         uuid: Option<DeviceUuid>,
+        #[command(flatten)]
+        route: RouteArgs,
     },
     /// Print shell completions (bash, zsh, fish, elvish, powershell) to stdout.
     Completions {
@@ -114,6 +118,56 @@ enum Command {
         #[command(flatten)]
         source: Source,
     },
+}
+
+/// How the agent reaches the gateway.
+#[derive(Args)]
+struct RouteArgs {
+    /// Transport to the gateway: `auto` tries QUIC (UDP) and falls back to TLS over TCP
+    /// 300 ms later when QUIC has not connected, then moves back to QUIC once it works;
+    /// `quic` or `tcp` use only that one.
+    #[arg(long, env = "EDGE_AGENT_TRANSPORT", default_value = "auto")]
+    transport: edge_agent::dial::TransportMode,
+    /// The gateway's TCP tunnel address, HOST:PORT. [default: the same as the UDP one]
+    #[arg(long, env = "EDGE_AGENT_GATEWAY_TCP")]
+    gateway_tcp: Option<String>,
+    /// HTTP CONNECT proxy for the TCP transport, http://[user:password@]host:port.
+    /// [default: $HTTPS_PROXY, else an http-connect proxy set with host-config]
+    #[arg(long, env = "HTTPS_PROXY")]
+    proxy: Option<transport::proxy::Proxy>,
+}
+
+impl RouteArgs {
+    /// The route, with the host-config proxy (`proxy_file`) as the default proxy.
+    fn route(&self, proxy_file: Option<&std::path::Path>) -> edge_agent::dial::Route {
+        edge_agent::dial::Route {
+            mode: self.transport,
+            gateway_tcp: self.gateway_tcp.clone(),
+            proxy: self
+                .proxy
+                .clone()
+                .or_else(|| proxy_file.and_then(host_config_proxy)),
+        }
+    }
+}
+
+/// The proxy set with host-config (balena's `network.proxy`), when it is one the TCP
+/// transport can use (`http-connect`).
+fn host_config_proxy(path: &std::path::Path) -> Option<transport::proxy::Proxy> {
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()?;
+    if v.get("type")?.as_str()? != "http-connect" {
+        return None;
+    }
+    let host = v.get("ip")?.as_str()?;
+    let port = v.get("port")?.as_u64()?;
+    let creds = match (
+        v.get("login").and_then(|l| l.as_str()),
+        v.get("password").and_then(|p| p.as_str()),
+    ) {
+        (Some(l), Some(p)) => format!("{l}:{p}@"),
+        _ => String::new(),
+    };
+    format!("http://{creds}{host}:{port}").parse().ok()
 }
 
 /// How device actions take effect, and the local supervisor API.
@@ -220,6 +274,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Run {
             source,
             key,
+            route,
             target,
             hooks,
             shell,
@@ -228,11 +283,12 @@ async fn main() -> anyhow::Result<()> {
             engine,
         } => {
             // Before anything opens files: terminals, streams and engine calls all cost fds.
-            edge_agent::net::raise_fd_limit();
+            transport::net::raise_fd_limit();
             let engine_socket = (engine != "none").then_some(engine);
             let (identity, state_dir) = source.paths();
             let shutdown = CancellationToken::new();
             tokio::spawn(signal_shutdown(shutdown.clone()));
+            let route = route.route(Some(&hooks.hooks(&state_dir).proxy_file));
             if !identity.exists() {
                 let Some(key) = key else {
                     anyhow::bail!(
@@ -241,7 +297,7 @@ async fn main() -> anyhow::Result<()> {
                     );
                 };
                 let key = ProvisioningKey::decode(&key)?;
-                provision_with_retry(&key, None, &identity, &state_dir, &shutdown).await?;
+                provision_with_retry(&key, &route, None, &identity, &state_dir, &shutdown).await?;
             }
             let cfg = AgentConfig::load(&identity)
                 .with_context(|| format!("loading {}", identity.display()))?;
@@ -250,6 +306,7 @@ async fn main() -> anyhow::Result<()> {
                 opts.target = t;
             }
             opts.hooks = Some(hooks.hooks(&state_dir));
+            opts.route = route;
             opts.local_api = Some(hooks.local_api);
             opts.terminal.shell = shell;
             opts.terminal.max_sessions = max_terminals;
@@ -358,7 +415,12 @@ async fn main() -> anyhow::Result<()> {
                 println!("unpinned: the gateway's target applies when the agent next connects");
             }
         }
-        Command::Provision { key, source, uuid } => {
+        Command::Provision {
+            key,
+            source,
+            uuid,
+            route,
+        } => {
             let key = ProvisioningKey::decode(&key)?;
             let (identity, state_dir) = source.paths();
             if identity.exists() {
@@ -369,7 +431,9 @@ async fn main() -> anyhow::Result<()> {
             }
             let shutdown = CancellationToken::new();
             tokio::spawn(signal_shutdown(shutdown.clone()));
-            let cfg = provision_with_retry(&key, uuid, &identity, &state_dir, &shutdown).await?;
+            let route = route.route(Some(&state_dir.join("proxy.json")));
+            let cfg =
+                provision_with_retry(&key, &route, uuid, &identity, &state_dir, &shutdown).await?;
             eprintln!("provisioned; identity stored in {}", identity.display());
             println!("{}", cfg.uuid);
         }
@@ -394,6 +458,7 @@ async fn main() -> anyhow::Result<()> {
 /// before the network is up); a refusal from the gateway is final.
 async fn provision_with_retry(
     key: &ProvisioningKey,
+    route: &edge_agent::dial::Route,
     uuid: Option<DeviceUuid>,
     identity: &std::path::Path,
     data_dir: &std::path::Path,
@@ -405,7 +470,7 @@ async fn provision_with_retry(
     );
     let mut last = String::new();
     loop {
-        match provision::provision(key, uuid, identity, data_dir).await {
+        match provision::provision(key, route, uuid, identity, data_dir).await {
             Ok(cfg) => return Ok(cfg),
             Err(e) if e.is_retryable() => {
                 if e.to_string() != last {

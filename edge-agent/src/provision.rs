@@ -7,7 +7,6 @@
 //! `gateway device add` writes) plus a supervisor API key in `DIR/api-key`.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use protocol::{
@@ -16,7 +15,9 @@ use protocol::{
 };
 
 use crate::config::AgentConfig;
-use crate::wire::{self, FrameReader, WireError};
+use transport::wire::{self, FrameReader, WireError};
+
+use crate::dial::{DialError, Route};
 
 /// File holding the device identity inside the data dir.
 pub const IDENTITY_FILE: &str = "identity.toml";
@@ -79,10 +80,33 @@ pub fn identity_path(data_dir: &Path) -> PathBuf {
     data_dir.join(IDENTITY_FILE)
 }
 
+/// The certificate problem behind a failed dial, when the gateway's certificate is not
+/// from the CA the key pins (on either transport).
+fn untrusted(e: &DialError) -> Option<String> {
+    use transport::{ConnectError, ConnectionError};
+    let one = |c: &ConnectError| match c {
+        ConnectError::Tls(reason) => Some(reason.clone()),
+        // QUIC reports TLS alerts as transport errors in the CRYPTO_ERROR range.
+        ConnectError::Connection(ConnectionError::Transport(reason))
+            if reason.contains("certificate") || reason.contains("crypto") =>
+        {
+            Some(reason.clone())
+        }
+        _ => None,
+    };
+    match e {
+        DialError::Quic(c) | DialError::Tcp(c) => one(c),
+        DialError::Both { quic, tcp } => one(quic).or_else(|| one(tcp)),
+        _ => None,
+    }
+}
+
 /// Provisions this device with `key`, writes the identity to `identity_file` (normally
-/// `data_dir/identity.toml`) and creates the local API key in `data_dir`.
+/// `data_dir/identity.toml`) and creates the local API key in `data_dir`. `route` says
+/// which transports to try (as for the tunnel).
 pub async fn provision(
     key: &ProvisioningKey,
+    route: &Route,
     uuid: Option<DeviceUuid>,
     identity_file: &Path,
     data_dir: &Path,
@@ -93,44 +117,27 @@ pub async fn provision(
     };
     let (key_pem, csr_pem) = certs::generate_csr()?;
     let tls = certs::provisioning_client_config(&key.ca_fingerprint)?;
-    let quic =
-        quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| net(e.to_string()))?;
-    let addr = tokio::net::lookup_host(&key.gateway)
-        .await
-        .map_err(|e| net(e.to_string()))?
-        .next()
-        .ok_or_else(|| net("no address".into()))?;
-    let bind = if addr.is_ipv6() {
-        "[::]:0"
-    } else {
-        "0.0.0.0:0"
-    };
-    let endpoint =
-        quinn::Endpoint::client(bind.parse().expect("addr")).map_err(|e| net(e.to_string()))?;
-    let conn = tokio::time::timeout(
-        Duration::from_secs(15),
-        endpoint
-            .connect_with(
-                quinn::ClientConfig::new(Arc::new(quic)),
-                addr,
-                certs::TUNNEL_SERVER_NAME,
-            )
-            .map_err(|e| net(e.to_string()))?,
-    )
-    .await
-    .map_err(|_| net("handshake timed out".into()))?
-    .map_err(|e| match &e {
-        // A TLS failure (CRYPTO_ERROR range) means this gateway is not the one the key
-        // names: retrying cannot help.
-        quinn::ConnectionError::TransportError(t)
-            if (0x100..0x200).contains(&u64::from(t.code)) =>
-        {
-            ProvisionError::Untrusted {
+    let dialer = route
+        .dialer(
+            &key.gateway,
+            certs::TUNNEL_SERVER_NAME,
+            tls,
+            None,
+            Default::default(),
+            Duration::from_secs(15),
+        )
+        .map_err(net)?;
+    let mut endpoint = None;
+    let conn = dialer.dial(&mut endpoint).await.map_err(|e| {
+        // A TLS failure means this gateway is not the one the key names: retrying cannot
+        // help.
+        match untrusted(&e) {
+            Some(reason) => ProvisionError::Untrusted {
                 gateway: key.gateway.clone(),
-                reason: t.reason.clone(),
-            }
+                reason,
+            },
+            None => net(e.to_string()),
         }
-        _ => net(e.to_string()),
     })?;
     let request = ProvisionRequest {
         key: key.secret.clone(),
@@ -159,8 +166,10 @@ pub async fn provision(
     let response = tokio::time::timeout(Duration::from_secs(15), exchange)
         .await
         .map_err(|_| net("no answer in time".into()))??;
-    conn.close(quinn::VarInt::from_u32(0), b"done");
-    endpoint.wait_idle().await;
+    conn.close(protocol::AppErrorCode::NoError, b"done");
+    if let Some(ep) = endpoint {
+        ep.wait_idle().await;
+    }
     let (uuid, cert, ca) = match response {
         ProvisionResponse::Ok { uuid, cert, ca, .. } => (uuid, cert, ca),
         ProvisionResponse::Error { code, message } => {

@@ -12,10 +12,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, instrument, warn};
 
+use transport::wire::{self, FrameReader, WireError};
+use transport::{BiStream, Connection, ConnectionError, TransportKind};
+
 use crate::backoff::Backoff;
 use crate::config::{AgentConfig, AgentOptions, ConfigError};
 use crate::device::{ActionLog, Device};
-use crate::wire::{self, BiStream, FrameReader, WireError};
+use crate::dial::{DialError, Dialer, TransportMode};
 
 /// How long the hello/welcome exchange may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -49,12 +52,10 @@ pub enum AgentError {
 /// Why one connection attempt or session ended; retried by the run loop.
 #[derive(Debug, thiserror::Error)]
 enum SessionError {
-    #[error("cannot resolve gateway address {0}: {1}")]
-    Resolve(String, String),
     #[error("connect: {0}")]
-    Connect(#[from] quinn::ConnectError),
-    #[error("{}", wire::describe_close(.0))]
-    Connection(#[from] quinn::ConnectionError),
+    Connect(#[from] DialError),
+    #[error("{0}")]
+    Connection(#[from] ConnectionError),
     #[error("control stream: {0}")]
     Wire(#[from] WireError),
     #[error("gateway refused the session: {0}")]
@@ -69,11 +70,8 @@ impl SessionError {
     /// The application code the gateway closed the connection with, if it did.
     fn app_code(&self) -> Option<AppErrorCode> {
         match self {
-            Self::Connection(quinn::ConnectionError::ApplicationClosed(c)) => {
-                u32::try_from(c.error_code.into_inner())
-                    .ok()
-                    .and_then(AppErrorCode::from_u32)
-            }
+            Self::Connection(c) => c.app_code(),
+            Self::Connect(d) => d.connection_error().and_then(ConnectionError::app_code),
             _ => None,
         }
     }
@@ -99,7 +97,7 @@ pub enum ConnState {
 pub struct Agent {
     config: AgentConfig,
     opts: AgentOptions,
-    client_config: quinn::ClientConfig,
+    dialer: Dialer,
     state: watch::Sender<ConnState>,
     device: Option<(Arc<Device>, Arc<ActionLog>)>,
     terminals: Arc<crate::handlers::terminal::Terminals>,
@@ -119,14 +117,20 @@ impl Agent {
                 reason: e.to_string(),
             }
         })?;
-        let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| {
-            ConfigError::Invalid {
+        let dialer = opts
+            .route
+            .dialer(
+                &config.gateway,
+                &config.server_name,
+                tls,
+                Some(Arc::new(transport_config(&opts))),
+                mux_config(&opts),
+                HANDSHAKE_TIMEOUT,
+            )
+            .map_err(|reason| ConfigError::Invalid {
                 key: "cert",
-                reason: e.to_string(),
-            }
-        })?;
-        let mut client_config = quinn::ClientConfig::new(Arc::new(quic));
-        client_config.transport_config(Arc::new(transport_config(&opts)));
+                reason,
+            })?;
         let device = match &opts.data_dir {
             Some(dir) => {
                 let key = crate::provision::api_key(dir)
@@ -151,7 +155,7 @@ impl Agent {
             )),
             config,
             opts,
-            client_config,
+            dialer,
             state: watch::Sender::new(ConnState::Connecting),
             device,
             gateway_target: Arc::new(std::sync::Mutex::new(None)),
@@ -202,18 +206,36 @@ impl Agent {
             ));
         }
         let connected_flag = self.device.as_ref().map(|(d, _)| d.connected_flag());
-        info!(gateway = %self.config.gateway, "connecting");
+        info!(gateway = %self.config.gateway, transport = %self.dialer.mode, "connecting");
+        // A session the agent already moved to (QUIC found working again while on TCP).
+        let mut moved_to: Option<Session> = None;
+        let mut last_kind: Option<TransportKind> = None;
         loop {
             self.state.send_replace(ConnState::Connecting);
-            let attempt = tokio::select! {
-                // Shutdown wins over a pending dial.
-                _ = shutdown.cancelled() => break,
-                r = self.connect(&mut endpoint) => r,
+            let attempt = match moved_to.take() {
+                Some(s) => Ok(s),
+                None => tokio::select! {
+                    // Shutdown wins over a pending dial.
+                    _ = shutdown.cancelled() => break,
+                    r = self.connect(&mut endpoint) => r,
+                },
             };
             let last_code: Option<AppErrorCode>;
             let reason = match attempt {
                 Ok(session) => {
-                    info!(gateway = %self.config.gateway, "connected");
+                    let kind = session.conn.kind();
+                    info!(gateway = %self.config.gateway, transport = %kind, "connected");
+                    // Each change of transport is said once (connects on the same one are
+                    // not news).
+                    if last_kind.is_some_and(|k| k != kind) {
+                        warn!(from = %last_kind.expect("checked"), to = %kind, "transport changed");
+                    } else if last_kind.is_none()
+                        && kind == TransportKind::Tcp
+                        && self.dialer.mode == TransportMode::Auto
+                    {
+                        warn!("QUIC did not connect; using TLS over TCP (QUIC is retried in the background)");
+                    }
+                    last_kind = Some(kind);
                     self.log_event(format!("Connected to the gateway {}", self.config.gateway));
                     self.state.send_replace(ConnState::Connected);
                     if let Some(f) = &connected_flag {
@@ -223,20 +245,29 @@ impl Agent {
                     let conn = session.conn.clone();
                     let ended = tokio::select! {
                         _ = shutdown.cancelled() => {
-                            conn.close(wire::varint(AppErrorCode::Shutdown), b"agent shutting down");
+                            conn.close(AppErrorCode::Shutdown, b"agent shutting down");
                             break;
                         }
                         r = self.serve(session, &tasks) => r,
+                    };
+                    let ended = match ended {
+                        Ended::Lost(e) => e,
+                        Ended::Moved { next, old } => {
+                            // Streams open on the old connection finish there; the gateway
+                            // closes it once they have (30 s at most).
+                            tasks.spawn(drain(old));
+                            moved_to = Some(next);
+                            continue;
+                        }
                     };
                     if let Some(f) = &connected_flag {
                         f.store(false, std::sync::atomic::Ordering::Relaxed);
                     }
                     // The gateway restarted (a stateless reset) or is restarting: it is
                     // back, or about to be, so the first retry waits only the jittered base.
-                    let gateway_restarted = matches!(
-                        &ended,
-                        SessionError::Connection(quinn::ConnectionError::Reset)
-                    ) || ended.app_code() == Some(AppErrorCode::Shutdown);
+                    let gateway_restarted =
+                        matches!(&ended, SessionError::Connection(ConnectionError::Reset))
+                            || ended.app_code() == Some(AppErrorCode::Shutdown);
                     if gateway_restarted || started.elapsed() >= self.opts.stable_after {
                         backoff.reset();
                     }
@@ -293,32 +324,12 @@ impl Agent {
         &self,
         endpoint: &mut Option<quinn::Endpoint>,
     ) -> Result<Session, SessionError> {
-        let addr = resolve(&self.config.gateway).await?;
-        let ep = match endpoint {
-            Some(ep) if ep.local_addr().map(|a| a.is_ipv6()).ok() == Some(addr.is_ipv6()) => ep,
-            _ => {
-                let bind: SocketAddr = if addr.is_ipv6() {
-                    "[::]:0".parse().expect("addr")
-                } else {
-                    "0.0.0.0:0".parse().expect("addr")
-                };
-                let socket = crate::net::udp_socket(bind)
-                    .map_err(|e| SessionError::Resolve(bind.to_string(), e.to_string()))?;
-                let ep = quinn::Endpoint::new(
-                    quinn::EndpointConfig::default(),
-                    None,
-                    socket,
-                    Arc::new(quinn::TokioRuntime),
-                )
-                .map_err(|e| SessionError::Resolve(bind.to_string(), e.to_string()))?;
-                endpoint.insert(ep)
-            }
-        };
-        let connecting =
-            ep.connect_with(self.client_config.clone(), addr, &self.config.server_name)?;
-        let conn = tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting)
-            .await
-            .map_err(|_| SessionError::HandshakeTimeout(HANDSHAKE_TIMEOUT))??;
+        let conn = self.dialer.dial(endpoint).await?;
+        self.handshake(conn).await
+    }
+
+    /// Hello/welcome on a fresh connection.
+    async fn handshake(&self, conn: Connection) -> Result<Session, SessionError> {
         let handshake = async {
             let (mut send, recv) = conn.open_bi().await?;
             let mut hello = StreamHeader::Control
@@ -366,7 +377,7 @@ impl Agent {
                     return Err(e);
                 }
                 Err(_) => {
-                    conn.close(wire::varint(AppErrorCode::HandshakeTimeout), b"no welcome");
+                    conn.close(AppErrorCode::HandshakeTimeout, b"no welcome");
                     return Err(SessionError::HandshakeTimeout(HANDSHAKE_TIMEOUT));
                 }
             };
@@ -378,8 +389,9 @@ impl Agent {
         })
     }
 
-    /// Serves one established session until it ends, returning why it ended.
-    async fn serve(&self, session: Session, tasks: &TaskTracker) -> SessionError {
+    /// Serves one established session until it ends (returning why) or the agent moves to
+    /// a better transport.
+    async fn serve(&self, session: Session, tasks: &TaskTracker) -> Ended {
         let Session {
             conn,
             mut control_send,
@@ -396,17 +408,25 @@ impl Agent {
         report_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         if let Err(e) = wire::write_frame(&mut control_send, &report.to_frame()).await {
             // A gateway that closed the connection at once (a duplicate identity) says why.
-            return match conn.close_reason() {
+            return Ended::Lost(match conn.close_reason() {
                 Some(reason) => SessionError::Connection(reason),
                 None => SessionError::Wire(e),
-            };
+            });
         }
         // Spooled logs go out on their own stream, resuming where the gateway's store ends.
+        // Ends with the session, or when the agent moves to another connection (whose
+        // shipper resumes from the gateway's ack: nothing is lost or stored twice).
+        let shipping = CancellationToken::new();
+        let _stop_shipping = shipping.clone().drop_guard();
         if let Some(logs) = self.opts.logs.clone() {
             let conn = conn.clone();
             tasks.spawn(async move {
                 loop {
-                    match logs.ship(&conn).await {
+                    let shipped = tokio::select! {
+                        _ = shipping.cancelled() => return,
+                        r = logs.ship(&conn) => r,
+                    };
+                    match shipped {
                         Ok(()) | Err(crate::logs::ShipError::Connection(_)) => return,
                         Err(_) if conn.close_reason().is_some() => return,
                         Err(e) => {
@@ -519,9 +539,21 @@ impl Agent {
                 ));
             }
         };
+        // On TCP in auto mode, QUIC is tried again in the background; once it works the
+        // agent moves there.
+        let probe = async {
+            if self.dialer.mode != TransportMode::Auto || conn.kind() == TransportKind::Quic {
+                return std::future::pending().await;
+            }
+            self.probe_quic().await
+        };
         let result: Result<(), SessionError> = tokio::select! {
             r = control => r,
             r = accept => r,
+            next = probe => {
+                info!("QUIC works again; moving the tunnel back to QUIC");
+                return Ended::Moved { next, old: conn };
+            }
         };
         let err = match result {
             Err(SessionError::Wire(_)) | Ok(()) if conn.close_reason().is_some() => {
@@ -536,10 +568,43 @@ impl Agent {
                 SessionError::Wire(w) => w.code(),
                 _ => AppErrorCode::Internal,
             };
-            conn.close(wire::varint(code), err.to_string().as_bytes());
+            conn.close(code, err.to_string().as_bytes());
         }
-        err
+        Ended::Lost(err)
     }
+
+    /// Tries QUIC with backoff (2 s doubling to 30 s) until a session on it is welcomed.
+    async fn probe_quic(&self) -> Session {
+        let mut endpoint = None;
+        let mut backoff = Backoff::new(Duration::from_secs(2), Duration::from_secs(30));
+        loop {
+            // At least a second apart, however the jitter falls.
+            let delay = backoff.next_delay().max(Duration::from_secs(1));
+            tokio::time::sleep(delay).await;
+            match self.dialer.dial_quic(&mut endpoint).await {
+                Ok(conn) => match self.handshake(conn).await {
+                    Ok(s) => return s,
+                    Err(e) => debug!(error = %e, "QUIC probe: handshake failed"),
+                },
+                Err(e) => debug!(error = %e, "QUIC probe failed"),
+            }
+        }
+    }
+}
+
+/// How a served session ended.
+enum Ended {
+    /// It was lost (or refused); reconnect after the backoff.
+    Lost(SessionError),
+    /// The agent moved to `next`; `old` still carries streams that were open on it.
+    Moved { next: Session, old: Connection },
+}
+
+/// Lets streams on a connection the agent moved away from finish: the gateway closes it
+/// when they have; 30 s at most.
+async fn drain(old: Connection) {
+    let _ = tokio::time::timeout(Duration::from_secs(30), old.closed()).await;
+    old.close(AppErrorCode::Replaced, b"moved to another transport");
 }
 
 impl Agent {
@@ -604,8 +669,8 @@ impl Agent {
 }
 
 struct Session {
-    conn: quinn::Connection,
-    control_send: quinn::SendStream,
+    conn: Connection,
+    control_send: transport::SendStream,
     control_recv: FrameReader,
     /// The heartbeat interval the gateway asked for in its welcome.
     heartbeat: Duration,
@@ -715,8 +780,8 @@ async fn start_reconciler(
 
 /// Reads a gateway-opened stream's header and dispatches it.
 async fn handle_stream(
-    mut send: quinn::SendStream,
-    mut recv: quinn::RecvStream,
+    mut send: transport::SendStream,
+    mut recv: transport::RecvStream,
     target: String,
     connect_timeout: Duration,
     terminals: Arc<crate::handlers::terminal::Terminals>,
@@ -748,13 +813,14 @@ async fn handle_stream(
     }
 }
 
-async fn resolve(addr: &str) -> Result<SocketAddr, SessionError> {
-    let mut addrs = tokio::net::lookup_host(addr)
-        .await
-        .map_err(|e| SessionError::Resolve(addr.to_string(), e.to_string()))?;
-    addrs
-        .next()
-        .ok_or_else(|| SessionError::Resolve(addr.to_string(), "no address".into()))
+/// Multiplexer settings of the agent side on TCP.
+pub fn mux_config(opts: &AgentOptions) -> transport::tls_tcp::MuxConfig {
+    transport::tls_tcp::MuxConfig {
+        keep_alive: opts.keep_alive,
+        idle_timeout: opts.idle_timeout,
+        max_incoming_streams: MAX_INCOMING_STREAMS,
+        ..Default::default()
+    }
 }
 
 /// QUIC transport settings of the agent side.

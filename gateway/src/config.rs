@@ -99,6 +99,9 @@ pub struct ServeConfig {
     pub http_listen: SocketAddr,
     /// Tunnel listener (UDP). Default is `0.0.0.0:443`.
     pub tunnel_listen: SocketAddr,
+    /// Tunnel listener over TLS on TCP, for devices whose network blocks UDP. Default is
+    /// none: the same address and port as `tunnel_listen` (TCP 443 by default).
+    pub tunnel_tcp_listen: Option<SocketAddr>,
     /// Management API listener (TCP, JSON, bearer tokens). Default is `127.0.0.1:8081`.
     pub api_listen: SocketAddr,
     /// PEM certificate chain for serving the management API over HTTPS. Default is none
@@ -189,6 +192,7 @@ impl Default for ServeConfig {
             domain: "devices.localhost".into(),
             http_listen: "0.0.0.0:80".parse().expect("addr"),
             tunnel_listen: "0.0.0.0:443".parse().expect("addr"),
+            tunnel_tcp_listen: None,
             api_listen: "127.0.0.1:8081".parse().expect("addr"),
             advertise_tunnel: None,
             api_tls_cert: None,

@@ -73,6 +73,9 @@ pub struct Gateway {
     store: Store,
     sessions: Arc<Sessions>,
     endpoint: quinn::Endpoint,
+    tunnel_tcp: TcpListener,
+    /// The tunnel's TLS configuration, for TCP (QUIC holds its own copy).
+    tunnel_tls: Arc<rustls::ServerConfig>,
     http: TcpListener,
     api: TcpListener,
     api_tls: Option<Arc<rustls::ServerConfig>>,
@@ -97,6 +100,7 @@ impl Gateway {
             lock,
         } = datadir::open_for_serve(&cfg.data_dir).await?;
         let tls = certs::server_config(ca.cert_pem(), &server_id)?;
+        let tunnel_tls = Arc::new(tls.clone());
         let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
             .map_err(|e| GatewayError::Quic(e.to_string()))?;
         let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(quic));
@@ -105,12 +109,11 @@ impl Gateway {
             cfg.idle_timeout,
         )));
         store.mark_all_offline().await?;
-        let socket = edge_agent::net::udp_socket(cfg.tunnel_listen).map_err(|source| {
-            GatewayError::Bind {
+        let socket =
+            transport::net::udp_socket(cfg.tunnel_listen).map_err(|source| GatewayError::Bind {
                 addr: cfg.tunnel_listen,
                 source,
-            }
-        })?;
+            })?;
         // The persisted reset key lets devices of the previous run learn at once that
         // their connection is gone (see `datadir::RESET_KEY_FILE`).
         let endpoint = transport::quic::endpoint(socket, Some(server_config), Some(&reset_key))
@@ -118,6 +121,18 @@ impl Gateway {
                 addr: cfg.tunnel_listen,
                 source,
             })?;
+        // TCP beside UDP: the same address and port unless told otherwise.
+        let tcp_addr = match cfg.tunnel_tcp_listen {
+            Some(a) => a,
+            None => endpoint.local_addr().map_err(|source| GatewayError::Bind {
+                addr: cfg.tunnel_listen,
+                source,
+            })?,
+        };
+        let tunnel_tcp = tcp_listener(tcp_addr).map_err(|source| GatewayError::Bind {
+            addr: tcp_addr,
+            source,
+        })?;
         let http = tcp_listener(cfg.http_listen).map_err(|source| GatewayError::Bind {
             addr: cfg.http_listen,
             source,
@@ -147,6 +162,8 @@ impl Gateway {
             store,
             sessions: Arc::new(Sessions::default()),
             endpoint,
+            tunnel_tcp,
+            tunnel_tls,
             http,
             api,
         })
@@ -171,6 +188,13 @@ impl Gateway {
         self.endpoint
             .local_addr()
             .expect("bound endpoint has an address")
+    }
+
+    /// The bound tunnel (TCP) address.
+    pub fn tunnel_tcp_addr(&self) -> SocketAddr {
+        self.tunnel_tcp
+            .local_addr()
+            .expect("bound listener has an address")
     }
 
     /// The tunnel address devices are told to dial (in provisioning keys).
@@ -207,6 +231,7 @@ impl Gateway {
         info!(
             http = %self.http_addr(),
             tunnel = %self.tunnel_addr(),
+            tunnel_tcp = %self.tunnel_tcp_addr(),
             api = %self.api_addr(),
             %domain,
             data_dir = %self.cfg.data_dir.display(),
@@ -270,8 +295,22 @@ impl Gateway {
             },
             shutdown.clone(),
         ));
+        let tcp = tokio::spawn(tunnel::accept_tcp_loop(
+            self.tunnel_tcp,
+            Arc::clone(&self.tunnel_tls),
+            transport::tls_tcp::MuxConfig {
+                keep_alive: self.cfg.keep_alive,
+                idle_timeout: self.cfg.idle_timeout,
+                max_incoming_streams: tunnel::MAX_AGENT_STREAMS,
+                ..Default::default()
+            },
+            Arc::clone(&ctx),
+            shutdown.clone(),
+            tasks.clone(),
+        ));
         let endpoint = self.endpoint.clone();
         tunnel::accept_loop(endpoint, ctx, shutdown.clone(), tasks.clone()).await;
+        let _ = tcp.await;
         // Shutdown: tell devices to come back later, then drain visitors.
         self.sessions
             .close_all(AppErrorCode::Shutdown, b"gateway shutting down");
@@ -280,7 +319,7 @@ impl Gateway {
         tasks.close();
         let _ = tokio::time::timeout(Duration::from_secs(5), tasks.wait()).await;
         self.endpoint.close(
-            edge_agent::wire::varint(AppErrorCode::Shutdown),
+            transport::quic::varint(AppErrorCode::Shutdown),
             b"gateway shutting down",
         );
         let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;

@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::store::{Store, StoredLine};
-use edge_agent::wire::{self, FrameReader, WireError};
+use transport::wire::{self, FrameReader, WireError};
 
 /// Default retention of stored lines.
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -50,8 +50,8 @@ impl LogHub {
 
 /// Serves one agent-opened `Logs` stream until it ends.
 pub(crate) async fn serve_stream(
-    mut send: quinn::SendStream,
-    recv: quinn::RecvStream,
+    mut send: transport::SendStream,
+    recv: transport::RecvStream,
     header: serde_json::Map<String, serde_json::Value>,
     device: DeviceUuid,
     store: Store,

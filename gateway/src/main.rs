@@ -372,6 +372,10 @@ struct ServeArgs {
     /// Tunnel listener (UDP, QUIC). [default: 0.0.0.0:443]
     #[arg(long)]
     tunnel_listen: Option<SocketAddr>,
+    /// Tunnel listener over TLS on TCP, for devices whose network blocks UDP.
+    /// [default: the --tunnel-listen address and port, on TCP]
+    #[arg(long)]
+    tunnel_tcp_listen: Option<SocketAddr>,
     /// Management API listener (TCP). [default: 127.0.0.1:8081]
     #[arg(long)]
     api_listen: Option<SocketAddr>,
@@ -463,6 +467,9 @@ impl ServeArgs {
         }
         if self.advertise_tunnel.is_some() {
             cfg.advertise_tunnel = self.advertise_tunnel;
+        }
+        if self.tunnel_tcp_listen.is_some() {
+            cfg.tunnel_tcp_listen = self.tunnel_tcp_listen;
         }
         if self.api_tls_cert.is_some() {
             cfg.api_tls_cert = self.api_tls_cert;
@@ -608,7 +615,7 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => {
             // Before binding: every visitor and API connection costs a file descriptor.
-            edge_agent::net::raise_fd_limit();
+            transport::net::raise_fd_limit();
             let cfg = (*args).into_config()?;
             let gateway = Gateway::bind(cfg).await?;
             let shutdown = CancellationToken::new();
@@ -1109,16 +1116,17 @@ async fn main() -> anyhow::Result<()> {
 
 fn print_devices(v: &serde_json::Value) {
     println!(
-        "{:<32}  {:<16}  {:<16}  {:<6}  {:<10}  PUBLIC URL",
-        "UUID", "NAME", "FLEET", "ONLINE", "LAST SEEN"
+        "{:<32}  {:<16}  {:<16}  {:<6}  {:<14}  {:<10}  PUBLIC URL",
+        "UUID", "NAME", "FLEET", "ONLINE", "TRANSPORT/RTT", "LAST SEEN"
     );
     for d in v.as_array().into_iter().flatten() {
         println!(
-            "{:<32}  {:<16}  {:<16}  {:<6}  {:<10}  {}",
+            "{:<32}  {:<16}  {:<16}  {:<6}  {:<14}  {:<10}  {}",
             d["uuid"].as_str().unwrap_or("?"),
             d["name"].as_str().unwrap_or("-"),
             d["fleet"].as_str().unwrap_or("-"),
             if d["online"] == true { "yes" } else { "no" },
+            transport_cell(d),
             d["last_seen"]
                 .as_i64()
                 .map(ago)
@@ -1128,12 +1136,23 @@ fn print_devices(v: &serde_json::Value) {
     }
 }
 
+/// `quic 1.2ms` for an online device, `-` otherwise.
+fn transport_cell(d: &serde_json::Value) -> String {
+    match (d["transport"].as_str(), d["rtt_ms"].as_f64()) {
+        (Some(t), Some(rtt)) => format!("{t} {rtt}ms"),
+        (Some(t), None) => t.to_string(),
+        _ => "-".into(),
+    }
+}
+
 fn print_device(d: &serde_json::Value) {
     for key in [
         "uuid",
         "name",
         "fleet",
         "online",
+        "transport",
+        "rtt_ms",
         "public_url",
         "url",
         "last_seen",

@@ -3,12 +3,12 @@
 
 use std::time::Duration;
 
-use edge_agent::wire::{self, FrameReader};
 use protocol::{
     AppErrorCode, DeviceUuid, Frame, FrameType, ProvisionErrorCode, ProvisionRequest,
     ProvisionResponse, MAX_CONTROL_FRAME,
 };
 use tracing::{info, warn};
+use transport::wire::{self, FrameReader};
 
 use crate::store::{now_unix, Refusal};
 use crate::tunnel::{ConnError, TunnelCtx};
@@ -16,7 +16,7 @@ use crate::tunnel::{ConnError, TunnelCtx};
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Answers one provisioning request on `conn`, then closes it.
-pub(crate) async fn serve(conn: quinn::Connection, ctx: &TunnelCtx) -> Result<(), ConnError> {
+pub(crate) async fn serve(conn: transport::Connection, ctx: &TunnelCtx) -> Result<(), ConnError> {
     let remote = conn.remote_address();
     let exchange = async {
         let (mut send, recv) = conn.accept_bi().await?;
@@ -43,7 +43,7 @@ pub(crate) async fn serve(conn: quinn::Connection, ctx: &TunnelCtx) -> Result<()
         Ok(r) => r,
         Err(_) => Err(ConnError::Timeout),
     };
-    conn.close(wire::varint(AppErrorCode::NoError), b"provisioning done");
+    conn.close(AppErrorCode::NoError, b"provisioning done");
     result
 }
 

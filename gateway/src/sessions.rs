@@ -16,7 +16,7 @@ pub struct Session {
     /// The device.
     pub uuid: DeviceUuid,
     /// The QUIC connection.
-    pub conn: quinn::Connection,
+    pub conn: transport::Connection,
     /// Whether the device's public URL is served (read from the store at connect time,
     /// switched live by the management API).
     pub public_url: AtomicBool,
@@ -39,6 +39,9 @@ pub struct Session {
     /// Milliseconds after `started` at which the agent was last heard from (kept by the
     /// session's liveness watch; `u64::MAX` while unknown).
     pub(crate) last_heard_ms: AtomicU64,
+    /// Set when the same agent moved to a newer session (a planned move): this one lets
+    /// its open streams finish before it closes.
+    pub(crate) moved: AtomicBool,
 }
 
 impl Session {
@@ -46,7 +49,7 @@ impl Session {
     pub fn new(
         id: u64,
         uuid: DeviceUuid,
-        conn: quinn::Connection,
+        conn: transport::Connection,
         public_url: bool,
         instance: Option<String>,
     ) -> Self {
@@ -61,6 +64,7 @@ impl Session {
             instance,
             started: Instant::now(),
             last_heard_ms: AtomicU64::new(u64::MAX),
+            moved: AtomicBool::new(false),
             public_url: AtomicBool::new(public_url),
             pool_authority,
             kick: tokio::sync::Notify::new(),
@@ -138,8 +142,14 @@ const FLAPS_BEFORE_REFUSAL: u32 = 3;
 pub enum Admission {
     /// The device had no live session.
     First,
-    /// The new session replaces this one (a reconnect, a restart, a planned move).
-    Replaces(Arc<Session>),
+    /// The new session replaces `old`: a reconnect or a restart, or (`planned`) the same
+    /// agent instance moving to a new connection.
+    Replaces {
+        /// The session replaced.
+        old: Arc<Session>,
+        /// Whether the agent announced the move (same instance).
+        planned: bool,
+    },
     /// Refused: another agent instance holds a live session of this device and the two
     /// keep replacing each other. The incumbent stays.
     Duplicate(Arc<Session>),
@@ -190,7 +200,7 @@ impl Sessions {
                     }
                 }
                 o.insert(session);
-                Admission::Replaces(old)
+                Admission::Replaces { old, planned }
             }
         }
     }
@@ -225,10 +235,15 @@ impl Sessions {
         }
     }
 
+    /// The transport and round-trip time of `uuid`'s live session, if it is connected.
+    pub fn path(&self, uuid: &DeviceUuid) -> Option<transport::PathStats> {
+        self.get(uuid).map(|s| s.conn.stats())
+    }
+
     /// Closes `uuid`'s live session, if any (device deleted).
     pub fn disconnect(&self, uuid: &DeviceUuid, code: protocol::AppErrorCode, reason: &[u8]) {
         if let Some(s) = self.get(uuid) {
-            s.conn.close(edge_agent::wire::varint(code), reason);
+            s.conn.close(code, reason);
         }
     }
 
@@ -245,7 +260,7 @@ impl Sessions {
     /// Closes every session with `code` (gateway shutdown).
     pub fn close_all(&self, code: protocol::AppErrorCode, reason: &[u8]) {
         for s in self.map.iter() {
-            s.conn.close(edge_agent::wire::varint(code), reason);
+            s.conn.close(code, reason);
         }
     }
 }

@@ -1,10 +1,10 @@
-//! The QUIC endpoint devices dial: mTLS handshake, registration check, control stream,
-//! session registry.
+//! The tunnel listeners devices dial, QUIC on UDP and TLS on TCP: mTLS handshake,
+//! registration check, control stream, session registry. Everything after the handshake
+//! is written once against [`transport::Connection`].
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use edge_agent::wire::{self, FrameReader, WireError};
 use protocol::{
     negotiate, AppErrorCode, ControlMessage, DeviceUuid, ErrorCode, StreamHeader, CAPABILITIES,
     MAX_CONTROL_FRAME, SUPPORTED_VERSIONS,
@@ -12,14 +12,18 @@ use protocol::{
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, instrument, warn};
+use transport::wire::{self, FrameReader, WireError};
+use transport::Connection;
 
 use crate::sessions::{Admission, Session, Sessions};
 use crate::store::Store;
 
 /// Time allowed for the TLS handshake plus hello/welcome.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long streams on a connection a device moved away from may take to finish.
+const MOVE_DRAIN: Duration = Duration::from_secs(30);
 /// Agent-opened streams allowed at once (control + future log channels).
-const MAX_AGENT_STREAMS: u32 = 16;
+pub(crate) const MAX_AGENT_STREAMS: u32 = 16;
 
 /// Shared state the tunnel side needs.
 pub(crate) struct TunnelCtx {
@@ -49,8 +53,70 @@ pub(crate) async fn accept_loop(
         let ctx = Arc::clone(&ctx);
         tasks.spawn(async move {
             let remote = incoming.remote_address();
-            if let Err(e) = handle_connection(incoming, ctx).await {
+            let conn = tokio::time::timeout(HANDSHAKE_TIMEOUT, transport::quic::accept(incoming))
+                .await
+                .map_err(|_| ConnError::Timeout)
+                .and_then(|r| r.map_err(ConnError::Handshake));
+            let ended = match conn {
+                Ok(conn) => handle_connection(conn, ctx).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = ended {
                 debug!(%remote, error = %e, "device connection ended");
+            }
+        });
+    }
+}
+
+/// Accepts device connections over TLS on TCP until `shutdown`. The TLS configuration
+/// is the QUIC one: the same certificates, verification and ALPNs (tunnel and
+/// provisioning); a ClientHello offering neither is refused, which leaves room for
+/// HTTPS visitors on the same port later.
+pub(crate) async fn accept_tcp_loop(
+    listener: tokio::net::TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    mux: transport::tls_tcp::MuxConfig,
+    ctx: Arc<TunnelCtx>,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+) {
+    let mux = Arc::new(mux);
+    loop {
+        let (tcp, remote) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok(v) => v,
+                Err(e) => {
+                    // Out of file descriptors, most likely: keep serving what is open
+                    // and try again shortly rather than spinning.
+                    warn!(error = %e, "tunnel TCP accept failed; retrying in 100 ms");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let (ctx, tls, mux) = (Arc::clone(&ctx), Arc::clone(&tls), Arc::clone(&mux));
+        tasks.spawn(async move {
+            let handshake = async {
+                let stream = transport::tls_tcp::accept_tls(tcp, |hello| {
+                    let ours = hello.alpn().is_some_and(|mut offered| {
+                        offered.any(|p| p == certs::ALPN || p == certs::PROVISION_ALPN)
+                    });
+                    ours.then_some(tls)
+                })
+                .await?;
+                transport::tls_tcp::accept(stream, &mux).await
+            };
+            let conn = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
+                .await
+                .map_err(|_| ConnError::Timeout)
+                .and_then(|r| r.map_err(ConnError::Handshake));
+            let ended = match conn {
+                Ok(conn) => handle_connection(conn, ctx).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = ended {
+                debug!(%remote, error = %e, "device connection over TCP ended");
             }
         });
     }
@@ -60,7 +126,9 @@ pub(crate) async fn accept_loop(
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ConnError {
     #[error("handshake: {0}")]
-    Handshake(#[from] quinn::ConnectionError),
+    Handshake(transport::ConnectError),
+    #[error("{0}")]
+    Connection(#[from] transport::ConnectionError),
     #[error("handshake timed out")]
     Timeout,
     #[error("peer certificate: {0}")]
@@ -79,27 +147,15 @@ pub(crate) enum ConnError {
     Silent(Duration),
 }
 
-async fn handle_connection(
-    incoming: quinn::Incoming,
-    ctx: Arc<TunnelCtx>,
-) -> Result<(), ConnError> {
-    let conn = tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming)
-        .await
-        .map_err(|_| ConnError::Timeout)??;
-    let alpn = conn
-        .handshake_data()
-        .and_then(|h| h.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
-        .and_then(|h| h.protocol);
-    if alpn.as_deref() == Some(certs::PROVISION_ALPN) {
+/// Serves one handshaken connection, on either transport.
+async fn handle_connection(conn: Connection, ctx: Arc<TunnelCtx>) -> Result<(), ConnError> {
+    if conn.alpn().as_deref() == Some(certs::PROVISION_ALPN) {
         return crate::provisioning::serve(conn, &ctx).await;
     }
     let uuid = match peer_uuid(&conn) {
         Ok(u) => u,
         Err(e) => {
-            conn.close(
-                wire::varint(AppErrorCode::UnknownDevice),
-                b"no device identity",
-            );
+            conn.close(AppErrorCode::UnknownDevice, b"no device identity");
             return Err(e);
         }
     };
@@ -109,13 +165,13 @@ async fn handle_connection(
         Some(r) if !r.revoked => r,
         Some(_) => {
             warn!(device = %uuid, "refusing revoked device");
-            conn.close(wire::varint(AppErrorCode::UnknownDevice), b"device revoked");
+            conn.close(AppErrorCode::UnknownDevice, b"device revoked");
             return Err(ConnError::Revoked(uuid));
         }
         None => {
             warn!(device = %uuid, "refusing unregistered device");
             conn.close(
-                wire::varint(AppErrorCode::UnknownDevice),
+                AppErrorCode::UnknownDevice,
                 b"device not registered at this gateway",
             );
             return Err(ConnError::Unknown(uuid));
@@ -124,13 +180,9 @@ async fn handle_connection(
     serve_session(conn, uuid, record.public_url, ctx).await
 }
 
-fn peer_uuid(conn: &quinn::Connection) -> Result<DeviceUuid, ConnError> {
+fn peer_uuid(conn: &Connection) -> Result<DeviceUuid, ConnError> {
     let certs = conn
-        .peer_identity()
-        .and_then(|id| {
-            id.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
-                .ok()
-        })
+        .peer_certificates()
         .ok_or_else(|| ConnError::Identity("no client certificate".into()))?;
     let leaf = certs
         .first()
@@ -138,9 +190,9 @@ fn peer_uuid(conn: &quinn::Connection) -> Result<DeviceUuid, ConnError> {
     certs::device_uuid_from_cert(leaf).map_err(|e| ConnError::Identity(e.to_string()))
 }
 
-#[instrument(skip_all, fields(device = %uuid, remote = %conn.remote_address()))]
+#[instrument(skip_all, fields(device = %uuid, remote = %conn.remote_address(), transport = %conn.kind()))]
 async fn serve_session(
-    conn: quinn::Connection,
+    conn: Connection,
     uuid: DeviceUuid,
     public_url: bool,
     ctx: Arc<TunnelCtx>,
@@ -172,16 +224,15 @@ async fn serve_session(
             ));
         };
         match negotiate(SUPPORTED_VERSIONS, &versions) {
-            Ok(version) => {
-                let welcome = ControlMessage::Welcome {
-                    version,
-                    capabilities: CAPABILITIES.iter().map(|s| s.to_string()).collect(),
-                    device: uuid.to_string(),
-                    heartbeat_interval_ms: ctx.keep_alive.as_millis() as u64,
-                };
-                wire::write_frame(&mut send, &welcome.to_frame()).await?;
-                Ok((send, reader, agent_version, instance, keep_alive_ms))
-            }
+            // The welcome goes out once the session is admitted (below).
+            Ok(version) => Ok((
+                send,
+                reader,
+                agent_version,
+                instance,
+                keep_alive_ms,
+                version,
+            )),
             Err(e) => {
                 let msg = ControlMessage::Error {
                     code: ErrorCode::VersionMismatch,
@@ -191,15 +242,12 @@ async fn serve_session(
                 let _ = send.finish();
                 // Let the error frame reach the agent before the close does.
                 let _ = tokio::time::timeout(Duration::from_secs(1), send.stopped()).await;
-                conn.close(
-                    wire::varint(AppErrorCode::VersionMismatch),
-                    e.to_string().as_bytes(),
-                );
+                conn.close(AppErrorCode::VersionMismatch, e.to_string().as_bytes());
                 Err(ConnError::Protocol(e.to_string()))
             }
         }
     };
-    let (mut control_send, mut control_recv, agent_version, instance, keep_alive_ms) =
+    let (mut control_send, mut control_recv, agent_version, instance, keep_alive_ms, version) =
         match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
             Ok(Ok(v)) => v,
             Ok(Err(e)) => {
@@ -207,14 +255,11 @@ async fn serve_session(
                     ConnError::Wire(w) => w.code(),
                     _ => AppErrorCode::ProtocolError,
                 };
-                conn.close(wire::varint(code), e.to_string().as_bytes());
+                conn.close(code, e.to_string().as_bytes());
                 return Err(e);
             }
             Err(_) => {
-                conn.close(
-                    wire::varint(AppErrorCode::HandshakeTimeout),
-                    b"no hello in time",
-                );
+                conn.close(AppErrorCode::HandshakeTimeout, b"no hello in time");
                 return Err(ConnError::Timeout);
             }
         };
@@ -236,16 +281,27 @@ async fn serve_session(
         .admit(Arc::clone(&session), silence.unwrap_or(ctx.keep_alive * 3))
     {
         Admission::First => {}
-        Admission::Replaces(old) => {
+        Admission::Replaces { old, planned: true } => {
+            // The same agent moving (to QUIC from TCP, say): streams open on the old
+            // connection finish there; the old session closes it when they have.
+            info!(
+                old_session = old.id,
+                old_transport = %old.conn.kind(),
+                "device moved to a new connection"
+            );
+            old.moved.store(true, std::sync::atomic::Ordering::Release);
+        }
+        Admission::Replaces {
+            old,
+            planned: false,
+        } => {
             info!(
                 old_session = old.id,
                 old_remote = %old.remote,
                 "replacing older session of this device"
             );
-            old.conn.close(
-                wire::varint(AppErrorCode::Replaced),
-                b"replaced by a newer connection",
-            );
+            old.conn
+                .close(AppErrorCode::Replaced, b"replaced by a newer connection");
         }
         Admission::Duplicate(old) => {
             warn!(
@@ -256,7 +312,7 @@ async fn serve_session(
                  replacing each other; refusing the newer one, which backs off"
             );
             conn.close(
-                wire::varint(AppErrorCode::DuplicateIdentity),
+                AppErrorCode::DuplicateIdentity,
                 format!(
                     "another agent with this identity is connected from {}",
                     old.remote
@@ -265,6 +321,19 @@ async fn serve_session(
             );
             return Ok(());
         }
+    }
+    let welcome = ControlMessage::Welcome {
+        version,
+        capabilities: CAPABILITIES.iter().map(|s| s.to_string()).collect(),
+        device: uuid.to_string(),
+        heartbeat_interval_ms: ctx.keep_alive.as_millis() as u64,
+    };
+    if let Err(e) = wire::write_frame(&mut control_send, &welcome.to_frame()).await {
+        if ctx.sessions.remove_if_current(&uuid, session.id) {
+            let _ = ctx.store.set_online(uuid, false).await;
+        }
+        conn.close(e.code(), e.to_string().as_bytes());
+        return Err(e.into());
     }
     if let Err(e) = ctx.store.set_online(uuid, true).await {
         warn!(error = %e, "cannot record device online");
@@ -355,11 +424,13 @@ async fn serve_session(
         };
         let mut tick = tokio::time::interval(silence / 4);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut seen = conn.stats().udp_rx.datagrams;
+        let mut seen = conn.packets_received();
         loop {
             tick.tick().await;
-            let now = conn.stats().udp_rx.datagrams;
-            if now != seen {
+            let now = conn.packets_received();
+            // TCP: the multiplexer's own pings and idle timeout watch the peer; an open
+            // connection counts as a live one.
+            if now.is_none() || now != seen {
                 seen = now;
                 session.heard();
             } else if !session.heard_within(silence) {
@@ -372,15 +443,26 @@ async fn serve_session(
         r = streams => r,
         r = liveness => r,
     };
+    if session.moved.load(std::sync::atomic::Ordering::Acquire) && conn.close_reason().is_none() {
+        // Moved away: let the streams still open here finish (30 s at most).
+        let deadline = tokio::time::Instant::now() + MOVE_DRAIN;
+        while session.http_streams() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::select! {
+                _ = conn.closed() => break,
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            }
+        }
+        conn.close(AppErrorCode::Replaced, b"moved to a new connection");
+    }
     let reason = match (&ended, conn.close_reason()) {
-        (_, Some(reason)) => wire::describe_close(&reason),
+        (_, Some(reason)) => reason.to_string(),
         (Err(e), None) => {
             let code = match e {
                 ConnError::Wire(w) => w.code(),
                 ConnError::Silent(_) => AppErrorCode::HeartbeatTimeout,
                 _ => AppErrorCode::ProtocolError,
             };
-            conn.close(wire::varint(code), e.to_string().as_bytes());
+            conn.close(code, e.to_string().as_bytes());
             e.to_string()
         }
         (Ok(()), None) => "ended".into(),
@@ -398,7 +480,7 @@ async fn serve_session(
 async fn deliver_target(
     ctx: &TunnelCtx,
     uuid: DeviceUuid,
-    send: &mut quinn::SendStream,
+    send: &mut transport::SendStream,
     sent: &mut Option<serde_json::Value>,
 ) -> Result<(), ConnError> {
     let target = match crate::targets::target_for(&ctx.store, uuid).await {
@@ -425,7 +507,7 @@ async fn deliver_target(
 async fn deliver_actions(
     ctx: &TunnelCtx,
     uuid: DeviceUuid,
-    send: &mut quinn::SendStream,
+    send: &mut transport::SendStream,
 ) -> Result<(), ConnError> {
     for a in ctx.store.actions_to_deliver(uuid).await? {
         let msg = ControlMessage::Action {

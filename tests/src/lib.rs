@@ -47,6 +47,8 @@ pub fn init_tracing() {
 pub struct TestGateway {
     pub http_addr: SocketAddr,
     pub tunnel_addr: SocketAddr,
+    /// The tunnel over TCP (the same port number as `tunnel_addr` by default).
+    pub tunnel_tcp_addr: SocketAddr,
     pub api_addr: SocketAddr,
     pub data_dir: PathBuf,
     pub sessions: std::sync::Arc<gateway::sessions::Sessions>,
@@ -114,6 +116,7 @@ impl TestGateway {
         let shutdown = CancellationToken::new();
         let http_addr = gw.http_addr();
         let tunnel_addr = gw.tunnel_addr();
+        let tunnel_tcp_addr = gw.tunnel_tcp_addr();
         let api_addr = gw.api_addr();
         let sessions = gw.sessions();
         let token = shutdown.clone();
@@ -121,6 +124,7 @@ impl TestGateway {
         Self {
             http_addr,
             tunnel_addr,
+            tunnel_tcp_addr,
             api_addr,
             data_dir,
             sessions,
@@ -180,7 +184,64 @@ pub fn fast_agent_options(target: SocketAddr) -> edge_agent::AgentOptions {
         backoff_cap: Duration::from_millis(500),
         keep_alive: Duration::from_millis(500),
         idle_timeout: Duration::from_secs(3),
+        route: edge_agent::dial::Route {
+            mode: agent_transport(),
+            ..Default::default()
+        },
         ..Default::default()
+    }
+}
+
+/// The transport in-process agents dial: `tcp` in the test binary `over_tcp` (which runs
+/// the end-to-end families again over the TCP fallback), `auto` everywhere else.
+pub fn agent_transport() -> edge_agent::dial::TransportMode {
+    let exe = std::env::current_exe().unwrap_or_default();
+    let name = exe.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    if name.starts_with("over_tcp") {
+        edge_agent::dial::TransportMode::Tcp
+    } else {
+        edge_agent::dial::TransportMode::Auto
+    }
+}
+
+/// Both transports, for tests that play one side of the protocol by hand on each.
+pub const TRANSPORTS: [transport::TransportKind; 2] = [
+    transport::TransportKind::Quic,
+    transport::TransportKind::Tcp,
+];
+
+/// Dials a gateway's tunnel with `tls` (a device's or a provisioning client config) over
+/// `kind`: `udp` for QUIC, `tcp` for TLS over TCP.
+pub async fn dial_tunnel(
+    kind: transport::TransportKind,
+    udp: SocketAddr,
+    tcp: SocketAddr,
+    tls: rustls::ClientConfig,
+) -> Result<transport::Connection, transport::ConnectError> {
+    match kind {
+        transport::TransportKind::Quic => {
+            let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
+                .map_err(|e| transport::ConnectError::Tls(e.to_string()))?;
+            let socket = transport::net::udp_socket("127.0.0.1:0".parse().unwrap())?;
+            let ep = transport::quic::endpoint(socket, None, None)?;
+            transport::quic::connect(
+                &ep,
+                quinn::ClientConfig::new(std::sync::Arc::new(quic)),
+                udp,
+                certs::TUNNEL_SERVER_NAME,
+            )
+            .await
+        }
+        transport::TransportKind::Tcp => {
+            let stream = tokio::net::TcpStream::connect(tcp).await?;
+            transport::tls_tcp::connect(
+                stream,
+                std::sync::Arc::new(tls),
+                certs::TUNNEL_SERVER_NAME,
+                &Default::default(),
+            )
+            .await
+        }
     }
 }
 
@@ -470,7 +531,31 @@ pub fn bin(name: &str) -> PathBuf {
     let dir = exe.parent().unwrap().parent().unwrap();
     let path = dir.join(name);
     assert!(path.exists(), "{} not found", path.display());
+    if name == "edge-agent" && agent_transport() == edge_agent::dial::TransportMode::Tcp {
+        return tcp_agent_wrapper(&path);
+    }
     path
+}
+
+/// A script that runs `agent` with `EDGE_AGENT_TRANSPORT=tcp`, so that process-level
+/// tests in the `over_tcp` binary run their agents on the TCP fallback too.
+fn tcp_agent_wrapper(agent: &std::path::Path) -> PathBuf {
+    static WRAPPER: OnceLock<PathBuf> = OnceLock::new();
+    WRAPPER
+        .get_or_init(|| {
+            use std::os::unix::fs::PermissionsExt;
+            let path = agent.with_file_name("edge-agent-over-tcp");
+            let tmp = agent.with_file_name(format!("edge-agent-over-tcp.{}", std::process::id()));
+            let script = format!(
+                "#!/bin/sh\nEDGE_AGENT_TRANSPORT=tcp exec '{}' \"$@\"\n",
+                agent.display()
+            );
+            std::fs::write(&tmp, script).unwrap();
+            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
+            std::fs::rename(&tmp, &path).unwrap();
+            path
+        })
+        .clone()
 }
 
 /// A child process killed when dropped.

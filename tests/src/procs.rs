@@ -17,7 +17,7 @@ pub struct ServeProc {
 }
 
 /// `gateway serve` on loopback with the given public HTTP and tunnel ports, plus `extra`
-/// flags (which win over these defaults by coming last).
+/// flags (which replace the defaults they name).
 pub fn serve(data: &Path, http: u16, tunnel: u16, extra: &[&str]) -> ServeProc {
     let proc = Proc::spawn(&mut serve_command(data, http, tunnel, extra));
     ServeProc { proc, http, tunnel }
@@ -26,14 +26,20 @@ pub fn serve(data: &Path, http: u16, tunnel: u16, extra: &[&str]) -> ServeProc {
 /// The command [`serve`] runs, for a test that wants its output.
 pub fn serve_command(data: &Path, http: u16, tunnel: u16, extra: &[&str]) -> Command {
     let mut cmd = Command::new(bin("gateway"));
-    cmd.args(["serve", "--data-dir"])
-        .arg(data)
-        .args(["--domain", "devices.localhost"])
-        .args(["--http-listen", &format!("127.0.0.1:{http}")])
-        .args(["--tunnel-listen", &format!("127.0.0.1:{tunnel}")])
-        .args(["--api-listen", "127.0.0.1:0"])
-        .args(extra)
-        .env("RUST_LOG", "warn");
+    cmd.args(["serve", "--data-dir"]).arg(data);
+    let defaults = [
+        ("--domain", "devices.localhost".to_string()),
+        ("--http-listen", format!("127.0.0.1:{http}")),
+        ("--tunnel-listen", format!("127.0.0.1:{tunnel}")),
+        ("--api-listen", "127.0.0.1:0".to_string()),
+    ];
+    // A flag given twice is an error: `extra` replaces the default.
+    for (flag, value) in defaults {
+        if !extra.contains(&flag) {
+            cmd.args([flag, &value]);
+        }
+    }
+    cmd.args(extra).env("RUST_LOG", "warn");
     cmd
 }
 
@@ -117,4 +123,46 @@ pub fn agent_command(cfg: &Path, target: std::net::SocketAddr, extra: &[&str]) -
         .args(extra)
         .env("RUST_LOG", "warn");
     cmd
+}
+
+/// `gateway token create --role admin` on `data`: a bearer token for the API.
+pub fn admin_token(data: &Path) -> String {
+    let o = Command::new(bin("gateway"))
+        .args(["token", "create", "--role", "admin", "--data-dir"])
+        .arg(data)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{o:?}");
+    String::from_utf8(o.stdout).unwrap().trim().to_string()
+}
+
+/// A management API call with a bearer token; the JSON answer, or `None` when the
+/// gateway does not answer.
+pub async fn api_json(
+    api: std::net::SocketAddr,
+    token: &str,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> Option<(StatusCode, serde_json::Value)> {
+    let req = http::Request::builder()
+        .method(method)
+        .uri(format!("http://{api}{path}"))
+        .header("authorization", format!("Bearer {token}"))
+        .header("content-type", "application/json")
+        .body(match body {
+            Some(b) => crate::body(b.to_string()),
+            None => empty(),
+        })
+        .unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(5), http_client().request(req))
+        .await
+        .ok()?
+        .ok()?;
+    let status = resp.status();
+    let bytes = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .ok()?
+        .to_bytes();
+    Some((status, serde_json::from_slice(&bytes).unwrap_or_default()))
 }

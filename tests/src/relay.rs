@@ -1,5 +1,7 @@
-//! A UDP relay between an agent and a gateway, which a test can cut (drop every datagram)
-//! and restore, to play a tunnel outage without touching the machine's network.
+//! A relay between an agent and a gateway, which a test can cut (drop every datagram, and
+//! every byte on TCP) and restore, to play a tunnel outage without touching the machine's
+//! network. It relays UDP (QUIC) and, on the same port number, TCP (the TLS fallback), so
+//! an outage hits an agent on either transport.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,7 +21,13 @@ pub struct UdpRelay {
 
 impl UdpRelay {
     pub async fn start(upstream: SocketAddr) -> Self {
-        let front = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        // UDP and TCP on one port number, as the gateway listens.
+        let (front, front_tcp) = loop {
+            let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            if let Ok(tcp) = tokio::net::TcpListener::bind(udp.local_addr().unwrap()).await {
+                break (Arc::new(udp), tcp);
+            }
+        };
         let back = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
         let addr = front.local_addr().unwrap();
         let cut = Arc::new(AtomicBool::new(false));
@@ -66,15 +74,36 @@ impl UdpRelay {
                 }
             })
         };
+        let t3 = {
+            let (cut, upstream) = (cut.clone(), upstream.clone());
+            tokio::spawn(async move {
+                while let Ok((visitor, _)) = front_tcp.accept().await {
+                    let to = *upstream.lock().unwrap();
+                    let cut = cut.clone();
+                    tokio::spawn(async move {
+                        let Ok(gateway) = tokio::net::TcpStream::connect(to).await else {
+                            return;
+                        };
+                        let (a_read, a_write) = visitor.into_split();
+                        let (b_read, b_write) = gateway.into_split();
+                        tokio::join!(
+                            pipe(a_read, b_write, cut.clone()),
+                            pipe(b_read, a_write, cut)
+                        );
+                    });
+                }
+            })
+        };
         Self {
             addr,
             cut,
             upstream,
-            tasks: vec![t1, t2],
+            tasks: vec![t1, t2, t3],
         }
     }
 
-    /// Drops every datagram in both directions (`true`) or forwards them again.
+    /// Drops every datagram and every TCP byte in both directions (`true`), or forwards
+    /// them again.
     pub fn set_cut(&self, cut: bool) {
         self.cut.store(cut, Ordering::Relaxed);
     }
@@ -82,6 +111,32 @@ impl UdpRelay {
     /// Points the relay at a different gateway address (e.g. a restarted gateway).
     pub fn set_upstream(&self, upstream: SocketAddr) {
         *self.upstream.lock().unwrap() = upstream;
+    }
+}
+
+/// Copies `from` to `to`, discarding what arrives while `cut`.
+async fn pipe(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    cut: Arc<AtomicBool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match from.read(&mut buf).await {
+            Ok(0) | Err(_) => {
+                let _ = to.shutdown().await;
+                return;
+            }
+            Ok(n) => {
+                if cut.load(Ordering::Relaxed) {
+                    continue;
+                }
+                if to.write_all(&buf[..n]).await.is_err() {
+                    return;
+                }
+            }
+        }
     }
 }
 

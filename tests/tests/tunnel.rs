@@ -7,13 +7,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use e2e_tests::*;
-use edge_agent::wire::{self, FrameReader};
 use edge_agent::ConnState;
 use http::StatusCode;
 use protocol::{
     AppErrorCode, ControlMessage, ErrorCode, HttpHeader, StreamHeader, TargetStatus,
     MAX_CONTROL_FRAME,
 };
+use transport::wire::{self, FrameReader};
+use transport::TransportKind;
 
 async fn backing_off_reason(agent: &mut TestAgent) -> String {
     tokio::time::timeout(Duration::from_secs(20), async {
@@ -96,177 +97,251 @@ async fn device_not_added_is_refused_with_a_clear_reason() {
     assert_eq!(gw.sessions.len(), 0);
 }
 
-/// A device certificate from the gateway's CA, as a quinn client config.
-fn fake_agent_client(gw: &TestGateway, identity: &certs::DeviceIdentity) -> quinn::ClientConfig {
-    let ca = certs::Ca::load_or_create(&gw.data_dir).unwrap();
-    let tls = certs::client_config(ca.cert_pem(), identity).unwrap();
-    quinn::ClientConfig::new(Arc::new(
-        quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap(),
-    ))
-}
-
-async fn fake_agent_connect(gw: &TestGateway) -> quinn::Connection {
+/// Connects as a registered device with a real certificate, over `kind`.
+async fn fake_agent_connect(gw: &TestGateway, kind: TransportKind) -> transport::Connection {
     let cfg = gw.add_device(true).await;
     let identity = cfg.identity().unwrap();
-    let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    ep.set_default_client_config(fake_agent_client(gw, &identity));
-    ep.connect(gw.tunnel_addr, certs::TUNNEL_SERVER_NAME)
-        .unwrap()
+    let ca = certs::Ca::load_or_create(&gw.data_dir).unwrap();
+    let tls = certs::client_config(ca.cert_pem(), &identity).unwrap();
+    dial_tunnel(kind, gw.tunnel_addr, gw.tunnel_tcp_addr, tls)
         .await
-        .unwrap()
+        .unwrap_or_else(|e| panic!("{kind}: {e}"))
+}
+
+/// Reads `recv` to its end (at most `limit` bytes).
+async fn read_all(
+    recv: &mut transport::RecvStream,
+    limit: usize,
+) -> Result<Vec<u8>, transport::ReadError> {
+    let mut out = Vec::new();
+    while let Some(chunk) = recv.read_chunk(64 * 1024).await? {
+        out.extend_from_slice(&chunk);
+        assert!(out.len() <= limit, "more than {limit} bytes");
+    }
+    Ok(out)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn version_mismatch_gets_a_clear_error_and_close() {
     let gw = TestGateway::spawn().await;
-    let conn = fake_agent_connect(&gw).await;
-    let (mut send, recv) = conn.open_bi().await.unwrap();
-    let mut bytes = StreamHeader::Control.to_vec().unwrap();
-    ControlMessage::Hello {
-        versions: vec![99],
-        capabilities: vec![],
-        agent_version: "from the future".into(),
-        instance: None,
-        keep_alive_ms: None,
+    for kind in TRANSPORTS {
+        let conn = fake_agent_connect(&gw, kind).await;
+        let (mut send, recv) = conn.open_bi().await.unwrap();
+        let mut bytes = StreamHeader::Control.to_vec().unwrap();
+        ControlMessage::Hello {
+            versions: vec![99],
+            capabilities: vec![],
+            agent_version: "from the future".into(),
+            instance: None,
+            keep_alive_ms: None,
+        }
+        .to_frame()
+        .encode(&mut bytes);
+        send.write_all(&bytes).await.unwrap();
+        let mut reader = FrameReader::new(recv, MAX_CONTROL_FRAME);
+        let reply = ControlMessage::from_frame(&reader.next().await.unwrap()).unwrap();
+        let ControlMessage::Error { code, message } = reply else {
+            panic!("{kind}: expected an error, got {reply:?}")
+        };
+        assert_eq!(code, ErrorCode::VersionMismatch, "{kind}");
+        assert!(
+            message.contains("[99]") && message.contains("[1]"),
+            "{kind}: {message}"
+        );
+        let closed = tokio::time::timeout(Duration::from_secs(5), conn.closed())
+            .await
+            .unwrap();
+        assert_eq!(
+            closed.app_code(),
+            Some(AppErrorCode::VersionMismatch),
+            "{kind}"
+        );
+        let text = closed.to_string();
+        assert!(
+            text.contains("no common protocol version"),
+            "{kind}: {text}"
+        );
     }
-    .to_frame()
-    .encode(&mut bytes);
-    send.write_all(&bytes).await.unwrap();
-    let mut reader = FrameReader::new(recv, MAX_CONTROL_FRAME);
-    let reply = ControlMessage::from_frame(&reader.next().await.unwrap()).unwrap();
-    let ControlMessage::Error { code, message } = reply else {
-        panic!("expected an error, got {reply:?}")
-    };
-    assert_eq!(code, ErrorCode::VersionMismatch);
-    assert!(
-        message.contains("[99]") && message.contains("[1]"),
-        "{message}"
-    );
-    let closed = tokio::time::timeout(Duration::from_secs(5), conn.closed())
-        .await
-        .unwrap();
-    let text = wire::describe_close(&closed);
-    assert!(text.contains("no common protocol version"), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn malformed_agent_stream_closes_only_that_stream() {
     let gw = TestGateway::spawn().await;
-    let conn = fake_agent_connect(&gw).await;
-    let (mut send, recv) = conn.open_bi().await.unwrap();
-    let mut bytes = StreamHeader::Control.to_vec().unwrap();
-    ControlMessage::hello("fake").to_frame().encode(&mut bytes);
-    send.write_all(&bytes).await.unwrap();
-    let mut reader = FrameReader::new(recv, MAX_CONTROL_FRAME);
-    let welcome = ControlMessage::from_frame(&reader.next().await.unwrap()).unwrap();
-    assert!(matches!(
-        welcome,
-        ControlMessage::Welcome { version: 1, .. }
-    ));
+    for kind in TRANSPORTS {
+        let conn = fake_agent_connect(&gw, kind).await;
+        let (mut send, recv) = conn.open_bi().await.unwrap();
+        let mut bytes = StreamHeader::Control.to_vec().unwrap();
+        ControlMessage::hello("fake").to_frame().encode(&mut bytes);
+        send.write_all(&bytes).await.unwrap();
+        let mut reader = FrameReader::new(recv, MAX_CONTROL_FRAME);
+        let welcome = ControlMessage::from_frame(&reader.next().await.unwrap()).unwrap();
+        assert!(
+            matches!(welcome, ControlMessage::Welcome { version: 1, .. }),
+            "{kind}: {welcome:?}"
+        );
 
-    // Garbage where a stream header belongs: that stream is reset with PROTOCOL_ERROR.
-    let (mut bad_send, mut bad_recv) = conn.open_bi().await.unwrap();
-    bad_send
-        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
-    let err = bad_recv.read_to_end(1024).await.unwrap_err();
-    assert!(
-        matches!(err, quinn::ReadToEndError::Read(quinn::ReadError::Reset(code))
-            if code == wire::varint(AppErrorCode::ProtocolError)),
-        "{err:?}"
-    );
-    // The connection and its control stream are still fine.
-    wire::write_frame(&mut send, &ControlMessage::Heartbeat { seq: 7 }.to_frame())
-        .await
-        .unwrap();
-    let ack = ControlMessage::from_frame(&reader.next().await.unwrap()).unwrap();
-    assert_eq!(ack, ControlMessage::HeartbeatAck { seq: 7 });
-    assert!(conn.close_reason().is_none());
+        // Garbage where a stream header belongs: that stream is reset with PROTOCOL_ERROR.
+        let (mut bad_send, mut bad_recv) = conn.open_bi().await.unwrap();
+        bad_send
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let err = read_all(&mut bad_recv, 1024).await.unwrap_err();
+        assert_eq!(
+            err.reset_code(),
+            Some(AppErrorCode::ProtocolError),
+            "{kind}: {err:?}"
+        );
+        // The connection and its control stream are still fine.
+        wire::write_frame(&mut send, &ControlMessage::Heartbeat { seq: 7 }.to_frame())
+            .await
+            .unwrap();
+        let ack = ControlMessage::from_frame(&reader.next().await.unwrap()).unwrap();
+        assert_eq!(ack, ControlMessage::HeartbeatAck { seq: 7 }, "{kind}");
+        assert!(conn.close_reason().is_none(), "{kind}");
+    }
+}
+
+/// A fake gateway on `kind`: our CA, our server certificate, driven by hand.
+enum FakeGateway {
+    Quic(quinn::Endpoint),
+    Tcp(
+        tokio::net::TcpListener,
+        std::sync::Arc<rustls::ServerConfig>,
+    ),
+}
+
+impl FakeGateway {
+    fn start(kind: TransportKind, tls: rustls::ServerConfig) -> Self {
+        match kind {
+            TransportKind::Quic => {
+                let mut server = quinn::ServerConfig::with_crypto(Arc::new(
+                    quinn::crypto::rustls::QuicServerConfig::try_from(tls).unwrap(),
+                ));
+                server.transport_config(Arc::new(quinn::TransportConfig::default()));
+                let socket = transport::net::udp_socket("127.0.0.1:0".parse().unwrap()).unwrap();
+                Self::Quic(transport::quic::endpoint(socket, Some(server), None).unwrap())
+            }
+            TransportKind::Tcp => {
+                let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+                l.set_nonblocking(true).unwrap();
+                Self::Tcp(tokio::net::TcpListener::from_std(l).unwrap(), Arc::new(tls))
+            }
+        }
+    }
+
+    fn addr(&self) -> std::net::SocketAddr {
+        match self {
+            Self::Quic(ep) => ep.local_addr().unwrap(),
+            Self::Tcp(l, _) => l.local_addr().unwrap(),
+        }
+    }
+
+    async fn accept(&self) -> transport::Connection {
+        match self {
+            Self::Quic(ep) => transport::quic::accept(ep.accept().await.unwrap())
+                .await
+                .unwrap(),
+            Self::Tcp(l, tls) => {
+                let (tcp, _) = l.accept().await.unwrap();
+                let tls = Arc::clone(tls);
+                let stream = transport::tls_tcp::accept_tls(tcp, move |_| Some(tls))
+                    .await
+                    .unwrap();
+                transport::tls_tcp::accept(stream, &Default::default())
+                    .await
+                    .unwrap()
+            }
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn malformed_stream_header_at_the_agent_closes_only_that_stream() {
-    // A fake gateway: our CA, our server certificate, driven by hand.
-    let dir = tempfile::tempdir().unwrap();
-    let ca = certs::Ca::load_or_create(dir.path()).unwrap();
-    let server = ca.load_or_create_server(dir.path()).unwrap();
-    let tls = certs::server_config(ca.cert_pem(), &server).unwrap();
-    let server_cfg = quinn::ServerConfig::with_crypto(Arc::new(
-        quinn::crypto::rustls::QuicServerConfig::try_from(tls).unwrap(),
-    ));
-    let ep = quinn::Endpoint::server(server_cfg, "127.0.0.1:0".parse().unwrap()).unwrap();
-    let identity = ca.issue_device(certs::random_uuid()).unwrap();
-    let cfg = edge_agent::AgentConfig {
-        uuid: identity.uuid.to_string(),
-        gateway: ep.local_addr().unwrap().to_string(),
-        server_name: certs::TUNNEL_SERVER_NAME.into(),
-        ca_cert: ca.cert_pem().into(),
-        cert: identity.cert_pem,
-        key: identity.key_pem,
-        target: None,
-    };
-    let backend = Backend::spawn("behind-agent").await;
-    let _agent = TestAgent::spawn(cfg, backend.addr);
+    for kind in TRANSPORTS {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = certs::Ca::load_or_create(dir.path()).unwrap();
+        let server = ca.load_or_create_server(dir.path()).unwrap();
+        let tls = certs::server_config(ca.cert_pem(), &server).unwrap();
+        let gw = FakeGateway::start(kind, tls);
+        let identity = ca.issue_device(certs::random_uuid()).unwrap();
+        let cfg = edge_agent::AgentConfig {
+            uuid: identity.uuid.to_string(),
+            gateway: gw.addr().to_string(),
+            server_name: certs::TUNNEL_SERVER_NAME.into(),
+            ca_cert: ca.cert_pem().into(),
+            cert: identity.cert_pem,
+            key: identity.key_pem,
+            target: None,
+        };
+        let backend = Backend::spawn("behind-agent").await;
+        let mut opts = fast_agent_options(backend.addr);
+        opts.route.mode = match kind {
+            TransportKind::Quic => edge_agent::dial::TransportMode::Quic,
+            TransportKind::Tcp => edge_agent::dial::TransportMode::Tcp,
+        };
+        let _agent = TestAgent::spawn_with(cfg, opts);
 
-    let conn = ep.accept().await.unwrap().await.unwrap();
-    let (mut csend, mut crecv) = conn.accept_bi().await.unwrap();
-    assert_eq!(
-        wire::read_header(&mut crecv).await.unwrap(),
-        StreamHeader::Control
-    );
-    let mut reader = FrameReader::new(crecv, MAX_CONTROL_FRAME);
-    assert!(matches!(
-        ControlMessage::from_frame(&reader.next().await.unwrap()).unwrap(),
-        ControlMessage::Hello { .. }
-    ));
-    let welcome = ControlMessage::Welcome {
-        version: 1,
-        capabilities: vec![],
-        device: identity.uuid.to_string(),
-        heartbeat_interval_ms: 500,
-    };
-    wire::write_frame(&mut csend, &welcome.to_frame())
-        .await
-        .unwrap();
+        let conn = gw.accept().await;
+        assert_eq!(conn.kind(), kind);
+        let (mut csend, mut crecv) = conn.accept_bi().await.unwrap();
+        assert_eq!(
+            wire::read_header(&mut crecv).await.unwrap(),
+            StreamHeader::Control
+        );
+        let mut reader = FrameReader::new(crecv, MAX_CONTROL_FRAME);
+        assert!(matches!(
+            ControlMessage::from_frame(&reader.next().await.unwrap()).unwrap(),
+            ControlMessage::Hello { .. }
+        ));
+        let welcome = ControlMessage::Welcome {
+            version: 1,
+            capabilities: vec![],
+            device: identity.uuid.to_string(),
+            heartbeat_interval_ms: 500,
+        };
+        wire::write_frame(&mut csend, &welcome.to_frame())
+            .await
+            .unwrap();
 
-    // A good stream opened first and left half-done while the bad one arrives.
-    let (mut good_send, mut good_recv) = conn.open_bi().await.unwrap();
-    good_send
-        .write_all(&StreamHeader::Http(HttpHeader::default()).to_vec().unwrap())
-        .await
-        .unwrap();
-    let (mut bad_send, mut bad_recv) = conn.open_bi().await.unwrap();
-    bad_send.write_all(&[0xE7, 1, 0xff, 0xff]).await.unwrap(); // oversized header
-    let err = bad_recv.read_to_end(1024).await.unwrap_err();
-    assert!(
-        matches!(err, quinn::ReadToEndError::Read(quinn::ReadError::Reset(code))
-            if code == wire::varint(AppErrorCode::FrameTooLarge)),
-        "{err:?}"
-    );
-    let (mut garbage_send, mut garbage_recv) = conn.open_bi().await.unwrap();
-    garbage_send.write_all(b"hello?").await.unwrap();
-    let err = garbage_recv.read_to_end(1024).await.unwrap_err();
-    assert!(
-        matches!(err, quinn::ReadToEndError::Read(quinn::ReadError::Reset(code))
-            if code == wire::varint(AppErrorCode::ProtocolError)),
-        "{err:?}"
-    );
+        // A good stream opened first and left half-done while the bad one arrives.
+        let (mut good_send, mut good_recv) = conn.open_bi().await.unwrap();
+        good_send
+            .write_all(&StreamHeader::Http(HttpHeader::default()).to_vec().unwrap())
+            .await
+            .unwrap();
+        let (mut bad_send, mut bad_recv) = conn.open_bi().await.unwrap();
+        bad_send.write_all(&[0xE7, 1, 0xff, 0xff]).await.unwrap(); // oversized header
+        let err = read_all(&mut bad_recv, 1024).await.unwrap_err();
+        assert_eq!(
+            err.reset_code(),
+            Some(AppErrorCode::FrameTooLarge),
+            "{kind}: {err:?}"
+        );
+        let (mut garbage_send, mut garbage_recv) = conn.open_bi().await.unwrap();
+        garbage_send.write_all(b"hello?").await.unwrap();
+        let err = read_all(&mut garbage_recv, 1024).await.unwrap_err();
+        assert_eq!(
+            err.reset_code(),
+            Some(AppErrorCode::ProtocolError),
+            "{kind}: {err:?}"
+        );
 
-    // The good stream still completes an HTTP exchange.
-    good_send
-        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let answer = good_recv.read_to_end(1 << 20).await.unwrap();
-    assert_eq!(answer[0], TargetStatus::Connected as u8);
-    let text = String::from_utf8_lossy(&answer[1..]);
-    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
-    assert!(text.ends_with("hello from behind-agent"), "{text}");
-    assert!(
-        conn.close_reason().is_none(),
-        "the agent dropped the connection"
-    );
+        // The good stream still completes an HTTP exchange.
+        good_send
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let answer = read_all(&mut good_recv, 1 << 20).await.unwrap();
+        assert_eq!(answer[0], TargetStatus::Connected as u8, "{kind}");
+        let text = String::from_utf8_lossy(&answer[1..]);
+        assert!(text.starts_with("HTTP/1.1 200"), "{kind}: {text}");
+        assert!(text.ends_with("hello from behind-agent"), "{kind}: {text}");
+        assert!(
+            conn.close_reason().is_none(),
+            "{kind}: the agent dropped the connection"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

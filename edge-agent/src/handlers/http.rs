@@ -7,7 +7,7 @@
 //! so one stream usually maps to one keep-alive TCP connection on the device.
 //!
 //! An idle stream holds no copy buffer: bytes from the tunnel are written to the target
-//! straight from quinn's own receive buffers ([`quinn::RecvStream::read_chunk`]), and the
+//! straight from the transport's own receive buffers ([`transport::RecvStream::read_chunk`]), and the
 //! buffer for the other direction is taken only once the target socket is readable and
 //! given back as soon as it has nothing more to read. Thousands of idle keep-alive
 //! connections or stalled uploads therefore cost the agent a few KiB each, not 128 KiB.
@@ -22,7 +22,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tracing::debug;
 
-use crate::wire::BiStream;
+use transport::BiStream;
 
 /// Largest piece moved at once in either direction; big enough for bulk transfers. The
 /// target→tunnel buffer of this size exists only while the target is sending.
@@ -86,23 +86,23 @@ pub async fn serve(
             // gateway has not acknowledged yet.
             debug!(error = %e, "http stream aborted");
             if !sent_all {
-                let _ = send.reset(crate::wire::varint(protocol::AppErrorCode::NoError));
+                send.reset(protocol::AppErrorCode::NoError);
             }
-            let _ = recv.stop(crate::wire::varint(protocol::AppErrorCode::NoError));
+            recv.stop(protocol::AppErrorCode::NoError);
         }
     }
 }
 
-/// Gateway → target, straight from quinn's receive buffers; half-closes the target
+/// Gateway → target, straight from the transport's receive buffers; half-closes the target
 /// connection when the gateway finishes its side. Returns the bytes moved.
 async fn tunnel_to_target(
-    recv: &mut quinn::RecvStream,
+    recv: &mut transport::RecvStream,
     mut tcp: OwnedWriteHalf,
 ) -> io::Result<u64> {
     let mut moved = 0u64;
-    while let Some(chunk) = recv.read_chunk(COPY_BUF, true).await? {
-        moved += chunk.bytes.len() as u64;
-        tcp.write_all(&chunk.bytes).await?;
+    while let Some(chunk) = recv.read_chunk(COPY_BUF).await? {
+        moved += chunk.len() as u64;
+        tcp.write_all(&chunk).await?;
     }
     // Ignored: a target that already closed its side makes shutdown fail, and the other
     // direction may still be delivering its last bytes.
@@ -115,7 +115,7 @@ async fn tunnel_to_target(
 /// Finishes the stream on the target's EOF (`sent_all`). Returns the bytes moved.
 async fn target_to_tunnel(
     tcp: OwnedReadHalf,
-    send: &mut quinn::SendStream,
+    send: &mut transport::SendStream,
     sent_all: &mut bool,
 ) -> io::Result<u64> {
     let mut moved = 0u64;
@@ -148,5 +148,5 @@ async fn refuse(mut stream: BiStream, status: TargetStatus) {
     let _ = stream.send.write_all(&[status as u8]).await;
     let _ = stream.send.finish();
     // Tell the gateway to stop sending the request body; it will not be read.
-    let _ = stream.recv.stop(quinn::VarInt::from_u32(0));
+    stream.recv.stop(protocol::AppErrorCode::NoError);
 }

@@ -18,7 +18,7 @@ use protocol::{Frame, FrameType, TerminalHeader, TerminalMessage, TerminalTarget
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::{debug, info, instrument, warn};
 
-use crate::wire::{self, FrameReader, WireError};
+use transport::wire::{self, FrameReader, WireError};
 
 /// How long a process gets between SIGHUP and SIGKILL when the gateway goes away.
 const KILL_GRACE: Duration = Duration::from_millis(500);
@@ -98,8 +98,8 @@ impl Terminals {
     #[instrument(skip_all, fields(target))]
     pub async fn serve(
         &self,
-        mut send: quinn::SendStream,
-        recv: quinn::RecvStream,
+        mut send: transport::SendStream,
+        recv: transport::RecvStream,
         map: serde_json::Map<String, serde_json::Value>,
     ) {
         let header = match TerminalHeader::from_map(&map) {
@@ -128,7 +128,7 @@ impl Terminals {
             Outcome::Failed(message) => refuse(&mut send, message).await,
             Outcome::GatewayGone => {
                 info!("terminal session closed by the gateway");
-                let _ = send.reset(wire::varint(protocol::AppErrorCode::NoError));
+                send.reset(protocol::AppErrorCode::NoError);
             }
         }
     }
@@ -145,7 +145,7 @@ enum Outcome {
 }
 
 /// Sends an `error` message and finishes the stream.
-async fn refuse(send: &mut quinn::SendStream, message: String) {
+async fn refuse(send: &mut transport::SendStream, message: String) {
     debug!(%message, "terminal session refused");
     let _ = wire::write_frame(send, &TerminalMessage::Error { message }.to_frame()).await;
     let _ = send.finish();
@@ -200,7 +200,7 @@ fn exit_code(status: std::process::ExitStatus) -> i32 {
 async fn host_session(
     opts: &TerminalOptions,
     header: &TerminalHeader,
-    send: &mut quinn::SendStream,
+    send: &mut transport::SendStream,
     mut reader: FrameReader,
 ) -> Outcome {
     let (pty, pts) = match pty_process::open() {
@@ -429,7 +429,7 @@ async fn service_session(
     opts: &TerminalOptions,
     service: &str,
     header: &TerminalHeader,
-    send: &mut quinn::SendStream,
+    send: &mut transport::SendStream,
     mut reader: FrameReader,
 ) -> Outcome {
     use bollard::exec::{CreateExecOptions, ResizeExecOptions, StartExecOptions, StartExecResults};

@@ -12,7 +12,7 @@ use tracing::{debug, warn};
 
 use super::spool::{Spool, SpoolStats, SYNC_EVERY};
 use super::{LogRecord, LogSink};
-use crate::wire::{self, FrameReader, WireError};
+use transport::wire::{self, FrameReader, WireError};
 
 /// Lines shipped but not yet acknowledged, at most.
 const WINDOW_LINES: u64 = 8_000;
@@ -66,7 +66,7 @@ impl LogPipeline {
     }
 
     /// Ships spooled lines over `conn` until the connection or the stream fails.
-    pub async fn ship(&self, conn: &quinn::Connection) -> Result<(), ShipError> {
+    pub async fn ship(&self, conn: &transport::Connection) -> Result<(), ShipError> {
         let (mut send, recv) = conn.open_bi().await?;
         let epoch = self.spool.lock().expect("spool lock").epoch().to_string();
         let header = StreamHeader::Logs(LogsHeader { epoch }.to_map())
@@ -131,14 +131,14 @@ pub enum ShipError {
     Wire(#[from] WireError),
     /// The connection is gone.
     #[error(transparent)]
-    Connection(#[from] quinn::ConnectionError),
+    Connection(#[from] transport::ConnectionError),
     /// The spool could not be read or updated.
     #[error("log spool: {0}")]
     Spool(io::Error),
 }
 
-impl From<quinn::WriteError> for ShipError {
-    fn from(e: quinn::WriteError) -> Self {
+impl From<transport::WriteError> for ShipError {
+    fn from(e: transport::WriteError) -> Self {
         Self::Wire(e.into())
     }
 }

@@ -189,12 +189,16 @@ fn parse_uuid(s: &str) -> Result<DeviceUuid, ApiError> {
 
 fn device_json(state: &ApiState, d: &DeviceRecord) -> Value {
     // The session registry is the live truth for "online"; the store lags by design.
-    let online = state.sessions.get(&d.uuid).is_some();
+    let path = state.sessions.path(&d.uuid);
+    let online = path.is_some();
     json!({
         "uuid": d.uuid.as_str(),
         "name": d.name.clone().unwrap_or_else(|| d.uuid.as_str()[..7].to_string()),
         "fleet": d.fleet,
         "online": online,
+        // The live tunnel's transport (`quic` / `tcp`) and round-trip time.
+        "transport": path.map(|p| p.kind.as_str()),
+        "rtt_ms": path.map(|p| (p.rtt.as_secs_f64() * 1000.0 * 10.0).round() / 10.0),
         "last_seen": d.last_seen,
         "created_at": d.created_at,
         "public_url": d.public_url,

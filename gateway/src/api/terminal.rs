@@ -38,7 +38,7 @@ use tracing::{debug, info, instrument};
 use super::auth::{Caller, Role};
 use super::error::ApiError;
 use super::{device_or_404, parse_uuid, ApiState};
-use edge_agent::wire::{self, FrameReader, WireError};
+use transport::wire::{self, FrameReader, WireError};
 
 /// Largest WebSocket message accepted from a client (a paste); frames to the device are
 /// cut to this size anyway.
@@ -381,10 +381,8 @@ async fn relay(
                 }
                 // We are leaving first: tell the agent to kill the process.
                 End::ClientClosed | End::Idle => {
-                    let _ = send.reset(wire::varint(protocol::AppErrorCode::NoError));
-                    let _ = reader
-                        .get_mut()
-                        .stop(wire::varint(protocol::AppErrorCode::NoError));
+                    send.reset(protocol::AppErrorCode::NoError);
+                    reader.get_mut().stop(protocol::AppErrorCode::NoError);
                 }
             }
             end
@@ -477,7 +475,7 @@ async fn open_stream(
     st: &ApiState,
     uuid: DeviceUuid,
     header: &TerminalHeader,
-) -> Result<(quinn::SendStream, quinn::RecvStream), String> {
+) -> Result<(transport::SendStream, transport::RecvStream), String> {
     let session = st
         .sessions
         .get(&uuid)

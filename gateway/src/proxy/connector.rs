@@ -18,12 +18,12 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
-use edge_agent::wire::BiStream;
 use http::Uri;
 use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::rt::TokioIo;
 use protocol::{DeviceUuid, HttpHeader, StreamHeader, TargetStatus};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use transport::BiStream;
 
 use crate::sessions::{HttpStreamGuard, Sessions};
 
@@ -41,7 +41,7 @@ pub(crate) enum UpstreamError {
     Target(TargetStatus),
     /// The tunnel broke while opening the stream.
     #[error("tunnel: {0}")]
-    Tunnel(#[from] quinn::ConnectionError),
+    Tunnel(#[from] transport::ConnectionError),
     /// The pool key did not name a device (a bug).
     #[error("bad pool key {0}")]
     BadKey(String),
@@ -88,7 +88,7 @@ impl tower_service::Service<Uri> for TunnelConnector {
                 .to_vec()
                 .expect("a default Http header fits");
             send.write_all(&header).await.map_err(|e| match e {
-                quinn::WriteError::ConnectionLost(c) => UpstreamError::Tunnel(c),
+                transport::WriteError::ConnectionLost(c) => UpstreamError::Tunnel(c),
                 _ => UpstreamError::Offline,
             })?;
             Ok(TokioIo::new(TunnelStream {
@@ -114,14 +114,11 @@ pub(crate) struct TunnelStream {
 impl Drop for TunnelStream {
     fn drop(&mut self) {
         // Dropped without a clean shutdown: the request was aborted (visitor gone, body
-        // idle timeout) or an idle pooled stream expired. quinn would otherwise *finish*
+        // idle timeout) or an idle pooled stream expired. The transport would otherwise *finish*
         // the stream, which the device reads as a complete request body; a reset makes
         // it drop the target connection at once instead.
         if !self.shut_down {
-            let _ = self
-                .inner
-                .send
-                .reset(edge_agent::wire::varint(protocol::AppErrorCode::NoError));
+            self.inner.send.reset(protocol::AppErrorCode::NoError);
         }
     }
 }

@@ -503,7 +503,7 @@ fn classify(err: &(dyn StdError + 'static)) -> Failure {
                 ),
             };
         }
-        if e.downcast_ref::<quinn::ConnectionError>().is_some() {
+        if e.downcast_ref::<transport::ConnectionError>().is_some() {
             return page(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "The device went offline while answering.",

@@ -86,7 +86,7 @@ pub enum ReadError {
     Reset(u64),
     /// The connection ended.
     #[error("connection lost: {0}")]
-    ConnectionLost(ConnectionError),
+    ConnectionLost(#[source] ConnectionError),
     /// This side already stopped or finished reading the stream.
     #[error("stream already closed")]
     ClosedStream,
@@ -138,7 +138,7 @@ pub enum WriteError {
     Stopped(u64),
     /// The connection ended.
     #[error("connection lost: {0}")]
-    ConnectionLost(ConnectionError),
+    ConnectionLost(#[source] ConnectionError),
     /// This side already finished or reset the stream.
     #[error("stream already closed")]
     ClosedStream,

@@ -186,6 +186,16 @@ impl Connection {
             rtt,
         }
     }
+
+    /// Packets received from the peer so far, where the transport counts them (QUIC);
+    /// `None` on TCP, whose multiplexer watches the peer itself. A count that stops
+    /// moving while the peer should be sending keep-alives means the peer is gone.
+    pub fn packets_received(&self) -> Option<u64> {
+        match self {
+            Self::Quic(c) => Some(c.stats().udp_rx.datagrams),
+            Self::TlsTcp(_) => None,
+        }
+    }
 }
 
 /// The sending half of a stream.

@@ -32,3 +32,55 @@ pub fn udp_socket(addr: SocketAddr) -> std::io::Result<UdpSocket> {
     socket.bind(&addr.into())?;
     Ok(socket.into())
 }
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit and logs the outcome once at info.
+///
+/// Every visitor connection, proxied stream target and engine call costs a file
+/// descriptor; the usual soft limit (1,024) is exhausted long before memory or CPU are.
+/// Call it once at start, before binding anything. Returns the soft limit in force
+/// afterwards (`None` when unlimited).
+pub fn raise_fd_limit() -> Option<u64> {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let before = getrlimit(Resource::Nofile);
+    // An unlimited hard limit cannot be the soft NOFILE limit (the kernel caps it at
+    // fs.nr_open), so aim for that cap instead.
+    let target = before.maximum.or_else(|| {
+        std::fs::read_to_string("/proc/sys/fs/nr_open")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+    });
+    match (before.current, target) {
+        (Some(soft), Some(hard)) if soft < hard => {
+            let new = Rlimit {
+                current: Some(hard),
+                maximum: before.maximum,
+            };
+            match setrlimit(Resource::Nofile, new) {
+                Ok(()) => {
+                    tracing::info!(
+                        from = soft,
+                        to = hard,
+                        "raised the file descriptor limit (RLIMIT_NOFILE) to the hard limit"
+                    );
+                    Some(hard)
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        soft,
+                        hard,
+                        error = %e,
+                        "cannot raise the file descriptor limit (RLIMIT_NOFILE)"
+                    );
+                    Some(soft)
+                }
+            }
+        }
+        (soft, _) => {
+            tracing::info!(
+                limit = soft.map_or_else(|| "unlimited".to_string(), |s| s.to_string()),
+                "file descriptor limit (RLIMIT_NOFILE) is already the hard limit"
+            );
+            soft
+        }
+    }
+}
