@@ -555,6 +555,12 @@ impl Agent {
                 return Ended::Moved { next, old: conn };
             }
         };
+        // A stream can end a moment before the connection's close reason arrives (on TCP
+        // the close message follows the stream resets): give it a moment, so that the
+        // gateway's reason ("replaced", "shutting down") is the one reported.
+        if matches!(result, Err(SessionError::Wire(_))) && conn.close_reason().is_none() {
+            let _ = tokio::time::timeout(Duration::from_millis(500), conn.closed()).await;
+        }
         let err = match result {
             Err(SessionError::Wire(_)) | Ok(()) if conn.close_reason().is_some() => {
                 SessionError::Connection(conn.close_reason().expect("checked"))

@@ -178,3 +178,50 @@ async fn udp_blocked_device_comes_online_over_tcp_and_returns_to_quic() {
         .count();
     assert_eq!(received, 1, "{lines:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quic_blackholed_mid_session_moves_the_device_to_tcp() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("gw");
+    let backend = Backend::spawn("survives-a-blackhole").await;
+    let (http, tunnel, api_port) = (free_port_tcp(), free_port_udp(), free_port_tcp());
+    let api: std::net::SocketAddr = format!("127.0.0.1:{api_port}").parse().unwrap();
+    let _gw = procs::serve(&data, http, tunnel, &["--api-listen", &api.to_string()]);
+    wait_for_data_dir(&data).await;
+    let token = admin_token(&data);
+    let relay = UdpRelay::start(format!("127.0.0.1:{tunnel}").parse().unwrap()).await;
+    let cfg = dir.path().join("device.toml");
+    let uuid = device_add(&data, relay.addr.port(), &cfg);
+    let host = device_host(&uuid);
+    // Default timings: 1 s keep-alive, 15 s idle timeout.
+    let _agent = procs::agent(
+        &cfg,
+        backend.addr,
+        &[
+            "--gateway-tcp",
+            &format!("127.0.0.1:{tunnel}"),
+            "--engine",
+            "none",
+        ],
+    );
+    assert!(
+        wait_transport(api, &token, &uuid, "quic", Duration::from_secs(30)).await,
+        "the device never came online over QUIC"
+    );
+
+    // UDP vanishes while connected: the device is reachable again over TCP within the
+    // idle timeout plus 5 s (asserted with margin).
+    relay.set_cut(true);
+    let cut = Instant::now();
+    assert!(
+        wait_transport(api, &token, &uuid, "tcp", Duration::from_secs(60)).await,
+        "the device never moved to TCP"
+    );
+    let moved = cut.elapsed();
+    eprintln!("on TCP {moved:?} after UDP was blackholed");
+    assert!(
+        moved < Duration::from_secs(15 + 5 + 10),
+        "the device was unreachable for {moved:?}"
+    );
+    assert!(wait_status(http, &host, StatusCode::OK, Duration::from_secs(10)).await);
+}
