@@ -597,12 +597,16 @@ pub fn free_port_tcp() -> u16 {
         .port()
 }
 
+/// A free UDP port whose TCP twin is free too: the gateway's TCP tunnel listener takes
+/// the same port number as its UDP one by default.
 pub fn free_port_udp() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    loop {
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = udp.local_addr().unwrap().port();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// Polls `f` every 100 ms until it returns `Some`, for at most `limit`.
@@ -723,8 +727,10 @@ pub fn stable_port(udp: bool) -> u16 {
     let start = 20_000 + (std::process::id() % 5_000) as u16;
     loop {
         let p = start + NEXT.fetch_add(1, Ordering::Relaxed) % 10_000;
+        // A UDP tunnel port needs its TCP twin as well (the TCP tunnel listener).
         let free = if udp {
             std::net::UdpSocket::bind(("127.0.0.1", p)).is_ok()
+                && std::net::TcpListener::bind(("127.0.0.1", p)).is_ok()
         } else {
             std::net::TcpListener::bind(("127.0.0.1", p)).is_ok()
         };
