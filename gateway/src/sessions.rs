@@ -161,11 +161,6 @@ impl Sessions {
         self.next_id.fetch_add(1, Ordering::Relaxed) + 1
     }
 
-    /// Registers `session`, returning the one it replaces, if any.
-    pub fn insert(&self, session: Arc<Session>) -> Option<Arc<Session>> {
-        self.map.insert(session.uuid, session)
-    }
-
     /// Registers `session` unless it is the far side of a duplicate identity.
     ///
     /// A session of the same agent instance (or one replacing a session nothing was heard

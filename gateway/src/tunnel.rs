@@ -53,17 +53,7 @@ pub(crate) async fn accept_loop(
         let ctx = Arc::clone(&ctx);
         tasks.spawn(async move {
             let remote = incoming.remote_address();
-            let conn = tokio::time::timeout(HANDSHAKE_TIMEOUT, transport::quic::accept(incoming))
-                .await
-                .map_err(|_| ConnError::Timeout)
-                .and_then(|r| r.map_err(ConnError::Handshake));
-            let ended = match conn {
-                Ok(conn) => handle_connection(conn, ctx).await,
-                Err(e) => Err(e),
-            };
-            if let Err(e) = ended {
-                debug!(%remote, error = %e, "device connection ended");
-            }
+            serve_incoming(transport::quic::accept(incoming), ctx, remote).await;
         });
     }
 }
@@ -107,17 +97,7 @@ pub(crate) async fn accept_tcp_loop(
                 .await?;
                 transport::tls_tcp::accept(stream, &mux).await
             };
-            let conn = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
-                .await
-                .map_err(|_| ConnError::Timeout)
-                .and_then(|r| r.map_err(ConnError::Handshake));
-            let ended = match conn {
-                Ok(conn) => handle_connection(conn, ctx).await,
-                Err(e) => Err(e),
-            };
-            if let Err(e) = ended {
-                debug!(%remote, error = %e, "device connection over TCP ended");
-            }
+            serve_incoming(handshake, ctx, remote).await;
         });
     }
 }
@@ -145,6 +125,23 @@ pub(crate) enum ConnError {
     Protocol(String),
     #[error("nothing heard from the device for {0:?}")]
     Silent(Duration),
+}
+
+/// Completes `handshake` (either transport's) within [`HANDSHAKE_TIMEOUT`] and serves the
+/// connection until it ends.
+async fn serve_incoming(
+    handshake: impl std::future::Future<Output = Result<Connection, transport::ConnectError>>,
+    ctx: Arc<TunnelCtx>,
+    remote: std::net::SocketAddr,
+) {
+    let ended = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+        Ok(Ok(conn)) => handle_connection(conn, ctx).await,
+        Ok(Err(e)) => Err(ConnError::Handshake(e)),
+        Err(_) => Err(ConnError::Timeout),
+    };
+    if let Err(e) = ended {
+        debug!(%remote, error = %e, "device connection ended");
+    }
 }
 
 /// Serves one handshaken connection, on either transport.
