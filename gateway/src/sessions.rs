@@ -28,8 +28,12 @@ pub struct Session {
     /// Wakes the session's control loop to re-send the device's target state.
     pub retarget: tokio::sync::Notify,
     /// Public-URL (`Http`) streams open on this tunnel, in flight or idle in the proxy's
-    /// pool; the proxy keeps it under its per-device limit (see [`Session::http_streams`]).
+    /// pool (a moved-away session drains until this is zero).
     pub(crate) open_http_streams: AtomicUsize,
+    /// Public-URL streams open to this device over all its sessions: shared with the
+    /// session this one replaced, so that streams still draining on an old connection
+    /// after a move count against the per-device limit (see [`Session::http_streams`]).
+    device_http_streams: Arc<AtomicUsize>,
     /// The agent process's instance id from its hello (`None` from older agents).
     pub instance: Option<String>,
     /// Where the tunnel comes from.
@@ -52,6 +56,7 @@ impl Session {
         conn: transport::Connection,
         public_url: bool,
         instance: Option<String>,
+        previous: Option<&Session>,
     ) -> Self {
         let pool_authority = format!("{uuid}-{id}")
             .parse()
@@ -70,6 +75,9 @@ impl Session {
             kick: tokio::sync::Notify::new(),
             retarget: tokio::sync::Notify::new(),
             open_http_streams: AtomicUsize::new(0),
+            device_http_streams: previous
+                .map(|p| Arc::clone(&p.device_http_streams))
+                .unwrap_or_default(),
         }
     }
 
@@ -86,21 +94,28 @@ impl Session {
             && self.started.elapsed().as_millis() as u64 <= at + window.as_millis() as u64
     }
 
-    /// Number of public-URL streams open on this tunnel right now (requests in flight,
-    /// WebSockets, and keep-alive streams idle in the proxy's pool).
+    /// Number of public-URL streams open to this session's device right now (requests in
+    /// flight, WebSockets, and keep-alive streams idle in the proxy's pool), including
+    /// those still finishing on a connection the device moved away from.
     pub fn http_streams(&self) -> usize {
+        self.device_http_streams.load(Ordering::Relaxed)
+    }
+
+    /// Number of public-URL streams open on this session's own connection.
+    pub(crate) fn own_http_streams(&self) -> usize {
         self.open_http_streams.load(Ordering::Relaxed)
     }
 
-    /// Counts one more `Http` stream unless `limit` are already open. The stream is
-    /// counted until the returned guard drops.
+    /// Counts one more `Http` stream unless `limit` are already open to the device. The
+    /// stream is counted until the returned guard drops.
     pub(crate) fn try_open_http_stream(self: &Arc<Self>, limit: usize) -> Option<HttpStreamGuard> {
-        self.open_http_streams
+        self.device_http_streams
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < limit).then_some(n + 1)
             })
-            .ok()
-            .map(|_| HttpStreamGuard(Arc::clone(self)))
+            .ok()?;
+        self.open_http_streams.fetch_add(1, Ordering::AcqRel);
+        Some(HttpStreamGuard(Arc::clone(self)))
     }
 }
 
@@ -111,6 +126,7 @@ pub(crate) struct HttpStreamGuard(Arc<Session>);
 impl Drop for HttpStreamGuard {
     fn drop(&mut self) {
         self.0.open_http_streams.fetch_sub(1, Ordering::AcqRel);
+        self.0.device_http_streams.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

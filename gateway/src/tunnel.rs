@@ -261,13 +261,18 @@ async fn serve_session(
             }
         };
 
+    // The device's stream budget carries over from its current session: streams still
+    // open there (draining after a move, or ending with a dropped connection) count.
+    let previous = ctx.sessions.get(&uuid);
     let session = Arc::new(Session::new(
         ctx.sessions.next_id(),
         uuid,
         conn.clone(),
         public_url,
         instance,
+        previous.as_deref(),
     ));
+    drop(previous);
     session.heard();
     // An agent that announces its keep-alive is dead after a few of them go missing; one
     // that does not is left to the transport's idle timeout.
@@ -443,7 +448,7 @@ async fn serve_session(
     if session.moved.load(std::sync::atomic::Ordering::Acquire) && conn.close_reason().is_none() {
         // Moved away: let the streams still open here finish (30 s at most).
         let deadline = tokio::time::Instant::now() + MOVE_DRAIN;
-        while session.http_streams() > 0 && tokio::time::Instant::now() < deadline {
+        while session.own_http_streams() > 0 && tokio::time::Instant::now() < deadline {
             tokio::select! {
                 _ = conn.closed() => break,
                 _ = tokio::time::sleep(Duration::from_millis(100)) => {}

@@ -248,7 +248,18 @@ async fn slow_post_flood_is_capped_per_device() {
         })
         .collect();
 
-    // (a) Once the device's share is taken, a new visitor gets a clear 503 at once.
+    // (a) Once the device's share is taken, a new visitor gets a clear 503 at once. No
+    // visitor asks before that: a finished request leaves its stream idle in the proxy's
+    // pool, counted in the share, and the next request would reuse it and pass.
+    let taken = eventually(Duration::from_secs(30), || async {
+        (http_streams(&gw, &flooded_uuid) == LIMIT).then_some(())
+    })
+    .await;
+    assert!(
+        taken.is_some(),
+        "{FLOOD} slow POSTs hold only {} streams",
+        http_streams(&gw, &flooded_uuid)
+    );
     let c = http_client();
     let full = eventually(Duration::from_secs(30), || async {
         let req = http::Request::builder()
@@ -754,4 +765,84 @@ async fn bench_slow_post_burst() {
         mib(after[2].1),
     );
     drop((gw, agent));
+}
+
+/// The per-device limit is the device's, not one connection's: when the agent moves from
+/// the TCP fallback back to QUIC while slow visitors hold its share, the streams still
+/// draining on the old connection keep counting, and new visitors keep getting 503.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn per_device_limit_holds_across_a_transport_move() {
+    const LIMIT: usize = 16;
+    let gw = TestGateway::spawn_custom(|c| {
+        c.max_streams_per_device = LIMIT;
+        c.request_body_idle_timeout = Duration::from_secs(10);
+    })
+    .await;
+    let backend = Recorder::spawn("moved").await;
+    let device = gw.add_device(true).await;
+    let (uuid, host) = (device.uuid.clone(), device_host(&device.uuid));
+    let id: DeviceUuid = uuid.parse().unwrap();
+    // UDP reaches the gateway only through a relay that drops everything for now.
+    let relay = e2e_tests::relay::UdpRelay::start(gw.tunnel_addr).await;
+    relay.set_cut(true);
+    let mut opts = fast_agent_options(backend.addr);
+    opts.route.mode = edge_agent::dial::TransportMode::Auto;
+    opts.route.gateway_tcp = Some(gw.tunnel_tcp_addr.to_string());
+    let mut cfg = device;
+    cfg.gateway = relay.addr.to_string();
+    let mut agent = TestAgent::spawn_with(cfg, opts);
+    agent.connected().await;
+    let kind = |k| gw.sessions.get(&id).map(|s| s.conn.stats().kind) == Some(k);
+    assert!(
+        kind(transport::TransportKind::Tcp),
+        "not on the TCP fallback"
+    );
+
+    // Slow visitors take the device's whole share on TCP.
+    let dribble = Arc::new(AtomicBool::new(true));
+    let flood: Vec<_> = (0..LIMIT)
+        .map(|_| {
+            slow_post(
+                gw.http_addr,
+                host.clone(),
+                Arc::clone(&dribble),
+                Duration::from_secs(60),
+            )
+        })
+        .collect();
+    let full = eventually(Duration::from_secs(30), || async {
+        (http_streams(&gw, &uuid) == LIMIT).then_some(())
+    })
+    .await;
+    assert!(full.is_some(), "{} streams open", http_streams(&gw, &uuid));
+
+    // UDP passes again: the agent moves to QUIC; the slow uploads stay on TCP.
+    relay.set_cut(false);
+    let moved = eventually(Duration::from_secs(60), || async {
+        kind(transport::TransportKind::Quic).then_some(())
+    })
+    .await;
+    assert!(moved.is_some(), "the agent never moved back to QUIC");
+    let c = http_client();
+    let (s, _, body) = request(&c, gw.http_addr, &host, "GET", "/", empty()).await;
+    assert_eq!(
+        s,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "a new visitor got past the device's share after the move: {:?}",
+        String::from_utf8_lossy(&body)
+    );
+    assert_eq!(http_streams(&gw, &uuid), LIMIT);
+
+    // Once the slow visitors stop, their streams end and the device serves on QUIC.
+    dribble.store(false, Ordering::Relaxed);
+    let freed = eventually(Duration::from_secs(40), || async {
+        (http_streams(&gw, &uuid) == 0).then_some(())
+    })
+    .await;
+    assert!(freed.is_some(), "{} streams left", http_streams(&gw, &uuid));
+    let (s, _, body) = request(&c, gw.http_addr, &host, "GET", "/", empty()).await;
+    assert_eq!((s, &body[..]), (StatusCode::OK, &b"moved 0"[..]));
+    for t in flood {
+        let _ = tokio::time::timeout(Duration::from_secs(30), t).await;
+    }
 }
