@@ -14,6 +14,8 @@
 //! This crate contains no networking code.
 #![warn(missing_docs)]
 
+pub mod device_file;
+
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};

@@ -10,6 +10,7 @@ pub mod api;
 pub mod client;
 pub mod config;
 pub mod datadir;
+#[cfg(feature = "demo")]
 pub mod demo;
 mod listener;
 pub mod logs;
@@ -28,12 +29,12 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use edge_agent::AgentConfig;
+use certs::device_file::AgentConfig;
 use protocol::{AppErrorCode, DeviceUuid};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 pub use config::ServeConfig;
 use sessions::Sessions;
@@ -226,6 +227,7 @@ impl Gateway {
     /// Serves until `shutdown` is cancelled, then closes tunnels and drains visitors.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), GatewayError> {
         let tasks = TaskTracker::new();
+        let tunnel_addr = self.tunnel_addr();
         let domain = self.cfg.normalized_domain();
         let advertise = self.advertised_tunnel();
         info!(
@@ -250,6 +252,8 @@ impl Gateway {
             &router_cfg,
             Arc::clone(&self.sessions),
             self.store.clone(),
+            tasks.clone(),
+            shutdown.clone(),
         ));
         let log_hub = Arc::new(logs::LogHub::default());
         tasks.spawn(logs::retention_loop(
@@ -265,6 +269,7 @@ impl Gateway {
             sessions: Arc::clone(&self.sessions),
             keep_alive: self.cfg.keep_alive,
             logs: Arc::clone(&log_hub),
+            tasks: tasks.clone(),
         });
         let (public_limits, api_limits) = self.listener_configs();
         let http = tokio::spawn(proxy::router::serve(
@@ -291,6 +296,7 @@ impl Gateway {
                 terminal_idle_timeout: self.cfg.terminal_idle_timeout,
                 logs: Arc::clone(&log_hub),
                 shutdown: shutdown.clone(),
+                tasks: tasks.clone(),
                 allowed_origins: Arc::new(self.cfg.allowed_origins.clone()),
             },
             shutdown.clone(),
@@ -317,12 +323,45 @@ impl Gateway {
         let _ = http.await;
         let _ = api.await;
         tasks.close();
-        let _ = tokio::time::timeout(Duration::from_secs(5), tasks.wait()).await;
+        if tokio::time::timeout(Duration::from_secs(5), tasks.wait())
+            .await
+            .is_err()
+        {
+            warn!(
+                left = tasks.len(),
+                "tasks still running 5 s after shutdown; stopping anyway"
+            );
+        }
+        // Nothing may keep a connection (and with it the UDP socket) past the gateway:
+        // the registry can outlive it (tests and embedders hold it).
+        self.sessions.clear();
         self.endpoint.close(
             transport::quic::varint(AppErrorCode::Shutdown),
             b"gateway shutting down",
         );
-        let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
+        // A good-faith wait for the peers to hear the close. A connection that suffered
+        // a stall has a large RTT estimate, and QUIC drains a closed connection for three
+        // probe timeouts (seconds, then): past the grace, the remaining ones finish on a
+        // throwaway socket, so the tunnel port is free as soon as the gateway returns.
+        let drained = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle());
+        if drained.await.is_err() {
+            let open = self.endpoint.open_connections();
+            let any: SocketAddr = match tunnel_addr {
+                SocketAddr::V4(_) => (std::net::Ipv4Addr::LOCALHOST, 0).into(),
+                SocketAddr::V6(_) => (std::net::Ipv6Addr::LOCALHOST, 0).into(),
+            };
+            // quinn keeps the socket it rebinds away from until a packet arrives on the
+            // new one; a second rebind replaces that one too. The connections switch when
+            // their drivers next run: give them a moment.
+            let rebind = || std::net::UdpSocket::bind(any).and_then(|s| self.endpoint.rebind(s));
+            match rebind().and_then(|()| rebind()) {
+                Ok(()) => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    debug!(open, "connections still draining; tunnel port released");
+                }
+                Err(e) => warn!(open, error = %e, "cannot release the tunnel port early"),
+            }
+        }
         self.store.close().await;
         info!("gateway stopped");
         Ok(())

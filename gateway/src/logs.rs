@@ -120,7 +120,7 @@ pub(crate) async fn retention_loop(
         // the future once and deleted every line. validate() bounds it; this saturates
         // at "nothing is old enough" whatever a caller passes.
         let retention_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
-        let cutoff = edge_agent::logs::now_ms().saturating_sub(retention_ms);
+        let cutoff = crate::store::now_ms().saturating_sub(retention_ms);
         match store.prune_logs(cutoff, max_per_device).await {
             Ok(0) => {}
             Ok(n) => info!(lines = n, "pruned old log lines"),

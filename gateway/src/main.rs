@@ -39,6 +39,7 @@ enum Command {
     #[command(subcommand)]
     Device(DeviceCommand),
     /// Run a gateway, one agent and a sample device web app in one process, no root needed.
+    #[cfg(feature = "demo")]
     Demo {
         /// Public HTTP listener of the demo gateway.
         #[arg(long, default_value = "127.0.0.1:8080")]
@@ -633,7 +634,7 @@ async fn main() -> anyhow::Result<()> {
                 anyhow::bail!("--gateway must be HOST:PORT, got {gateway:?}");
             }
             let cfg = gateway::add_device(&data_dir, uuid, public_url, &gateway).await?;
-            edge_agent::provision::write_private(&out, cfg.to_toml().as_bytes())
+            certs::write_atomic(&out, cfg.to_toml().as_bytes(), true)
                 .with_context(|| format!("writing {}", out.display()))?;
             eprintln!(
                 "device registered; copy {} to the device and run: edge-agent run --config {}",
@@ -1105,6 +1106,7 @@ async fn main() -> anyhow::Result<()> {
                 );
             }
         }
+        #[cfg(feature = "demo")]
         Command::Demo { http_listen } => {
             let shutdown = CancellationToken::new();
             tokio::spawn(signal_shutdown(shutdown.clone()));

@@ -268,6 +268,12 @@ impl Sessions {
         self.map.is_empty()
     }
 
+    /// Forgets every session (gateway stopped).
+    pub(crate) fn clear(&self) {
+        self.map.clear();
+        self.flaps.clear();
+    }
+
     /// Closes every session with `code` (gateway shutdown).
     pub fn close_all(&self, code: protocol::AppErrorCode, reason: &[u8]) {
         for s in self.map.iter() {

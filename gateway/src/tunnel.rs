@@ -32,6 +32,9 @@ pub(crate) struct TunnelCtx {
     pub(crate) sessions: Arc<Sessions>,
     pub(crate) keep_alive: Duration,
     pub(crate) logs: Arc<crate::logs::LogHub>,
+    /// Every task a session spawns (log ingest streams) runs here, so that the gateway's
+    /// shutdown waits for them.
+    pub(crate) tasks: TaskTracker,
 }
 
 /// Accepts device connections until `shutdown`.
@@ -55,6 +58,15 @@ pub(crate) async fn accept_loop(
             let remote = incoming.remote_address();
             serve_incoming(transport::quic::accept(incoming), ctx, remote).await;
         });
+    }
+    // From now on handshakes are refused at once (agents that reconnect while the
+    // gateway drains try again later) instead of waiting in the queue, where a
+    // half-made connection would keep the UDP socket after the gateway stopped.
+    endpoint.set_server_config(None);
+    while let Ok(Some(incoming)) =
+        tokio::time::timeout(Duration::from_millis(1), endpoint.accept()).await
+    {
+        incoming.refuse();
     }
 }
 
@@ -394,7 +406,7 @@ async fn serve_session(
             let (mut send, mut recv) = conn.accept_bi().await?;
             let store = ctx.store.clone();
             let hub = Arc::clone(&ctx.logs);
-            tokio::spawn(async move {
+            ctx.tasks.spawn(async move {
                 let code =
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, wire::read_header(&mut recv))
                         .await

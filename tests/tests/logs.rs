@@ -233,11 +233,22 @@ async fn a_gateway_restart_loses_nothing_and_logs_f_follows_across_it() {
 
     let producer = produce(pipeline.sink(), 1, 1500, Duration::from_millis(5));
     tokio::time::sleep(Duration::from_secs(2)).await;
+    // A stopped gateway holds none of its sockets, though its session registry (`gw`)
+    // lives on: the next one binds the same ports at once.
+    let stopping = Instant::now();
     gw.stop().await;
-    // The old gateway's session registry holds its connections (and so its socket).
+    eprintln!("gateway stopped in {:?}", stopping.elapsed());
+    let udp = tokio::net::UdpSocket::bind(cfg.tunnel_listen).await;
+    let api = tokio::net::TcpListener::bind(cfg.api_listen).await;
+    let tcp = tokio::net::TcpListener::bind(cfg.tunnel_listen).await;
+    assert!(
+        udp.is_ok() && api.is_ok() && tcp.is_ok(),
+        "sockets still bound after stop(): udp {udp:?}, api {api:?}, tunnel tcp {tcp:?}"
+    );
+    drop((udp, api, tcp));
+    let gw2 = TestGateway::spawn_with(cfg).await;
     drop(gw);
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let gw = TestGateway::spawn_with(cfg).await;
+    let gw = gw2;
     producer.await.unwrap();
 
     let api = Api::new(&gw);

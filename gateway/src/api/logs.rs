@@ -73,7 +73,7 @@ fn time_param(name: &str, v: &str) -> Result<i64, ApiError> {
     })?;
     // The bound keeps `ago` within 100 years, so this cannot wrap; saturate anyway.
     let ago_ms = i64::try_from(ago.as_millis()).unwrap_or(i64::MAX);
-    Ok(edge_agent::logs::now_ms().saturating_sub(ago_ms))
+    Ok(crate::store::now_ms().saturating_sub(ago_ms))
 }
 
 impl Params {
@@ -146,7 +146,7 @@ async fn export(
     q.limit = Some(5_000);
     let (tx, rx) = mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(4);
     let store = st.store.clone();
-    tokio::spawn(async move {
+    st.tasks.spawn(async move {
         loop {
             let page = match store.query_logs(uuid, &q).await {
                 Ok(p) => p,
@@ -240,7 +240,11 @@ async fn stream_ws(
         )
     })?;
     let rx = live(&st, uuid, q);
-    Ok(ws.on_upgrade(move |socket| relay_ws(socket, rx)))
+    let running = st.tasks.token();
+    Ok(ws.on_upgrade(move |socket| async move {
+        relay_ws(socket, rx).await;
+        drop(running);
+    }))
 }
 
 async fn relay_ws(mut socket: WebSocket, mut rx: mpsc::Receiver<Arc<StoredLine>>) {
@@ -269,7 +273,7 @@ fn live(st: &ApiState, uuid: DeviceUuid, q: LogQuery) -> mpsc::Receiver<Arc<Stor
     let mut sub = st.logs.subscribe();
     let store = st.store.clone();
     let shutdown = st.shutdown.clone();
-    tokio::spawn(async move {
+    st.tasks.spawn(async move {
         // The tail ends with the gateway (the client reconnects to the next one).
         tokio::select! {
             _ = shutdown.cancelled() => {}

@@ -53,6 +53,9 @@ pub(crate) struct ApiState {
     pub(crate) logs: Arc<crate::logs::LogHub>,
     /// Fires when the gateway stops: long-lived streams (log tails, terminals) end.
     pub(crate) shutdown: CancellationToken,
+    /// Long-lived work outside a request (log exports and tails, WebSocket sessions) is
+    /// tracked here, so that the gateway's shutdown waits for it.
+    pub(crate) tasks: tokio_util::task::TaskTracker,
     /// Browser origins besides the API's own that may open the terminal and log
     /// WebSockets (`allowed_origins`), normalized by [`terminal::normalize_origin`].
     pub(crate) allowed_origins: Arc<Vec<String>>,

@@ -254,9 +254,13 @@ async fn open(
         )
     })?;
     let idle = st.terminal_idle_timeout;
+    let running = st.tasks.token();
     Ok(ws
         .max_message_size(MAX_WS_MESSAGE)
-        .on_upgrade(move |socket| relay(st, caller, uuid, header, idle, socket)))
+        .on_upgrade(move |socket| async move {
+            relay(st, caller, uuid, header, idle, socket).await;
+            drop(running);
+        }))
 }
 
 /// How a relayed session ended.

@@ -27,6 +27,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use protocol::{DeviceUuid, TargetStatus};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
 use super::connector::{TunnelConnector, UpstreamError};
@@ -78,10 +79,20 @@ pub(crate) struct Router {
     client: Client<TunnelConnector, IdleBody>,
     upstream_timeout: Duration,
     body_idle_timeout: Duration,
+    /// WebSocket splices run here, so that the gateway's shutdown waits for them.
+    tasks: TaskTracker,
+    /// Ends the splices when the gateway stops.
+    shutdown: CancellationToken,
 }
 
 impl Router {
-    pub(crate) fn new(cfg: &RouterConfig, sessions: Arc<Sessions>, store: Store) -> Self {
+    pub(crate) fn new(
+        cfg: &RouterConfig,
+        sessions: Arc<Sessions>,
+        store: Store,
+        tasks: TaskTracker,
+        shutdown: CancellationToken,
+    ) -> Self {
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .pool_timer(TokioTimer::new())
@@ -99,6 +110,8 @@ impl Router {
             client,
             upstream_timeout: cfg.upstream_timeout,
             body_idle_timeout: cfg.request_body_idle_timeout,
+            tasks,
+            shutdown,
         }
     }
 
@@ -232,14 +245,21 @@ impl Router {
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             if let Some(visitor_upgrade) = visitor_upgrade {
                 let device_upgrade = hyper::upgrade::on(&mut resp);
-                tokio::spawn(async move {
-                    match tokio::try_join!(visitor_upgrade, device_upgrade) {
-                        Ok((v, d)) => {
-                            let mut v = TokioIo::new(v);
-                            let mut d = TokioIo::new(d);
-                            let _ = tokio::io::copy_bidirectional(&mut v, &mut d).await;
+                let shutdown = self.shutdown.clone();
+                self.tasks.spawn(async move {
+                    let splice = async {
+                        match tokio::try_join!(visitor_upgrade, device_upgrade) {
+                            Ok((v, d)) => {
+                                let mut v = TokioIo::new(v);
+                                let mut d = TokioIo::new(d);
+                                let _ = tokio::io::copy_bidirectional(&mut v, &mut d).await;
+                            }
+                            Err(e) => debug!(error = %e, "upgrade failed"),
                         }
-                        Err(e) => debug!(error = %e, "upgrade failed"),
+                    };
+                    tokio::select! {
+                        _ = splice => {}
+                        _ = shutdown.cancelled() => {}
                     }
                 });
             }

@@ -327,6 +327,14 @@ mod releases;
 pub use logs::{LogQuery, StoredLine};
 pub use releases::{ReleaseRecord, TargetSource};
 
+/// Current time as milliseconds since the Unix epoch (log timestamps).
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
 /// Current time as unix seconds.
 pub fn now_unix() -> i64 {
     SystemTime::now()
