@@ -312,6 +312,17 @@ impl Agent {
         tasks.close();
         // Streams end with the connection; give them a moment to flush.
         let _ = tokio::time::timeout(Duration::from_secs(2), tasks.wait()).await;
+        // The reconciler finishes (or drops) its current step; lines queued for the spool
+        // are written out, so the next start ships them.
+        if let Some(r) = self.device.as_ref().and_then(|(d, _)| d.reconciler()) {
+            let _ = tokio::time::timeout(Duration::from_secs(5), r.stopped()).await;
+        }
+        if let Some(logs) = &self.opts.logs {
+            logs.sink().system("Agent stopping");
+            if !logs.flush(Duration::from_secs(5)).await {
+                warn!("the log spool did not flush in 5 s; the last lines may be lost");
+            }
+        }
         if let Some(ep) = endpoint {
             let _ = tokio::time::timeout(Duration::from_secs(2), ep.wait_idle()).await;
         }

@@ -27,6 +27,8 @@ pub struct LogPipeline {
     spool: Arc<Mutex<Spool>>,
     new_lines: Arc<Notify>,
     sink: LogSink,
+    /// Asks the writer to write out and sync everything queued before the request.
+    flush: mpsc::Sender<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl std::fmt::Debug for LogPipeline {
@@ -42,12 +44,28 @@ impl LogPipeline {
         let spool = Arc::new(Mutex::new(Spool::open(dir, max_bytes)?));
         let new_lines = Arc::new(Notify::new());
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(write_loop(rx, Arc::clone(&spool), Arc::clone(&new_lines)));
+        let (flush, flush_rx) = mpsc::channel(4);
+        tokio::spawn(write_loop(
+            rx,
+            flush_rx,
+            Arc::clone(&spool),
+            Arc::clone(&new_lines),
+        ));
         Ok(Self {
             spool,
             new_lines,
             sink: LogSink::new(tx),
+            flush,
         })
+    }
+
+    /// Writes every record queued so far to the spool and syncs it (the agent calls this
+    /// as it stops, so that the last lines before a shutdown are not lost with the
+    /// process). Waits at most `limit`; returns whether it finished.
+    pub async fn flush(&self, limit: Duration) -> bool {
+        let (done, wait) = tokio::sync::oneshot::channel();
+        let asked = async { self.flush.send(done).await.is_ok() && wait.await.is_ok() };
+        tokio::time::timeout(limit, asked).await.unwrap_or(false)
     }
 
     /// A handle producers write to.
@@ -149,8 +167,43 @@ impl From<protocol::DecodeError> for ShipError {
     }
 }
 
+/// Writes every record already queued, then syncs: what a flush request waits for.
+fn flush_now(
+    rx: &mut mpsc::UnboundedReceiver<LogRecord>,
+    chunk: &mut Vec<LogRecord>,
+    spool: &Mutex<Spool>,
+    new_lines: &Notify,
+) {
+    let mut spool = spool.lock().expect("spool lock");
+    // What was queued when the flush was asked for; producers that go on are not waited
+    // for.
+    let mut left = rx.len();
+    loop {
+        while chunk.len() < WRITE_CHUNK && left > 0 {
+            match rx.try_recv() {
+                Ok(r) => chunk.push(r),
+                Err(_) => break,
+            }
+            left -= 1;
+        }
+        if chunk.is_empty() {
+            break;
+        }
+        if let Err(e) = spool.append(chunk.drain(..)) {
+            warn!(error = %e, "cannot write to the log spool; lines dropped");
+            chunk.clear();
+            break;
+        }
+    }
+    if let Err(e) = spool.sync() {
+        warn!(error = %e, "cannot sync the log spool");
+    }
+    new_lines.notify_one();
+}
+
 async fn write_loop(
     mut rx: mpsc::UnboundedReceiver<LogRecord>,
+    mut flush: mpsc::Receiver<tokio::sync::oneshot::Sender<()>>,
     spool: Arc<Mutex<Spool>>,
     new_lines: Arc<Notify>,
 ) {
@@ -159,6 +212,11 @@ async fn write_loop(
         let dirty = spool.lock().expect("spool lock").needs_sync();
         let got = if dirty {
             tokio::select! {
+                Some(done) = flush.recv() => {
+                    flush_now(&mut rx, &mut chunk, &spool, &new_lines);
+                    let _ = done.send(());
+                    continue;
+                }
                 r = rx.recv_many(&mut chunk, WRITE_CHUNK) => r,
                 _ = tokio::time::sleep(SYNC_EVERY) => {
                     if let Err(e) = spool.lock().expect("spool lock").sync() {
@@ -168,7 +226,14 @@ async fn write_loop(
                 }
             }
         } else {
-            rx.recv_many(&mut chunk, WRITE_CHUNK).await
+            tokio::select! {
+                Some(done) = flush.recv() => {
+                    flush_now(&mut rx, &mut chunk, &spool, &new_lines);
+                    let _ = done.send(());
+                    continue;
+                }
+                r = rx.recv_many(&mut chunk, WRITE_CHUNK) => r,
+            }
         };
         if got == 0 {
             let _ = spool.lock().expect("spool lock").sync();
@@ -181,5 +246,40 @@ async fn write_loop(
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         new_lines.notify_one();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Records queued just before the agent stops reach the disk: after `flush` the spool
+    /// holds every one of them, synced.
+    #[tokio::test(flavor = "current_thread")]
+    async fn flush_writes_every_queued_record_to_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let pipeline = LogPipeline::start(dir.path(), 64 << 20).unwrap();
+        let sink = pipeline.sink();
+        // The writer task has not run yet on this single-threaded runtime: all 5,000 are
+        // still in the queue when the flush is asked for.
+        for i in 0..5_000 {
+            sink.system(format!("line {i}"));
+        }
+        assert_eq!(pipeline.stats().last_seq, 0, "written before the flush");
+        assert!(
+            pipeline.flush(Duration::from_secs(10)).await,
+            "flush timed out"
+        );
+        let stats = pipeline.stats();
+        assert_eq!(stats.last_seq, 5_000);
+        assert!(!pipeline.spool.lock().unwrap().needs_sync(), "not synced");
+        let lines = pipeline
+            .spool
+            .lock()
+            .unwrap()
+            .read_after(0, 10_000, 64 << 20)
+            .unwrap();
+        assert_eq!(lines.len(), 5_000);
+        assert_eq!(lines.last().unwrap().message, "line 4999");
     }
 }

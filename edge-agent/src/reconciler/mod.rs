@@ -224,6 +224,8 @@ pub struct ReconcilerStatus {
 #[derive(Clone)]
 pub struct Reconciler {
     inner: Arc<Inner>,
+    /// Fires once the actor loop has returned (after shutdown).
+    stopped: watch::Receiver<bool>,
 }
 
 struct Inner {
@@ -317,8 +319,20 @@ impl Reconciler {
             last_running: Mutex::new(HashMap::new()),
             shutdown,
         });
-        tokio::spawn(inner.clone().run(cmd_rx));
-        Ok(Reconciler { inner })
+        let (done, stopped) = watch::channel(false);
+        let actor = inner.clone();
+        tokio::spawn(async move {
+            actor.run(cmd_rx).await;
+            let _ = done.send(true);
+        });
+        Ok(Reconciler { inner, stopped })
+    }
+
+    /// Waits until the actor loop has stopped (after the shutdown token fired): its
+    /// current step finished or was dropped at a safe point.
+    pub async fn stopped(&self) {
+        let mut s = self.stopped.clone();
+        let _ = s.wait_for(|done| *done).await;
     }
 
     /// Journals `target` durably and wakes the loop; returns before anything runs.
