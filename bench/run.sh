@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Side-by-side benchmark: direct nginx vs. our tunnel (gateway + edge-agent)
+# Side-by-side benchmark: direct nginx vs. our tunnel (gateway + edge-agent,
+# over QUIC and over TLS on TCP, and the parent commit's QUIC-only binaries)
 # vs. rathole (tcp, noise) vs. bore, same nginx backend, same wrk/curl load,
 # one run on this machine. See bench/README.md.
 set -euo pipefail
@@ -7,7 +8,9 @@ set -euo pipefail
 # ---------------------------------------------------------------- settings --
 BENCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO_DIR="$(cd "$BENCH_DIR/.." && pwd)"
-BIN="${BIN:-$REPO_DIR/target/release}"
+BUILD_BIN="${CARGO_TARGET_DIR:-$REPO_DIR/target}/release"   # where `cargo build --release` puts them
+BIN="${BIN:-$BUILD_BIN}"          # our gateway + edge-agent
+PARENT_BIN="${PARENT_BIN:-}"      # the parent commit's gateway + edge-agent (tunnel-parent)
 TOOLS_BIN="${TOOLS_BIN:-$BENCH_DIR/.tools/bin}"
 RATHOLE="${RATHOLE:-$TOOLS_BIN/rathole}"
 BORE="${BORE:-$TOOLS_BIN/bore}"
@@ -20,13 +23,15 @@ BULK_N="${BULK_N:-20}"            # sequential 10 MiB downloads per setup (media
 READY_TIMEOUT="${READY_TIMEOUT:-30}"  # seconds to wait for a setup to serve 200
 NGINX_WORKERS="${NGINX_WORKERS:-1}"
 SKIP_BUILD="${SKIP_BUILD:-0}"
-ONLY="${ONLY:-direct,tunnel,rathole-tcp,rathole-noise,bore}"  # comma list
+DEFAULT_ONLY="direct,tunnel,tunnel-tcp,rathole-tcp,rathole-noise,bore"
+[[ -n "$PARENT_BIN" ]] && DEFAULT_ONLY="direct,tunnel,tunnel-tcp,tunnel-parent,rathole-tcp,rathole-noise,bore"
+ONLY="${ONLY:-$DEFAULT_ONLY}"     # comma list
 KEEP_TMP="${KEEP_TMP:-0}"
 export RUST_LOG="${RUST_LOG:-warn}"   # same log level for every Rust tool
 
 BULK_BYTES=$((10 * 1024 * 1024))
 DOMAIN="devices.localhost"
-RESULTS_DIR="$BENCH_DIR/results"
+RESULTS_DIR="${RESULTS_DIR:-$BENCH_DIR/results}"   # latest.md goes here
 
 exec 3>&2   # original stderr: log() keeps working inside redirected functions/traps
 log()  { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&3; }
@@ -39,6 +44,9 @@ done
   || die "DURATION and BULK_N must be positive integers"
 
 want() { [[ ",$ONLY," == *",$1,"* ]]; }
+if [[ -z "$PARENT_BIN" ]] && ! want tunnel-parent; then
+  log "tunnel-parent not run: PARENT_BIN is not set (see bench/README.md)"
+fi
 
 # ------------------------------------------------------ process management --
 TMP="$(mktemp -d /tmp/tunnel-bench.XXXXXX)"
@@ -114,15 +122,24 @@ show_logs() {  # show_logs NAME... : dump log tails on failure
 
 # -------------------------------------------------------------------- ports --
 USED_PORTS=" "
-port_free() {
+# Pick below the kernel's ephemeral range: a port in it can be taken between
+# the check and the bind by the local end of an outgoing connection (wrk,
+# curl, the agents, nginx upstreams) or still be held in TIME_WAIT, and then
+# a server fails with "Address already in use".
+PORT_LO=20000 PORT_HI=59999
+if read -r eph_lo _ </proc/sys/net/ipv4/ip_local_port_range 2>/dev/null &&
+    [[ "$eph_lo" =~ ^[0-9]+$ ]] && ((eph_lo - 1 - 10000 >= 2000)); then
+  PORT_LO=10000 PORT_HI=$((eph_lo - 1))
+fi
+port_free() {  # no TCP or UDP socket in any state (listening, connected, TIME_WAIT) on port $1
   [[ "$USED_PORTS" != *" $1 "* ]] &&
-    [[ -z "$(ss -Htln "sport = :$1" 2>/dev/null)" ]] &&
-    [[ -z "$(ss -Hlun "sport = :$1" 2>/dev/null)" ]]
+    [[ -z "$(ss -Htan "sport = :$1" 2>/dev/null)" ]] &&
+    [[ -z "$(ss -Huan "sport = :$1" 2>/dev/null)" ]]
 }
-free_port() {  # free_port VAR: random high port free for TCP and UDP, reserved
+free_port() {  # free_port VAR: random port free for TCP and UDP, reserved
   local p i
   for i in $(seq 1 200); do
-    p=$((20000 + RANDOM % 40000))
+    p=$((PORT_LO + (RANDOM * 32768 + RANDOM) % (PORT_HI - PORT_LO + 1)))
     if port_free "$p"; then USED_PORTS+="$p "; printf -v "$1" '%s' "$p"; return 0; fi
   done
   die "no free port found"
@@ -210,13 +227,15 @@ skip() {  # skip NAME REASON
 }
 
 # ------------------------------------------------------------------- build --
-if want tunnel && [[ "$SKIP_BUILD" != 1 ]]; then
-  if [[ -f "$REPO_DIR/Cargo.toml" ]]; then
-    log "building gateway + edge-agent (release)"
-    run_fg nice -n 19 cargo build --manifest-path "$REPO_DIR/Cargo.toml" --release -p gateway -p edge-agent \
-      || die "cargo build failed (use SKIP_BUILD=1 to bench existing binaries)"
-  else
+if { want tunnel || want tunnel-tcp; } && [[ "$SKIP_BUILD" != 1 ]]; then
+  if [[ ! -f "$REPO_DIR/Cargo.toml" ]]; then
     log "no $REPO_DIR/Cargo.toml yet; not building"
+  elif [[ "$(cd "$BIN" 2>/dev/null && pwd || echo "$BIN")" != "$(cd "$BUILD_BIN" 2>/dev/null && pwd || echo "$BUILD_BIN")" ]]; then
+    log "BIN=$BIN is not the build output ($BUILD_BIN); not building (benching the binaries in BIN)"
+  else
+    log "building gateway + edge-agent (release)"
+    run_fg nice -n 19 cargo build --manifest-path "$REPO_DIR/Cargo.toml" --release -p gateway -p edge-agent --bins \
+      || die "cargo build failed (use SKIP_BUILD=1 to bench existing binaries)"
   fi
 fi
 
@@ -268,40 +287,92 @@ if want direct; then
 fi
 
 # ---------------------------------------------------------- b) our tunnel ---
+# has_flag BINARY SUBCOMMAND FLAG: does `BINARY SUBCOMMAND --help` list FLAG?
+has_flag() {
+  local help
+  help="$(timeout 10 "$1" "$2" --help 2>/dev/null)" || true
+  [[ "$help" == *"$3"* ]]
+}
+
+# tunnel_transport PORT: which transport the agent's tunnel to PORT uses, seen
+# from the sockets: an established TCP connection to PORT is TLS over TCP,
+# none is QUIC (UDP; quinn's sockets are not connected, so ss cannot see them).
+tunnel_transport() {
+  if [[ -n "$(ss -Htn state established "dport = :$1" 2>/dev/null)" ]]; then echo tcp; else echo quic; fi
+}
+
+# bench_tunnel NAME BINDIR quic|tcp|default : gateway serve + device add +
+# edge-agent run from BINDIR. `default` passes no --transport (for binaries
+# that have no such flag, like the parent commit's QUIC-only agent).
 bench_tunnel() {
-  local mark=${#PIDS[@]} http_port tun_port d="$TMP/tunnel" uuid
+  local name="$1" bindir="$2" transport="$3" mark=${#PIDS[@]} http_port tun_port d="$TMP/$1" uuid seen
+  local -a agent_args=()
   mkdir -p "$d"
+  if [[ "$transport" != default ]]; then
+    if ! has_flag "$bindir/edge-agent" run --transport; then
+      skip "$name" "$bindir/edge-agent run has no --transport flag (binaries from before the transport seam?)"
+      return 0
+    fi
+    agent_args=(--transport "$transport")
+  fi
+  # free_port checks TCP and UDP: the gateway's TCP tunnel listener
+  # (--tunnel-tcp-listen) defaults to the UDP tunnel's address and port, and
+  # the agent's --gateway-tcp defaults to the same host:port as --gateway.
   free_port http_port; free_port tun_port
-  start gateway "$BIN/gateway" serve --data-dir "$d" --domain "$DOMAIN" \
+  start "$name-gateway" "$bindir/gateway" serve --data-dir "$d" --domain "$DOMAIN" \
     --http-listen "127.0.0.1:$http_port" --tunnel-listen "127.0.0.1:$tun_port" --api-listen 127.0.0.1:0
   sleep 0.5
-  kill -0 "$LAST_PID" 2>/dev/null || { show_logs gateway; skip tunnel "gateway serve exited"; stop_since "$mark"; return 0; }
-  if ! timeout 30 "$BIN/gateway" device add --data-dir "$d" --public-url \
+  kill -0 "$LAST_PID" 2>/dev/null || { show_logs "$name-gateway"; skip "$name" "gateway serve exited"; stop_since "$mark"; return 0; }
+  if ! timeout 30 "$bindir/gateway" device add --data-dir "$d" --public-url \
       --gateway "127.0.0.1:$tun_port" --out "$d/dev.toml" \
-      >"$TMP/device-add.out" 2>"$TMP/device-add.log"; then
-    cat "$TMP/device-add.out" >>"$TMP/device-add.log"
-    show_logs device-add gateway; skip tunnel "gateway device add failed"; stop_since "$mark"; return 0
+      >"$TMP/$name-device-add.out" 2>"$TMP/$name-device-add.log"; then
+    cat "$TMP/$name-device-add.out" >>"$TMP/$name-device-add.log"
+    show_logs "$name-device-add" "$name-gateway"; skip "$name" "gateway device add failed"; stop_since "$mark"; return 0
   fi
   # the device uuid is the last (non-empty) line of stdout
-  uuid="$(awk 'NF {l = $0} END {gsub(/[[:space:]]/, "", l); print tolower(l)}' "$TMP/device-add.out")"
+  uuid="$(awk 'NF {l = $0} END {gsub(/[[:space:]]/, "", l); print tolower(l)}' "$TMP/$name-device-add.out")"
   if [[ ! "$uuid" =~ ^[0-9a-f]{32}$ ]]; then
-    cat "$TMP/device-add.out" >>"$TMP/device-add.log"
-    show_logs device-add; skip tunnel "last stdout line of device add is not a 32-hex uuid: '$uuid'"
+    cat "$TMP/$name-device-add.out" >>"$TMP/$name-device-add.log"
+    show_logs "$name-device-add"; skip "$name" "last stdout line of device add is not a 32-hex uuid: '$uuid'"
     stop_since "$mark"; return 0
   fi
-  start edge-agent "$BIN/edge-agent" run --config "$d/dev.toml" --target "127.0.0.1:$NGINX_PORT" --local-api 127.0.0.1:0
+  # no proxy (HTTPS_PROXY is the agent's default CONNECT proxy for TCP), no EDGE_AGENT_* overrides
+  start "$name-edge-agent" env -u HTTPS_PROXY -u https_proxy -u EDGE_AGENT_TRANSPORT -u EDGE_AGENT_GATEWAY_TCP "$bindir/edge-agent" run --config "$d/dev.toml" \
+    --target "127.0.0.1:$NGINX_PORT" --local-api 127.0.0.1:0 "${agent_args[@]+"${agent_args[@]}"}"
   if ! wait_ready "http://127.0.0.1:$http_port/" "$uuid.$DOMAIN"; then
-    show_logs gateway edge-agent; skip tunnel "not ready"; stop_since "$mark"; return 0
+    show_logs "$name-gateway" "$name-edge-agent"; skip "$name" "not ready"; stop_since "$mark"; return 0
   fi
-  log "tunnel: gateway http 127.0.0.1:$http_port, tunnel 127.0.0.1:$tun_port (udp), device $uuid"
-  measure tunnel "http://127.0.0.1:$http_port" "$uuid.$DOMAIN"
+  seen="$(tunnel_transport "$tun_port")"
+  log "$name: gateway http 127.0.0.1:$http_port, tunnel 127.0.0.1:$tun_port, agent ${agent_args[*]:-(no --transport)}, tunnel is $seen, device $uuid"
+  if [[ "$transport" == default ]]; then transport=quic; fi
+  if [[ "$seen" != "$transport" ]]; then
+    show_logs "$name-edge-agent"; skip "$name" "agent should use $transport but its tunnel is $seen"
+    stop_since "$mark"; return 0
+  fi
+  measure "$name" "http://127.0.0.1:$http_port" "$uuid.$DOMAIN"
   stop_since "$mark"
 }
+have_bins() { [[ -x "$1/gateway" && -x "$1/edge-agent" ]]; }
 if want tunnel; then
-  if [[ -x "$BIN/gateway" && -x "$BIN/edge-agent" ]]; then
-    bench_tunnel
+  if have_bins "$BIN"; then
+    # --transport quic when the agent has it (its default, auto, could fall back to TCP)
+    if has_flag "$BIN/edge-agent" run --transport; then bench_tunnel tunnel "$BIN" quic
+    else bench_tunnel tunnel "$BIN" default; fi
   else
     skip tunnel "$BIN/gateway or $BIN/edge-agent not built yet"
+  fi
+fi
+if want tunnel-tcp; then
+  if have_bins "$BIN"; then bench_tunnel tunnel-tcp "$BIN" tcp
+  else skip tunnel-tcp "$BIN/gateway or $BIN/edge-agent not built yet"; fi
+fi
+if want tunnel-parent; then
+  if [[ -z "$PARENT_BIN" ]]; then
+    skip tunnel-parent "PARENT_BIN is not set"
+  elif have_bins "$PARENT_BIN"; then
+    bench_tunnel tunnel-parent "$PARENT_BIN" default
+  else
+    skip tunnel-parent "$PARENT_BIN/gateway or $PARENT_BIN/edge-agent missing"
   fi
 fi
 
@@ -360,7 +431,11 @@ done
 bench_bore() {
   local mark=${#PIDS[@]} pub
   # bore's control port is hard-coded to 7835 (no flag), so it must be free.
-  if ! port_free 7835; then skip bore "control port 7835 (hard-coded in bore) is in use"; return 0; fi
+  # Only a listener blocks it: bore binds with SO_REUSEADDR (tokio), and the
+  # previous run's accepted connections on 7835 may still be in TIME_WAIT.
+  if [[ -n "$(ss -Htln "sport = :7835" 2>/dev/null)" ]]; then
+    skip bore "control port 7835 (hard-coded in bore) is in use"; return 0
+  fi
   free_port pub
   start bore-server "$BORE" server --bind-addr 127.0.0.1 --min-port "$pub" --max-port "$pub"
   sleep 0.3
@@ -384,6 +459,8 @@ label() {
   case "$1" in
     direct) echo "direct nginx (limit)" ;;
     tunnel) echo "our tunnel (gateway+edge-agent, QUIC)" ;;
+    tunnel-tcp) echo "our tunnel (gateway+edge-agent, TLS over TCP)" ;;
+    tunnel-parent) echo "our tunnel, parent binaries (QUIC)" ;;
     rathole-tcp) echo "rathole (tcp)" ;;
     rathole-noise) echo "rathole (noise NK)" ;;
     bore) echo "bore" ;;
@@ -391,17 +468,39 @@ label() {
   esac
 }
 isnum() { [[ "$1" =~ ^[0-9]+([.][0-9]+)?$ ]]; }
-
-BASE="${RPS[rathole-tcp]:-}"
-TABLE="| setup | req/s | p99 (ms) | 10 MiB MB/s | ratio vs rathole-tcp req/s |
-|---|---:|---:|---:|---:|"
-for r in "${ROWS[@]+"${ROWS[@]}"}"; do
-  ratio="-"
-  if isnum "${RPS[$r]}" && isnum "$BASE" && awk -v b="$BASE" 'BEGIN {exit !(b > 0)}'; then
-    ratio="$(awk -v a="${RPS[$r]}" -v b="$BASE" 'BEGIN {printf "%.2fx", a / b}')"
+ratio() {  # ratio A B: "A/B" as 1.23x, or "-" when either is not a positive number
+  if isnum "$1" && isnum "$2" && awk -v b="$2" 'BEGIN {exit !(b > 0)}'; then
+    awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2fx", a / b}'
+  else
+    echo "-"
   fi
-  TABLE+=$'\n'"| $(label "$r") | ${RPS[$r]} | ${P99[$r]} | ${BULK[$r]} | $ratio |"
+}
+
+RT="rathole-tcp" RN="rathole-noise"
+TABLE="| setup | req/s | p99 (ms) | 10 MiB MB/s | req/s ÷ rathole-tcp | req/s ÷ rathole-noise |
+|---|---:|---:|---:|---:|---:|"
+for r in "${ROWS[@]+"${ROWS[@]}"}"; do
+  TABLE+=$'\n'"| $(label "$r") | ${RPS[$r]} | ${P99[$r]} | ${BULK[$r]} | $(ratio "${RPS[$r]}" "${RPS[$RT]:-}") | $(ratio "${RPS[$r]}" "${RPS[$RN]:-}") |"
 done
+
+# our tunnel rows against both rathole rows, on all three measures
+RATIOS=""
+for r in tunnel tunnel-tcp tunnel-parent; do
+  [[ -n "${RPS[$r]:-}" ]] || continue
+  RATIOS+=$'\n'"| $(label "$r") | $(ratio "${RPS[$r]}" "${RPS[$RT]:-}") | $(ratio "${RPS[$r]}" "${RPS[$RN]:-}") | $(ratio "${BULK[$r]}" "${BULK[$RT]:-}") | $(ratio "${BULK[$r]}" "${BULK[$RN]:-}") | $(ratio "${P99[$r]}" "${P99[$RT]:-}") | $(ratio "${P99[$r]}" "${P99[$RN]:-}") |"
+done
+if [[ -n "$RATIOS" ]]; then
+  RATIOS="| our tunnel vs rathole | req/s ÷ tcp | req/s ÷ noise | MB/s ÷ tcp | MB/s ÷ noise | p99 ÷ tcp | p99 ÷ noise |
+|---|---:|---:|---:|---:|---:|---:|$RATIOS"
+fi
+# this commit against the parent commit (both QUIC, and TCP against the parent's QUIC)
+VS_PARENT=""
+if [[ -n "${RPS[tunnel-parent]:-}" ]]; then
+  for r in tunnel tunnel-tcp; do
+    [[ -n "${RPS[$r]:-}" ]] || continue
+    VS_PARENT+="- $(label "$r") ÷ parent (QUIC): req/s $(ratio "${RPS[$r]}" "${RPS[tunnel-parent]}"), 10 MiB MB/s $(ratio "${BULK[$r]}" "${BULK[tunnel-parent]}"), p99 $(ratio "${P99[$r]}" "${P99[tunnel-parent]}")"$'\n'
+  done
+fi
 NOTES=""
 for r in "${ROWS[@]+"${ROWS[@]}"}"; do
   [[ -n "${NOTE[$r]:-}" ]] && NOTES+="- $(label "$r"): ${NOTE[$r]}"$'\n'
@@ -411,6 +510,8 @@ LOAD="wrk -t$THREADS -c$CONNS -d${DURATION}s --latency on a 1 KiB file (keep-ali
 
 echo
 echo "$TABLE"
+[[ -n "$RATIOS" ]] && { echo; echo "$RATIOS"; }
+[[ -n "$VS_PARENT" ]] && { echo; printf '%s' "$VS_PARENT"; }
 [[ -n "$NOTES" ]] && { echo; printf '%s' "$NOTES"; }
 echo
 echo "$LOAD"
@@ -421,6 +522,8 @@ mkdir -p "$RESULTS_DIR"
   echo
   echo "$TABLE"
   echo
+  [[ -n "$RATIOS" ]] && { echo "$RATIOS"; echo; }
+  [[ -n "$VS_PARENT" ]] && { printf '%s' "$VS_PARENT"; echo; }
   [[ -n "$NOTES" ]] && { echo "Notes:"; echo; printf '%s' "$NOTES"; echo; }
   echo "Load: $LOAD"
   echo
@@ -436,6 +539,7 @@ mkdir -p "$RESULTS_DIR"
   echo "rathole: $("$RATHOLE" --version 2>/dev/null | awk '/Build Version/ {print $NF; exit}' || true)"
   echo "bore:  $("$BORE" --version 2>/dev/null || echo n/a)"
   echo "BIN:   $BIN"
+  echo "PARENT_BIN: ${PARENT_BIN:-n/a}"
   echo '```'
 } >"$RESULTS_DIR/latest.md"
 log "wrote $RESULTS_DIR/latest.md"

@@ -201,4 +201,3 @@ fn guard_private(path: &Path) {
     #[cfg(not(unix))]
     let _ = path;
 }
-

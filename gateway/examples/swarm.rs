@@ -1,13 +1,20 @@
 //! Device swarm: registers N devices in a gateway's data dir and connects N real agents
-//! (each its own identity, UDP socket and QUIC connection) from this one process, then
-//! holds them idle. Used by `bench/idle.sh` to measure gateway memory per connected device.
+//! (each its own identity and connection: a UDP socket and QUIC, or a TCP socket and TLS)
+//! from this one process, then holds them idle. Used by `bench/idle.sh` to measure
+//! gateway memory per connected device.
 //!
 //! ```text
-//! cargo run --release -p gateway --example swarm -- DATA_DIR GATEWAY_ADDR COUNT [HOLD_SECS]
+//! [SWARM_TRANSPORT=quic|tcp|auto] \
+//!   cargo run --release -p gateway --example swarm -- DATA_DIR GATEWAY_ADDR COUNT [HOLD_SECS]
 //! ```
+//!
+//! `SWARM_TRANSPORT` is the agents' transport (`edge_agent::dial::TransportMode`), default
+//! `quic`. With `tcp` the agents dial TLS over TCP on the same `host:port` as
+//! `GATEWAY_ADDR` (the gateway's `--tunnel-tcp-listen` default).
 
 use std::time::{Duration, Instant};
 
+use edge_agent::dial::{Route, TransportMode};
 use edge_agent::{Agent, AgentConfig, AgentOptions, ConnState};
 use tokio_util::sync::CancellationToken;
 
@@ -22,6 +29,10 @@ async fn main() -> anyhow::Result<()> {
     let gateway = args[2].clone();
     let count: usize = args[3].parse()?;
     let hold: u64 = args.get(4).map(|s| s.parse()).transpose()?.unwrap_or(30);
+    let mode: TransportMode = std::env::var("SWARM_TRANSPORT")
+        .unwrap_or_else(|_| "quic".into())
+        .parse()
+        .map_err(|e: String| anyhow::anyhow!("SWARM_TRANSPORT: {e}"))?;
 
     let ca = certs::Ca::load_or_create(&data_dir)?;
     let store = gateway::store::Store::open(&data_dir).await?;
@@ -46,9 +57,17 @@ async fn main() -> anyhow::Result<()> {
 
     let shutdown = CancellationToken::new();
     let t1 = Instant::now();
+    eprintln!("connecting {count} agents over {mode} to {gateway}");
     let mut states = Vec::with_capacity(count);
     for cfg in configs {
-        let agent = Agent::new(cfg, AgentOptions::default())?;
+        let options = AgentOptions {
+            route: Route {
+                mode,
+                ..Route::default()
+            },
+            ..AgentOptions::default()
+        };
+        let agent = Agent::new(cfg, options)?;
         states.push(agent.state());
         tokio::spawn(agent.run(shutdown.clone()));
     }
@@ -59,7 +78,10 @@ async fn main() -> anyhow::Result<()> {
         )
         .await??;
     }
-    println!("connected {count} agents in {:.2?}", t1.elapsed());
+    println!(
+        "connected {count} agents over {mode} in {:.2?}",
+        t1.elapsed()
+    );
     tokio::time::sleep(Duration::from_secs(hold)).await;
     let connected = states
         .iter()
