@@ -33,9 +33,6 @@ pub enum AgentError {
     /// The configuration is unusable.
     #[error(transparent)]
     Config(#[from] ConfigError),
-    /// The local UDP socket could not be created.
-    #[error("cannot open UDP socket: {0}")]
-    Socket(std::io::Error),
     /// The local supervisor API could not listen.
     #[error("cannot serve the local supervisor API on {addr}: {source}")]
     LocalApi {

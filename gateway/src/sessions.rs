@@ -34,6 +34,9 @@ pub struct Session {
     /// session this one replaced, so that streams still draining on an old connection
     /// after a move count against the per-device limit (see [`Session::http_streams`]).
     device_http_streams: Arc<AtomicUsize>,
+    /// Other gateway-opened streams open on this connection (terminals): a moved-away
+    /// session lets them finish too.
+    open_other_streams: AtomicUsize,
     /// The agent process's instance id from its hello (`None` from older agents).
     pub instance: Option<String>,
     /// Where the tunnel comes from.
@@ -75,6 +78,7 @@ impl Session {
             kick: tokio::sync::Notify::new(),
             retarget: tokio::sync::Notify::new(),
             open_http_streams: AtomicUsize::new(0),
+            open_other_streams: AtomicUsize::new(0),
             device_http_streams: previous
                 .map(|p| Arc::clone(&p.device_http_streams))
                 .unwrap_or_default(),
@@ -101,9 +105,17 @@ impl Session {
         self.device_http_streams.load(Ordering::Relaxed)
     }
 
-    /// Number of public-URL streams open on this session's own connection.
-    pub(crate) fn own_http_streams(&self) -> usize {
+    /// Streams open on this session's own connection that a move lets finish: public-URL
+    /// streams and terminals.
+    pub(crate) fn streams_to_drain(&self) -> usize {
         self.open_http_streams.load(Ordering::Relaxed)
+            + self.open_other_streams.load(Ordering::Relaxed)
+    }
+
+    /// Counts a terminal stream on this connection until the guard drops.
+    pub(crate) fn hold_stream(self: &Arc<Self>) -> StreamHold {
+        self.open_other_streams.fetch_add(1, Ordering::AcqRel);
+        StreamHold(Arc::clone(self))
     }
 
     /// Counts one more `Http` stream unless `limit` are already open to the device. The
@@ -127,6 +139,16 @@ impl Drop for HttpStreamGuard {
     fn drop(&mut self) {
         self.0.open_http_streams.fetch_sub(1, Ordering::AcqRel);
         self.0.device_http_streams.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// One counted terminal stream of a session; uncounts it when dropped.
+#[derive(Debug)]
+pub(crate) struct StreamHold(Arc<Session>);
+
+impl Drop for StreamHold {
+    fn drop(&mut self) {
+        self.0.open_other_streams.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

@@ -83,6 +83,7 @@ pub(crate) async fn accept_tcp_loop(
     tasks: TaskTracker,
 ) {
     let mux = Arc::new(mux);
+    let pending = Arc::new(PendingHandshakes::default());
     loop {
         let (tcp, remote) = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -97,9 +98,17 @@ pub(crate) async fn accept_tcp_loop(
                 }
             },
         };
+        // A TCP connection costs a file descriptor before it proves anything: cap the
+        // ones still in their handshake, in all and per address, and close the rest at
+        // once. Devices that finished theirs are not counted.
+        let Some(slot) = pending.take(remote.ip()) else {
+            pending.refused(remote);
+            continue;
+        };
         let (ctx, tls, mux) = (Arc::clone(&ctx), Arc::clone(&tls), Arc::clone(&mux));
         tasks.spawn(async move {
-            let handshake = async {
+            let handshake = async move {
+                let _slot = slot;
                 let stream = transport::tls_tcp::accept_tls(tcp, |hello| {
                     let ours = hello.alpn().is_some_and(|mut offered| {
                         offered.any(|p| p == certs::ALPN || p == certs::PROVISION_ALPN)
@@ -111,6 +120,87 @@ pub(crate) async fn accept_tcp_loop(
             };
             serve_incoming(handshake, ctx, remote).await;
         });
+    }
+}
+
+/// TCP connections still in their TLS or multiplexer handshake, at most.
+const MAX_PENDING_TCP_HANDSHAKES: usize = 1024;
+/// The same, from one IP address. Devices behind one NAT share an address, but each
+/// finishes its handshake in a round trip or two, so only a flood fills this.
+const MAX_PENDING_TCP_HANDSHAKES_PER_IP: usize = 64;
+
+/// Counts TCP tunnel connections in their handshake.
+#[derive(Debug, Default)]
+struct PendingHandshakes {
+    per_ip: dashmap::DashMap<std::net::IpAddr, usize>,
+    total: std::sync::atomic::AtomicUsize,
+    /// When a refusal was last logged (milliseconds on `started`), to log one a second.
+    last_warned_ms: std::sync::atomic::AtomicU64,
+    started: std::sync::OnceLock<std::time::Instant>,
+}
+
+/// One counted handshake; uncounted when dropped.
+struct PendingSlot {
+    pending: Arc<PendingHandshakes>,
+    ip: std::net::IpAddr,
+}
+
+impl PendingHandshakes {
+    fn take(self: &Arc<Self>, ip: std::net::IpAddr) -> Option<PendingSlot> {
+        use std::sync::atomic::Ordering;
+        let total = self.total.fetch_add(1, Ordering::AcqRel);
+        let mut n = self.per_ip.entry(ip).or_insert(0);
+        if total >= MAX_PENDING_TCP_HANDSHAKES || *n >= MAX_PENDING_TCP_HANDSHAKES_PER_IP {
+            drop(n);
+            self.release(ip, false);
+            return None;
+        }
+        *n += 1;
+        Some(PendingSlot {
+            pending: Arc::clone(self),
+            ip,
+        })
+    }
+
+    /// Uncounts one handshake (`counted`: it had taken a per-address slot too).
+    fn release(&self, ip: std::net::IpAddr, counted: bool) {
+        use std::sync::atomic::Ordering;
+        self.total.fetch_sub(1, Ordering::AcqRel);
+        if counted {
+            self.per_ip.remove_if_mut(&ip, |_, n| {
+                *n -= 1;
+                *n == 0
+            });
+        } else {
+            self.per_ip.remove_if(&ip, |_, n| *n == 0);
+        }
+    }
+
+    /// Logs a refused connection, at most once a second.
+    fn refused(&self, remote: std::net::SocketAddr) {
+        use std::sync::atomic::Ordering;
+        let started = self.started.get_or_init(std::time::Instant::now);
+        let now = started.elapsed().as_millis() as u64;
+        let last = self.last_warned_ms.load(Ordering::Relaxed);
+        if (last == 0 || now >= last + 1_000)
+            && self
+                .last_warned_ms
+                .compare_exchange(last, now.max(1), Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            warn!(
+                %remote,
+                max = MAX_PENDING_TCP_HANDSHAKES,
+                max_per_ip = MAX_PENDING_TCP_HANDSHAKES_PER_IP,
+                "too many TCP tunnel handshakes in progress; closing new connections"
+            );
+        }
+    }
+}
+
+impl Drop for PendingSlot {
+    fn drop(&mut self) {
+        self.pending.release(self.ip, true);
     }
 }
 
@@ -460,7 +550,7 @@ async fn serve_session(
     if session.moved.load(std::sync::atomic::Ordering::Acquire) && conn.close_reason().is_none() {
         // Moved away: let the streams still open here finish (30 s at most).
         let deadline = tokio::time::Instant::now() + MOVE_DRAIN;
-        while session.own_http_streams() > 0 && tokio::time::Instant::now() < deadline {
+        while session.streams_to_drain() > 0 && tokio::time::Instant::now() < deadline {
             tokio::select! {
                 _ = conn.closed() => break,
                 _ = tokio::time::sleep(Duration::from_millis(100)) => {}

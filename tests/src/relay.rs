@@ -15,6 +15,9 @@ pub struct UdpRelay {
     /// Where the agent should dial.
     pub addr: SocketAddr,
     cut: Arc<AtomicBool>,
+    /// TCP: while set, nothing is read from the gateway's side, as from an agent that
+    /// stopped reading its socket.
+    stall: Arc<AtomicBool>,
     upstream: Arc<Mutex<SocketAddr>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -31,6 +34,7 @@ impl UdpRelay {
         let back = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
         let addr = front.local_addr().unwrap();
         let cut = Arc::new(AtomicBool::new(false));
+        let stall = Arc::new(AtomicBool::new(false));
         let upstream = Arc::new(Mutex::new(upstream));
         let client: Arc<Mutex<Option<SocketAddr>>> = Arc::new(Mutex::new(None));
         let t1 = {
@@ -75,20 +79,21 @@ impl UdpRelay {
             })
         };
         let t3 = {
-            let (cut, upstream) = (cut.clone(), upstream.clone());
+            let (cut, stall, upstream) = (cut.clone(), stall.clone(), upstream.clone());
             tokio::spawn(async move {
                 while let Ok((visitor, _)) = front_tcp.accept().await {
                     let to = *upstream.lock().unwrap();
-                    let cut = cut.clone();
+                    let (cut, stall) = (cut.clone(), stall.clone());
                     tokio::spawn(async move {
                         let Ok(gateway) = tokio::net::TcpStream::connect(to).await else {
                             return;
                         };
                         let (a_read, a_write) = visitor.into_split();
                         let (b_read, b_write) = gateway.into_split();
+                        let never = Arc::new(AtomicBool::new(false));
                         tokio::join!(
-                            pipe(a_read, b_write, cut.clone()),
-                            pipe(b_read, a_write, cut)
+                            pipe(a_read, b_write, cut.clone(), never),
+                            pipe(b_read, a_write, cut, stall)
                         );
                     });
                 }
@@ -97,6 +102,7 @@ impl UdpRelay {
         Self {
             addr,
             cut,
+            stall,
             upstream,
             tasks: vec![t1, t2, t3],
         }
@@ -108,21 +114,32 @@ impl UdpRelay {
         self.cut.store(cut, Ordering::Relaxed);
     }
 
+    /// TCP: stops reading what the gateway sends (`true`) so that the gateway's socket
+    /// fills up, or reads again. The agent's bytes still go through.
+    pub fn set_stall(&self, stall: bool) {
+        self.stall.store(stall, Ordering::Relaxed);
+    }
+
     /// Points the relay at a different gateway address (e.g. a restarted gateway).
     pub fn set_upstream(&self, upstream: SocketAddr) {
         *self.upstream.lock().unwrap() = upstream;
     }
 }
 
-/// Copies `from` to `to`, discarding what arrives while `cut`.
+/// Copies `from` to `to`, discarding what arrives while `cut`, reading nothing while
+/// `stall`.
 async fn pipe(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
     cut: Arc<AtomicBool>,
+    stall: Arc<AtomicBool>,
 ) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut buf = vec![0u8; 64 * 1024];
     loop {
+        while stall.load(Ordering::Relaxed) {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
         match from.read(&mut buf).await {
             Ok(0) | Err(_) => {
                 let _ = to.shutdown().await;

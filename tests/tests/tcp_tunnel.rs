@@ -253,3 +253,210 @@ async fn bad_peers_on_the_tcp_port_are_refused_and_others_keep_working() {
         TransportKind::Tcp
     );
 }
+
+/// An agent whose TCP socket stops being read (a wedged device, or a middlebox that
+/// holds the bytes) while a visitor uploads to it: the gateway's writes to it block, but
+/// nothing else does. Other devices on TCP keep answering, the stuck connection is closed
+/// once its keep-alives go unanswered, the visitor gets an end instead of a hang, and the
+/// device comes back when its socket is read again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_agent_that_stops_reading_is_dropped_and_others_keep_working() {
+    let gw = TestGateway::spawn().await;
+    let stuck_backend = Backend::spawn("stuck").await;
+    let steady_backend = Backend::spawn("steady").await;
+    let stuck = gw.add_device(true).await;
+    let steady = gw.add_device(true).await;
+    let stuck_id: protocol::DeviceUuid = stuck.uuid.parse().unwrap();
+    let relay = e2e_tests::relay::UdpRelay::start(gw.tunnel_tcp_addr).await;
+    let mut opts = on(TransportMode::Tcp, stuck_backend.addr);
+    opts.route.gateway_tcp = Some(relay.addr.to_string());
+    // The agent would notice its unanswered heartbeats and leave on its own; it is slow
+    // to here, so that what is tested is the gateway noticing.
+    opts.idle_timeout = Duration::from_secs(300);
+    let mut a = TestAgent::spawn_with(stuck.clone(), opts);
+    let mut b = TestAgent::spawn_with(steady.clone(), on(TransportMode::Tcp, steady_backend.addr));
+    a.connected().await;
+    b.connected().await;
+    let first = gw.sessions.get(&stuck_id).expect("online").id;
+
+    relay.set_stall(true);
+    // A 64 MiB upload to the stuck device: more than every window and socket buffer on
+    // the way, so the gateway's writes to that connection block.
+    let upload = {
+        let (addr, host) = (gw.http_addr, device_host(&stuck.uuid));
+        tokio::spawn(async move {
+            let req = http::Request::builder()
+                .method("POST")
+                .uri(format!("http://{addr}/count"))
+                .header("host", host)
+                .body(body(vec![b'u'; 64 << 20]))
+                .unwrap();
+            // An error page, or the connection closed: either is an end.
+            http_client().request(req).await.map(|r| r.status()).ok()
+        })
+    };
+    // Meanwhile the other device answers, again and again.
+    let stalled = std::time::Instant::now();
+    let dropped = eventually(Duration::from_secs(60), || async {
+        let (s, body) = get(&gw, &steady.uuid).await;
+        assert_eq!((s, &body[..]), (StatusCode::OK, &b"hello from steady"[..]));
+        (gw.sessions.get(&stuck_id).map(|s| s.id) != Some(first)).then_some(())
+    })
+    .await;
+    assert!(
+        dropped.is_some(),
+        "the gateway kept a connection whose peer stopped reading"
+    );
+    eprintln!(
+        "stuck connection dropped {:?} after the stall",
+        stalled.elapsed()
+    );
+    let status = tokio::time::timeout(Duration::from_secs(60), upload)
+        .await
+        .expect("the visitor's upload hangs after its device was dropped")
+        .unwrap();
+    assert!(
+        status.is_none_or(|s| s.is_server_error()),
+        "upload to a stuck device: {status:?}"
+    );
+
+    // Read again: the device reconnects and serves.
+    relay.set_stall(false);
+    let back = eventually(Duration::from_secs(60), || async {
+        let (s, body) = get(&gw, &stuck.uuid).await;
+        (s == StatusCode::OK && &body[..] == b"hello from stuck").then_some(())
+    })
+    .await;
+    assert!(back.is_some(), "the device did not come back");
+}
+
+/// A flood of TCP connections that never start their handshake, from one address: the
+/// gateway holds at most its per-address share of them open (64) and closes the rest at
+/// once, so they cannot eat its file descriptors; a device elsewhere still connects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn idle_tcp_handshakes_from_one_address_are_capped() {
+    const FLOOD: usize = 200;
+    let gw = TestGateway::spawn().await;
+    let backend = Backend::spawn("elsewhere").await;
+    let mut flood = Vec::with_capacity(FLOOD);
+    for _ in 0..FLOOD {
+        let s = tokio::net::TcpSocket::new_v4().unwrap();
+        s.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        flood.push(s.connect(gw.tunnel_tcp_addr).await.unwrap());
+    }
+    // Closed at once (an end or a reset), or held waiting for a ClientHello.
+    let held = futures_util::future::join_all(flood.iter_mut().map(|s| async move {
+        let mut buf = [0u8; 16];
+        tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf))
+            .await
+            .is_err()
+    }))
+    .await
+    .into_iter()
+    .filter(|h| *h)
+    .count();
+    assert!(
+        (1..=64).contains(&held),
+        "{held} of {FLOOD} idle connections from one address held open"
+    );
+
+    // A device from another address connects over TCP while the flood holds its share.
+    let device = gw.add_device(true).await;
+    let uuid = device.uuid.clone();
+    let mut agent = TestAgent::spawn_with(device, on(TransportMode::Tcp, backend.addr));
+    agent.connected().await;
+    let (s, body) = get(&gw, &uuid).await;
+    assert_eq!(
+        (s, &body[..]),
+        (StatusCode::OK, &b"hello from elsewhere"[..])
+    );
+    drop(flood);
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Types `input` into the terminal and waits (20 s) for `want` in its output.
+async fn type_and_wait(ws: &mut Ws, input: &str, want: &str) -> Result<(), String> {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    ws.send(Message::Binary(input.as_bytes().to_vec().into()))
+        .await
+        .map_err(|e| format!("send: {e}"))?;
+    let mut out = String::new();
+    let got = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(Ok(m)) = ws.next().await {
+            if let Message::Binary(b) = m {
+                out.push_str(&String::from_utf8_lossy(&b));
+                if out.contains(want) {
+                    return true;
+                }
+            }
+        }
+        false
+    })
+    .await;
+    match got {
+        Ok(true) => Ok(()),
+        _ => Err(format!("no {want:?} in the terminal's output: {out:?}")),
+    }
+}
+
+/// A terminal opened while the device is on the TCP fallback keeps working after the
+/// device moves back to QUIC: the old connection stays up for the streams still open on
+/// it (terminals as well as public-URL streams), while new ones use the new connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_terminal_open_on_tcp_survives_the_move_back_to_quic() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let gw = TestGateway::spawn().await;
+    let (_, operator, _) = tokens(&gw).await;
+    let backend = Backend::spawn("mover").await;
+    let device = gw.add_device(true).await;
+    let uuid = device.uuid.clone();
+    let id: protocol::DeviceUuid = uuid.parse().unwrap();
+    let relay = e2e_tests::relay::UdpRelay::start(gw.tunnel_addr).await;
+    relay.set_cut(true);
+    let mut opts = on(TransportMode::Auto, backend.addr);
+    opts.route.gateway_tcp = Some(gw.tunnel_tcp_addr.to_string());
+    opts.terminal.shell = Some("/bin/sh".into());
+    let mut cfg = device;
+    cfg.gateway = relay.addr.to_string();
+    let mut agent = TestAgent::spawn_with(cfg, opts);
+    agent.connected().await;
+    let kind = |k| gw.sessions.get(&id).map(|s| s.conn.stats().kind) == Some(k);
+    assert!(kind(TransportKind::Tcp), "not on the TCP fallback");
+
+    let url = format!(
+        "ws://{}/v1/devices/{uuid}/terminal?cols=80&rows=24",
+        gw.api_addr
+    );
+    let mut req = url.into_client_request().unwrap();
+    req.headers_mut().insert(
+        "authorization",
+        format!("Bearer {operator}").parse().unwrap(),
+    );
+    let (mut ws, _): (Ws, _) = tokio::time::timeout(
+        Duration::from_secs(20),
+        tokio_tungstenite::connect_async(req),
+    )
+    .await
+    .expect("terminal did not open within 20 s")
+    .expect("terminal refused");
+    type_and_wait(&mut ws, "echo $((6*7))\r", "42")
+        .await
+        .unwrap();
+
+    relay.set_cut(false);
+    let moved = eventually(Duration::from_secs(60), || async {
+        kind(TransportKind::Quic).then_some(())
+    })
+    .await;
+    assert!(moved.is_some(), "the agent never moved back to QUIC");
+    // The public URL is served on the new connection...
+    let (s, body) = get(&gw, &uuid).await;
+    assert_eq!((s, &body[..]), (StatusCode::OK, &b"hello from mover"[..]));
+    // ...and the terminal, still on the old one, answers.
+    type_and_wait(&mut ws, "echo $((7*8))\r", "56")
+        .await
+        .expect("the terminal was cut by the move");
+}

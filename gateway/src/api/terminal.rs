@@ -294,7 +294,7 @@ async fn relay(
     let (mut ws_tx, mut ws_rx) = socket.split();
     let end = match open_stream(&st, uuid, &header).await {
         Err(message) => End::Error(message),
-        Ok((mut send, recv)) => {
+        Ok((mut send, recv, _hold)) => {
             let mut reader = FrameReader::new(recv, MAX_DATA_FRAME);
             // Last activity in either direction, as ms since `started`.
             let last = std::sync::atomic::AtomicU64::new(0);
@@ -479,7 +479,14 @@ async fn open_stream(
     st: &ApiState,
     uuid: DeviceUuid,
     header: &TerminalHeader,
-) -> Result<(transport::SendStream, transport::RecvStream), String> {
+) -> Result<
+    (
+        transport::SendStream,
+        transport::RecvStream,
+        crate::sessions::StreamHold,
+    ),
+    String,
+> {
     let session = st
         .sessions
         .get(&uuid)
@@ -489,13 +496,16 @@ async fn open_stream(
         .open_bi()
         .await
         .map_err(|e| format!("cannot open a stream to the device: {e}"))?;
+    // Counted on this connection: if the device moves to a new one meanwhile, the old
+    // one stays up until this terminal ends (30 s at most).
+    let hold = session.hold_stream();
     let bytes = StreamHeader::Terminal(header.to_map())
         .to_vec()
         .map_err(|e| e.to_string())?;
     send.write_all(&bytes)
         .await
         .map_err(|e| format!("cannot reach the device: {e}"))?;
-    Ok((send, recv))
+    Ok((send, recv, hold))
 }
 
 async fn page(uuid: Result<Path<String>, PathRejection>) -> Response {
