@@ -5,6 +5,53 @@ use std::time::Duration;
 
 pub use certs::device_file::{AgentConfig, ConfigError};
 
+/// How chatty the idle tunnel may be: the keep-alive cadence, which trades idle traffic
+/// for how fast a dead peer is noticed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Link {
+    /// A keep-alive every second: a restarted gateway is noticed within about a second,
+    /// a dead device within about 4 s. About 10 MB a day of idle traffic on QUIC
+    /// (measured in BENCHMARKS.md).
+    #[default]
+    Normal,
+    /// A keep-alive every 60 s, for links billed by the byte: under 1 MB a day idle on
+    /// QUIC, but a restarted gateway is noticed only at the next keep-alive (up to 60 s),
+    /// a dead device after about 3 minutes, and a NAT that forgets its mapping sooner
+    /// than 60 s leaves the device unreachable until the next one.
+    Metered,
+}
+
+impl Link {
+    /// Keep-alive interval and idle timeout of this profile.
+    pub fn timers(self) -> (Duration, Duration) {
+        match self {
+            Link::Normal => (Duration::from_secs(1), Duration::from_secs(15)),
+            Link::Metered => (Duration::from_secs(60), Duration::from_secs(200)),
+        }
+    }
+}
+
+impl std::str::FromStr for Link {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "normal" => Ok(Link::Normal),
+            "metered" => Ok(Link::Metered),
+            other => Err(format!("unknown link {other:?}: use normal or metered")),
+        }
+    }
+}
+
+impl std::fmt::Display for Link {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Link::Normal => "normal",
+            Link::Metered => "metered",
+        })
+    }
+}
+
 /// Runtime knobs of the agent. Every field has a sane default.
 #[derive(Debug, Clone)]
 pub struct AgentOptions {
@@ -18,8 +65,8 @@ pub struct AgentOptions {
     pub stable_after: Duration,
     /// Transport keep-alive interval. Default is 1 s: a restarted gateway answers the next
     /// keep-alive with a stateless reset, so the device is back within about a second,
-    /// and the gateway declares a device dead after three missed ones. About 10 MB a day
-    /// of idle traffic; raise it on metered links.
+    /// and the gateway declares a device dead after three missed ones. See [`Link`] for
+    /// the metered-link setting ([`AgentOptions::with_link`]).
     pub keep_alive: Duration,
     /// The connection counts as dead after this much silence. Default is 15 s.
     pub idle_timeout: Duration,
@@ -45,6 +92,14 @@ pub struct AgentOptions {
     pub route: crate::dial::Route,
 }
 
+impl AgentOptions {
+    /// These options with the keep-alive and idle timeout of `link`.
+    pub fn with_link(mut self, link: Link) -> Self {
+        (self.keep_alive, self.idle_timeout) = link.timers();
+        self
+    }
+}
+
 impl Default for AgentOptions {
     fn default() -> Self {
         Self {
@@ -52,8 +107,8 @@ impl Default for AgentOptions {
             backoff_base: Duration::from_millis(500),
             backoff_cap: Duration::from_secs(30),
             stable_after: Duration::from_secs(30),
-            keep_alive: Duration::from_secs(1),
-            idle_timeout: Duration::from_secs(15),
+            keep_alive: Link::Normal.timers().0,
+            idle_timeout: Link::Normal.timers().1,
             target_connect_timeout: Duration::from_secs(5),
             data_dir: None,
             hooks: None,
@@ -63,5 +118,28 @@ impl Default for AgentOptions {
             reconciler: None,
             route: Default::default(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn link_profiles_set_the_keep_alive_and_idle_timeout() {
+        let normal = AgentOptions::default();
+        assert_eq!(
+            (normal.keep_alive, normal.idle_timeout),
+            (Duration::from_secs(1), Duration::from_secs(15))
+        );
+        let metered = AgentOptions::default().with_link("metered".parse().unwrap());
+        assert_eq!(
+            (metered.keep_alive, metered.idle_timeout),
+            (Duration::from_secs(60), Duration::from_secs(200))
+        );
+        assert!("cellular"
+            .parse::<Link>()
+            .unwrap_err()
+            .contains("normal or metered"));
     }
 }

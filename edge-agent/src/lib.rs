@@ -19,7 +19,7 @@ pub mod provision;
 pub mod reconciler;
 pub mod tunnel;
 
-pub use config::{AgentConfig, AgentOptions, ConfigError};
+pub use config::{AgentConfig, AgentOptions, ConfigError, Link};
 pub use tunnel::{Agent, AgentError, ConnState};
 
 /// This agent's version, as announced to the gateway.

@@ -113,10 +113,15 @@ pub struct ServeConfig {
     /// the bound tunnel address (with this machine's hostname when bound to all
     /// interfaces).
     pub advertise_tunnel: Option<String>,
-    /// A silent tunnel is declared dead after this long. Default is 15 s.
+    /// A silent tunnel is declared dead after this long: TCP tunnels, and QUIC tunnels
+    /// of agents that do not announce their keep-alive. Default is 15 s. QUIC tunnels
+    /// accept the agent's own idle timeout up to 240 s (its metered-link setting uses
+    /// 200 s); the gateway calls a device dead after three of its keep-alives go missing.
     #[serde(deserialize_with = "de_duration")]
     pub idle_timeout: Duration,
-    /// QUIC keep-alive interval. Default is 5 s.
+    /// Keep-alive interval of TCP tunnels (HTTP/2 pings) and the heartbeat interval the
+    /// gateway asks agents for. Default is 5 s. On QUIC only the agent keeps the
+    /// tunnel alive.
     #[serde(deserialize_with = "de_duration")]
     pub keep_alive: Duration,
     /// A device that has not started answering a request within this time gets a 504.

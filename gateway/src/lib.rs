@@ -105,10 +105,7 @@ impl Gateway {
         let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
             .map_err(|e| GatewayError::Quic(e.to_string()))?;
         let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(quic));
-        server_config.transport_config(Arc::new(tunnel::transport_config(
-            cfg.keep_alive,
-            cfg.idle_timeout,
-        )));
+        server_config.transport_config(Arc::new(tunnel::transport_config(cfg.idle_timeout)));
         store.mark_all_offline().await?;
         let socket =
             transport::net::udp_socket(cfg.tunnel_listen).map_err(|source| GatewayError::Bind {

@@ -390,10 +390,13 @@ struct ServeArgs {
     /// tunnel address]
     #[arg(long)]
     advertise_tunnel: Option<String>,
-    /// A silent tunnel counts as dead after this long (500ms..=1d). [default: 15s]
+    /// A silent TCP tunnel counts as dead after this long (500ms..=1d); QUIC tunnels
+    /// take the agent's own idle timeout, up to 240 s or this if longer, and a device
+    /// is offline after three missed keep-alives. [default: 15s]
     #[arg(long, value_parser = duration_within(bounds::IDLE_TIMEOUT))]
     idle_timeout: Option<std::time::Duration>,
-    /// QUIC keep-alive interval, below --idle-timeout (10ms..=1d). [default: 5s]
+    /// Keep-alive (HTTP/2 ping) interval of TCP tunnels and the heartbeat interval asked
+    /// of agents, below --idle-timeout (10ms..=1d). [default: 5s]
     #[arg(long, value_parser = duration_within(bounds::KEEP_ALIVE))]
     keep_alive: Option<std::time::Duration>,
     /// Visitors get a 504 when the device has not answered within this time (1ms..=1d).

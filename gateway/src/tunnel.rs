@@ -627,9 +627,20 @@ async fn deliver_actions(
 }
 
 /// QUIC transport settings of the gateway side.
-pub(crate) fn transport_config(keep_alive: Duration, idle: Duration) -> quinn::TransportConfig {
+/// The QUIC idle timeout the gateway accepts at least, whatever `idle_timeout` says:
+/// room for an agent on a metered link (keep-alive 60 s, idle timeout 200 s). Each
+/// connection uses the lower of the two sides' values, so an agent with the normal
+/// profile still times out after its own 15 s, and the liveness watch (three missed
+/// keep-alives, from the agent's hello) notices a dead device long before either.
+pub(crate) const MIN_QUIC_IDLE: Duration = Duration::from_secs(240);
+
+/// The QUIC transport settings of the tunnel endpoint. The gateway sends no keep-alives
+/// of its own on QUIC: the agent's keep the path (and its NAT mapping) alive, and a
+/// gateway that pinged too would cost a metered device megabytes a day.
+pub(crate) fn transport_config(idle: Duration) -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
-    t.keep_alive_interval(Some(keep_alive));
+    t.keep_alive_interval(None);
+    let idle = idle.max(MIN_QUIC_IDLE);
     // QUIC encodes at most 2^62 ms. Config validation keeps the timeout within a day;
     // a longer one from elsewhere is capped rather than a panic.
     t.max_idle_timeout(Some(

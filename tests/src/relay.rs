@@ -18,6 +18,8 @@ pub struct UdpRelay {
     /// TCP: while set, nothing is read from the gateway's side, as from an agent that
     /// stopped reading its socket.
     stall: Arc<AtomicBool>,
+    /// UDP: datagrams and bytes relayed so far, agent to gateway and gateway to agent.
+    counts: Arc<[std::sync::atomic::AtomicU64; 4]>,
     upstream: Arc<Mutex<SocketAddr>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -35,15 +37,17 @@ impl UdpRelay {
         let addr = front.local_addr().unwrap();
         let cut = Arc::new(AtomicBool::new(false));
         let stall = Arc::new(AtomicBool::new(false));
+        let counts: Arc<[std::sync::atomic::AtomicU64; 4]> = Arc::new(Default::default());
         let upstream = Arc::new(Mutex::new(upstream));
         let client: Arc<Mutex<Option<SocketAddr>>> = Arc::new(Mutex::new(None));
         let t1 = {
-            let (front, back, cut, upstream, client) = (
+            let (front, back, cut, upstream, client, counts) = (
                 front.clone(),
                 back.clone(),
                 cut.clone(),
                 upstream.clone(),
                 client.clone(),
+                counts.clone(),
             );
             tokio::spawn(async move {
                 let mut buf = vec![0u8; 65536];
@@ -56,12 +60,14 @@ impl UdpRelay {
                         continue;
                     }
                     let to = *upstream.lock().unwrap();
+                    counts[0].fetch_add(1, Ordering::Relaxed);
+                    counts[1].fetch_add(n as u64, Ordering::Relaxed);
                     let _ = back.send_to(&buf[..n], to).await;
                 }
             })
         };
         let t2 = {
-            let cut = cut.clone();
+            let (cut, counts) = (cut.clone(), counts.clone());
             tokio::spawn(async move {
                 let mut buf = vec![0u8; 65536];
                 loop {
@@ -73,6 +79,8 @@ impl UdpRelay {
                     }
                     let to = *client.lock().unwrap();
                     if let Some(to) = to {
+                        counts[2].fetch_add(1, Ordering::Relaxed);
+                        counts[3].fetch_add(n as u64, Ordering::Relaxed);
                         let _ = front.send_to(&buf[..n], to).await;
                     }
                 }
@@ -103,6 +111,7 @@ impl UdpRelay {
             addr,
             cut,
             stall,
+            counts,
             upstream,
             tasks: vec![t1, t2, t3],
         }
@@ -118,6 +127,12 @@ impl UdpRelay {
     /// fills up, or reads again. The agent's bytes still go through.
     pub fn set_stall(&self, stall: bool) {
         self.stall.store(stall, Ordering::Relaxed);
+    }
+
+    /// UDP relayed so far: `(datagrams, bytes)` from the agent, and from the gateway.
+    pub fn udp_counts(&self) -> ((u64, u64), (u64, u64)) {
+        let c = |i: usize| self.counts[i].load(Ordering::Relaxed);
+        ((c(0), c(1)), (c(2), c(3)))
     }
 
     /// Points the relay at a different gateway address (e.g. a restarted gateway).
