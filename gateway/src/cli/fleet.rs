@@ -1,0 +1,116 @@
+//! `gateway fleet ...`: create, list, delete, pin fleets and set their public-URL default.
+
+use super::*;
+
+#[derive(Subcommand)]
+pub(super) enum FleetCommand {
+    /// List fleets.
+    List {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Create a fleet.
+    Create {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Fleet name.
+        name: String,
+        /// Devices that join this fleet get their public URL switched on.
+        #[arg(long)]
+        public_url_default: bool,
+    },
+    /// Delete an empty fleet.
+    Delete {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Fleet name.
+        name: String,
+    },
+    /// Pin the fleet to a release, or with no release, go back to tracking its latest.
+    Pin {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Fleet name.
+        name: String,
+        /// Release id.
+        release: Option<String>,
+    },
+    /// Switch the public URL of every device in the fleet (and the fleet's default).
+    PublicUrl {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Fleet name.
+        name: String,
+        /// on or off.
+        state: OnOff,
+    },
+}
+
+pub(super) async fn run(cmd: FleetCommand) -> anyhow::Result<()> {
+    match cmd {
+        FleetCommand::Pin { api, name, release } => {
+            crate::release_cli::pin(
+                &api.client(),
+                &format!("/v1/fleets/{name}/pin"),
+                release.as_deref(),
+            )
+            .await?;
+            match release {
+                Some(r) => println!("fleet {name} pinned to release {r}"),
+                None => println!("fleet {name} tracks its latest release again"),
+            }
+        }
+        FleetCommand::List { api } => {
+            let v = api.client().call(Method::GET, "/v1/fleets", None).await?;
+            println!("{:<24}  {:>7}  PUBLIC URL DEFAULT", "NAME", "DEVICES");
+            for f in v.as_array().into_iter().flatten() {
+                println!(
+                    "{:<24}  {:>7}  {}",
+                    f["name"].as_str().unwrap_or("?"),
+                    f["devices"],
+                    if f["public_url_default"] == true {
+                        "on"
+                    } else {
+                        "off"
+                    }
+                );
+            }
+        }
+        FleetCommand::Create {
+            api,
+            name,
+            public_url_default,
+        } => {
+            api.client()
+                .call(
+                    Method::POST,
+                    "/v1/fleets",
+                    Some(json!({"name": name, "public_url_default": public_url_default})),
+                )
+                .await?;
+            println!("fleet {name} created");
+        }
+        FleetCommand::Delete { api, name } => {
+            api.client()
+                .call(Method::DELETE, &format!("/v1/fleets/{name}"), None)
+                .await?;
+            println!("fleet {name} deleted");
+        }
+        FleetCommand::PublicUrl { api, name, state } => {
+            let v = api
+                .client()
+                .call(
+                    Method::PUT,
+                    &format!("/v1/fleets/{name}/public-url"),
+                    Some(json!({"enabled": state.enabled()})),
+                )
+                .await?;
+            println!(
+                "public URL {} for {} device(s) of fleet {name}, and for devices that join it later",
+                if state.enabled() { "on" } else { "off" },
+                v["devices_switched"]
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,405 @@
+//! The operator CLI: every `gateway` subcommand, one file per command group. The binary
+//! parses [`Cli`], sets up tracing and calls [`run`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use crate::api::auth::Role;
+use crate::client::ApiClient;
+use crate::config::{bounds, duration_within};
+use crate::{Gateway, ServeConfig};
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use http::Method;
+use protocol::DeviceUuid;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+mod bundles;
+mod device;
+mod fleet;
+mod keys;
+mod output;
+mod releases;
+mod serve;
+mod tokens;
+
+use bundles::BundleCommand;
+use device::{print_devices, DeviceCommand};
+use fleet::FleetCommand;
+use keys::KeyCommand;
+use output::{ago, human_secs};
+use releases::ReleaseCommand;
+use serve::ServeArgs;
+use tokens::TokenCommand;
+
+/// Gateway for fleets of devices behind NAT: devices dial in over one mutually
+/// authenticated QUIC tunnel each, and their web UIs are served at
+/// http://<uuid>.<domain>/.
+#[derive(Parser)]
+#[command(version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway: tunnel endpoint (UDP) and public HTTP router (TCP).
+    Serve(Box<ServeArgs>),
+    /// Manage devices in a gateway's data dir (works beside a running `serve`).
+    #[command(subcommand)]
+    Device(DeviceCommand),
+    /// Run a gateway, one agent and a sample device web app in one process, no root needed.
+    #[cfg(feature = "demo")]
+    Demo {
+        /// Public HTTP listener of the demo gateway.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        http_listen: SocketAddr,
+    },
+    /// List devices as a table (via the management API).
+    Devices {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Only devices of this fleet.
+        #[arg(long)]
+        fleet: Option<String>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Manage fleets (via the management API).
+    #[command(subcommand)]
+    Fleet(FleetCommand),
+    /// Manage API tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Manage fleet provisioning keys (via the management API).
+    #[command(subcommand)]
+    Key(KeyCommand),
+    /// Run an action on a device (via the management API): blink, reboot, shutdown,
+    /// restart, stop-service, start-service, purge, update, regenerate-api-key,
+    /// host-config. Offline devices get it when they reconnect (within --ttl).
+    Action {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Device uuid.
+        uuid: DeviceUuid,
+        /// The action.
+        action: String,
+        /// Override update locks, as balena's `force`.
+        #[arg(long)]
+        force: bool,
+        /// App id (restart, stop-service, start-service, purge).
+        #[arg(long)]
+        app: Option<u32>,
+        /// Service name (restart of one service, stop-service, start-service).
+        #[arg(long)]
+        service: Option<String>,
+        /// host-config: a JSON patch, e.g. '{"network":{"hostname":"kiosk-7"}}'.
+        #[arg(long)]
+        patch: Option<String>,
+        /// How long the action waits for an offline device (1s..=3650d).
+        #[arg(long, value_parser = duration_within(bounds::ACTION_TTL), default_value = "24h")]
+        ttl: std::time::Duration,
+        /// Return once queued instead of waiting for the result.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Print shell completions (bash, zsh, fish, elvish, powershell) to stdout, e.g.
+    /// `gateway completions bash > /etc/bash_completion.d/gateway`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Publish and list releases (compose files) of a fleet (via the management API).
+    #[command(subcommand)]
+    Release(ReleaseCommand),
+    /// Offline updates: write a release and its images into one file for
+    /// `edge-agent preload`.
+    #[command(subcommand)]
+    Bundle(BundleCommand),
+    /// Print a device's logs (via the management API); `-f` keeps following new lines,
+    /// across reconnects of the device or of this command.
+    Logs {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Device uuid.
+        uuid: DeviceUuid,
+        /// Keep printing new lines as they arrive.
+        #[arg(short = 'f', long)]
+        follow: bool,
+        /// Only this service's lines.
+        #[arg(long)]
+        service: Option<String>,
+        /// Lines from this long ago (`30s`, `15m`, `1h`, `7d`) or unix milliseconds.
+        #[arg(long, value_parser = crate::logs_cli::parse_since)]
+        since: Option<String>,
+        /// Only lines containing this text (ASCII case-insensitive).
+        #[arg(long)]
+        grep: Option<String>,
+        /// Print each line as JSON (balena's field names plus `id`, `seq`, `device`).
+        #[arg(long)]
+        json: bool,
+        /// Without --since: how many of the newest lines to print first.
+        #[arg(long, default_value_t = 100)]
+        tail: u32,
+    },
+    /// Open a shell on a device's host, or in one of its service containers, over its
+    /// tunnel (operator or admin token). Ctrl-C goes to the device; the remote exit status
+    /// becomes this command's exit status. Works with a non-terminal stdin too (scripted).
+    Ssh {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Device uuid.
+        uuid: DeviceUuid,
+        /// Service name: a shell in that service's running container instead of the host.
+        service: Option<String>,
+    },
+    /// Show the audit log, newest first (via the management API).
+    Audit {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// How many entries.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+}
+
+/// Where the management API is and how to authenticate.
+#[derive(Args)]
+struct ApiArgs {
+    /// Management API base URL.
+    #[arg(long, env = "GATEWAY_API", default_value = "http://127.0.0.1:8081")]
+    api: String,
+    /// API token (see `gateway token create`).
+    #[arg(long, env = "GATEWAY_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// CA certificate (PEM) that signed an https API's certificate.
+    #[arg(long, env = "GATEWAY_API_CA")]
+    api_ca: Option<PathBuf>,
+}
+
+impl ApiArgs {
+    fn client(&self) -> ApiClient {
+        let ca = self.api_ca.as_ref().map(|p| {
+            std::fs::read_to_string(p).unwrap_or_else(|e| {
+                eprintln!("Error: cannot read --api-ca {}: {e}", p.display());
+                std::process::exit(2)
+            })
+        });
+        ApiClient::with_ca(&self.api, self.token.clone(), ca.as_deref()).unwrap_or_else(|e| {
+            eprintln!("Error: {e}");
+            std::process::exit(2)
+        })
+    }
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum OnOff {
+    On,
+    Off,
+}
+
+impl OnOff {
+    fn enabled(self) -> bool {
+        matches!(self, Self::On)
+    }
+}
+
+/// Runs one parsed command to its end.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Device(cmd) => device::run(cmd).await?,
+        Command::Fleet(cmd) => fleet::run(cmd).await?,
+        Command::Bundle(cmd) => bundles::run(cmd).await?,
+        Command::Release(cmd) => releases::run(cmd).await?,
+        Command::Key(cmd) => keys::run(cmd).await?,
+        Command::Token(cmd) => tokens::run(cmd).await?,
+        Command::Serve(args) => {
+            // Before binding: every visitor and API connection costs a file descriptor.
+            transport::net::raise_fd_limit();
+            let cfg = (*args).into_config()?;
+            let gateway = Gateway::bind(cfg).await?;
+            let shutdown = CancellationToken::new();
+            tokio::spawn(signal_shutdown(shutdown.clone()));
+            gateway.run(shutdown).await?;
+        }
+        Command::Devices { api, fleet, json } => {
+            let path = match &fleet {
+                Some(f) => format!("/v1/devices?fleet={f}"),
+                None => "/v1/devices".to_string(),
+            };
+            let v = api.client().call(Method::GET, &path, None).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                print_devices(&v);
+            }
+        }
+        Command::Action {
+            api,
+            uuid,
+            action,
+            force,
+            app,
+            service,
+            patch,
+            ttl,
+            no_wait,
+        } => {
+            let mut params = serde_json::Map::new();
+            if let Some(a) = app {
+                params.insert("appId".into(), json!(a));
+            }
+            if let Some(s) = service {
+                params.insert("serviceName".into(), json!(s));
+            }
+            if let Some(p) = patch {
+                let v: serde_json::Value =
+                    serde_json::from_str(&p).context("--patch must be JSON")?;
+                params.insert("patch".into(), v);
+            }
+            let client = api.client();
+            let a = client
+                .call(
+                    Method::POST,
+                    &format!("/v1/devices/{uuid}/actions"),
+                    Some(json!({"action": action, "params": params, "force": force, "ttl_secs": ttl.as_secs().max(1)})),
+                )
+                .await?;
+            let id = a["id"].as_str().unwrap_or_default().to_string();
+            if a["device_online"] != true {
+                let until = a["expires_at"].as_i64().unwrap_or_default() - crate::store::now_unix();
+                println!(
+                    "device {uuid} is offline: {action} queued as {id}; it runs when the device reconnects within {}",
+                    human_secs(until)
+                );
+                return Ok(());
+            }
+            if no_wait {
+                println!("{id}");
+                return Ok(());
+            }
+            let frames = ['|', '/', '-', '\\'];
+            let mut i = 0;
+            let result = loop {
+                let v = client
+                    .call(Method::GET, &format!("/v1/actions/{id}"), None)
+                    .await?;
+                match v["status"].as_str() {
+                    Some("succeeded" | "failed" | "expired") => break v,
+                    status => {
+                        eprint!(
+                            "\r{} {action} on {uuid}: {}",
+                            frames[i % 4],
+                            status.unwrap_or("?")
+                        );
+                        i += 1;
+                        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                    }
+                }
+            };
+            eprint!("\r\x1b[K");
+            let detail = match &result["detail"] {
+                serde_json::Value::Null => String::new(),
+                serde_json::Value::String(s) => format!(": {s}"),
+                other => format!(": {other}"),
+            };
+            match result["status"].as_str() {
+                Some("succeeded") => println!("{action} on {uuid} succeeded{detail}"),
+                Some(status) => anyhow::bail!("{action} on {uuid} {status}{detail}"),
+                None => anyhow::bail!("unexpected answer {result}"),
+            }
+        }
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "gateway",
+                &mut std::io::stdout(),
+            );
+        }
+        Command::Logs {
+            api,
+            uuid,
+            follow,
+            service,
+            since,
+            grep,
+            json,
+            tail,
+        } => {
+            let args = crate::logs_cli::LogsArgs {
+                follow,
+                service,
+                since,
+                grep,
+                json,
+                tail,
+            };
+            crate::logs_cli::run(&api.client(), uuid, &args).await?;
+        }
+        Command::Ssh { api, uuid, service } => {
+            let ca = api.api_ca.as_ref().map(|p| {
+                std::fs::read_to_string(p)
+                    .with_context(|| format!("cannot read --api-ca {}", p.display()))
+            });
+            let ca = ca.transpose()?;
+            // Exit right here on every path: stdin is read on a blocking thread that a
+            // runtime shutdown would wait for (until the next key press).
+            match crate::ssh::run(
+                &api.api,
+                api.token.as_deref(),
+                ca.as_deref(),
+                uuid,
+                service.as_deref(),
+            )
+            .await
+            {
+                Ok(code) => std::process::exit(code),
+                Err(e) => {
+                    eprintln!("Error: {e}");
+                    std::process::exit(255)
+                }
+            }
+        }
+        Command::Audit { api, limit } => {
+            let v = api
+                .client()
+                .call(Method::GET, &format!("/v1/audit?limit={limit}"), None)
+                .await?;
+            for e in v.as_array().into_iter().flatten() {
+                println!(
+                    "{:>8}  {:<10}  {:<18}  {:<20}  {}  {}",
+                    e["seq"],
+                    e["at"].as_i64().map(ago).unwrap_or_default(),
+                    e["actor"].as_str().unwrap_or("?"),
+                    e["action"].as_str().unwrap_or("?"),
+                    e["target"].as_str().unwrap_or("?"),
+                    e["detail"]
+                );
+            }
+        }
+        #[cfg(feature = "demo")]
+        Command::Demo { http_listen } => {
+            let shutdown = CancellationToken::new();
+            tokio::spawn(signal_shutdown(shutdown.clone()));
+            crate::demo::run(http_listen, shutdown).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Cancels `token` on SIGINT or SIGTERM: the process's cancellation root.
+pub async fn signal_shutdown(token: CancellationToken) {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("install SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
+    token.cancel();
+}

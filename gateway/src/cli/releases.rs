@@ -1,0 +1,52 @@
+//! `gateway release ...`: publish, list and show releases.
+
+use super::*;
+
+#[derive(Subcommand)]
+pub(super) enum ReleaseCommand {
+    /// Publish a compose file as a new release of a fleet. Devices tracking the fleet's
+    /// latest release start updating at once.
+    Create {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// The fleet.
+        #[arg(long)]
+        fleet: String,
+        /// The compose file (services, volumes, networks; see docs/releases.md).
+        file: PathBuf,
+    },
+    /// List a fleet's releases, newest first.
+    List {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// The fleet.
+        #[arg(long)]
+        fleet: String,
+    },
+    /// Print a release's compose file.
+    Show {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Release id.
+        id: String,
+    },
+}
+
+pub(super) async fn run(cmd: ReleaseCommand) -> anyhow::Result<()> {
+    match cmd {
+        ReleaseCommand::Create { api, fleet, file } => {
+            crate::release_cli::create(&api.client(), &fleet, &file).await?;
+        }
+        ReleaseCommand::List { api, fleet } => {
+            crate::release_cli::list(&api.client(), &fleet).await?;
+        }
+        ReleaseCommand::Show { api, id } => {
+            let v = api
+                .client()
+                .call(Method::GET, &format!("/v1/releases/{id}"), None)
+                .await?;
+            print!("{}", v["compose"].as_str().unwrap_or_default());
+        }
+    }
+    Ok(())
+}

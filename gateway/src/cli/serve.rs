@@ -1,0 +1,159 @@
+//! `gateway serve`: its flags, read over the config file.
+
+use super::*;
+
+#[derive(Args)]
+pub(super) struct ServeArgs {
+    /// TOML file with any of the keys below (flags win over the file).
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Data dir: CA, tunnel certificate, database. [default: ./gateway-data]
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Devices are served at http://<uuid>.<domain>/. [default: devices.localhost]
+    #[arg(long)]
+    domain: Option<String>,
+    /// Public HTTP listener (TCP). [default: 0.0.0.0:80]
+    #[arg(long)]
+    http_listen: Option<SocketAddr>,
+    /// Tunnel listener (UDP, QUIC). [default: 0.0.0.0:443]
+    #[arg(long)]
+    tunnel_listen: Option<SocketAddr>,
+    /// Tunnel listener over TLS on TCP, for devices whose network blocks UDP.
+    /// [default: the --tunnel-listen address and port, on TCP]
+    #[arg(long)]
+    tunnel_tcp_listen: Option<SocketAddr>,
+    /// Management API listener (TCP). [default: 127.0.0.1:8081]
+    #[arg(long)]
+    api_listen: Option<SocketAddr>,
+    /// PEM certificate chain: serve the management API over HTTPS.
+    #[arg(long, requires = "api_tls_key")]
+    api_tls_cert: Option<PathBuf>,
+    /// PEM private key for --api-tls-cert.
+    #[arg(long, requires = "api_tls_cert")]
+    api_tls_key: Option<PathBuf>,
+    /// Tunnel address devices dial, written into provisioning keys. [default: the bound
+    /// tunnel address]
+    #[arg(long)]
+    advertise_tunnel: Option<String>,
+    /// A silent TCP tunnel counts as dead after this long (500ms..=1d); QUIC tunnels
+    /// take the agent's own idle timeout, up to 240 s or this if longer, and a device
+    /// is offline after three missed keep-alives. [default: 15s]
+    #[arg(long, value_parser = duration_within(bounds::IDLE_TIMEOUT))]
+    idle_timeout: Option<std::time::Duration>,
+    /// Keep-alive (HTTP/2 ping) interval of TCP tunnels and the heartbeat interval asked
+    /// of agents, below --idle-timeout (10ms..=1d). [default: 5s]
+    #[arg(long, value_parser = duration_within(bounds::KEEP_ALIVE))]
+    keep_alive: Option<std::time::Duration>,
+    /// Visitors get a 504 when the device has not answered within this time (1ms..=1d).
+    /// [default: 60s]
+    #[arg(long, value_parser = duration_within(bounds::UPSTREAM_TIMEOUT))]
+    upstream_timeout: Option<std::time::Duration>,
+    /// Visitors and API clients must send a complete request head within this time of
+    /// connecting (TLS handshake included), and between keep-alive requests (1ms..=1d).
+    /// [default: 10s]
+    #[arg(long, value_parser = duration_within(bounds::HEADER_READ_TIMEOUT))]
+    header_read_timeout: Option<std::time::Duration>,
+    /// Largest request head a visitor may send, in bytes (8192..=1048576). [default: 65536]
+    #[arg(long)]
+    max_header_bytes: Option<usize>,
+    /// Terminal sessions with no bytes either way for this long are closed (1s..=7d).
+    /// [default: 15m]
+    #[arg(long, value_parser = duration_within(bounds::TERMINAL_IDLE_TIMEOUT))]
+    terminal_idle_timeout: Option<std::time::Duration>,
+    /// A browser origin (e.g. https://console.example.com) whose pages may open the
+    /// terminal and log WebSockets besides the API's own; repeatable. [default: none]
+    #[arg(long = "allowed-origin", value_name = "ORIGIN")]
+    allowed_origins: Vec<String>,
+    /// A visitor's request body that sends nothing for this long is cut off (408, and the
+    /// stream to the device is reset) (1ms..=1d). [default: 30s]
+    #[arg(long, value_parser = duration_within(bounds::REQUEST_BODY_IDLE_TIMEOUT))]
+    request_body_idle_timeout: Option<std::time::Duration>,
+    /// Most public-URL streams open at once to one device; visitors over it get a 503
+    /// with Retry-After. At most 3840 (the agent's cap less room for terminals).
+    /// [default: 1024]
+    #[arg(long)]
+    max_streams_per_device: Option<usize>,
+    /// Open visitor connections at most, all clients together. [default: derived from the
+    /// file-descriptor limit, minus --api-max-connections and 256; 64 to 50000]
+    #[arg(long)]
+    max_connections: Option<usize>,
+    /// Open visitor connections at most from one client address (IPv6: one /64).
+    /// [default: 256]
+    #[arg(long)]
+    max_connections_per_ip: Option<usize>,
+    /// Open management API connections at most. [default: 256]
+    #[arg(long)]
+    api_max_connections: Option<usize>,
+    /// Open management API connections at most from one client address. [default: 64]
+    #[arg(long)]
+    api_max_connections_per_ip: Option<usize>,
+    /// Visitor and API connections with no request open for this long are closed
+    /// (1ms..=1d). [default: 60s]
+    #[arg(long, value_parser = duration_within(bounds::CONNECTION_IDLE_TIMEOUT))]
+    connection_idle_timeout: Option<std::time::Duration>,
+    /// Failed API token checks from one address before it gets 429 for a while (0: off).
+    /// [default: 10]
+    #[arg(long)]
+    auth_failures_before_backoff: Option<u32>,
+    /// First 429 window after too many failed token checks; doubles with each further
+    /// failure (1ms..=1d). [default: 1s]
+    #[arg(long, value_parser = duration_within(bounds::AUTH_BACKOFF))]
+    auth_backoff: Option<std::time::Duration>,
+    /// Longest 429 window; an address quiet this long is forgotten (1ms..=1d).
+    /// [default: 5m]
+    #[arg(long, value_parser = duration_within(bounds::AUTH_BACKOFF))]
+    auth_backoff_max: Option<std::time::Duration>,
+}
+
+impl ServeArgs {
+    pub(super) fn into_config(self) -> anyhow::Result<ServeConfig> {
+        let mut cfg = match &self.config {
+            Some(path) => ServeConfig::load(path)?,
+            None => ServeConfig::default(),
+        };
+        macro_rules! apply {
+            ($($field:ident),*) => { $( if let Some(v) = self.$field { cfg.$field = v; } )* };
+        }
+        if self.advertise_tunnel.is_some() {
+            cfg.advertise_tunnel = self.advertise_tunnel;
+        }
+        if self.tunnel_tcp_listen.is_some() {
+            cfg.tunnel_tcp_listen = self.tunnel_tcp_listen;
+        }
+        if self.api_tls_cert.is_some() {
+            cfg.api_tls_cert = self.api_tls_cert;
+            cfg.api_tls_key = self.api_tls_key;
+        }
+        if !self.allowed_origins.is_empty() {
+            cfg.allowed_origins = self.allowed_origins;
+        }
+        apply!(
+            data_dir,
+            domain,
+            http_listen,
+            tunnel_listen,
+            api_listen,
+            idle_timeout,
+            keep_alive,
+            upstream_timeout,
+            header_read_timeout,
+            max_header_bytes,
+            terminal_idle_timeout,
+            request_body_idle_timeout,
+            max_streams_per_device,
+            max_connections_per_ip,
+            api_max_connections,
+            api_max_connections_per_ip,
+            connection_idle_timeout,
+            auth_failures_before_backoff,
+            auth_backoff,
+            auth_backoff_max
+        );
+        if self.max_connections.is_some() {
+            cfg.max_connections = self.max_connections;
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}

@@ -1,0 +1,75 @@
+//! `gateway token ...`: API tokens.
+
+use super::*;
+
+#[derive(Subcommand)]
+pub(super) enum TokenCommand {
+    /// Create a token offline in a data dir (bootstraps the first admin; works beside a
+    /// running `serve`). Prints the token once.
+    Create {
+        /// The gateway's data dir.
+        #[arg(long, default_value = "./gateway-data")]
+        data_dir: PathBuf,
+        /// viewer (read), operator (act on devices) or admin (manage fleets and tokens).
+        #[arg(long)]
+        role: String,
+        /// A label for the token.
+        #[arg(long, default_value = "cli")]
+        name: String,
+    },
+    /// List tokens (never their secrets).
+    List {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Revoke a token by id.
+    Revoke {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Token id (as listed).
+        id: String,
+    },
+}
+
+pub(super) async fn run(cmd: TokenCommand) -> anyhow::Result<()> {
+    match cmd {
+        TokenCommand::Create {
+            data_dir,
+            role,
+            name,
+        } => {
+            let role = Role::parse(&role).with_context(|| {
+                format!("--role must be viewer, operator or admin, not {role:?}")
+            })?;
+            let (id, token) = crate::create_token(&data_dir, role, &name).await?;
+            eprintln!(
+                "token {id} ({}) created; it is shown only now:",
+                role.as_str()
+            );
+            println!("{token}");
+        }
+        TokenCommand::List { api } => {
+            let v = api.client().call(Method::GET, "/v1/tokens", None).await?;
+            println!("{:<10}  {:<9}  {:<20}  LAST USED", "ID", "ROLE", "NAME");
+            for t in v.as_array().into_iter().flatten() {
+                println!(
+                    "{:<10}  {:<9}  {:<20}  {}",
+                    t["id"].as_str().unwrap_or("?"),
+                    t["role"].as_str().unwrap_or("?"),
+                    t["name"].as_str().unwrap_or("?"),
+                    t["last_used"]
+                        .as_i64()
+                        .map(ago)
+                        .unwrap_or_else(|| "never".into())
+                );
+            }
+        }
+        TokenCommand::Revoke { api, id } => {
+            api.client()
+                .call(Method::DELETE, &format!("/v1/tokens/{id}"), None)
+                .await?;
+            println!("token {id} revoked");
+        }
+    }
+    Ok(())
+}
