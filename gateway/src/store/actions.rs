@@ -1,0 +1,165 @@
+//! Supervisor actions (reboot, restart, ...): queued, delivered at most once, finished.
+
+use super::*;
+
+/// A device action as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ActionRecord {
+    /// Unique id (also sent to the agent, which never runs an id twice).
+    pub id: String,
+    /// Target device.
+    pub device: DeviceUuid,
+    /// Action name (`reboot`, `blink`, ...).
+    pub name: String,
+    /// Parameters (JSON).
+    pub params: serde_json::Value,
+    /// `pending`, `delivered`, `succeeded`, `failed` or `expired`.
+    pub status: String,
+    /// Result or failure reason (JSON).
+    pub detail: Option<serde_json::Value>,
+    /// Who asked.
+    pub actor: String,
+    /// Creation time, unix seconds.
+    pub created_at: i64,
+    /// After this time a pending action is never delivered.
+    pub expires_at: i64,
+    /// Delivery time.
+    pub delivered_at: Option<i64>,
+    /// Completion time.
+    pub finished_at: Option<i64>,
+}
+
+impl Store {
+    /// Queues an action.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn create_action(
+        &self,
+        id: &str,
+        device: DeviceUuid,
+        name: &str,
+        params: &serde_json::Value,
+        actor: &str,
+        ttl_secs: i64,
+    ) -> Result<ActionRecord, StoreError> {
+        let now = now_unix();
+        sqlx::query(
+            "INSERT INTO actions (id, device, name, params, status, actor, created_at, expires_at) VALUES ($1, $2, $3, $4, 'pending', $5, $6, $7)",
+        )
+        .bind(id)
+        .bind(device.as_str())
+        .bind(name)
+        .bind(params.to_string())
+        .bind(actor)
+        .bind(now)
+        .bind(now.saturating_add(ttl_secs))
+        .execute(&self.pool)
+        .await?;
+        self.action(id)
+            .await?
+            .ok_or_else(|| StoreError::Corrupt("inserted action vanished".into()))
+    }
+
+    /// One action.
+    pub async fn action(&self, id: &str) -> Result<Option<ActionRecord>, StoreError> {
+        let row = sqlx::query(&format!("{ACTION_COLUMNS} WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| action_from_row(&r)).transpose()
+    }
+
+    /// A device's actions, newest first.
+    pub async fn device_actions(
+        &self,
+        device: DeviceUuid,
+        limit: i64,
+    ) -> Result<Vec<ActionRecord>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "{ACTION_COLUMNS} WHERE device = $1 ORDER BY seq DESC LIMIT $2"
+        ))
+        .bind(device.as_str())
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(action_from_row).collect()
+    }
+
+    /// Marks expired pending actions of `device` as `expired` and returns the actions to
+    /// send now, oldest first: pending ones, and delivered ones without a result (a
+    /// reconnect may have lost the result; the agent answers from its log, never re-runs).
+    pub async fn actions_to_deliver(
+        &self,
+        device: DeviceUuid,
+    ) -> Result<Vec<ActionRecord>, StoreError> {
+        let now = now_unix();
+        sqlx::query(
+            "UPDATE actions SET status = 'expired', finished_at = $1 WHERE device = $2 AND status = 'pending' AND expires_at <= $1",
+        )
+        .bind(now)
+        .bind(device.as_str())
+        .execute(&self.pool)
+        .await?;
+        let rows = sqlx::query(&format!(
+            "{ACTION_COLUMNS} WHERE device = $1 AND status IN ('pending', 'delivered') ORDER BY seq"
+        ))
+        .bind(device.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(action_from_row).collect()
+    }
+
+    /// Records that an action was sent to the agent.
+    pub async fn action_delivered(&self, id: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE actions SET status = 'delivered', delivered_at = $1 WHERE id = $2 AND status = 'pending'")
+            .bind(now_unix())
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Records an action's result (only for an action of `device`, so one device cannot
+    /// finish another's actions).
+    pub async fn action_finished(
+        &self,
+        device: DeviceUuid,
+        id: &str,
+        ok: bool,
+        detail: &serde_json::Value,
+    ) -> Result<bool, StoreError> {
+        let r = sqlx::query(
+            "UPDATE actions SET status = $1, detail = $2, finished_at = $3 WHERE id = $4 AND device = $5 AND status IN ('pending', 'delivered')",
+        )
+        .bind(if ok { "succeeded" } else { "failed" })
+        .bind(detail.to_string())
+        .bind(now_unix())
+        .bind(id)
+        .bind(device.as_str())
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+}
+
+pub(super) const ACTION_COLUMNS: &str = "SELECT id, device, name, params, status, detail, actor, created_at, expires_at, delivered_at, finished_at FROM actions";
+
+pub(super) fn action_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<ActionRecord, StoreError> {
+    let device: String = r.try_get("device")?;
+    let params: String = r.try_get("params")?;
+    let detail: Option<String> = r.try_get("detail")?;
+    Ok(ActionRecord {
+        id: r.try_get("id")?,
+        device: device
+            .parse()
+            .map_err(|e: protocol::InvalidUuid| StoreError::Corrupt(e.to_string()))?,
+        name: r.try_get("name")?,
+        params: serde_json::from_str(&params).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        status: r.try_get("status")?,
+        detail: detail.and_then(|d| serde_json::from_str(&d).ok()),
+        actor: r.try_get("actor")?,
+        created_at: r.try_get("created_at")?,
+        expires_at: r.try_get("expires_at")?,
+        delivered_at: r.try_get("delivered_at")?,
+        finished_at: r.try_get("finished_at")?,
+    })
+}

@@ -1,0 +1,91 @@
+//! API tokens (only their hashes are stored).
+
+use super::*;
+
+/// An API token as stored (the secret is never stored, only its hash).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRecord {
+    /// Public id (the part of the token before the dot).
+    pub id: String,
+    /// Operator-chosen label.
+    pub name: String,
+    /// `viewer`, `operator` or `admin`.
+    pub role: String,
+    /// Creation time, unix seconds.
+    pub created_at: i64,
+    /// Last authenticated use, unix seconds.
+    pub last_used: Option<i64>,
+}
+
+impl Store {
+    /// Stores a new API token (only its hash).
+    pub async fn create_token(
+        &self,
+        id: &str,
+        name: &str,
+        role: &str,
+        secret_hash: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO api_tokens (id, name, role, secret_hash, created_at) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(id)
+        .bind(name)
+        .bind(role)
+        .bind(secret_hash)
+        .bind(now_unix())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Finds a token by the hash of its secret, recording its use.
+    pub async fn token_by_hash(
+        &self,
+        secret_hash: &str,
+    ) -> Result<Option<TokenRecord>, StoreError> {
+        let row = sqlx::query(
+            "SELECT id, name, role, created_at, last_used FROM api_tokens WHERE secret_hash = $1",
+        )
+        .bind(secret_hash)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(r) = row else { return Ok(None) };
+        let rec = token_from_row(&r)?;
+        sqlx::query("UPDATE api_tokens SET last_used = $1 WHERE id = $2")
+            .bind(now_unix())
+            .bind(&rec.id)
+            .execute(&self.pool)
+            .await?;
+        Ok(Some(rec))
+    }
+
+    /// All tokens (never their secrets).
+    pub async fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, name, role, created_at, last_used FROM api_tokens ORDER BY created_at, id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(token_from_row).collect()
+    }
+
+    /// Deletes a token. Returns `false` if it does not exist.
+    pub async fn delete_token(&self, id: &str) -> Result<bool, StoreError> {
+        let r = sqlx::query("DELETE FROM api_tokens WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected() == 1)
+    }
+}
+
+pub(super) fn token_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<TokenRecord, StoreError> {
+    Ok(TokenRecord {
+        id: r.try_get("id")?,
+        name: r.try_get("name")?,
+        role: r.try_get("role")?,
+        created_at: r.try_get("created_at")?,
+        last_used: r.try_get("last_used")?,
+    })
+}
