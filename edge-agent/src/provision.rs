@@ -14,7 +14,7 @@ use protocol::{
     ProvisioningKey, MAX_CONTROL_FRAME,
 };
 
-use crate::config::AgentConfig;
+use certs::device_file::AgentConfig;
 use transport::wire::{self, FrameReader, WireError};
 
 use crate::dial::{DialError, Route};

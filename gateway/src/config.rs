@@ -361,7 +361,7 @@ impl ServeConfig {
         if let Some(o) = self
             .allowed_origins
             .iter()
-            .find(|o| crate::api::normalize_origin(o).is_none())
+            .find(|o| normalize_origin(o).is_none())
         {
             return Err(ConfigError::Invalid {
                 key: "allowed_origins",
@@ -511,6 +511,29 @@ fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         }
     }
     d.deserialize_any(V)
+}
+
+/// An origin, `http[s]://host[:port]`, as (scheme, authority): lowercase, without the
+/// scheme's default port and a trailing `/`. `None` for anything else: `null`, a path,
+/// user info, another scheme.
+pub(crate) fn normalize_origin(origin: &str) -> Option<(String, String)> {
+    let uri: http::Uri = origin.trim().parse().ok()?;
+    let scheme = uri.scheme_str()?.to_ascii_lowercase();
+    let default_port = match scheme.as_str() {
+        "http" => 80,
+        "https" => 443,
+        _ => return None,
+    };
+    let authority = uri.authority()?;
+    if authority.as_str().contains('@') || !matches!(uri.path(), "" | "/") || uri.query().is_some()
+    {
+        return None;
+    }
+    let host = authority.host().to_ascii_lowercase();
+    Some(match authority.port_u16() {
+        Some(p) if p != default_port => (scheme, format!("{host}:{p}")),
+        _ => (scheme, host),
+    })
 }
 
 #[cfg(test)]

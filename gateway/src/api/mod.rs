@@ -44,8 +44,6 @@ use tokio_util::sync::CancellationToken;
 use auth::{Caller, Role};
 use error::{ApiError, JsonObject};
 
-pub(crate) use terminal::normalize_origin;
-
 use crate::sessions::Sessions;
 use crate::store::{DeviceRecord, Store};
 
@@ -72,7 +70,7 @@ pub(crate) struct ApiState {
     /// tracked here, so that the gateway's shutdown waits for it.
     pub(crate) tasks: tokio_util::task::TaskTracker,
     /// Browser origins besides the API's own that may open the terminal and log
-    /// WebSockets (`allowed_origins`), normalized by [`terminal::normalize_origin`].
+    /// WebSockets (`allowed_origins`), normalized by [`crate::config::normalize_origin`].
     pub(crate) allowed_origins: Arc<Vec<String>>,
 }
 

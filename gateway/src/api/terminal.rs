@@ -38,6 +38,7 @@ use tracing::{debug, info, instrument};
 use super::auth::{Caller, Role};
 use super::error::ApiError;
 use super::{device_or_404, parse_uuid, ApiState};
+use crate::config::normalize_origin;
 use transport::wire::{self, FrameReader, WireError};
 
 /// Largest WebSocket message accepted from a client (a paste); frames to the device are
@@ -108,29 +109,6 @@ impl FromRequestParts<ApiState> for SameOrigin {
             Err(forbidden())
         }
     }
-}
-
-/// An origin, `http[s]://host[:port]`, as (scheme, authority): lowercase, without the
-/// scheme's default port and a trailing `/`. `None` for anything else: `null`, a path,
-/// user info, another scheme.
-pub(crate) fn normalize_origin(origin: &str) -> Option<(String, String)> {
-    let uri: axum::http::Uri = origin.trim().parse().ok()?;
-    let scheme = uri.scheme_str()?.to_ascii_lowercase();
-    let default_port = match scheme.as_str() {
-        "http" => 80,
-        "https" => 443,
-        _ => return None,
-    };
-    let authority = uri.authority()?;
-    if authority.as_str().contains('@') || !matches!(uri.path(), "" | "/") || uri.query().is_some()
-    {
-        return None;
-    }
-    let host = authority.host().to_ascii_lowercase();
-    Some(match authority.port_u16() {
-        Some(p) if p != default_port => (scheme, format!("{host}:{p}")),
-        _ => (scheme, host),
-    })
 }
 
 /// The caller, authenticated by the `Authorization` header or, for browsers, `?token=`.

@@ -3,9 +3,11 @@
 
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Response, StatusCode};
-use http_body_util::Full;
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
 
-use super::router::Body;
+/// Response body: streamed from the device, or a small page made here.
+pub(crate) type Body = Either<Incoming, Full<Bytes>>;
 
 /// Renders an error page for `status` with a one-line `detail`.
 pub(crate) fn error_page(

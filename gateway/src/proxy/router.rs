@@ -19,7 +19,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
-use http_body_util::{Either, Full};
+use http_body_util::Either;
 use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
@@ -32,12 +32,10 @@ use tracing::{debug, warn};
 
 use super::connector::{TunnelConnector, UpstreamError};
 use super::pages::error_page;
+use super::pages::Body;
 use crate::listener::ListenerConfig;
 use crate::sessions::Sessions;
 use crate::store::Store;
-
-/// Response body: streamed from the device, or a small page made here.
-pub(crate) type Body = Either<Incoming, Full<Bytes>>;
 
 /// Time given to in-flight visitor connections when the gateway shuts down.
 const DRAIN_GRACE: Duration = Duration::from_secs(5);
