@@ -16,7 +16,6 @@ pub mod demo;
 mod listener;
 pub mod logs;
 pub mod logs_cli;
-mod provisioning;
 mod proxy;
 pub mod release_cli;
 pub mod sessions;

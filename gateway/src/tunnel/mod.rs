@@ -15,8 +15,14 @@ use tracing::{debug, info, instrument, warn};
 use transport::wire::{self, FrameReader, WireError};
 use transport::Connection;
 
-use crate::sessions::{Admission, Session, Sessions};
-use crate::store::Store;
+use crate::sessions::{Admission, Session};
+
+mod ctx;
+mod pending;
+mod provisioning;
+
+pub(crate) use ctx::{ConnError, TunnelCtx};
+use pending::PendingHandshakes;
 
 /// Time allowed for the TLS handshake plus hello/welcome.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -24,18 +30,6 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const MOVE_DRAIN: Duration = Duration::from_secs(30);
 /// Agent-opened streams allowed at once (control + future log channels).
 pub(crate) const MAX_AGENT_STREAMS: u32 = 16;
-
-/// Shared state the tunnel side needs.
-pub(crate) struct TunnelCtx {
-    pub(crate) store: Store,
-    pub(crate) ca: Arc<certs::Ca>,
-    pub(crate) sessions: Arc<Sessions>,
-    pub(crate) keep_alive: Duration,
-    pub(crate) logs: Arc<crate::logs::LogHub>,
-    /// Every task a session spawns (log ingest streams) runs here, so that the gateway's
-    /// shutdown waits for them.
-    pub(crate) tasks: TaskTracker,
-}
 
 /// Accepts device connections until `shutdown`.
 pub(crate) async fn accept_loop(
@@ -123,112 +117,6 @@ pub(crate) async fn accept_tcp_loop(
     }
 }
 
-/// TCP connections still in their TLS or multiplexer handshake, at most.
-const MAX_PENDING_TCP_HANDSHAKES: usize = 1024;
-/// The same, from one IP address. Devices behind one NAT share an address, but each
-/// finishes its handshake in a round trip or two, so only a flood fills this.
-const MAX_PENDING_TCP_HANDSHAKES_PER_IP: usize = 64;
-
-/// Counts TCP tunnel connections in their handshake.
-#[derive(Debug, Default)]
-struct PendingHandshakes {
-    per_ip: dashmap::DashMap<std::net::IpAddr, usize>,
-    total: std::sync::atomic::AtomicUsize,
-    /// When a refusal was last logged (milliseconds on `started`), to log one a second.
-    last_warned_ms: std::sync::atomic::AtomicU64,
-    started: std::sync::OnceLock<std::time::Instant>,
-}
-
-/// One counted handshake; uncounted when dropped.
-struct PendingSlot {
-    pending: Arc<PendingHandshakes>,
-    ip: std::net::IpAddr,
-}
-
-impl PendingHandshakes {
-    fn take(self: &Arc<Self>, ip: std::net::IpAddr) -> Option<PendingSlot> {
-        use std::sync::atomic::Ordering;
-        let total = self.total.fetch_add(1, Ordering::AcqRel);
-        let mut n = self.per_ip.entry(ip).or_insert(0);
-        if total >= MAX_PENDING_TCP_HANDSHAKES || *n >= MAX_PENDING_TCP_HANDSHAKES_PER_IP {
-            drop(n);
-            self.release(ip, false);
-            return None;
-        }
-        *n += 1;
-        Some(PendingSlot {
-            pending: Arc::clone(self),
-            ip,
-        })
-    }
-
-    /// Uncounts one handshake (`counted`: it had taken a per-address slot too).
-    fn release(&self, ip: std::net::IpAddr, counted: bool) {
-        use std::sync::atomic::Ordering;
-        self.total.fetch_sub(1, Ordering::AcqRel);
-        if counted {
-            self.per_ip.remove_if_mut(&ip, |_, n| {
-                *n -= 1;
-                *n == 0
-            });
-        } else {
-            self.per_ip.remove_if(&ip, |_, n| *n == 0);
-        }
-    }
-
-    /// Logs a refused connection, at most once a second.
-    fn refused(&self, remote: std::net::SocketAddr) {
-        use std::sync::atomic::Ordering;
-        let started = self.started.get_or_init(std::time::Instant::now);
-        let now = started.elapsed().as_millis() as u64;
-        let last = self.last_warned_ms.load(Ordering::Relaxed);
-        if (last == 0 || now >= last + 1_000)
-            && self
-                .last_warned_ms
-                .compare_exchange(last, now.max(1), Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
-            warn!(
-                %remote,
-                max = MAX_PENDING_TCP_HANDSHAKES,
-                max_per_ip = MAX_PENDING_TCP_HANDSHAKES_PER_IP,
-                "too many TCP tunnel handshakes in progress; closing new connections"
-            );
-        }
-    }
-}
-
-impl Drop for PendingSlot {
-    fn drop(&mut self) {
-        self.pending.release(self.ip, true);
-    }
-}
-
-/// Why a device connection was refused or ended.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum ConnError {
-    #[error("handshake: {0}")]
-    Handshake(transport::ConnectError),
-    #[error("{0}")]
-    Connection(#[from] transport::ConnectionError),
-    #[error("handshake timed out")]
-    Timeout,
-    #[error("peer certificate: {0}")]
-    Identity(String),
-    #[error("device {0} is not registered")]
-    Unknown(DeviceUuid),
-    #[error("device {0} is revoked")]
-    Revoked(DeviceUuid),
-    #[error("store: {0}")]
-    Store(#[from] crate::store::StoreError),
-    #[error("control stream: {0}")]
-    Wire(#[from] WireError),
-    #[error("protocol: {0}")]
-    Protocol(String),
-    #[error("nothing heard from the device for {0:?}")]
-    Silent(Duration),
-}
-
 /// Completes `handshake` (either transport's) within [`HANDSHAKE_TIMEOUT`] and serves the
 /// connection until it ends.
 async fn serve_incoming(
@@ -249,7 +137,7 @@ async fn serve_incoming(
 /// Serves one handshaken connection, on either transport.
 async fn handle_connection(conn: Connection, ctx: Arc<TunnelCtx>) -> Result<(), ConnError> {
     if conn.alpn().as_deref() == Some(certs::PROVISION_ALPN) {
-        return crate::provisioning::serve(conn, &ctx).await;
+        return provisioning::serve(conn, &ctx).await;
     }
     let uuid = match peer_uuid(&conn) {
         Ok(u) => u,

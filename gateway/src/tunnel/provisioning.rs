@@ -10,8 +10,8 @@ use protocol::{
 use tracing::{info, warn};
 use transport::wire::{self, FrameReader};
 
+use super::ctx::{ConnError, TunnelCtx};
 use crate::store::{now_unix, Refusal};
-use crate::tunnel::{ConnError, TunnelCtx};
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
