@@ -34,7 +34,7 @@ enum Command {
         #[command(flatten)]
         route: RouteArgs,
         /// Idle traffic of the tunnel: `normal` keeps it alive every second (a restarted
-        /// gateway is noticed in about 1 s, about 10 MB a day idle); `metered` every 60 s
+        /// gateway is noticed in about 1 s, about 14 MB a day idle); `metered` every 60 s
         /// (under 1 MB a day on QUIC, but gateway restarts and NAT changes are noticed
         /// only at the next keep-alive, and the gateway calls a dead device offline after
         /// about 3 minutes). See docs/transport.md.

@@ -10,7 +10,7 @@ pub use certs::device_file::{AgentConfig, ConfigError};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Link {
     /// A keep-alive every second: a restarted gateway is noticed within about a second,
-    /// a dead device within about 4 s. About 10 MB a day of idle traffic on QUIC
+    /// a dead device within about 4 s. About 14 MB a day of idle traffic on QUIC
     /// (measured in BENCHMARKS.md).
     #[default]
     Normal,
