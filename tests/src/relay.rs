@@ -20,6 +20,8 @@ pub struct UdpRelay {
     stall: Arc<AtomicBool>,
     /// UDP: datagrams and bytes relayed so far, agent to gateway and gateway to agent.
     counts: Arc<[std::sync::atomic::AtomicU64; 4]>,
+    /// TCP: bytes relayed so far, agent to gateway and gateway to agent.
+    tcp_bytes: Arc<[std::sync::atomic::AtomicU64; 2]>,
     upstream: Arc<Mutex<SocketAddr>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -38,6 +40,7 @@ impl UdpRelay {
         let cut = Arc::new(AtomicBool::new(false));
         let stall = Arc::new(AtomicBool::new(false));
         let counts: Arc<[std::sync::atomic::AtomicU64; 4]> = Arc::new(Default::default());
+        let tcp_bytes: Arc<[std::sync::atomic::AtomicU64; 2]> = Arc::new(Default::default());
         let upstream = Arc::new(Mutex::new(upstream));
         let client: Arc<Mutex<Option<SocketAddr>>> = Arc::new(Mutex::new(None));
         let t1 = {
@@ -87,11 +90,16 @@ impl UdpRelay {
             })
         };
         let t3 = {
-            let (cut, stall, upstream) = (cut.clone(), stall.clone(), upstream.clone());
+            let (cut, stall, upstream, tcp_bytes) = (
+                cut.clone(),
+                stall.clone(),
+                upstream.clone(),
+                tcp_bytes.clone(),
+            );
             tokio::spawn(async move {
                 while let Ok((visitor, _)) = front_tcp.accept().await {
                     let to = *upstream.lock().unwrap();
-                    let (cut, stall) = (cut.clone(), stall.clone());
+                    let (cut, stall, bytes) = (cut.clone(), stall.clone(), tcp_bytes.clone());
                     tokio::spawn(async move {
                         let Ok(gateway) = tokio::net::TcpStream::connect(to).await else {
                             return;
@@ -100,8 +108,8 @@ impl UdpRelay {
                         let (b_read, b_write) = gateway.into_split();
                         let never = Arc::new(AtomicBool::new(false));
                         tokio::join!(
-                            pipe(a_read, b_write, cut.clone(), never),
-                            pipe(b_read, a_write, cut, stall)
+                            pipe(a_read, b_write, cut.clone(), never, bytes.clone(), 0),
+                            pipe(b_read, a_write, cut, stall, bytes, 1)
                         );
                     });
                 }
@@ -112,6 +120,7 @@ impl UdpRelay {
             cut,
             stall,
             counts,
+            tcp_bytes,
             upstream,
             tasks: vec![t1, t2, t3],
         }
@@ -135,6 +144,14 @@ impl UdpRelay {
         ((c(0), c(1)), (c(2), c(3)))
     }
 
+    /// TCP relayed so far: bytes from the agent, and from the gateway.
+    pub fn tcp_bytes(&self) -> (u64, u64) {
+        (
+            self.tcp_bytes[0].load(Ordering::Relaxed),
+            self.tcp_bytes[1].load(Ordering::Relaxed),
+        )
+    }
+
     /// Points the relay at a different gateway address (e.g. a restarted gateway).
     pub fn set_upstream(&self, upstream: SocketAddr) {
         *self.upstream.lock().unwrap() = upstream;
@@ -148,6 +165,8 @@ async fn pipe(
     mut to: tokio::net::tcp::OwnedWriteHalf,
     cut: Arc<AtomicBool>,
     stall: Arc<AtomicBool>,
+    bytes: Arc<[std::sync::atomic::AtomicU64; 2]>,
+    direction: usize,
 ) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut buf = vec![0u8; 64 * 1024];
@@ -164,6 +183,7 @@ async fn pipe(
                 if cut.load(Ordering::Relaxed) {
                     continue;
                 }
+                bytes[direction].fetch_add(n as u64, Ordering::Relaxed);
                 if to.write_all(&buf[..n]).await.is_err() {
                     return;
                 }

@@ -64,3 +64,37 @@ async fn an_idle_quic_tunnel_moves_only_at_the_agents_cadence() {
         (http::StatusCode::OK, &b"hello from quiet"[..])
     );
 }
+
+/// On TCP the gateway pings too (to find dead peers), but no more often than the agent
+/// said it pings itself in its hello: a metered agent is not charged for a second,
+/// faster cadence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_tcp_the_gateway_pings_no_faster_than_the_agent() {
+    // The tests' gateway pings every 500 ms by its own setting.
+    let gw = TestGateway::spawn().await;
+    let backend = Backend::spawn("quiet").await;
+    let device = gw.add_device(true).await;
+    let id: protocol::DeviceUuid = device.uuid.parse().unwrap();
+    let relay = UdpRelay::start(gw.tunnel_tcp_addr).await;
+    let mut opts = fast_agent_options(backend.addr);
+    opts.route.mode = edge_agent::dial::TransportMode::Tcp;
+    opts.route.gateway_tcp = Some(relay.addr.to_string());
+    opts.keep_alive = Duration::from_secs(4);
+    opts.idle_timeout = Duration::from_secs(20);
+    let mut agent = TestAgent::spawn_with(device, opts);
+    agent.connected().await;
+    let session = gw.sessions.get(&id).expect("online").id;
+
+    let (up0, down0) = relay.tcp_bytes();
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let (up1, down1) = relay.tcp_bytes();
+    let (up, down) = (up1 - up0, down1 - down0);
+    eprintln!("12 s idle on TCP: agent sent {up} B, gateway {down} B");
+    assert_eq!(gw.sessions.get(&id).map(|s| s.id), Some(session));
+    // A ping costs about 40 bytes of TLS record; 24 of them from a gateway at 500 ms,
+    // plus about one heartbeat answer (~80 B) every 4 s.
+    assert!(
+        down <= 700,
+        "the gateway sent {down} bytes in 12 s on an idle TCP tunnel"
+    );
+}

@@ -268,6 +268,10 @@ async fn serve_session(
     // that does not is left to the transport's idle timeout.
     let silence = keep_alive_ms
         .map(|ms| Duration::from_millis(ms.clamp(100, 60_000)) * 3 + Duration::from_secs(1));
+    // On TCP the gateway pings too; no more often than the agent does (a metered link).
+    if let Some(ms) = keep_alive_ms {
+        conn.peer_keep_alive(Duration::from_millis(ms.clamp(100, 60_000)));
+    }
     match ctx
         .sessions
         .admit(Arc::clone(&session), silence.unwrap_or(ctx.keep_alive * 3))

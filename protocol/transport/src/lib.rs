@@ -175,6 +175,16 @@ impl Connection {
         }
     }
 
+    /// Tells the connection that the peer keeps it alive every `interval` itself. On
+    /// TCP this side's pings slow down to that cadence (they would otherwise add to the
+    /// peer's: an agent on a metered link pings every 60 s); on QUIC only the agent
+    /// pings anyway, so nothing changes.
+    pub fn peer_keep_alive(&self, interval: Duration) {
+        if let Self::TlsTcp(c) = self {
+            c.slow_keep_alive(interval);
+        }
+    }
+
     /// Path statistics (transport, RTT).
     pub fn stats(&self) -> PathStats {
         let rtt = match self {

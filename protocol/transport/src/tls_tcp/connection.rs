@@ -64,6 +64,9 @@ pub(super) struct Shared {
     pub(super) opener: Opener,
     pub(super) meta: Mutex<Option<h2::SendStream<Bytes>>>,
     pub(super) rtt_micros: AtomicU64,
+    /// Raises the keep-alive interval above the configured one (milliseconds; 0: none):
+    /// set once the peer said how often it pings itself.
+    pub(super) slower_keep_alive_ms: AtomicU64,
 }
 
 impl Shared {
@@ -85,6 +88,7 @@ impl Shared {
             opener,
             meta: Mutex::new(None),
             rtt_micros: AtomicU64::new(0),
+            slower_keep_alive_ms: AtomicU64::new(0),
         }
     }
 
@@ -130,6 +134,17 @@ impl Shared {
 }
 
 impl TlsTcpConnection {
+    /// Pings the peer no more often than every `interval` (never more often than the
+    /// configured keep-alive either): for a peer that keeps the connection alive at its
+    /// own, slower cadence (an agent on a metered link), so that both sides' pings do not
+    /// add up.
+    pub fn slow_keep_alive(&self, interval: Duration) {
+        let ms = interval.as_millis().min(u128::from(u64::MAX)) as u64;
+        self.shared()
+            .slower_keep_alive_ms
+            .fetch_max(ms, Ordering::Relaxed);
+    }
+
     pub(super) fn shared(&self) -> &Arc<Shared> {
         &self.handle.shared
     }

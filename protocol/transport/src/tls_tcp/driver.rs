@@ -14,7 +14,8 @@ pub(super) async fn keep_alive(
         return std::future::pending().await;
     };
     loop {
-        tokio::time::sleep(cfg.keep_alive).await;
+        let slower = Duration::from_millis(shared.slower_keep_alive_ms.load(Ordering::Relaxed));
+        tokio::time::sleep(cfg.keep_alive.max(slower)).await;
         let start = Instant::now();
         match tokio::time::timeout(cfg.idle_timeout, pp.ping(h2::Ping::opaque())).await {
             Ok(Ok(_)) => {
