@@ -67,6 +67,12 @@ use stream::*;
 pub use connection::TlsTcpConnection;
 pub use stream::{TcpRecvStream, TcpSendStream};
 
+/// Silence after which the kernel starts TCP keep-alive probes (a fallback: the HTTP/2
+/// pings find dead peers first).
+const KERNEL_KEEPALIVE_TIME: Duration = Duration::from_secs(120);
+/// Between the kernel's TCP keep-alive probes.
+const KERNEL_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+
 /// Reverse streams the gateway keeps open ahead of the agent's opens.
 pub const REVERSE_POOL: usize = 2;
 /// Added to an application code when it travels as an HTTP/2 error code.
@@ -117,9 +123,13 @@ type TlsClientStream = tokio_rustls::client::TlsStream<TcpStream>;
 pub fn tune_socket(tcp: &TcpStream, cfg: &MuxConfig) {
     let _ = tcp.set_nodelay(true);
     let sock = socket2::SockRef::from(tcp);
+    // The HTTP/2 pings find a dead peer; the kernel's keep-alive is only the fallback
+    // for a process that stopped pinging. It starts after two minutes of silence, past
+    // the slowest cadence of either side (60 s on a metered link), so an idle tunnel
+    // carries no probes of its own (at the pings' 5 s they cost 24 packets a minute).
     let ka = socket2::TcpKeepalive::new()
-        .with_time(cfg.keep_alive)
-        .with_interval(cfg.keep_alive);
+        .with_time(KERNEL_KEEPALIVE_TIME.max(cfg.keep_alive))
+        .with_interval(KERNEL_KEEPALIVE_INTERVAL);
     let _ = sock.set_tcp_keepalive(&ka);
     #[cfg(any(target_os = "linux", target_os = "android"))]
     let _ = sock.set_tcp_user_timeout(Some(cfg.idle_timeout));
