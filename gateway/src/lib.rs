@@ -265,6 +265,7 @@ impl Gateway {
             ca: Arc::clone(&self.ca),
             sessions: Arc::clone(&self.sessions),
             keep_alive: self.cfg.keep_alive,
+            idle_timeout: self.cfg.idle_timeout,
             logs: Arc::clone(&log_hub),
             tasks: tasks.clone(),
         });

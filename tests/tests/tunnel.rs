@@ -374,3 +374,42 @@ async fn gateway_restart_agent_reconnects_without_help() {
     assert_eq!((s, &b[..]), (StatusCode::OK, &b"hello from survivor"[..]));
     drop(tmp);
 }
+
+/// An agent that does not announce its keep-alive in its hello (an older agent, or
+/// another implementation) and then goes silent is called offline after the gateway's
+/// idle timeout (3 s in the tests), not after whatever idle timeout the agent offered
+/// (quinn's default 30 s here): the gateway accepts long QUIC idle timeouts only for
+/// agents that say how often they ping.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_silent_agent_without_announced_keep_alive_is_dropped_after_the_idle_timeout() {
+    let gw = TestGateway::spawn().await;
+    let conn = fake_agent_connect(&gw, TransportKind::Quic).await;
+    let (mut send, recv) = conn.open_bi().await.unwrap();
+    let mut bytes = StreamHeader::Control.to_vec().unwrap();
+    ControlMessage::Hello {
+        versions: vec![1],
+        capabilities: vec![],
+        agent_version: "quiet".into(),
+        instance: None,
+        keep_alive_ms: None,
+    }
+    .to_frame()
+    .encode(&mut bytes);
+    send.write_all(&bytes).await.unwrap();
+    let mut reader = FrameReader::new(recv, MAX_CONTROL_FRAME);
+    let welcome = ControlMessage::from_frame(&reader.next().await.unwrap()).unwrap();
+    assert!(
+        matches!(welcome, ControlMessage::Welcome { .. }),
+        "{welcome:?}"
+    );
+    assert_eq!(gw.sessions.len(), 1);
+    // From now on this agent sends nothing (no keep-alives, no heartbeats).
+    let started = std::time::Instant::now();
+    let gone = eventually(Duration::from_secs(20), || async {
+        gw.sessions.is_empty().then_some(())
+    })
+    .await;
+    assert!(gone.is_some(), "a silent agent stayed online for 20 s");
+    eprintln!("silent agent dropped after {:?}", started.elapsed());
+    drop((send, reader, conn));
+}

@@ -16,6 +16,8 @@ pub(crate) struct TunnelCtx {
     pub(crate) ca: Arc<certs::Ca>,
     pub(crate) sessions: Arc<Sessions>,
     pub(crate) keep_alive: Duration,
+    /// How long an agent that does not announce its keep-alive may be silent.
+    pub(crate) idle_timeout: Duration,
     pub(crate) logs: Arc<crate::logs::LogHub>,
     /// Every task a session spawns (log ingest streams) runs here, so that the gateway's
     /// shutdown waits for them.

@@ -265,7 +265,7 @@ async fn serve_session(
     drop(previous);
     session.heard();
     // An agent that announces its keep-alive is dead after a few of them go missing; one
-    // that does not is left to the transport's idle timeout.
+    // that does not, after the gateway's idle timeout.
     let silence = keep_alive_ms
         .map(|ms| Duration::from_millis(ms.clamp(100, 60_000)) * 3 + Duration::from_secs(1));
     // On TCP the gateway pings too; no more often than the agent does (a metered link).
@@ -415,9 +415,9 @@ async fn serve_session(
     // for a few of them is gone (killed, unplugged), and its visitors get an answer now
     // rather than after the idle timeout.
     let liveness = async {
-        let Some(silence) = silence else {
-            return std::future::pending().await;
-        };
+        // An agent that does not say how often it pings gets the gateway's idle timeout
+        // (`--idle-timeout`): QUIC would otherwise wait out the agent's own.
+        let silence = silence.unwrap_or(ctx.idle_timeout);
         let mut tick = tokio::time::interval(silence / 4);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut seen = conn.packets_received();
