@@ -395,14 +395,14 @@ fn out_of_resources(e: &io::Error) -> bool {
 }
 
 /// Logs a repeated condition at most once per period, with the number of occurrences.
-struct LogEvery {
+pub(crate) struct LogEvery {
     every: Duration,
     last: Option<Instant>,
     count: u64,
 }
 
 impl LogEvery {
-    fn new(every: Duration) -> Self {
+    pub(crate) fn new(every: Duration) -> Self {
         Self {
             every,
             last: None,
@@ -412,7 +412,7 @@ impl LogEvery {
 
     /// Counts one occurrence at `now`; returns `Some(occurrences since the last line)`
     /// when a line is due.
-    fn hit(&mut self, now: Instant) -> Option<u64> {
+    pub(crate) fn hit(&mut self, now: Instant) -> Option<u64> {
         self.count += 1;
         if self
             .last
@@ -427,7 +427,7 @@ impl LogEvery {
 
 /// Why a connection was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum OverLimit {
+pub(crate) enum OverLimit {
     Total,
     PerIp,
 }
@@ -444,7 +444,7 @@ impl OverLimit {
         }
     }
 
-    fn message(self) -> &'static str {
+    pub(crate) fn message(self) -> &'static str {
         match self {
             Self::Total => "connection refused: total connection cap reached",
             Self::PerIp => "connection refused: per-address connection cap reached",
@@ -459,8 +459,9 @@ impl OverLimit {
     }
 }
 
-/// Counts open connections, in total and per client address.
-struct ConnLimiter {
+/// Counts open connections, in total and per client address (also the TCP tunnel
+/// listener's connections still in their handshake).
+pub(crate) struct ConnLimiter {
     total: AtomicUsize,
     per_ip: DashMap<IpAddr, usize>,
     max_total: usize,
@@ -468,7 +469,7 @@ struct ConnLimiter {
 }
 
 impl ConnLimiter {
-    fn new(max_total: usize, max_per_ip: usize) -> Self {
+    pub(crate) fn new(max_total: usize, max_per_ip: usize) -> Self {
         Self {
             total: AtomicUsize::new(0),
             per_ip: DashMap::default(),
@@ -478,7 +479,7 @@ impl ConnLimiter {
     }
 
     /// Takes a slot for a connection from `ip`, or says which cap is full.
-    fn try_acquire(self: &Arc<Self>, ip: IpAddr) -> Result<ConnGuard, OverLimit> {
+    pub(crate) fn try_acquire(self: &Arc<Self>, ip: IpAddr) -> Result<ConnGuard, OverLimit> {
         let key = client_key(ip);
         if self.total.fetch_add(1, Ordering::AcqRel) >= self.max_total {
             self.total.fetch_sub(1, Ordering::AcqRel);
@@ -502,7 +503,7 @@ impl ConnLimiter {
 }
 
 /// One open connection's slot; gives it back when dropped.
-struct ConnGuard {
+pub(crate) struct ConnGuard {
     limiter: Arc<ConnLimiter>,
     key: IpAddr,
 }

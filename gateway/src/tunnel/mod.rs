@@ -15,14 +15,13 @@ use tracing::{debug, info, instrument, warn};
 use transport::wire::{self, FrameReader, WireError};
 use transport::Connection;
 
+use crate::listener::{ConnLimiter, LogEvery};
 use crate::sessions::{Admission, Session};
 
 mod ctx;
-mod pending;
 mod provisioning;
 
 pub(crate) use ctx::{ConnError, TunnelCtx};
-use pending::PendingHandshakes;
 
 /// Time allowed for the TLS handshake plus hello/welcome.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -30,6 +29,13 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const MOVE_DRAIN: Duration = Duration::from_secs(30);
 /// Agent-opened streams allowed at once (control + future log channels).
 pub(crate) const MAX_AGENT_STREAMS: u32 = 16;
+/// TCP connections still in their TLS or multiplexer handshake, at most: a TCP
+/// connection costs a file descriptor before it proves anything.
+const MAX_PENDING_TCP_HANDSHAKES: usize = 1024;
+/// The same, from one client address (as the listeners count it). Devices behind one
+/// NAT share an address, but each finishes its handshake in a round trip or two, so
+/// only a flood fills this.
+const MAX_PENDING_TCP_HANDSHAKES_PER_IP: usize = 64;
 
 /// Accepts device connections until `shutdown`.
 pub(crate) async fn accept_loop(
@@ -77,7 +83,11 @@ pub(crate) async fn accept_tcp_loop(
     tasks: TaskTracker,
 ) {
     let mux = Arc::new(mux);
-    let pending = Arc::new(PendingHandshakes::default());
+    let pending = Arc::new(ConnLimiter::new(
+        MAX_PENDING_TCP_HANDSHAKES,
+        MAX_PENDING_TCP_HANDSHAKES_PER_IP,
+    ));
+    let mut refused = LogEvery::new(Duration::from_secs(1));
     loop {
         let (tcp, remote) = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -95,9 +105,21 @@ pub(crate) async fn accept_tcp_loop(
         // A TCP connection costs a file descriptor before it proves anything: cap the
         // ones still in their handshake, in all and per address, and close the rest at
         // once. Devices that finished theirs are not counted.
-        let Some(slot) = pending.take(remote.ip()) else {
-            pending.refused(remote);
-            continue;
+        let slot = match pending.try_acquire(remote.ip()) {
+            Ok(slot) => slot,
+            Err(over) => {
+                drop(tcp);
+                if let Some(count) = refused.hit(tokio::time::Instant::now()) {
+                    warn!(
+                        %remote,
+                        max = MAX_PENDING_TCP_HANDSHAKES,
+                        max_per_ip = MAX_PENDING_TCP_HANDSHAKES_PER_IP,
+                        count,
+                        "TCP tunnel handshakes: {}", over.message()
+                    );
+                }
+                continue;
+            }
         };
         let (ctx, tls, mux) = (Arc::clone(&ctx), Arc::clone(&tls), Arc::clone(&mux));
         tasks.spawn(async move {
