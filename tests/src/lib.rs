@@ -29,6 +29,7 @@ pub type TestBody = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 pub mod engine;
 pub mod procs;
 pub mod relay;
+pub mod terminal;
 
 pub fn init_tracing() {
     static ONCE: OnceLock<()> = OnceLock::new();

@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use e2e_tests::terminal;
 use e2e_tests::*;
 use edge_agent::dial::TransportMode;
 use http::StatusCode;
@@ -373,32 +374,17 @@ async fn idle_tcp_handshakes_from_one_address_are_capped() {
     drop(flood);
 }
 
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
 /// Types `input` into the terminal and waits (20 s) for `want` in its output.
-async fn type_and_wait(ws: &mut Ws, input: &str, want: &str) -> Result<(), String> {
-    use futures_util::{SinkExt, StreamExt};
-    use tokio_tungstenite::tungstenite::Message;
-    ws.send(Message::Binary(input.as_bytes().to_vec().into()))
-        .await
-        .map_err(|e| format!("send: {e}"))?;
-    let mut out = String::new();
-    let got = tokio::time::timeout(Duration::from_secs(20), async {
-        while let Some(Ok(m)) = ws.next().await {
-            if let Message::Binary(b) = m {
-                out.push_str(&String::from_utf8_lossy(&b));
-                if out.contains(want) {
-                    return true;
-                }
-            }
-        }
-        false
-    })
-    .await;
-    match got {
-        Ok(true) => Ok(()),
-        _ => Err(format!("no {want:?} in the terminal's output: {out:?}")),
+async fn type_and_wait(ws: &mut terminal::Ws, input: &str, want: &str) -> Result<(), String> {
+    terminal::type_line(ws, input).await;
+    let seen = terminal::read_until(ws, Duration::from_secs(20), |s| s.output.contains(want)).await;
+    if seen.output.contains(want) {
+        Ok(())
+    } else {
+        Err(format!(
+            "no {want:?} in the terminal's output: {:?}",
+            seen.output
+        ))
     }
 }
 
@@ -407,7 +393,6 @@ async fn type_and_wait(ws: &mut Ws, input: &str, want: &str) -> Result<(), Strin
 /// it (terminals as well as public-URL streams), while new ones use the new connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_terminal_open_on_tcp_survives_the_move_back_to_quic() {
-    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     let gw = TestGateway::spawn().await;
     let (_, operator, _) = tokens(&gw).await;
     let backend = Backend::spawn("mover").await;
@@ -426,25 +411,14 @@ async fn a_terminal_open_on_tcp_survives_the_move_back_to_quic() {
     let kind = |k| gw.sessions.get(&id).map(|s| s.conn.stats().kind) == Some(k);
     assert!(kind(TransportKind::Tcp), "not on the TCP fallback");
 
-    let url = format!(
-        "ws://{}/v1/devices/{uuid}/terminal?cols=80&rows=24",
-        gw.api_addr
-    );
-    let mut req = url.into_client_request().unwrap();
-    req.headers_mut().insert(
-        "authorization",
-        format!("Bearer {operator}").parse().unwrap(),
-    );
-    let (mut ws, _): (Ws, _) = tokio::time::timeout(
+    let mut ws = tokio::time::timeout(
         Duration::from_secs(20),
-        tokio_tungstenite::connect_async(req),
+        terminal::open(&gw, &uuid, Some(&operator), "cols=80&rows=24"),
     )
     .await
     .expect("terminal did not open within 20 s")
     .expect("terminal refused");
-    type_and_wait(&mut ws, "echo $((6*7))\r", "42")
-        .await
-        .unwrap();
+    type_and_wait(&mut ws, "echo $((6*7))", "42").await.unwrap();
 
     relay.set_cut(false);
     let moved = eventually(Duration::from_secs(60), || async {
@@ -456,7 +430,7 @@ async fn a_terminal_open_on_tcp_survives_the_move_back_to_quic() {
     let (s, body) = get(&gw, &uuid).await;
     assert_eq!((s, &body[..]), (StatusCode::OK, &b"hello from mover"[..]));
     // ...and the terminal, still on the old one, answers.
-    type_and_wait(&mut ws, "echo $((7*8))\r", "56")
+    type_and_wait(&mut ws, "echo $((7*8))", "56")
         .await
         .expect("the terminal was cut by the move");
 }

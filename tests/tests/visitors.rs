@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use e2e_tests::terminal;
 use e2e_tests::*;
-use futures_util::{SinkExt, StreamExt};
 use http::StatusCode;
 use http_body_util::BodyExt;
 use hyper::service::service_fn;
@@ -17,8 +17,6 @@ use hyper_util::rt::TokioIo;
 use protocol::DeviceUuid;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
 /// One request as the device's web server received it.
@@ -174,42 +172,25 @@ fn http_streams(gw: &TestGateway, uuid: &str) -> usize {
         .unwrap_or(usize::MAX)
 }
 
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
 /// Runs `echo $((6*7))` in a host terminal of `uuid` and waits for `42`.
 async fn terminal_round_trip(gw: &TestGateway, uuid: &str, token: &str) {
-    let url = format!(
-        "ws://{}/v1/devices/{uuid}/terminal?cols=80&rows=24",
-        gw.api_addr
-    );
-    let mut req = url.into_client_request().unwrap();
-    req.headers_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    let (mut ws, _): (Ws, _) = tokio::time::timeout(
+    let mut ws = tokio::time::timeout(
         Duration::from_secs(20),
-        tokio_tungstenite::connect_async(req),
+        terminal::open(gw, uuid, Some(token), "cols=80&rows=24"),
     )
     .await
     .expect("terminal did not open within 20 s")
     .expect("terminal refused");
-    ws.send(Message::Binary(b"echo $((6*7))\r".to_vec().into()))
-        .await
-        .unwrap();
-    let mut out = String::new();
-    let got = tokio::time::timeout(Duration::from_secs(20), async {
-        while let Some(Ok(m)) = ws.next().await {
-            if let Message::Binary(b) = m {
-                out.push_str(&String::from_utf8_lossy(&b));
-                if out.contains("42") {
-                    return true;
-                }
-            }
-        }
-        false
+    terminal::type_line(&mut ws, "echo $((6*7))").await;
+    let seen = terminal::read_until(&mut ws, Duration::from_secs(20), |s| {
+        s.output.contains("42")
     })
     .await;
-    assert_eq!(got, Ok(true), "terminal output: {out:?}");
+    assert!(
+        seen.output.contains("42"),
+        "terminal output: {:?}",
+        seen.output
+    );
     let _ = ws.close(None).await;
 }
 
