@@ -210,29 +210,19 @@ async fn write_loop(
     let mut chunk = Vec::with_capacity(WRITE_CHUNK);
     loop {
         let dirty = spool.lock().expect("spool lock").needs_sync();
-        let got = if dirty {
-            tokio::select! {
-                Some(done) = flush.recv() => {
-                    flush_now(&mut rx, &mut chunk, &spool, &new_lines);
-                    let _ = done.send(());
-                    continue;
-                }
-                r = rx.recv_many(&mut chunk, WRITE_CHUNK) => r,
-                _ = tokio::time::sleep(SYNC_EVERY) => {
-                    if let Err(e) = spool.lock().expect("spool lock").sync() {
-                        warn!(error = %e, "cannot sync the log spool");
-                    }
-                    continue;
-                }
+        let got = tokio::select! {
+            Some(done) = flush.recv() => {
+                flush_now(&mut rx, &mut chunk, &spool, &new_lines);
+                let _ = done.send(());
+                continue;
             }
-        } else {
-            tokio::select! {
-                Some(done) = flush.recv() => {
-                    flush_now(&mut rx, &mut chunk, &spool, &new_lines);
-                    let _ = done.send(());
-                    continue;
+            r = rx.recv_many(&mut chunk, WRITE_CHUNK) => r,
+            // Unsynced lines are synced after a quiet moment.
+            _ = tokio::time::sleep(SYNC_EVERY), if dirty => {
+                if let Err(e) = spool.lock().expect("spool lock").sync() {
+                    warn!(error = %e, "cannot sync the log spool");
                 }
-                r = rx.recv_many(&mut chunk, WRITE_CHUNK) => r,
+                continue;
             }
         };
         if got == 0 {
