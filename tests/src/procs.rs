@@ -64,6 +64,11 @@ pub async fn try_get(http: u16, host: &str) -> Option<(StatusCode, bytes::Bytes)
         .header("host", host)
         .body(empty())
         .unwrap();
+    send(req).await
+}
+
+/// Sends `req` and reads the whole answer; `None` when nothing answers within 5 s.
+async fn send(req: http::Request<crate::TestBody>) -> Option<(StatusCode, bytes::Bytes)> {
     let resp = tokio::time::timeout(Duration::from_secs(5), http_client().request(req))
         .await
         .ok()?
@@ -155,14 +160,6 @@ pub async fn api_json(
             None => empty(),
         })
         .unwrap();
-    let resp = tokio::time::timeout(Duration::from_secs(5), http_client().request(req))
-        .await
-        .ok()?
-        .ok()?;
-    let status = resp.status();
-    let bytes = http_body_util::BodyExt::collect(resp.into_body())
-        .await
-        .ok()?
-        .to_bytes();
+    let (status, bytes) = send(req).await?;
     Some((status, serde_json::from_slice(&bytes).unwrap_or_default()))
 }
