@@ -276,7 +276,7 @@ pub async fn run(cli: Cli, warn_layer: crate::logs::WarnLayer) -> anyhow::Result
             let engine_socket = (engine != "none").then_some(engine);
             let (identity, state_dir) = source.paths();
             let shutdown = CancellationToken::new();
-            tokio::spawn(signal_shutdown(shutdown.clone()));
+            tokio::spawn(transport::signal::cancel_on_signal(shutdown.clone()));
             let route = route.route(Some(&hooks.hooks(&state_dir).proxy_file));
             if !identity.exists() {
                 let Some(key) = key else {
@@ -419,7 +419,7 @@ pub async fn run(cli: Cli, warn_layer: crate::logs::WarnLayer) -> anyhow::Result
                 );
             }
             let shutdown = CancellationToken::new();
-            tokio::spawn(signal_shutdown(shutdown.clone()));
+            tokio::spawn(transport::signal::cancel_on_signal(shutdown.clone()));
             let route = route.route(Some(&state_dir.join("proxy.json")));
             let cfg =
                 provision_with_retry(&key, &route, uuid, &identity, &state_dir, &shutdown).await?;
@@ -474,16 +474,4 @@ async fn provision_with_retry(
             Err(e) => return Err(e.into()),
         }
     }
-}
-
-/// Cancels `token` on SIGINT or SIGTERM: the process's cancellation root.
-pub async fn signal_shutdown(token: CancellationToken) {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("install SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-    tracing::info!("shutting down");
-    token.cancel();
 }

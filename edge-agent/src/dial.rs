@@ -76,10 +76,9 @@ impl Route {
         quic_transport: Option<Arc<quinn::TransportConfig>>,
         mux: MuxConfig,
         timeout: Duration,
-    ) -> Result<Dialer, String> {
+    ) -> Result<Dialer, quinn::crypto::rustls::NoInitialCipherSuite> {
         let tcp_tls = Arc::new(tls.clone());
-        let quic =
-            quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| e.to_string())?;
+        let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls)?;
         let mut quic = quinn::ClientConfig::new(Arc::new(quic));
         if let Some(t) = quic_transport {
             quic.transport_config(t);

@@ -126,7 +126,7 @@ pub async fn provision(
             Default::default(),
             Duration::from_secs(15),
         )
-        .map_err(net)?;
+        .map_err(|e| net(e.to_string()))?;
     let mut endpoint = None;
     let conn = dialer.dial(&mut endpoint).await.map_err(|e| {
         // A TLS failure means this gateway is not the one the key names: retrying cannot

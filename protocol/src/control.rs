@@ -17,7 +17,7 @@ pub const PROTOCOL_VERSION: u16 = 1;
 pub const SUPPORTED_VERSIONS: &[u16] = &[1];
 
 /// Capabilities this build announces in hello/welcome.
-pub const CAPABILITIES: &[&str] = &["http"];
+pub const CAPABILITIES: &[&str] = &["http", "terminal", "logs", "actions", "target"];
 
 /// A message on the control stream, encoded as JSON in a [`FrameType::Message`] frame.
 ///

@@ -385,7 +385,18 @@ fn signal_session(sid: rustix::process::Pid, sig: rustix::process::Signal) {
 
 // ---- service: an exec in the service's container ----
 
-async fn engine(opts: &TerminalOptions) -> Result<bollard::Docker, String> {
+/// Why a service terminal could not reach its container; the text goes to the user.
+#[derive(Debug, thiserror::Error)]
+enum ContainerError {
+    #[error("cannot reach the container engine: {0}")]
+    Engine(bollard::errors::Error),
+    #[error("cannot list containers: {0}")]
+    List(bollard::errors::Error),
+    #[error("no running container for service {0}")]
+    NotRunning(String),
+}
+
+async fn engine(opts: &TerminalOptions) -> Result<bollard::Docker, ContainerError> {
     let docker = match &opts.engine_socket {
         Some(p) => bollard::Docker::connect_with_unix(
             &p.to_string_lossy(),
@@ -394,15 +405,15 @@ async fn engine(opts: &TerminalOptions) -> Result<bollard::Docker, String> {
         ),
         None => bollard::Docker::connect_with_unix_defaults(),
     }
-    .map_err(|e| format!("cannot reach the container engine: {e}"))?;
+    .map_err(ContainerError::Engine)?;
     docker
         .negotiate_version()
         .await
-        .map_err(|e| format!("cannot reach the container engine: {e}"))
+        .map_err(ContainerError::Engine)
 }
 
 /// The id of the running container of `service` (labelled by the reconciler).
-async fn container_of(docker: &bollard::Docker, service: &str) -> Result<String, String> {
+async fn container_of(docker: &bollard::Docker, service: &str) -> Result<String, ContainerError> {
     let filters = std::collections::HashMap::from([
         (
             "label".to_string(),
@@ -419,10 +430,10 @@ async fn container_of(docker: &bollard::Docker, service: &str) -> Result<String,
             ..Default::default()
         }))
         .await
-        .map_err(|e| format!("cannot list containers: {e}"))?;
+        .map_err(ContainerError::List)?;
     list.into_iter()
         .find_map(|c| c.id)
-        .ok_or_else(|| format!("no running container for service {service}"))
+        .ok_or_else(|| ContainerError::NotRunning(service.to_string()))
 }
 
 async fn service_session(
@@ -435,11 +446,11 @@ async fn service_session(
     use bollard::exec::{CreateExecOptions, ResizeExecOptions, StartExecOptions, StartExecResults};
     let docker = match engine(opts).await {
         Ok(d) => d,
-        Err(e) => return Outcome::Failed(e),
+        Err(e) => return Outcome::Failed(e.to_string()),
     };
     let container = match container_of(&docker, service).await {
         Ok(c) => c,
-        Err(e) => return Outcome::Failed(e),
+        Err(e) => return Outcome::Failed(e.to_string()),
     };
     let cmd = header.command.clone().unwrap_or_else(|| {
         // Most images have sh; bash when it is there.

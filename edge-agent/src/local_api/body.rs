@@ -50,6 +50,17 @@ impl<S: Send + Sync> FromRequest<S> for Payload {
     }
 }
 
+/// Why a request body was refused: the text of the 400 answer.
+#[derive(Debug, PartialEq, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct BadBody(String);
+
+impl From<BadBody> for String {
+    fn from(e: BadBody) -> String {
+        e.0
+    }
+}
+
 /// A request body: an object read from JSON or a form, or nothing at all (balena's own
 /// examples POST with `Content-Type: application/json` and no body, meaning "no
 /// options").
@@ -59,11 +70,11 @@ pub(crate) struct JsonBody(Map<String, Value>);
 impl JsonBody {
     /// Parses a body by its `Content-Type` (see the module docs). Empty (or
     /// all-whitespace) is `{}`; anything but an object is an error message for a 400.
-    pub(crate) fn parse(payload: &Payload) -> Result<Self, String> {
+    pub(crate) fn parse(payload: &Payload) -> Result<Self, BadBody> {
         Self::parse_as(payload.content_type.as_deref(), &payload.bytes)
     }
 
-    fn parse_as(content_type: Option<&str>, bytes: &[u8]) -> Result<Self, String> {
+    fn parse_as(content_type: Option<&str>, bytes: &[u8]) -> Result<Self, BadBody> {
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(Self::default());
         }
@@ -92,7 +103,7 @@ impl JsonBody {
     /// The optional `force` flag. Besides JSON booleans it takes the spellings balena's
     /// `checkTruthy` takes (`"true"`/`"false"`, `1`/`0`, `"on"`/`"off"`, ...); anything
     /// else is an error rather than balena's silent `false`.
-    pub(crate) fn force(&self) -> Result<bool, String> {
+    pub(crate) fn force(&self) -> Result<bool, BadBody> {
         match self.0.get("force") {
             None | Some(Value::Null) => Ok(false),
             Some(Value::Bool(b)) => Ok(*b),
@@ -101,29 +112,39 @@ impl JsonBody {
             Some(Value::String(s)) => match s.to_ascii_lowercase().as_str() {
                 "true" | "1" | "on" => Ok(true),
                 "false" | "0" | "off" => Ok(false),
-                _ => Err(format!("force must be a boolean, got the string {s:?}")),
+                _ => Err(BadBody(format!(
+                    "force must be a boolean, got the string {s:?}"
+                ))),
             },
-            Some(other) => Err(format!("force must be a boolean, got {}", kind(other))),
+            Some(other) => Err(BadBody(format!(
+                "force must be a boolean, got {}",
+                kind(other)
+            ))),
         }
     }
 
     /// An optional positive integer field (`appId`, `imageId`): a JSON number or a
     /// string of digits, as balena's `checkInt` accepts.
-    pub(crate) fn id(&self, key: &str) -> Result<Option<u32>, String> {
+    pub(crate) fn id(&self, key: &str) -> Result<Option<u32>, BadBody> {
         match self.0.get(key) {
             None | Some(Value::Null) => Ok(None),
             Some(v) => positive_id(v)
                 .map(Some)
-                .ok_or_else(|| format!("{key} must be a positive integer, got {}", show(v))),
+                .ok_or_else(|| {
+                    BadBody(format!("{key} must be a positive integer, got {}", show(v)))
+                }),
         }
     }
 
     /// An optional non-empty string field (`serviceName`).
-    pub(crate) fn string(&self, key: &str) -> Result<Option<String>, String> {
+    pub(crate) fn string(&self, key: &str) -> Result<Option<String>, BadBody> {
         match self.0.get(key) {
             None | Some(Value::Null) => Ok(None),
             Some(Value::String(s)) if !s.is_empty() => Ok(Some(s.clone())),
-            Some(v) => Err(format!("{key} must be a non-empty string, got {}", show(v))),
+            Some(v) => Err(BadBody(format!(
+                "{key} must be a non-empty string, got {}",
+                show(v)
+            ))),
         }
     }
 
@@ -139,24 +160,24 @@ impl JsonBody {
     }
 }
 
-fn json_object(bytes: &[u8]) -> Result<Map<String, Value>, String> {
+fn json_object(bytes: &[u8]) -> Result<Map<String, Value>, BadBody> {
     serde_json::from_slice::<Value>(bytes)
         .map_err(|e| not_json(&e))
         .and_then(object)
 }
 
-fn object(v: Value) -> Result<Map<String, Value>, String> {
+fn object(v: Value) -> Result<Map<String, Value>, BadBody> {
     match v {
         Value::Object(map) => Ok(map),
-        other => Err(format!(
+        other => Err(BadBody(format!(
             "request body must be a JSON object, got {}",
             kind(&other)
-        )),
+        ))),
     }
 }
 
-fn not_json(e: &serde_json::Error) -> String {
-    format!("request body is not valid JSON: {e}")
+fn not_json(e: &serde_json::Error) -> BadBody {
+    BadBody(format!("request body is not valid JSON: {e}"))
 }
 
 /// Whether a body without a usable `Content-Type` reads as a form: every `&`-separated
@@ -173,7 +194,7 @@ fn looks_like_form(bytes: &[u8]) -> bool {
 
 /// A form body as an object of strings, nesting `a[b]=v` and collecting `a[]=v` into
 /// arrays like express's extended parser; a name given twice is an error.
-fn form(bytes: &[u8]) -> Result<Map<String, Value>, String> {
+fn form(bytes: &[u8]) -> Result<Map<String, Value>, BadBody> {
     let mut map = Map::new();
     for (name, value) in form_urlencoded::parse(bytes) {
         let (path, append) = form_path(&name)?;
@@ -189,9 +210,9 @@ fn form(bytes: &[u8]) -> Result<Map<String, Value>, String> {
 }
 
 /// `a[b][c]` → (`[a, b, c]`, false); `a[]` → (`[a]`, true); anything else is one name.
-fn form_path(name: &str) -> Result<(Vec<&str>, bool), String> {
+fn form_path(name: &str) -> Result<(Vec<&str>, bool), BadBody> {
     if name.is_empty() {
-        return Err("a form field has no name".into());
+        return Err(BadBody("a form field has no name".into()));
     }
     let Some(open) = name.find('[').filter(|&i| i > 0 && name.ends_with(']')) else {
         return Ok((vec![name], false));
@@ -207,13 +228,13 @@ fn form_path(name: &str) -> Result<(Vec<&str>, bool), String> {
         .iter()
         .any(|s| s.is_empty() || s.contains(['[', ']']))
     {
-        return Err(format!("form field name {name:?} is malformed"));
+        return Err(BadBody(format!("form field name {name:?} is malformed")));
     }
     path.extend(segments);
     if path.len() > MAX_FORM_DEPTH {
-        return Err(format!(
+        return Err(BadBody(format!(
             "form field name {name:?} nests deeper than {MAX_FORM_DEPTH} levels"
-        ));
+        )));
     }
     Ok((path, append))
 }
@@ -224,8 +245,8 @@ fn insert(
     path: &[&str],
     append: bool,
     value: Value,
-) -> Result<(), String> {
-    let conflict = || format!("form field {name:?} conflicts with another field");
+) -> Result<(), BadBody> {
+    let conflict = || BadBody(format!("form field {name:?} conflicts with another field"));
     let (last, parents) = path.split_last().expect("a path has a name");
     let mut at = map;
     for p in parents {
@@ -244,7 +265,7 @@ fn insert(
         return Ok(());
     }
     if at.insert(last.to_string(), value).is_some() {
-        return Err(format!("form field {name:?} is given twice"));
+        return Err(BadBody(format!("form field {name:?} is given twice")));
     }
     Ok(())
 }
@@ -299,7 +320,9 @@ mod tests {
     }
 
     fn parsed(ct: Option<&str>, s: &str) -> Result<Value, String> {
-        JsonBody::parse_as(ct, s.as_bytes()).map(|b| Value::Object(b.0))
+        JsonBody::parse_as(ct, s.as_bytes())
+            .map(|b| Value::Object(b.0))
+            .map_err(String::from)
     }
 
     #[test]

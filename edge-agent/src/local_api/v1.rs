@@ -39,7 +39,7 @@ fn parse(body: &Payload) -> Result<JsonBody, Reject> {
     JsonBody::parse(body).map_err(|m| text(StatusCode::BAD_REQUEST, m).into())
 }
 
-fn bad_request(message: String) -> Response {
+fn bad_request(message: impl Into<String>) -> Response {
     text(StatusCode::BAD_REQUEST, message)
 }
 
@@ -97,7 +97,7 @@ async fn purge(State(s): State<LocalApiState>, body: Payload) -> Reply {
     let app_id = body
         .id("appId")
         .map_err(bad_request)?
-        .ok_or_else(|| bad_request("Invalid or missing appId".into()))?;
+        .ok_or_else(|| bad_request("Invalid or missing appId"))?;
     tracing::info!(app_id, force, "purge requested through the local API");
     s.control
         .purge(app_id, force)
@@ -113,7 +113,7 @@ async fn restart(State(s): State<LocalApiState>, body: Payload) -> Reply {
     let app_id = body
         .id("appId")
         .map_err(bad_request)?
-        .ok_or_else(|| bad_request("Missing app id".into()))?;
+        .ok_or_else(|| bad_request("Missing app id"))?;
     tracing::info!(app_id, force, "app restart requested through the local API");
     s.control
         .restart_app(app_id, force)

@@ -24,6 +24,7 @@
 pub mod error;
 pub mod net;
 pub mod proxy;
+pub mod signal;
 pub mod quic;
 pub mod tls_tcp;
 pub mod wire;

@@ -36,18 +36,23 @@ impl std::fmt::Display for Proxy {
     }
 }
 
+/// A proxy setting that is not `http://[user:password@]host[:port]`.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct BadProxy(String);
+
 impl std::str::FromStr for Proxy {
-    type Err = String;
+    type Err = BadProxy;
 
     /// Parses `http://[user:password@]host[:port]` (port 80 when absent) or a bare
     /// `host:port`.
-    fn from_str(s: &str) -> Result<Self, String> {
+    fn from_str(s: &str) -> Result<Self, BadProxy> {
         let rest = match s.split_once("://") {
             Some(("http", rest)) => rest,
             Some((scheme, _)) => {
-                return Err(format!(
+                return Err(BadProxy(format!(
                     "proxy {s:?}: only http:// proxies are supported (got {scheme}://)"
-                ))
+                )))
             }
             None => s,
         };
@@ -60,9 +65,9 @@ impl std::str::FromStr for Proxy {
             || hostport.contains('/')
             || hostport.chars().any(char::is_whitespace)
         {
-            return Err(format!(
+            return Err(BadProxy(format!(
                 "proxy {s:?} is not http://[user:password@]host:port"
-            ));
+            )));
         }
         let has_port = hostport.rsplit_once(':').is_some_and(|(h, p)| {
             !h.ends_with('[') && !p.is_empty() && p.chars().all(|c| c.is_ascii_digit())

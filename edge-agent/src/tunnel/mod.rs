@@ -1,4 +1,7 @@
 //! The connection lifecycle: dial, hello/welcome, serve streams, reconnect with backoff.
+//!
+//! `mod.rs` dials, handshakes and reconnects; `serve.rs` serves one session; and
+//! `device_side.rs` hands what arrives to the device and the reconciler.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,6 +22,11 @@ use crate::backoff::Backoff;
 use crate::config::{AgentConfig, AgentOptions, ConfigError};
 use crate::device::{ActionLog, Device};
 use crate::dial::{DialError, Dialer, TransportMode};
+
+mod device_side;
+mod serve;
+
+use device_side::*;
 
 /// How long the hello/welcome exchange may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -124,9 +132,9 @@ impl Agent {
                 mux_config(&opts),
                 HANDSHAKE_TIMEOUT,
             )
-            .map_err(|reason| ConfigError::Invalid {
+            .map_err(|e| ConfigError::Invalid {
                 key: "cert",
-                reason,
+                reason: e.to_string(),
             })?;
         let device = match &opts.data_dir {
             Some(dir) => {
@@ -396,214 +404,6 @@ impl Agent {
             heartbeat: Duration::from_millis(heartbeat_ms),
         })
     }
-
-    /// Serves one established session until it ends (returning why) or the agent moves to
-    /// a better transport.
-    async fn serve(&self, session: Session, tasks: &TaskTracker) -> Ended {
-        let Session {
-            conn,
-            mut control_send,
-            mut control_recv,
-            heartbeat,
-        } = session;
-        // Report what this device is on every connect (the gateway shows it).
-        let base_report = self.state_report(conn.remote_address());
-        let report = ControlMessage::StateReport {
-            state: base_report.clone(),
-        };
-        let mut last_reported: Option<crate::reconciler::ReconcilerStatus> = None;
-        let mut report_tick = tokio::time::interval(Duration::from_millis(500));
-        report_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        if let Err(e) = wire::write_frame(&mut control_send, &report.to_frame()).await {
-            // A gateway that closed the connection at once (a duplicate identity) says why.
-            return Ended::Lost(match conn.close_reason() {
-                Some(reason) => SessionError::Connection(reason),
-                None => SessionError::Wire(e),
-            });
-        }
-        // Spooled logs go out on their own stream, resuming where the gateway's store ends.
-        // Ends with the session, or when the agent moves to another connection (whose
-        // shipper resumes from the gateway's ack: nothing is lost or stored twice).
-        let shipping = CancellationToken::new();
-        let _stop_shipping = shipping.clone().drop_guard();
-        if let Some(logs) = self.opts.logs.clone() {
-            let conn = conn.clone();
-            tasks.spawn(async move {
-                loop {
-                    let shipped = tokio::select! {
-                        _ = shipping.cancelled() => return,
-                        r = logs.ship(&conn) => r,
-                    };
-                    match shipped {
-                        Ok(()) | Err(crate::logs::ShipError::Connection(_)) => return,
-                        Err(_) if conn.close_reason().is_some() => return,
-                        Err(e) => {
-                            warn!(error = %e, "log shipping failed; retrying");
-                            tokio::time::sleep(Duration::from_secs(1)).await;
-                        }
-                    }
-                }
-            });
-        }
-        // Action results come back from their tasks through this channel; only the
-        // control loop writes to the control stream.
-        let (results_tx, mut results_rx) = tokio::sync::mpsc::unbounded_channel::<ControlMessage>();
-        // Actions run one at a time, in the order the gateway sent them.
-        let (actions_tx, mut actions_rx) =
-            tokio::sync::mpsc::unbounded_channel::<(String, String, serde_json::Value)>();
-        let device = self.device.clone();
-        let worker_results = results_tx.clone();
-        let sink = self
-            .opts
-            .logs
-            .as_ref()
-            .map(|l| l.sink())
-            .unwrap_or_else(crate::logs::LogSink::disabled);
-        tasks.spawn(async move {
-            while let Some((id, name, params)) = actions_rx.recv().await {
-                run_action(
-                    device.clone(),
-                    id,
-                    name,
-                    params,
-                    worker_results.clone(),
-                    &sink,
-                )
-                .await;
-            }
-        });
-        let control = async {
-            // Heartbeats prove the control loops alive (the transport's keep-alives prove
-            // the path): at the gateway's interval, kept below half the idle timeout.
-            let interval = heartbeat
-                .max(self.opts.keep_alive)
-                .min(self.opts.idle_timeout / 2);
-            let mut hb = Heartbeat::new(
-                tokio::time::Instant::now().into_std(),
-                interval,
-                self.opts.idle_timeout,
-            );
-            loop {
-                let deadline = tokio::time::Instant::from_std(hb.deadline());
-                tokio::select! {
-                    frame = control_recv.next() => {
-                        let msg = ControlMessage::from_frame(&frame?).map_err(WireError::from)?;
-                        hb.on_received(std::time::Instant::now());
-                        match msg {
-                            ControlMessage::Heartbeat { seq } => {
-                                wire::write_frame(&mut control_send, &ControlMessage::HeartbeatAck { seq }.to_frame()).await?;
-                            }
-                            ControlMessage::HeartbeatAck { .. } => {}
-                            ControlMessage::Action { id, name, params } => {
-                                let _ = actions_tx.send((id, name, params));
-                            }
-                            ControlMessage::TargetState { target } => self.apply_gateway_target(target).await,
-                            ControlMessage::Error { message, .. } => return Err(SessionError::Refused(message)),
-                            other => debug!(?other, "ignoring control message"),
-                        }
-                    }
-                    Some(result) = results_rx.recv() => {
-                        wire::write_frame(&mut control_send, &result.to_frame()).await?;
-                    }
-                    // Update progress goes to the gateway as it changes (at most twice a second).
-                    _ = report_tick.tick() => {
-                        let device = self.device.as_ref().map(|(d, _)| d);
-                        if let Some((d, r)) = device.and_then(|d| d.reconciler().map(|r| (d, r))) {
-                            let status = r.status().borrow().clone();
-                            if last_reported.as_ref() != Some(&status) {
-                                let mut state = base_report.clone();
-                                state["reconciler"] = serde_json::to_value(&status).expect("status serializes");
-                                state["status"] = serde_json::json!(crate::local_api::DeviceInfo::status(&**d));
-                                let msg = ControlMessage::StateReport { state };
-                                wire::write_frame(&mut control_send, &msg.to_frame()).await?;
-                                last_reported = Some(status);
-                            }
-                        }
-                    }
-                    _ = tokio::time::sleep_until(deadline) => {
-                        match hb.poll(std::time::Instant::now()) {
-                            Some(HeartbeatEvent::Send(seq)) => {
-                                wire::write_frame(&mut control_send, &ControlMessage::Heartbeat { seq }.to_frame()).await?;
-                            }
-                            Some(HeartbeatEvent::Dead) => return Err(SessionError::HeartbeatTimeout),
-                            None => {}
-                        }
-                    }
-                }
-            }
-        };
-        let accept = async {
-            loop {
-                let (send, recv) = conn.accept_bi().await?;
-                let target = self.opts.target.clone();
-                let connect_timeout = self.opts.target_connect_timeout;
-                let terminals = Arc::clone(&self.terminals);
-                tasks.spawn(handle_stream(
-                    send,
-                    recv,
-                    target,
-                    connect_timeout,
-                    terminals,
-                ));
-            }
-        };
-        // On TCP in auto mode, QUIC is tried again in the background; once it works the
-        // agent moves there.
-        let probe = async {
-            if self.dialer.mode != TransportMode::Auto || conn.kind() == TransportKind::Quic {
-                return std::future::pending().await;
-            }
-            self.probe_quic().await
-        };
-        let result: Result<(), SessionError> = tokio::select! {
-            r = control => r,
-            r = accept => r,
-            next = probe => {
-                info!("QUIC works again; moving the tunnel back to QUIC");
-                return Ended::Moved { next, old: conn };
-            }
-        };
-        // A stream can end a moment before the connection's close reason arrives (on TCP
-        // the close message follows the stream resets): give it a moment, so that the
-        // gateway's reason ("replaced", "shutting down") is the one reported.
-        if matches!(result, Err(SessionError::Wire(_))) && conn.close_reason().is_none() {
-            let _ = tokio::time::timeout(Duration::from_millis(500), conn.closed()).await;
-        }
-        let err = match result {
-            Err(SessionError::Wire(_)) | Ok(()) if conn.close_reason().is_some() => {
-                SessionError::Connection(conn.close_reason().expect("checked"))
-            }
-            Err(e) => e,
-            Ok(()) => SessionError::Refused("session ended".into()),
-        };
-        if conn.close_reason().is_none() {
-            let code = match &err {
-                SessionError::HeartbeatTimeout => AppErrorCode::HeartbeatTimeout,
-                SessionError::Wire(w) => w.code(),
-                _ => AppErrorCode::Internal,
-            };
-            conn.close(code, err.to_string().as_bytes());
-        }
-        Ended::Lost(err)
-    }
-
-    /// Tries QUIC with backoff (2 s doubling to 30 s) until a session on it is welcomed.
-    async fn probe_quic(&self) -> Session {
-        let mut endpoint = None;
-        let mut backoff = Backoff::new(Duration::from_secs(2), Duration::from_secs(30));
-        loop {
-            // At least a second apart, however the jitter falls.
-            let delay = backoff.next_delay().max(Duration::from_secs(1));
-            tokio::time::sleep(delay).await;
-            match self.dialer.dial_quic(&mut endpoint).await {
-                Ok(conn) => match self.handshake(conn).await {
-                    Ok(s) => return s,
-                    Err(e) => debug!(error = %e, "QUIC probe: handshake failed"),
-                },
-                Err(e) => debug!(error = %e, "QUIC probe failed"),
-            }
-        }
-    }
 }
 
 /// How a served session ended.
@@ -621,67 +421,6 @@ async fn drain(old: Connection) {
     old.close(AppErrorCode::Replaced, b"moved to another transport");
 }
 
-impl Agent {
-    /// Hands a target state from the gateway to the reconciler (or keeps it for when the
-    /// reconciler starts). A target pinned on the device (preload, local mode) wins.
-    async fn apply_gateway_target(&self, target: serde_json::Value) {
-        let target: protocol::release::TargetState = match serde_json::from_value(target) {
-            Ok(t) => t,
-            Err(e) => {
-                warn!(error = %e, "ignoring a malformed target state from the gateway");
-                return;
-            }
-        };
-        info!(release = %target.release, "target state received");
-        *self.gateway_target.lock().expect("target lock") = Some(target.clone());
-        let Some(r) = self.device.as_ref().and_then(|(d, _)| d.reconciler()) else {
-            return;
-        };
-        if r.pinned().await {
-            warn!(release = %target.release, "this device runs a locally pinned release; ignoring the gateway's target (edge-agent unpin)");
-            return;
-        }
-        if let Err(e) = r.set_target(target, false).await {
-            warn!(error = %e, "cannot apply the target state");
-        }
-    }
-
-    /// Records an agent event in the device's logs (when logs are collected).
-    fn log_event(&self, message: String) {
-        if let Some(logs) = &self.opts.logs {
-            logs.sink().system(message);
-        }
-    }
-
-    fn state_report(&self, gateway: SocketAddr) -> serde_json::Value {
-        use crate::local_api::DeviceInfo;
-        // The address this device uses to reach the gateway (no packet is sent).
-        let local_ip = std::net::UdpSocket::bind(if gateway.is_ipv6() {
-            "[::]:0"
-        } else {
-            "0.0.0.0:0"
-        })
-        .and_then(|s| s.connect(gateway).and_then(|_| s.local_addr()))
-        .map(|a| vec![a.ip().to_string()])
-        .unwrap_or_default();
-        let os_version = self
-            .device
-            .as_ref()
-            .map(|(d, _)| {
-                d.set_ip_addresses(local_ip.clone());
-                d.os_version()
-            })
-            .unwrap_or_default();
-        serde_json::json!({
-            "agent_version": crate::VERSION,
-            "os_version": os_version,
-            "ip_addresses": local_ip,
-            "status": "Idle",
-            "local_api": self.opts.local_api.map(|a| a.to_string()),
-        })
-    }
-}
-
 struct Session {
     conn: Connection,
     control_send: transport::SendStream,
@@ -690,142 +429,7 @@ struct Session {
     heartbeat: Duration,
 }
 
-/// Runs one action exactly once (per the persisted log) and reports its result.
-async fn run_action(
-    device: Option<(Arc<Device>, Arc<ActionLog>)>,
-    id: String,
-    name: String,
-    params: serde_json::Value,
-    results: tokio::sync::mpsc::UnboundedSender<ControlMessage>,
-    logs: &crate::logs::LogSink,
-) {
-    let reply = |ok: bool, detail: serde_json::Value| {
-        if ok {
-            logs.system(format!("Action {name} done"));
-        } else {
-            logs.warning(format!("Action {name} failed: {detail}"));
-        }
-        ControlMessage::ActionResult {
-            id: id.clone(),
-            ok,
-            detail,
-        }
-    };
-    logs.system(format!("Action {name} received"));
-    let Some((device, log)) = device else {
-        let _ = results.send(reply(
-            false,
-            "this agent runs without a data dir; actions need one".into(),
-        ));
-        return;
-    };
-    let result = match log.lookup(&id) {
-        // Delivered again (a reconnect before the gateway saw the result): never re-run.
-        Some(Some((ok, detail))) => reply(ok, detail),
-        Some(None) => reply(
-            true,
-            "already executed; the agent restarted before recording its result".into(),
-        ),
-        None => {
-            info!(action = %name, %id, "running action");
-            // Recorded before it runs: a reboot in the middle must not run it again.
-            if let Err(e) = log.record(&id, None) {
-                let _ = results.send(reply(false, format!("cannot record action: {e}").into()));
-                return;
-            }
-            let (ok, detail) = match device.run_action(&name, &params).await {
-                Ok(v) => (true, v),
-                Err(reason) => {
-                    warn!(action = %name, %id, %reason, "action failed");
-                    (false, serde_json::Value::String(reason))
-                }
-            };
-            if let Err(e) = log.record(&id, Some((ok, detail.clone()))) {
-                warn!(error = %e, "cannot record action result");
-            }
-            reply(ok, detail)
-        }
-    };
-    let _ = results.send(result);
-}
 
-/// Starts the reconciler, retrying while the engine is unreachable, then applies the
-/// newest gateway target it missed.
-async fn start_reconciler(
-    cfg: crate::reconciler::ReconcilerConfig,
-    device: Arc<Device>,
-    logs: crate::logs::LogSink,
-    gateway_target: Arc<std::sync::Mutex<Option<protocol::release::TargetState>>>,
-    shutdown: CancellationToken,
-) {
-    let mut warned = false;
-    let r = loop {
-        match crate::reconciler::Reconciler::start_with_shutdown(
-            cfg.clone(),
-            logs.clone(),
-            shutdown.clone(),
-        )
-        .await
-        {
-            Ok(r) => break r,
-            Err(e) => {
-                if !warned {
-                    warn!(engine = %cfg.engine_socket, error = %e, "container engine unreachable; containers are managed once it answers");
-                    warned = true;
-                }
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_secs(5)) => {}
-                }
-            }
-        }
-    };
-    info!(engine = %cfg.engine_socket, "reconciler running");
-    device.set_reconciler(r.clone());
-    let missed = gateway_target.lock().expect("target lock").clone();
-    if let Some(t) = missed {
-        if !r.pinned().await {
-            if let Err(e) = r.set_target(t, false).await {
-                warn!(error = %e, "cannot apply the target state");
-            }
-        }
-    }
-}
-
-/// Reads a gateway-opened stream's header and dispatches it.
-async fn handle_stream(
-    mut send: transport::SendStream,
-    mut recv: transport::RecvStream,
-    target: String,
-    connect_timeout: Duration,
-    terminals: Arc<crate::handlers::terminal::Terminals>,
-) {
-    let header =
-        match tokio::time::timeout(STREAM_HEADER_TIMEOUT, wire::read_header(&mut recv)).await {
-            Ok(Ok(h)) => h,
-            Ok(Err(e)) => {
-                // A bad stream costs only itself; the connection and other streams go on.
-                warn!(error = %e, "rejecting stream with a malformed header");
-                wire::reject(&mut send, &mut recv, e.code());
-                return;
-            }
-            Err(_) => {
-                warn!("rejecting stream: no header in time");
-                wire::reject(&mut send, &mut recv, AppErrorCode::ProtocolError);
-                return;
-            }
-        };
-    match header {
-        StreamHeader::Http(h) => {
-            crate::handlers::http::serve(BiStream { send, recv }, h, &target, connect_timeout).await
-        }
-        StreamHeader::Terminal(map) => terminals.serve(send, recv, map).await,
-        other => {
-            warn!(kind = ?other.kind(), "rejecting unsupported stream kind");
-            wire::reject(&mut send, &mut recv, AppErrorCode::UnsupportedStream);
-        }
-    }
-}
 
 /// Multiplexer settings of the agent side on TCP.
 pub fn mux_config(opts: &AgentOptions) -> transport::tls_tcp::MuxConfig {
