@@ -42,7 +42,7 @@ impl Store {
         ttl_secs: i64,
     ) -> Result<ActionRecord, StoreError> {
         let now = now_unix();
-        sqlx::query(
+        on_pool!(self, |p| sqlx::query(
             "INSERT INTO actions (id, device, name, params, status, actor, created_at, expires_at) VALUES ($1, $2, $3, $4, 'pending', $5, $6, $7)",
         )
         .bind(id)
@@ -52,8 +52,9 @@ impl Store {
         .bind(actor)
         .bind(now)
         .bind(now.saturating_add(ttl_secs))
-        .execute(&self.pool)
-        .await?;
+        .execute(p)
+        .await
+        .map(drop))?;
         self.action(id)
             .await?
             .ok_or_else(|| StoreError::Corrupt("inserted action vanished".into()))
@@ -61,11 +62,12 @@ impl Store {
 
     /// One action.
     pub async fn action(&self, id: &str) -> Result<Option<ActionRecord>, StoreError> {
-        let row = sqlx::query(&format!("{ACTION_COLUMNS} WHERE id = $1"))
+        on_pool!(self, |p| sqlx::query(&format!("{ACTION_COLUMNS} WHERE id = $1"))
             .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.map(|r| action_from_row(&r)).transpose()
+            .fetch_optional(p)
+            .await?
+            .map(|r| action_from_row(&r))
+            .transpose())
     }
 
     /// A device's actions, newest first.
@@ -74,14 +76,16 @@ impl Store {
         device: DeviceUuid,
         limit: i64,
     ) -> Result<Vec<ActionRecord>, StoreError> {
-        let rows = sqlx::query(&format!(
+        on_pool!(self, |p| sqlx::query(&format!(
             "{ACTION_COLUMNS} WHERE device = $1 ORDER BY seq DESC LIMIT $2"
         ))
         .bind(device.as_str())
         .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(action_from_row).collect()
+        .fetch_all(p)
+        .await?
+        .iter()
+        .map(action_from_row)
+        .collect())
     }
 
     /// Marks expired pending actions of `device` as `expired` and returns the actions to
@@ -92,29 +96,34 @@ impl Store {
         device: DeviceUuid,
     ) -> Result<Vec<ActionRecord>, StoreError> {
         let now = now_unix();
-        sqlx::query(
-            "UPDATE actions SET status = 'expired', finished_at = $1 WHERE device = $2 AND status = 'pending' AND expires_at <= $1",
-        )
-        .bind(now)
-        .bind(device.as_str())
-        .execute(&self.pool)
-        .await?;
-        let rows = sqlx::query(&format!(
-            "{ACTION_COLUMNS} WHERE device = $1 AND status IN ('pending', 'delivered') ORDER BY seq"
-        ))
-        .bind(device.as_str())
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(action_from_row).collect()
+        on_pool!(self, |p| {
+            sqlx::query(
+                "UPDATE actions SET status = 'expired', finished_at = $1 WHERE device = $2 AND status = 'pending' AND expires_at <= $1",
+            )
+            .bind(now)
+            .bind(device.as_str())
+            .execute(p)
+            .await?;
+            sqlx::query(&format!(
+                "{ACTION_COLUMNS} WHERE device = $1 AND status IN ('pending', 'delivered') ORDER BY seq"
+            ))
+            .bind(device.as_str())
+            .fetch_all(p)
+            .await?
+            .iter()
+            .map(action_from_row)
+            .collect()
+        })
     }
 
     /// Records that an action was sent to the agent.
     pub async fn action_delivered(&self, id: &str) -> Result<(), StoreError> {
-        sqlx::query("UPDATE actions SET status = 'delivered', delivered_at = $1 WHERE id = $2 AND status = 'pending'")
+        on_pool!(self, |p| sqlx::query("UPDATE actions SET status = 'delivered', delivered_at = $1 WHERE id = $2 AND status = 'pending'")
             .bind(now_unix())
             .bind(id)
-            .execute(&self.pool)
-            .await?;
+            .execute(p)
+            .await
+            .map(drop))?;
         Ok(())
     }
 
@@ -127,7 +136,7 @@ impl Store {
         ok: bool,
         detail: &serde_json::Value,
     ) -> Result<bool, StoreError> {
-        let r = sqlx::query(
+        let n = on_pool!(self, |p| sqlx::query(
             "UPDATE actions SET status = $1, detail = $2, finished_at = $3 WHERE id = $4 AND device = $5 AND status IN ('pending', 'delivered')",
         )
         .bind(if ok { "succeeded" } else { "failed" })
@@ -135,31 +144,30 @@ impl Store {
         .bind(now_unix())
         .bind(id)
         .bind(device.as_str())
-        .execute(&self.pool)
-        .await?;
-        Ok(r.rows_affected() == 1)
+        .execute(p)
+        .await?
+        .rows_affected());
+        Ok(n == 1)
     }
 }
 
 pub(super) const ACTION_COLUMNS: &str = "SELECT id, device, name, params, status, detail, actor, created_at, expires_at, delivered_at, finished_at FROM actions";
 
-pub(super) fn action_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<ActionRecord, StoreError> {
-    let device: String = r.try_get("device")?;
-    let params: String = r.try_get("params")?;
-    let detail: Option<String> = r.try_get("detail")?;
+pub(super) fn action_from_row(r: &impl DbRow) -> Result<ActionRecord, StoreError> {
+    let device: String = r.col("device")?;
+    let params: String = r.col("params")?;
+    let detail: Option<String> = r.col("detail")?;
     Ok(ActionRecord {
-        id: r.try_get("id")?,
-        device: device
-            .parse()
-            .map_err(|e: protocol::InvalidUuid| StoreError::Corrupt(e.to_string()))?,
-        name: r.try_get("name")?,
+        id: r.col("id")?,
+        device: super::devices::parse_uuid(&device)?,
+        name: r.col("name")?,
         params: serde_json::from_str(&params).map_err(|e| StoreError::Corrupt(e.to_string()))?,
-        status: r.try_get("status")?,
+        status: r.col("status")?,
         detail: detail.and_then(|d| serde_json::from_str(&d).ok()),
-        actor: r.try_get("actor")?,
-        created_at: r.try_get("created_at")?,
-        expires_at: r.try_get("expires_at")?,
-        delivered_at: r.try_get("delivered_at")?,
-        finished_at: r.try_get("finished_at")?,
+        actor: r.col("actor")?,
+        created_at: r.col("created_at")?,
+        expires_at: r.col("expires_at")?,
+        delivered_at: r.col("delivered_at")?,
+        finished_at: r.col("finished_at")?,
     })
 }

@@ -28,7 +28,7 @@ impl Store {
         target: &str,
         detail: &str,
     ) -> Result<(), StoreError> {
-        sqlx::query(
+        on_pool!(self, |p| sqlx::query(
             "INSERT INTO audit_log (at, actor, action, target, detail) VALUES ($1, $2, $3, $4, $5)",
         )
         .bind(now_unix())
@@ -36,8 +36,9 @@ impl Store {
         .bind(action)
         .bind(target)
         .bind(detail)
-        .execute(&self.pool)
-        .await?;
+        .execute(p)
+        .await
+        .map(drop))?;
         Ok(())
     }
 
@@ -47,25 +48,25 @@ impl Store {
         before: Option<i64>,
         limit: i64,
     ) -> Result<Vec<AuditRecord>, StoreError> {
-        let rows = sqlx::query(
+        on_pool!(self, |p| sqlx::query(
             "SELECT seq, at, actor, action, target, detail FROM audit_log
              WHERE seq < $1 ORDER BY seq DESC LIMIT $2",
         )
         .bind(before.unwrap_or(i64::MAX))
         .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(AuditRecord {
-                    seq: r.try_get("seq")?,
-                    at: r.try_get("at")?,
-                    actor: r.try_get("actor")?,
-                    action: r.try_get("action")?,
-                    target: r.try_get("target")?,
-                    detail: r.try_get("detail")?,
-                })
+        .fetch_all(p)
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(AuditRecord {
+                seq: r.col("seq")?,
+                at: r.col("at")?,
+                actor: r.col("actor")?,
+                action: r.col("action")?,
+                target: r.col("target")?,
+                detail: r.col("detail")?,
             })
-            .collect()
+        })
+        .collect())
     }
 }

@@ -1,9 +1,12 @@
-//! Many writers on one real SQLite store at once: log ingest, action creation and device
-//! registration side by side, as during a reconnect storm. Every write must succeed (no
-//! `database is locked`, SQLite codes 5/517) and every row must be there afterwards.
+//! Many writers on one real store at once, on SQLite and on PostgreSQL: log ingest, action
+//! creation and device registration side by side, as during a reconnect storm, and
+//! releases uploaded to one fleet in parallel. Every write must succeed (no `database is
+//! locked`, SQLite codes 5/517; no deadlock or unique violation on PostgreSQL) and every
+//! row must be there afterwards.
 
 use protocol::{DeviceUuid, LogLine};
 
+use super::test_pg::both_backends;
 use super::{Store, StoreError};
 
 const LOG_TASKS: usize = 16;
@@ -45,10 +48,17 @@ fn describe(e: &StoreError) -> String {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_writers_never_see_database_is_locked() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).await.unwrap();
+both_backends! {
+    async fn concurrent_writers_never_see_database_is_locked(store) {
+        storm(store).await
+    }
+
+    async fn parallel_release_uploads_get_distinct_consecutive_seqs(store) {
+        releases_in_parallel(store).await
+    }
+}
+
+async fn storm(store: Store) {
     store.create_fleet("storm", false).await.unwrap();
     // Devices that ship logs and receive actions exist first, as they do in production.
     for n in 0..LOG_TASKS.max(ACTION_TASKS) {
@@ -165,4 +175,47 @@ async fn concurrent_writers_never_see_database_is_locked() {
         .filter(|d| d.fleet.as_deref() == Some("storm"))
         .count();
     assert_eq!(fleet_devices, REGISTER_TASKS * REGISTRATIONS_PER_TASK);
+}
+
+/// Release uploads at once.
+const RELEASE_TASKS: usize = 24;
+
+async fn releases_in_parallel(store: Store) {
+    store.create_fleet("rel", false).await.unwrap();
+    let mut tasks = tokio::task::JoinSet::new();
+    for n in 0..RELEASE_TASKS {
+        let store = store.clone();
+        tasks.spawn(async move {
+            // Distinct content each, plus every task racing to upload one shared file.
+            let own = store
+                .create_release("rel", &format!("own {n}"), &format!("h{n}"), "t")
+                .await;
+            let shared = store
+                .create_release("rel", "shared", "h-shared", "t")
+                .await;
+            (own.map_err(|e| describe(&e)), shared.map_err(|e| describe(&e)))
+        });
+    }
+    let mut created_shared = 0;
+    let mut shared_ids = std::collections::BTreeSet::new();
+    while let Some(r) = tasks.join_next().await {
+        let (own, shared) = r.expect("release task panicked");
+        let (_, created) = own.expect("create_release failed");
+        assert!(created);
+        let (rec, created) = shared.expect("create_release of the shared file failed");
+        created_shared += usize::from(created);
+        shared_ids.insert((rec.id, rec.seq));
+    }
+    assert_eq!(created_shared, 1, "the shared file was stored more than once");
+    assert_eq!(shared_ids.len(), 1);
+    let mut seqs: Vec<i64> = store
+        .releases("rel")
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.seq)
+        .collect();
+    seqs.sort_unstable();
+    let want: Vec<i64> = (1..=RELEASE_TASKS as i64 + 1).collect();
+    assert_eq!(seqs, want, "release seqs repeated or skipped");
 }

@@ -31,15 +31,17 @@ pub struct DeviceRecord {
 impl Store {
     /// Registers a new device.
     pub async fn add_device(&self, uuid: DeviceUuid, public_url: bool) -> Result<(), StoreError> {
-        let res =
-            sqlx::query("INSERT INTO devices (uuid, public_url, created_at) VALUES ($1, $2, $3)")
-                .bind(uuid.as_str())
-                .bind(public_url)
-                .bind(now_unix())
-                .execute(&self.pool)
-                .await;
+        let res = on_pool!(self, |p| sqlx::query(
+            "INSERT INTO devices (uuid, public_url, created_at) VALUES ($1, $2, $3)"
+        )
+        .bind(uuid.as_str())
+        .bind(public_url)
+        .bind(now_unix())
+        .execute(p)
+        .await
+        .map(drop));
         match res {
-            Ok(_) => Ok(()),
+            Ok(()) => Ok(()),
             Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
                 Err(StoreError::DeviceExists(uuid))
             }
@@ -49,46 +51,53 @@ impl Store {
 
     /// Looks a device up.
     pub async fn device(&self, uuid: DeviceUuid) -> Result<Option<DeviceRecord>, StoreError> {
-        let row = sqlx::query(
-            "SELECT uuid, public_url, created_at, last_seen, online, revoked, name, fleet, state, public_address FROM devices WHERE uuid = $1",
-        )
+        on_pool!(self, |p| sqlx::query(&format!(
+            "SELECT {DEVICE_COLUMNS} FROM devices WHERE uuid = $1"
+        ))
         .bind(uuid.as_str())
-        .fetch_optional(&self.pool)
-        .await?;
-        row.map(|r| device_from_row(&r)).transpose()
+        .fetch_optional(p)
+        .await?
+        .map(|r| device_from_row(&r))
+        .transpose())
     }
 
     /// All devices, oldest first.
     pub async fn devices(&self) -> Result<Vec<DeviceRecord>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT uuid, public_url, created_at, last_seen, online, revoked, name, fleet, state, public_address FROM devices WHERE NOT revoked ORDER BY created_at, uuid",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(device_from_row).collect()
+        on_pool!(self, |p| sqlx::query(&format!(
+            "SELECT {DEVICE_COLUMNS} FROM devices WHERE NOT revoked ORDER BY created_at, uuid"
+        ))
+        .fetch_all(p)
+        .await?
+        .iter()
+        .map(device_from_row)
+        .collect())
     }
 
     /// Records a tunnel coming up or going down.
     pub async fn set_online(&self, uuid: DeviceUuid, online: bool) -> Result<(), StoreError> {
-        sqlx::query("UPDATE devices SET online = $1, last_seen = $2 WHERE uuid = $3")
-            .bind(online)
-            .bind(now_unix())
-            .bind(uuid.as_str())
-            .execute(&self.pool)
-            .await?;
+        on_pool!(self, |p| sqlx::query(
+            "UPDATE devices SET online = $1, last_seen = $2 WHERE uuid = $3"
+        )
+        .bind(online)
+        .bind(now_unix())
+        .bind(uuid.as_str())
+        .execute(p)
+        .await
+        .map(drop))?;
         Ok(())
     }
 
     /// A device's tags, by name.
     pub async fn tags(&self, uuid: DeviceUuid) -> Result<Vec<(String, String)>, StoreError> {
-        let rows =
-            sqlx::query("SELECT name, value FROM device_tags WHERE device = $1 ORDER BY name")
-                .bind(uuid.as_str())
-                .fetch_all(&self.pool)
-                .await?;
-        rows.iter()
-            .map(|r| Ok((r.try_get("name")?, r.try_get("value")?)))
-            .collect()
+        on_pool!(self, |p| sqlx::query(
+            "SELECT name, value FROM device_tags WHERE device = $1 ORDER BY name"
+        )
+        .bind(uuid.as_str())
+        .fetch_all(p)
+        .await?
+        .iter()
+        .map(|r| Ok((r.col("name")?, r.col("value")?)))
+        .collect())
     }
 
     /// Devices carrying tag `name` (with `value`, if given).
@@ -97,20 +106,16 @@ impl Store {
         name: &str,
         value: Option<&str>,
     ) -> Result<Vec<DeviceUuid>, StoreError> {
-        let rows = sqlx::query(
+        on_pool!(self, |p| sqlx::query(
             "SELECT device FROM device_tags WHERE name = $1 AND ($2 IS NULL OR value = $2)",
         )
         .bind(name)
         .bind(value)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                let u: String = r.try_get("device")?;
-                u.parse()
-                    .map_err(|e: protocol::InvalidUuid| StoreError::Corrupt(e.to_string()))
-            })
-            .collect()
+        .fetch_all(p)
+        .await?
+        .iter()
+        .map(|r| parse_uuid(&r.col::<String>("device")?))
+        .collect())
     }
 
     /// Replaces a device's tags.
@@ -119,19 +124,21 @@ impl Store {
         uuid: DeviceUuid,
         tags: &[(String, String)],
     ) -> Result<(), StoreError> {
-        let mut tx = self.write_tx().await?;
-        sqlx::query("DELETE FROM device_tags WHERE device = $1")
-            .bind(uuid.as_str())
-            .execute(&mut *tx)
-            .await?;
-        for (k, v) in tags {
-            sqlx::query("INSERT INTO device_tags (device, name, value) VALUES ($1, $2, $3)")
+        let mut tx = self.write_tx(&[Lock::Tags(uuid)]).await?;
+        on_tx!(tx, |c| {
+            sqlx::query("DELETE FROM device_tags WHERE device = $1")
                 .bind(uuid.as_str())
-                .bind(k)
-                .bind(v)
-                .execute(&mut *tx)
+                .execute(&mut *c)
                 .await?;
-        }
+            for (k, v) in tags {
+                sqlx::query("INSERT INTO device_tags (device, name, value) VALUES ($1, $2, $3)")
+                    .bind(uuid.as_str())
+                    .bind(k)
+                    .bind(v)
+                    .execute(&mut *c)
+                    .await?;
+            }
+        });
         tx.commit().await?;
         Ok(())
     }
@@ -143,22 +150,16 @@ impl Store {
         scope: &str,
         owner: &str,
     ) -> Result<Vec<(String, String, String)>, StoreError> {
-        let rows = sqlx::query(
+        on_pool!(self, |p| sqlx::query(
             "SELECT service, name, value FROM env_vars WHERE scope = $1 AND owner = $2 ORDER BY service, name",
         )
         .bind(scope)
         .bind(owner)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok((
-                    r.try_get("service")?,
-                    r.try_get("name")?,
-                    r.try_get("value")?,
-                ))
-            })
-            .collect()
+        .fetch_all(p)
+        .await?
+        .iter()
+        .map(|r| Ok((r.col("service")?, r.col("name")?, r.col("value")?)))
+        .collect())
     }
 
     /// Replaces the environment variables of a fleet or device.
@@ -168,22 +169,24 @@ impl Store {
         owner: &str,
         vars: &[(String, String, String)],
     ) -> Result<(), StoreError> {
-        let mut tx = self.write_tx().await?;
-        sqlx::query("DELETE FROM env_vars WHERE scope = $1 AND owner = $2")
-            .bind(scope)
-            .bind(owner)
-            .execute(&mut *tx)
-            .await?;
-        for (service, name, value) in vars {
-            sqlx::query("INSERT INTO env_vars (scope, owner, service, name, value) VALUES ($1, $2, $3, $4, $5)")
+        let mut tx = self.write_tx(&[Lock::Env(scope, owner)]).await?;
+        on_tx!(tx, |c| {
+            sqlx::query("DELETE FROM env_vars WHERE scope = $1 AND owner = $2")
                 .bind(scope)
                 .bind(owner)
-                .bind(service)
-                .bind(name)
-                .bind(value)
-                .execute(&mut *tx)
+                .execute(&mut *c)
                 .await?;
-        }
+            for (service, name, value) in vars {
+                sqlx::query("INSERT INTO env_vars (scope, owner, service, name, value) VALUES ($1, $2, $3, $4, $5)")
+                    .bind(scope)
+                    .bind(owner)
+                    .bind(service)
+                    .bind(name)
+                    .bind(value)
+                    .execute(&mut *c)
+                    .await?;
+            }
+        });
         tx.commit().await?;
         Ok(())
     }
@@ -194,29 +197,34 @@ impl Store {
         uuid: DeviceUuid,
         state: &serde_json::Value,
     ) -> Result<(), StoreError> {
-        sqlx::query("UPDATE devices SET state = $1 WHERE uuid = $2")
+        on_pool!(self, |p| sqlx::query("UPDATE devices SET state = $1 WHERE uuid = $2")
             .bind(state.to_string())
             .bind(uuid.as_str())
-            .execute(&self.pool)
-            .await?;
+            .execute(p)
+            .await
+            .map(drop))?;
         Ok(())
     }
 
     /// Records the address a device connected from.
     pub async fn set_public_address(&self, uuid: DeviceUuid, addr: &str) -> Result<(), StoreError> {
-        sqlx::query("UPDATE devices SET public_address = $1 WHERE uuid = $2")
-            .bind(addr)
-            .bind(uuid.as_str())
-            .execute(&self.pool)
-            .await?;
+        on_pool!(self, |p| sqlx::query(
+            "UPDATE devices SET public_address = $1 WHERE uuid = $2"
+        )
+        .bind(addr)
+        .bind(uuid.as_str())
+        .execute(p)
+        .await
+        .map(drop))?;
         Ok(())
     }
 
     /// Marks every device offline (at start-up, before any tunnel is accepted).
     pub async fn mark_all_offline(&self) -> Result<(), StoreError> {
-        sqlx::query("UPDATE devices SET online = FALSE WHERE online")
-            .execute(&self.pool)
-            .await?;
+        on_pool!(self, |p| sqlx::query("UPDATE devices SET online = FALSE WHERE online")
+            .execute(p)
+            .await
+            .map(drop))?;
         Ok(())
     }
 
@@ -227,7 +235,11 @@ impl Store {
         uuid: DeviceUuid,
         fleet: Option<&str>,
     ) -> Result<DeviceRecord, StoreError> {
-        let mut tx = self.write_tx().await?;
+        let locks: &[Lock<'_>] = match fleet {
+            Some(f) => &[Lock::FleetShared(f)],
+            None => &[],
+        };
+        let mut tx = self.write_tx(locks).await?;
         let public_url = match fleet {
             Some(f) => {
                 self.fleet_in(&mut tx, f)
@@ -237,17 +249,18 @@ impl Store {
             }
             None => false,
         };
-        let res = sqlx::query(
+        let res = on_tx!(tx, |c| sqlx::query(
             "INSERT INTO devices (uuid, public_url, created_at, fleet, provisioned) VALUES ($1, $2, $3, $4, FALSE)",
         )
         .bind(uuid.as_str())
         .bind(public_url)
         .bind(now_unix())
         .bind(fleet)
-        .execute(&mut *tx)
-        .await;
+        .execute(&mut *c)
+        .await
+        .map(drop));
         match res {
-            Ok(_) => {}
+            Ok(()) => {}
             Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
                 return Err(StoreError::DeviceExists(uuid))
             }
@@ -261,12 +274,15 @@ impl Store {
 
     /// Sets a device's public-URL flag. Returns `false` if the device does not exist.
     pub async fn set_public_url(&self, uuid: DeviceUuid, on: bool) -> Result<bool, StoreError> {
-        let r = sqlx::query("UPDATE devices SET public_url = $1 WHERE uuid = $2 AND NOT revoked")
-            .bind(on)
-            .bind(uuid.as_str())
-            .execute(&self.pool)
-            .await?;
-        Ok(r.rows_affected() == 1)
+        let n = on_pool!(self, |p| sqlx::query(
+            "UPDATE devices SET public_url = $1 WHERE uuid = $2 AND NOT revoked"
+        )
+        .bind(on)
+        .bind(uuid.as_str())
+        .execute(p)
+        .await?
+        .rows_affected());
+        Ok(n == 1)
     }
 
     /// Renames a device and/or moves it to another fleet (`Some(None)` removes it from its
@@ -277,21 +293,28 @@ impl Store {
         name: Option<&str>,
         fleet: Option<Option<&str>>,
     ) -> Result<bool, StoreError> {
-        let mut tx = self.write_tx().await?;
-        let exists = sqlx::query("SELECT 1 FROM devices WHERE uuid = $1 AND NOT revoked")
-            .bind(uuid.as_str())
-            .fetch_optional(&mut *tx)
-            .await?
-            .is_some();
+        let locks: &[Lock<'_>] = match fleet {
+            Some(Some(f)) => &[Lock::FleetShared(f)],
+            _ => &[],
+        };
+        let mut tx = self.write_tx(locks).await?;
+        let exists = on_tx!(tx, |c| sqlx::query(
+            "SELECT 1 FROM devices WHERE uuid = $1 AND NOT revoked"
+        )
+        .bind(uuid.as_str())
+        .fetch_optional(&mut *c)
+        .await?
+        .is_some());
         if !exists {
             return Ok(false);
         }
         if let Some(name) = name {
-            sqlx::query("UPDATE devices SET name = $1 WHERE uuid = $2")
+            on_tx!(tx, |c| sqlx::query("UPDATE devices SET name = $1 WHERE uuid = $2")
                 .bind(name)
                 .bind(uuid.as_str())
-                .execute(&mut *tx)
-                .await?;
+                .execute(&mut *c)
+                .await
+                .map(drop))?;
         }
         if let Some(fleet) = fleet {
             if let Some(f) = fleet {
@@ -299,11 +322,12 @@ impl Store {
                     return Err(StoreError::NoSuchFleet(f.to_string()));
                 }
             }
-            sqlx::query("UPDATE devices SET fleet = $1 WHERE uuid = $2")
+            on_tx!(tx, |c| sqlx::query("UPDATE devices SET fleet = $1 WHERE uuid = $2")
                 .bind(fleet)
                 .bind(uuid.as_str())
-                .execute(&mut *tx)
-                .await?;
+                .execute(&mut *c)
+                .await
+                .map(drop))?;
         }
         tx.commit().await?;
         Ok(true)
@@ -312,32 +336,40 @@ impl Store {
     /// Revokes a device: its certificate is refused from now on and it leaves every
     /// listing. Returns `false` if the device does not exist.
     pub async fn revoke_device(&self, uuid: DeviceUuid) -> Result<bool, StoreError> {
-        let r = sqlx::query(
+        let n = on_pool!(self, |p| sqlx::query(
             "UPDATE devices SET revoked = TRUE, online = FALSE, public_url = FALSE WHERE uuid = $1 AND NOT revoked",
         )
         .bind(uuid.as_str())
-        .execute(&self.pool)
-        .await?;
-        Ok(r.rows_affected() == 1)
+        .execute(p)
+        .await?
+        .rows_affected());
+        Ok(n == 1)
     }
 }
 
-pub(super) fn device_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<DeviceRecord, StoreError> {
-    let uuid: String = r.try_get("uuid")?;
+/// The columns [`device_from_row`] reads.
+const DEVICE_COLUMNS: &str =
+    "uuid, public_url, created_at, last_seen, online, revoked, name, fleet, state, public_address";
+
+/// A stored uuid.
+pub(super) fn parse_uuid(s: &str) -> Result<DeviceUuid, StoreError> {
+    s.parse()
+        .map_err(|e: protocol::InvalidUuid| StoreError::Corrupt(e.to_string()))
+}
+
+pub(super) fn device_from_row(r: &impl DbRow) -> Result<DeviceRecord, StoreError> {
     Ok(DeviceRecord {
-        uuid: uuid
-            .parse()
-            .map_err(|e: protocol::InvalidUuid| StoreError::Corrupt(e.to_string()))?,
-        public_url: r.try_get("public_url")?,
-        created_at: r.try_get("created_at")?,
-        last_seen: r.try_get("last_seen")?,
-        online: r.try_get("online")?,
-        revoked: r.try_get("revoked")?,
-        name: r.try_get("name")?,
-        fleet: r.try_get("fleet")?,
+        uuid: parse_uuid(&r.col::<String>("uuid")?)?,
+        public_url: r.col("public_url")?,
+        created_at: r.col("created_at")?,
+        last_seen: r.col("last_seen")?,
+        online: r.col("online")?,
+        revoked: r.col("revoked")?,
+        name: r.col("name")?,
+        fleet: r.col("fleet")?,
         state: r
-            .try_get::<Option<String>, _>("state")?
+            .col::<Option<String>>("state")?
             .and_then(|s| serde_json::from_str(&s).ok()),
-        public_address: r.try_get("public_address")?,
+        public_address: r.col("public_address")?,
     })
 }

@@ -1,5 +1,6 @@
 //! Fleets: their public-URL default, pins, and deletion.
 
+use super::devices::parse_uuid;
 use super::*;
 
 /// A fleet as stored.
@@ -25,17 +26,20 @@ pub struct FleetDeletion {
 }
 
 impl Store {
+    /// A fleet, read inside a write transaction (which should hold a fleet lock on it).
     pub(super) async fn fleet_in(
         &self,
-        tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+        tx: &mut Tx,
         name: &str,
     ) -> Result<Option<FleetRecord>, StoreError> {
-        let row =
-            sqlx::query("SELECT name, public_url_default, created_at FROM fleets WHERE name = $1")
-                .bind(name)
-                .fetch_optional(&mut **tx)
-                .await?;
-        row.map(|r| fleet_from_row(&r)).transpose()
+        on_tx!(tx, |c| sqlx::query(
+            "SELECT name, public_url_default, created_at FROM fleets WHERE name = $1"
+        )
+        .bind(name)
+        .fetch_optional(&mut *c)
+        .await?
+        .map(|r| fleet_from_row(&r))
+        .transpose())
     }
 
     /// Creates a fleet.
@@ -45,16 +49,17 @@ impl Store {
         public_url_default: bool,
     ) -> Result<FleetRecord, StoreError> {
         let created_at = now_unix();
-        let res = sqlx::query(
+        let res = on_pool!(self, |p| sqlx::query(
             "INSERT INTO fleets (name, public_url_default, created_at) VALUES ($1, $2, $3)",
         )
         .bind(name)
         .bind(public_url_default)
         .bind(created_at)
-        .execute(&self.pool)
-        .await;
+        .execute(p)
+        .await
+        .map(drop));
         match res {
-            Ok(_) => Ok(FleetRecord {
+            Ok(()) => Ok(FleetRecord {
                 name: name.to_string(),
                 public_url_default,
                 created_at,
@@ -68,26 +73,28 @@ impl Store {
 
     /// Looks a fleet up.
     pub async fn fleet(&self, name: &str) -> Result<Option<FleetRecord>, StoreError> {
-        let row =
-            sqlx::query("SELECT name, public_url_default, created_at FROM fleets WHERE name = $1")
-                .bind(name)
-                .fetch_optional(&self.pool)
-                .await?;
-        row.map(|r| fleet_from_row(&r)).transpose()
+        on_pool!(self, |p| sqlx::query(
+            "SELECT name, public_url_default, created_at FROM fleets WHERE name = $1"
+        )
+        .bind(name)
+        .fetch_optional(p)
+        .await?
+        .map(|r| fleet_from_row(&r))
+        .transpose())
     }
 
     /// All fleets with their device counts, by name.
     pub async fn fleets(&self) -> Result<Vec<(FleetRecord, i64)>, StoreError> {
-        let rows = sqlx::query(
+        on_pool!(self, |p| sqlx::query(
             "SELECT f.name, f.public_url_default, f.created_at,
                     (SELECT COUNT(*) FROM devices d WHERE d.fleet = f.name AND NOT d.revoked) AS devices
              FROM fleets f ORDER BY f.name",
         )
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| Ok((fleet_from_row(r)?, r.try_get("devices")?)))
-            .collect()
+        .fetch_all(p)
+        .await?
+        .iter()
+        .map(|r| Ok((fleet_from_row(r)?, r.col("devices")?)))
+        .collect())
     }
 
     /// Switches the public URL of every device in `fleet` now, and sets the default that
@@ -98,33 +105,33 @@ impl Store {
         fleet: &str,
         on: bool,
     ) -> Result<Option<Vec<DeviceUuid>>, StoreError> {
-        let mut tx = self.write_tx().await?;
-        let r = sqlx::query("UPDATE fleets SET public_url_default = $1 WHERE name = $2")
-            .bind(on)
-            .bind(fleet)
-            .execute(&mut *tx)
-            .await?;
-        if r.rows_affected() == 0 {
-            return Ok(None);
-        }
-        let rows = sqlx::query("SELECT uuid FROM devices WHERE fleet = $1 AND NOT revoked")
-            .bind(fleet)
-            .fetch_all(&mut *tx)
-            .await?;
-        sqlx::query("UPDATE devices SET public_url = $1 WHERE fleet = $2 AND NOT revoked")
-            .bind(on)
-            .bind(fleet)
-            .execute(&mut *tx)
-            .await?;
+        // Exclusive: a device joining the fleet meanwhile reads the new default, or is
+        // switched here.
+        let mut tx = self.write_tx(&[Lock::FleetExclusive(fleet)]).await?;
+        let switched = on_tx!(tx, |c| {
+            let r = sqlx::query("UPDATE fleets SET public_url_default = $1 WHERE name = $2")
+                .bind(on)
+                .bind(fleet)
+                .execute(&mut *c)
+                .await?;
+            if r.rows_affected() == 0 {
+                return Ok(None);
+            }
+            let rows = sqlx::query("SELECT uuid FROM devices WHERE fleet = $1 AND NOT revoked")
+                .bind(fleet)
+                .fetch_all(&mut *c)
+                .await?;
+            sqlx::query("UPDATE devices SET public_url = $1 WHERE fleet = $2 AND NOT revoked")
+                .bind(on)
+                .bind(fleet)
+                .execute(&mut *c)
+                .await?;
+            rows.iter()
+                .map(|r| parse_uuid(&r.col::<String>("uuid")?))
+                .collect::<Result<Vec<_>, _>>()?
+        });
         tx.commit().await?;
-        rows.iter()
-            .map(|r| {
-                let u: String = r.try_get("uuid")?;
-                u.parse()
-                    .map_err(|e: protocol::InvalidUuid| StoreError::Corrupt(e.to_string()))
-            })
-            .collect::<Result<Vec<_>, _>>()
-            .map(Some)
+        Ok(Some(switched))
     }
 
     /// Deletes a fleet that has no devices, and with it its provisioning keys, its
@@ -134,15 +141,17 @@ impl Store {
     /// but leave the fleet. Returns what went with it, or `None` if there is no such
     /// fleet.
     pub async fn delete_fleet(&self, name: &str) -> Result<Option<FleetDeletion>, StoreError> {
-        let mut tx = self.write_tx().await?;
+        // Exclusive: nothing joins the fleet between the count and the delete.
+        let mut tx = self.write_tx(&[Lock::FleetExclusive(name)]).await?;
         if self.fleet_in(&mut tx, name).await?.is_none() {
             return Ok(None);
         }
+        let deletion = on_tx!(tx, |c| {
         let n: i64 = sqlx::query("SELECT COUNT(*) FROM devices WHERE fleet = $1 AND NOT revoked")
             .bind(name)
-            .fetch_one(&mut *tx)
+            .fetch_one(&mut *c)
             .await?
-            .try_get(0)?;
+            .at(0)?;
         if n > 0 {
             return Err(StoreError::FleetNotEmpty(name.to_string(), n));
         }
@@ -151,44 +160,46 @@ impl Store {
              WHERE pinned_release IN (SELECT id FROM releases WHERE fleet = $1)",
         )
         .bind(name)
-        .execute(&mut *tx)
+        .execute(&mut *c)
         .await?;
         sqlx::query("UPDATE devices SET fleet = NULL WHERE fleet = $1")
             .bind(name)
-            .execute(&mut *tx)
+            .execute(&mut *c)
             .await?;
         let keys = sqlx::query("DELETE FROM provisioning_keys WHERE fleet = $1")
             .bind(name)
-            .execute(&mut *tx)
+            .execute(&mut *c)
             .await?
             .rows_affected();
         let releases = sqlx::query("DELETE FROM releases WHERE fleet = $1")
             .bind(name)
-            .execute(&mut *tx)
+            .execute(&mut *c)
             .await?
             .rows_affected();
         let env_vars = sqlx::query("DELETE FROM env_vars WHERE scope = 'fleet' AND owner = $1")
             .bind(name)
-            .execute(&mut *tx)
+            .execute(&mut *c)
             .await?
             .rows_affected();
         sqlx::query("DELETE FROM fleets WHERE name = $1")
             .bind(name)
-            .execute(&mut *tx)
+            .execute(&mut *c)
             .await?;
-        tx.commit().await?;
-        Ok(Some(FleetDeletion {
+        FleetDeletion {
             keys,
             releases,
             env_vars,
-        }))
+        }
+        });
+        tx.commit().await?;
+        Ok(Some(deletion))
     }
 }
 
-pub(super) fn fleet_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<FleetRecord, StoreError> {
+pub(super) fn fleet_from_row(r: &impl DbRow) -> Result<FleetRecord, StoreError> {
     Ok(FleetRecord {
-        name: r.try_get("name")?,
-        public_url_default: r.try_get("public_url_default")?,
-        created_at: r.try_get("created_at")?,
+        name: r.col("name")?,
+        public_url_default: r.col("public_url_default")?,
+        created_at: r.col("created_at")?,
     })
 }

@@ -46,11 +46,11 @@ impl Store {
         expires_at: Option<i64>,
         max_uses: Option<i64>,
     ) -> Result<(), StoreError> {
-        let mut tx = self.write_tx().await?;
+        let mut tx = self.write_tx(&[Lock::FleetShared(fleet)]).await?;
         if self.fleet_in(&mut tx, fleet).await?.is_none() {
             return Err(StoreError::NoSuchFleet(fleet.to_string()));
         }
-        sqlx::query(
+        on_tx!(tx, |c| sqlx::query(
             "INSERT INTO provisioning_keys (id, fleet, secret_hash, created_at, expires_at, max_uses) VALUES ($1, $2, $3, $4, $5, $6)",
         )
         .bind(id)
@@ -59,42 +59,46 @@ impl Store {
         .bind(now_unix())
         .bind(expires_at)
         .bind(max_uses)
-        .execute(&mut *tx)
-        .await?;
+        .execute(&mut *c)
+        .await
+        .map(drop))?;
         tx.commit().await?;
         Ok(())
     }
 
     /// The provisioning keys of a fleet (never their secrets).
     pub async fn keys(&self, fleet: &str) -> Result<Vec<KeyRecord>, StoreError> {
-        let rows = sqlx::query(
+        on_pool!(self, |p| sqlx::query(
             "SELECT id, fleet, created_at, expires_at, max_uses, uses, revoked FROM provisioning_keys WHERE fleet = $1 ORDER BY created_at, id",
         )
         .bind(fleet)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(KeyRecord {
-                    id: r.try_get("id")?,
-                    fleet: r.try_get("fleet")?,
-                    created_at: r.try_get("created_at")?,
-                    expires_at: r.try_get("expires_at")?,
-                    max_uses: r.try_get("max_uses")?,
-                    uses: r.try_get("uses")?,
-                    revoked: r.try_get("revoked")?,
-                })
+        .fetch_all(p)
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(KeyRecord {
+                id: r.col("id")?,
+                fleet: r.col("fleet")?,
+                created_at: r.col("created_at")?,
+                expires_at: r.col("expires_at")?,
+                max_uses: r.col("max_uses")?,
+                uses: r.col("uses")?,
+                revoked: r.col("revoked")?,
             })
-            .collect()
+        })
+        .collect())
     }
 
     /// Revokes a provisioning key. Returns `false` if it does not exist.
     pub async fn revoke_key(&self, id: &str) -> Result<bool, StoreError> {
-        let r = sqlx::query("UPDATE provisioning_keys SET revoked = TRUE WHERE id = $1")
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
-        Ok(r.rows_affected() == 1)
+        let n = on_pool!(self, |p| sqlx::query(
+            "UPDATE provisioning_keys SET revoked = TRUE WHERE id = $1"
+        )
+        .bind(id)
+        .execute(p)
+        .await?
+        .rows_affected());
+        Ok(n == 1)
     }
 
     /// Provisions a device with a key, atomically: checks the key (secret, expiry, use
@@ -107,51 +111,81 @@ impl Store {
         uuid: DeviceUuid,
         now: i64,
     ) -> Result<Result<String, Refusal>, StoreError> {
-        let mut tx = self.write_tx().await?;
-        let Some(k) = sqlx::query(
+        // Locks in the order of `Lock`: the key (its use count), the uuid (claimed once),
+        // then the fleet the device joins (shared, against its deletion).
+        let mut tx = self
+            .write_tx(&[Lock::Key(key_id), Lock::Device(uuid)])
+            .await?;
+        struct Key {
+            fleet: String,
+            secret_hash: String,
+            expires_at: Option<i64>,
+            max_uses: Option<i64>,
+            uses: i64,
+            revoked: bool,
+        }
+        let key = on_tx!(tx, |c| sqlx::query(
             "SELECT fleet, secret_hash, expires_at, max_uses, uses, revoked FROM provisioning_keys WHERE id = $1",
         )
         .bind(key_id)
-        .fetch_optional(&mut *tx)
+        .fetch_optional(&mut *c)
         .await?
-        else {
+        .map(|k| -> Result<Key, sqlx::Error> {
+            Ok(Key {
+                fleet: k.col("fleet")?,
+                secret_hash: k.col("secret_hash")?,
+                expires_at: k.col("expires_at")?,
+                max_uses: k.col("max_uses")?,
+                uses: k.col("uses")?,
+                revoked: k.col("revoked")?,
+            })
+        })
+        .transpose()?);
+        let Some(k) = key else {
             return Ok(Err(Refusal::InvalidKey));
         };
-        let stored_hash: String = k.try_get("secret_hash")?;
-        if stored_hash != secret_hash {
+        if k.secret_hash != secret_hash {
             return Ok(Err(Refusal::InvalidKey));
         }
-        if k.try_get::<bool, _>("revoked")? {
+        if k.revoked {
             return Ok(Err(Refusal::KeyRevoked));
         }
-        if let Some(exp) = k.try_get::<Option<i64>, _>("expires_at")? {
+        if let Some(exp) = k.expires_at {
             if now >= exp {
                 return Ok(Err(Refusal::KeyExpired(exp)));
             }
         }
-        let uses: i64 = k.try_get("uses")?;
-        if let Some(max) = k.try_get::<Option<i64>, _>("max_uses")? {
-            if uses >= max {
+        if let Some(max) = k.max_uses {
+            if k.uses >= max {
                 return Ok(Err(Refusal::KeyUsedUp(max)));
             }
         }
-        let fleet: String = k.try_get("fleet")?;
-        let existing =
-            sqlx::query("SELECT provisioned, revoked, fleet FROM devices WHERE uuid = $1")
-                .bind(uuid.as_str())
-                .fetch_optional(&mut *tx)
-                .await?;
-        let device_fleet = match existing {
-            Some(r) => {
-                if r.try_get::<bool, _>("provisioned")? || r.try_get::<bool, _>("revoked")? {
+        let fleet = k.fleet;
+        let existing: Option<(bool, bool, Option<String>)> = on_tx!(tx, |c| sqlx::query(
+            "SELECT provisioned, revoked, fleet FROM devices WHERE uuid = $1"
+        )
+        .bind(uuid.as_str())
+        .fetch_optional(&mut *c)
+        .await?
+        .map(|r| -> Result<_, sqlx::Error> {
+            Ok((r.col("provisioned")?, r.col("revoked")?, r.col("fleet")?))
+        })
+        .transpose()?);
+        let joins = match &existing {
+            Some((_, _, Some(pre))) => pre.as_str(),
+            _ => fleet.as_str(),
+        };
+        tx.lock(Lock::FleetShared(joins)).await?;
+        let device_fleet = on_tx!(tx, |c| match existing {
+            Some((provisioned, revoked, pre)) => {
+                if provisioned || revoked {
                     return Ok(Err(Refusal::UuidUnavailable(uuid)));
                 }
-                let pre: Option<String> = r.try_get("fleet")?;
                 let device_fleet = pre.unwrap_or_else(|| fleet.clone());
                 sqlx::query("UPDATE devices SET provisioned = TRUE, fleet = $1 WHERE uuid = $2")
                     .bind(&device_fleet)
                     .bind(uuid.as_str())
-                    .execute(&mut *tx)
+                    .execute(&mut *c)
                     .await?;
                 device_fleet
             }
@@ -159,9 +193,9 @@ impl Store {
                 let public_url: bool =
                     sqlx::query("SELECT public_url_default FROM fleets WHERE name = $1")
                         .bind(&fleet)
-                        .fetch_one(&mut *tx)
+                        .fetch_one(&mut *c)
                         .await?
-                        .try_get(0)?;
+                        .at(0)?;
                 sqlx::query(
                     "INSERT INTO devices (uuid, public_url, created_at, fleet, provisioned) VALUES ($1, $2, $3, $4, TRUE)",
                 )
@@ -169,15 +203,18 @@ impl Store {
                 .bind(public_url)
                 .bind(now)
                 .bind(&fleet)
-                .execute(&mut *tx)
+                .execute(&mut *c)
                 .await?;
-                fleet
+                fleet.clone()
             }
-        };
-        sqlx::query("UPDATE provisioning_keys SET uses = uses + 1 WHERE id = $1")
-            .bind(key_id)
-            .execute(&mut *tx)
-            .await?;
+        });
+        on_tx!(tx, |c| sqlx::query(
+            "UPDATE provisioning_keys SET uses = uses + 1 WHERE id = $1"
+        )
+        .bind(key_id)
+        .execute(&mut *c)
+        .await
+        .map(drop))?;
         tx.commit().await?;
         Ok(Ok(device_fleet))
     }

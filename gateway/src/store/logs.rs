@@ -3,8 +3,9 @@
 
 use protocol::{DeviceUuid, LogLine};
 use serde::Serialize;
-use sqlx::{QueryBuilder, Row};
+use sqlx::QueryBuilder;
 
+use super::backend::{DbRow, Lock, Tx};
 use super::{Store, StoreError};
 
 /// Rows per multi-row INSERT (8 parameters each, far below SQLite's and PostgreSQL's
@@ -85,23 +86,37 @@ impl LogQuery {
     }
 }
 
-/// The highest sequence number stored for `device`'s spool `epoch`; 0 for none or for a
+/// Reads a device's log cursor.
+const CURSOR: &str = "SELECT epoch, last_seq FROM log_cursors WHERE device = $1";
+
+/// The highest sequence number a cursor row holds for spool `epoch`; 0 for none or for a
 /// new epoch.
-async fn stored_upto(
-    conn: &mut sqlx::SqliteConnection,
-    device: DeviceUuid,
-    epoch: &str,
-) -> Result<u64, StoreError> {
-    let row = sqlx::query("SELECT epoch, last_seq FROM log_cursors WHERE device = $1")
-        .bind(device.as_str())
-        .fetch_optional(&mut *conn)
-        .await?;
+fn upto(row: Option<impl DbRow>, epoch: &str) -> Result<u64, StoreError> {
     Ok(match row {
-        Some(r) if r.try_get::<String, _>("epoch")? == epoch => {
-            r.try_get::<i64, _>("last_seq")? as u64
-        }
+        Some(r) if r.col::<String>("epoch")? == epoch => r.col::<i64>("last_seq")? as u64,
         _ => 0,
     })
+}
+
+/// The highest sequence number stored for `device`'s spool `epoch`, read in `tx`.
+async fn stored_upto(tx: &mut Tx, device: DeviceUuid, epoch: &str) -> Result<u64, StoreError> {
+    on_tx!(tx, |c| upto(
+        sqlx::query(CURSOR)
+            .bind(device.as_str())
+            .fetch_optional(&mut *c)
+            .await?,
+        epoch
+    ))
+}
+
+/// PostgreSQL's text cannot hold NUL; a device's line with one would fail its whole batch
+/// (and the agent would resend it forever). There it is stored as U+FFFD instead.
+fn without_nul(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.contains('\0') {
+        s.replace('\0', "\u{FFFD}").into()
+    } else {
+        s.into()
+    }
 }
 
 fn escape_like(s: &str) -> String {
@@ -121,8 +136,13 @@ impl Store {
     /// The highest sequence number stored for `device`'s spool `epoch` (0 when none or when
     /// the device's spool has a new epoch).
     pub async fn log_resume(&self, device: DeviceUuid, epoch: &str) -> Result<u64, StoreError> {
-        let mut conn = self.pool.acquire().await?;
-        stored_upto(&mut conn, device, epoch).await
+        on_pool!(self, |p| upto(
+            sqlx::query(CURSOR)
+                .bind(device.as_str())
+                .fetch_optional(p)
+                .await?,
+            epoch
+        ))
     }
 
     /// Stores the lines of a batch whose sequence numbers are above what is stored for
@@ -135,15 +155,28 @@ impl Store {
         lines: &[LogLine],
     ) -> Result<(u64, Vec<StoredLine>), StoreError> {
         // A write transaction from the start: it reads the cursor, then writes (see
-        // `Store::write_tx`).
-        let mut tx = self.write_tx().await?;
+        // `Store::write_tx`); on PostgreSQL one batch per device at a time, so that the
+        // device's line ids commit in increasing order.
+        let mut tx = self.write_tx(&[Lock::Logs(device)]).await?;
         let last = stored_upto(&mut tx, device, epoch).await?;
-        let fresh: Vec<&LogLine> = lines.iter().filter(|l| l.seq > last).collect();
+        let fresh: Vec<LogLine> = lines
+            .iter()
+            .filter(|l| l.seq > last)
+            .map(|l| {
+                let mut l = l.clone();
+                if tx.is_postgres() {
+                    l.message = without_nul(&l.message).into_owned();
+                    l.service_name = l.service_name.as_deref().map(|s| without_nul(s).into_owned());
+                }
+                l
+            })
+            .collect();
         let Some(upto) = fresh.last().map(|l| l.seq) else {
             return Ok((last, Vec::new()));
         };
         let mut stored = Vec::with_capacity(fresh.len());
         for chunk in fresh.chunks(INSERT_CHUNK) {
+            let mut ids: Vec<(i64, i64)> = on_tx!(tx, |c| {
             let mut qb = QueryBuilder::new(
                 "INSERT INTO logs (device, seq, ts, service, service_id, is_stderr, is_system, message) ",
             );
@@ -158,29 +191,32 @@ impl Store {
                     .push_bind(l.message.as_str());
             });
             qb.push(" RETURNING id, seq");
-            let rows = qb.build().fetch_all(&mut *tx).await?;
-            let mut ids: Vec<(i64, i64)> = rows
+            qb.build()
+                .fetch_all(&mut *c)
+                .await?
                 .iter()
-                .map(|r| Ok((r.try_get("seq")?, r.try_get("id")?)))
-                .collect::<Result<_, sqlx::Error>>()?;
+                .map(|r| Ok((r.col("seq")?, r.col("id")?)))
+                .collect::<Result<_, sqlx::Error>>()?
+            });
             ids.sort_unstable();
             for (l, (_, id)) in chunk.iter().zip(ids) {
                 stored.push(StoredLine {
                     id,
                     device: device.to_string(),
-                    line: (*l).clone(),
+                    line: l.clone(),
                 });
             }
         }
-        sqlx::query(
+        on_tx!(tx, |c| sqlx::query(
             "INSERT INTO log_cursors (device, epoch, last_seq) VALUES ($1, $2, $3)
              ON CONFLICT (device) DO UPDATE SET epoch = excluded.epoch, last_seq = excluded.last_seq",
         )
         .bind(device.as_str())
         .bind(epoch)
         .bind(upto as i64)
-        .execute(&mut *tx)
-        .await?;
+        .execute(&mut *c)
+        .await
+        .map(drop))?;
         tx.commit().await?;
         Ok((upto, stored))
     }
@@ -191,67 +227,72 @@ impl Store {
         device: DeviceUuid,
         q: &LogQuery,
     ) -> Result<Vec<StoredLine>, StoreError> {
-        let mut qb = QueryBuilder::new(
-            "SELECT id, seq, ts, service, service_id, is_stderr, is_system, message FROM logs WHERE device = ",
-        );
-        qb.push_bind(device.as_str());
-        if let Some(s) = q.since_ms {
-            qb.push(" AND ts >= ").push_bind(s);
-        }
-        if let Some(u) = q.until_ms {
-            qb.push(" AND ts < ").push_bind(u);
-        }
-        match q.service.as_deref() {
-            Some("") => {
-                qb.push(" AND service IS NULL");
-            }
-            Some(s) => {
-                qb.push(" AND service = ").push_bind(s.to_string());
-            }
-            None => {}
-        }
-        if let Some(e) = q.stderr {
-            qb.push(" AND is_stderr = ").push_bind(e);
-        }
-        if let Some(e) = q.system {
-            qb.push(" AND is_system = ").push_bind(e);
-        }
-        if let Some(t) = &q.text {
-            qb.push(" AND LOWER(message) LIKE ")
-                .push_bind(escape_like(&t.to_ascii_lowercase()))
-                .push(" ESCAPE '\\'");
-        }
-        if let Some(a) = q.after_id {
-            qb.push(" AND id > ").push_bind(a);
-        }
         let limit = q.limit.unwrap_or(1000).clamp(1, 10_000);
-        qb.push(if q.newest {
-            " ORDER BY id DESC LIMIT "
-        } else {
-            " ORDER BY id ASC LIMIT "
-        })
-        .push_bind(limit);
-        let rows = qb.build().fetch_all(&self.pool).await?;
-        let mut out = rows
-            .iter()
-            .map(|r| {
-                Ok(StoredLine {
-                    id: r.try_get("id")?,
-                    device: device.to_string(),
-                    line: LogLine {
-                        seq: r.try_get::<i64, _>("seq")? as u64,
-                        timestamp: r.try_get("ts")?,
-                        message: r.try_get("message")?,
-                        is_std_err: r.try_get("is_stderr")?,
-                        is_system: r.try_get("is_system")?,
-                        service_name: r.try_get("service")?,
-                        service_id: r
-                            .try_get::<Option<i64>, _>("service_id")?
-                            .and_then(|v| u32::try_from(v).ok()),
-                    },
-                })
+        // Built inside `on_pool!`: the builder numbers its placeholders the way the backend
+        // wants them.
+        let mut out: Vec<StoredLine> = on_pool!(self, |p| {
+            let mut qb = QueryBuilder::new(
+                "SELECT id, seq, ts, service, service_id, is_stderr, is_system, message FROM logs WHERE device = ",
+            );
+            qb.push_bind(device.as_str());
+            if let Some(s) = q.since_ms {
+                qb.push(" AND ts >= ").push_bind(s);
+            }
+            if let Some(u) = q.until_ms {
+                qb.push(" AND ts < ").push_bind(u);
+            }
+            match q.service.as_deref() {
+                Some("") => {
+                    qb.push(" AND service IS NULL");
+                }
+                Some(s) => {
+                    qb.push(" AND service = ").push_bind(s.to_string());
+                }
+                None => {}
+            }
+            if let Some(e) = q.stderr {
+                qb.push(" AND is_stderr = ").push_bind(e);
+            }
+            if let Some(e) = q.system {
+                qb.push(" AND is_system = ").push_bind(e);
+            }
+            if let Some(t) = &q.text {
+                qb.push(" AND LOWER(message) LIKE ")
+                    .push_bind(escape_like(&t.to_ascii_lowercase()))
+                    .push(" ESCAPE '\\'");
+            }
+            if let Some(a) = q.after_id {
+                qb.push(" AND id > ").push_bind(a);
+            }
+            qb.push(if q.newest {
+                " ORDER BY id DESC LIMIT "
+            } else {
+                " ORDER BY id ASC LIMIT "
             })
-            .collect::<Result<Vec<_>, sqlx::Error>>()?;
+            .push_bind(limit);
+            qb.build()
+                .fetch_all(p)
+                .await?
+                .iter()
+                .map(|r| {
+                    Ok(StoredLine {
+                        id: r.col("id")?,
+                        device: device.to_string(),
+                        line: LogLine {
+                            seq: r.col::<i64>("seq")? as u64,
+                            timestamp: r.col("ts")?,
+                            message: r.col("message")?,
+                            is_std_err: r.col("is_stderr")?,
+                            is_system: r.col("is_system")?,
+                            service_name: r.col("service")?,
+                            service_id: r
+                                .col::<Option<i64>>("service_id")?
+                                .and_then(|v| u32::try_from(v).ok()),
+                        },
+                    })
+                })
+                .collect::<Result<Vec<_>, sqlx::Error>>()?
+        });
         if q.newest {
             out.reverse();
         }
@@ -269,37 +310,39 @@ impl Store {
         // everything (a config of -5 once did): the config refuses it, and here it means
         // "keep at least the newest line" whatever a caller passes.
         let per_device_cap = per_device_cap.max(1);
-        let mut n = sqlx::query("DELETE FROM logs WHERE ts < $1")
-            .bind(older_than_ms)
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
-        let over = sqlx::query(
-            "SELECT device, COUNT(*) AS n FROM logs GROUP BY device HAVING COUNT(*) > $1",
-        )
-        .bind(per_device_cap)
-        .fetch_all(&self.pool)
-        .await?;
-        for r in over {
-            let device: String = r.try_get("device")?;
-            let cut: Option<i64> = sqlx::query(
-                "SELECT id FROM logs WHERE device = $1 ORDER BY id DESC LIMIT 1 OFFSET $2",
+        on_pool!(self, |p| {
+            let mut n = sqlx::query("DELETE FROM logs WHERE ts < $1")
+                .bind(older_than_ms)
+                .execute(p)
+                .await?
+                .rows_affected();
+            let over = sqlx::query(
+                "SELECT device, COUNT(*) AS n FROM logs GROUP BY device HAVING COUNT(*) > $1",
             )
-            .bind(&device)
             .bind(per_device_cap)
-            .fetch_optional(&self.pool)
-            .await?
-            .map(|r| r.try_get("id"))
-            .transpose()?;
-            if let Some(cut) = cut {
-                n += sqlx::query("DELETE FROM logs WHERE device = $1 AND id <= $2")
-                    .bind(&device)
-                    .bind(cut)
-                    .execute(&self.pool)
-                    .await?
-                    .rows_affected();
+            .fetch_all(p)
+            .await?;
+            for r in over {
+                let device: String = r.col("device")?;
+                let cut: Option<i64> = sqlx::query(
+                    "SELECT id FROM logs WHERE device = $1 ORDER BY id DESC LIMIT 1 OFFSET $2",
+                )
+                .bind(&device)
+                .bind(per_device_cap)
+                .fetch_optional(p)
+                .await?
+                .map(|r| r.col("id"))
+                .transpose()?;
+                if let Some(cut) = cut {
+                    n += sqlx::query("DELETE FROM logs WHERE device = $1 AND id <= $2")
+                        .bind(&device)
+                        .bind(cut)
+                        .execute(p)
+                        .await?
+                        .rows_affected();
+                }
             }
-        }
-        Ok(n)
+            Ok(n)
+        })
     }
 }

@@ -1,8 +1,8 @@
 //! Releases (immutable compose files per fleet) and what each device should run.
 
 use protocol::DeviceUuid;
-use sqlx::Row;
 
+use super::backend::{DbRow, Lock};
 use super::{now_unix, Store, StoreError};
 
 /// A stored release.
@@ -24,15 +24,15 @@ pub struct ReleaseRecord {
     pub created_by: String,
 }
 
-fn release_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<ReleaseRecord, sqlx::Error> {
+fn release_from_row(r: &impl DbRow) -> Result<ReleaseRecord, sqlx::Error> {
     Ok(ReleaseRecord {
-        id: r.try_get("id")?,
-        fleet: r.try_get("fleet")?,
-        seq: r.try_get("seq")?,
-        hash: r.try_get("hash")?,
-        compose: r.try_get("compose")?,
-        created_at: r.try_get("created_at")?,
-        created_by: r.try_get("created_by")?,
+        id: r.col("id")?,
+        fleet: r.col("fleet")?,
+        seq: r.col("seq")?,
+        hash: r.col("hash")?,
+        compose: r.col("compose")?,
+        created_at: r.col("created_at")?,
+        created_by: r.col("created_by")?,
     })
 }
 
@@ -53,6 +53,11 @@ pub enum TargetSource {
 impl Store {
     /// Stores a release for `fleet`. Uploading the same content again returns the existing
     /// release (`false`) instead of making a second one.
+    ///
+    /// The release's `seq` comes from the fleet's counter, raised first in the same
+    /// transaction: on PostgreSQL that row lock makes concurrent uploads to one fleet take
+    /// turns (each then sees the releases committed before it), where `MAX(seq) + 1`
+    /// would give two of them the same number; `(fleet, seq)` is unique besides.
     pub async fn create_release(
         &self,
         fleet: &str,
@@ -60,24 +65,32 @@ impl Store {
         hash: &str,
         actor: &str,
     ) -> Result<(ReleaseRecord, bool), StoreError> {
-        if self.fleet(fleet).await?.is_none() {
-            return Err(StoreError::NoSuchFleet(fleet.to_string()));
-        }
         let id = certs::sha256_hex(format!("{fleet}\0{hash}").as_bytes())[..12].to_string();
-        let mut tx = self.write_tx().await?;
-        if let Some(r) = sqlx::query(&format!("SELECT {COLS} FROM releases WHERE id = $1"))
-            .bind(&id)
-            .fetch_optional(&mut *tx)
-            .await?
-        {
-            return Ok((release_from_row(&r)?, false));
+        let mut tx = self.write_tx(&[Lock::FleetShared(fleet)]).await?;
+        let seq: Option<i64> = on_tx!(tx, |c| sqlx::query(
+            "UPDATE fleets SET release_seq = release_seq + 1 WHERE name = $1 RETURNING release_seq"
+        )
+        .bind(fleet)
+        .fetch_optional(&mut *c)
+        .await?
+        .map(|r| r.at(0))
+        .transpose()?);
+        let Some(seq) = seq else {
+            return Err(StoreError::NoSuchFleet(fleet.to_string()));
+        };
+        // After the counter, so that an upload of the same content that committed while
+        // this one waited for the row is found (and the counter rolls back with `tx`).
+        let existing = on_tx!(tx, |c| sqlx::query(&format!(
+            "SELECT {COLS} FROM releases WHERE id = $1"
+        ))
+        .bind(&id)
+        .fetch_optional(&mut *c)
+        .await?
+        .map(|r| release_from_row(&r))
+        .transpose()?);
+        if let Some(r) = existing {
+            return Ok((r, false));
         }
-        let seq: i64 =
-            sqlx::query("SELECT COALESCE(MAX(seq), 0) + 1 FROM releases WHERE fleet = $1")
-                .bind(fleet)
-                .fetch_one(&mut *tx)
-                .await?
-                .try_get(0)?;
         let rec = ReleaseRecord {
             id,
             fleet: fleet.to_string(),
@@ -87,7 +100,7 @@ impl Store {
             created_at: now_unix(),
             created_by: actor.to_string(),
         };
-        sqlx::query(&format!(
+        on_tx!(tx, |c| sqlx::query(&format!(
             "INSERT INTO releases ({COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7)"
         ))
         .bind(&rec.id)
@@ -97,59 +110,62 @@ impl Store {
         .bind(&rec.compose)
         .bind(rec.created_at)
         .bind(&rec.created_by)
-        .execute(&mut *tx)
-        .await?;
+        .execute(&mut *c)
+        .await
+        .map(drop))?;
         tx.commit().await?;
         Ok((rec, true))
     }
 
     /// One release by id.
     pub async fn release(&self, id: &str) -> Result<Option<ReleaseRecord>, StoreError> {
-        let row = sqlx::query(&format!("SELECT {COLS} FROM releases WHERE id = $1"))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(row.map(|r| release_from_row(&r)).transpose()?)
+        Ok(on_pool!(self, |p| sqlx::query(&format!(
+            "SELECT {COLS} FROM releases WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(p)
+        .await?
+        .map(|r| release_from_row(&r))
+        .transpose()?))
     }
 
     /// A fleet's releases, newest first.
     pub async fn releases(&self, fleet: &str) -> Result<Vec<ReleaseRecord>, StoreError> {
-        let rows = sqlx::query(&format!(
+        Ok(on_pool!(self, |p| sqlx::query(&format!(
             "SELECT {COLS} FROM releases WHERE fleet = $1 ORDER BY seq DESC"
         ))
         .bind(fleet)
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows
-            .iter()
-            .map(release_from_row)
-            .collect::<Result<_, _>>()?)
+        .fetch_all(p)
+        .await?
+        .iter()
+        .map(release_from_row)
+        .collect::<Result<_, _>>()?))
     }
 
     /// The release a fleet is pinned to, if any.
     pub async fn fleet_pin(&self, fleet: &str) -> Result<Option<String>, StoreError> {
-        Ok(
-            sqlx::query("SELECT pinned_release FROM fleets WHERE name = $1")
-                .bind(fleet)
-                .fetch_optional(&self.pool)
-                .await?
-                .map(|r| r.try_get::<Option<String>, _>(0))
-                .transpose()?
-                .flatten(),
+        Ok(on_pool!(self, |p| sqlx::query(
+            "SELECT pinned_release FROM fleets WHERE name = $1"
         )
+        .bind(fleet)
+        .fetch_optional(p)
+        .await?
+        .map(|r| r.at::<Option<String>>(0))
+        .transpose()?
+        .flatten()))
     }
 
     /// Pins a fleet to a release (or back to tracking its latest with `None`).
     pub async fn pin_fleet(&self, fleet: &str, release: Option<&str>) -> Result<bool, StoreError> {
-        Ok(
-            sqlx::query("UPDATE fleets SET pinned_release = $1 WHERE name = $2")
-                .bind(release)
-                .bind(fleet)
-                .execute(&self.pool)
-                .await?
-                .rows_affected()
-                > 0,
+        let n = on_pool!(self, |p| sqlx::query(
+            "UPDATE fleets SET pinned_release = $1 WHERE name = $2"
         )
+        .bind(release)
+        .bind(fleet)
+        .execute(p)
+        .await?
+        .rows_affected());
+        Ok(n > 0)
     }
 
     /// Pins a device to a release (or back to following its fleet with `None`).
@@ -158,15 +174,15 @@ impl Store {
         uuid: DeviceUuid,
         release: Option<&str>,
     ) -> Result<bool, StoreError> {
-        Ok(
-            sqlx::query("UPDATE devices SET pinned_release = $1 WHERE uuid = $2")
-                .bind(release)
-                .bind(uuid.as_str())
-                .execute(&self.pool)
-                .await?
-                .rows_affected()
-                > 0,
+        let n = on_pool!(self, |p| sqlx::query(
+            "UPDATE devices SET pinned_release = $1 WHERE uuid = $2"
         )
+        .bind(release)
+        .bind(uuid.as_str())
+        .execute(p)
+        .await?
+        .rows_affected());
+        Ok(n > 0)
     }
 
     /// The release `uuid` should run, and why; `None` when its fleet has no release.
@@ -174,19 +190,21 @@ impl Store {
         &self,
         uuid: DeviceUuid,
     ) -> Result<Option<(ReleaseRecord, TargetSource)>, StoreError> {
-        let Some(row) = sqlx::query(
+        type Pins = (Option<String>, Option<String>, Option<String>);
+        let pins: Option<Pins> = on_pool!(self, |p| sqlx::query(
             "SELECT d.pinned_release AS dpin, d.fleet AS fleet, f.pinned_release AS fpin
              FROM devices d LEFT JOIN fleets f ON f.name = d.fleet WHERE d.uuid = $1",
         )
         .bind(uuid.as_str())
-        .fetch_optional(&self.pool)
+        .fetch_optional(p)
         .await?
-        else {
+        .map(|r| -> Result<Pins, sqlx::Error> {
+            Ok((r.col("dpin")?, r.col("fpin")?, r.col("fleet")?))
+        })
+        .transpose()?);
+        let Some((dpin, fpin, fleet)) = pins else {
             return Ok(None);
         };
-        let dpin: Option<String> = row.try_get("dpin")?;
-        let fpin: Option<String> = row.try_get("fpin")?;
-        let fleet: Option<String> = row.try_get("fleet")?;
         if let Some(id) = dpin {
             return Ok(self
                 .release(&id)
@@ -200,15 +218,14 @@ impl Store {
                 .map(|r| (r, TargetSource::FleetPin)));
         }
         let Some(fleet) = fleet else { return Ok(None) };
-        let row = sqlx::query(&format!(
+        Ok(on_pool!(self, |p| sqlx::query(&format!(
             "SELECT {COLS} FROM releases WHERE fleet = $1 ORDER BY seq DESC LIMIT 1"
         ))
         .bind(&fleet)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(row
-            .map(|r| release_from_row(&r))
-            .transpose()?
-            .map(|r| (r, TargetSource::FleetLatest)))
+        .fetch_optional(p)
+        .await?
+        .map(|r| release_from_row(&r))
+        .transpose()?
+        .map(|r| (r, TargetSource::FleetLatest))))
     }
 }

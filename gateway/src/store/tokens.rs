@@ -26,7 +26,7 @@ impl Store {
         role: &str,
         secret_hash: &str,
     ) -> Result<(), StoreError> {
-        sqlx::query(
+        on_pool!(self, |p| sqlx::query(
             "INSERT INTO api_tokens (id, name, role, secret_hash, created_at) VALUES ($1, $2, $3, $4, $5)",
         )
         .bind(id)
@@ -34,8 +34,9 @@ impl Store {
         .bind(role)
         .bind(secret_hash)
         .bind(now_unix())
-        .execute(&self.pool)
-        .await?;
+        .execute(p)
+        .await
+        .map(drop))?;
         Ok(())
     }
 
@@ -44,48 +45,53 @@ impl Store {
         &self,
         secret_hash: &str,
     ) -> Result<Option<TokenRecord>, StoreError> {
-        let row = sqlx::query(
-            "SELECT id, name, role, created_at, last_used FROM api_tokens WHERE secret_hash = $1",
-        )
-        .bind(secret_hash)
-        .fetch_optional(&self.pool)
-        .await?;
-        let Some(r) = row else { return Ok(None) };
-        let rec = token_from_row(&r)?;
-        sqlx::query("UPDATE api_tokens SET last_used = $1 WHERE id = $2")
-            .bind(now_unix())
-            .bind(&rec.id)
-            .execute(&self.pool)
+        on_pool!(self, |p| {
+            let row = sqlx::query(
+                "SELECT id, name, role, created_at, last_used FROM api_tokens WHERE secret_hash = $1",
+            )
+            .bind(secret_hash)
+            .fetch_optional(p)
             .await?;
-        Ok(Some(rec))
+            let Some(r) = row else { return Ok(None) };
+            let rec = token_from_row(&r)?;
+            sqlx::query("UPDATE api_tokens SET last_used = $1 WHERE id = $2")
+                .bind(now_unix())
+                .bind(&rec.id)
+                .execute(p)
+                .await?;
+            Ok(Some(rec))
+        })
     }
 
     /// All tokens (never their secrets).
     pub async fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
-        let rows = sqlx::query(
+        on_pool!(self, |p| sqlx::query(
             "SELECT id, name, role, created_at, last_used FROM api_tokens ORDER BY created_at, id",
         )
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(token_from_row).collect()
+        .fetch_all(p)
+        .await?
+        .iter()
+        .map(token_from_row)
+        .collect())
     }
 
     /// Deletes a token. Returns `false` if it does not exist.
     pub async fn delete_token(&self, id: &str) -> Result<bool, StoreError> {
-        let r = sqlx::query("DELETE FROM api_tokens WHERE id = $1")
+        let n = on_pool!(self, |p| sqlx::query("DELETE FROM api_tokens WHERE id = $1")
             .bind(id)
-            .execute(&self.pool)
-            .await?;
-        Ok(r.rows_affected() == 1)
+            .execute(p)
+            .await?
+            .rows_affected());
+        Ok(n == 1)
     }
 }
 
-pub(super) fn token_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<TokenRecord, StoreError> {
+pub(super) fn token_from_row(r: &impl DbRow) -> Result<TokenRecord, StoreError> {
     Ok(TokenRecord {
-        id: r.try_get("id")?,
-        name: r.try_get("name")?,
-        role: r.try_get("role")?,
-        created_at: r.try_get("created_at")?,
-        last_used: r.try_get("last_used")?,
+        id: r.col("id")?,
+        name: r.col("name")?,
+        role: r.col("role")?,
+        created_at: r.col("created_at")?,
+        last_used: r.col("last_used")?,
     })
 }
