@@ -189,56 +189,6 @@ impl fmt::Display for Step {
     }
 }
 
-/// What to do after `target` did not come up.
-#[derive(Debug, PartialEq)]
-pub(crate) enum AfterFailure {
-    /// Go back to this last good release (once).
-    RollBack(TargetState),
-    /// There is no earlier good release: stay failed.
-    GiveUp,
-    /// The rollback itself failed: the old release is not good any more, so there is
-    /// nothing to go back to and no loop.
-    RollbackFailed,
-}
-
-/// The rollback choice when `target` failed (`rolling_back`: it was itself a rollback).
-pub(crate) fn after_failure(
-    journal: &Journal,
-    target: &TargetState,
-    rolling_back: bool,
-) -> AfterFailure {
-    if rolling_back {
-        return AfterFailure::RollbackFailed;
-    }
-    match journal
-        .last_good
-        .clone()
-        .filter(|g| g.release != target.release)
-    {
-        Some(good) => AfterFailure::RollBack(good),
-        None => AfterFailure::GiveUp,
-    }
-}
-
-/// One target service against its containers.
-struct Service<'a> {
-    spec: &'a ServiceSpec,
-    /// The container made from this exact spec, if any.
-    current: Option<&'a Observed>,
-    /// Containers of this service made from another spec (or duplicates).
-    stale: Vec<&'a Observed>,
-}
-
-impl Service<'_> {
-    /// Whether the old container must go before the new image is pulled.
-    fn kill_first(&self) -> bool {
-        matches!(
-            self.spec.update_strategy(),
-            "kill-then-download" | "delete-then-download"
-        ) && self.stale.iter().any(|c| c.is_running())
-    }
-}
-
 /// Plans a pass: `journal` says what should run (its [`Journal::effective`] target, which
 /// is the last good release after a failure), `observed` is every container labelled as
 /// ours, of any app.
@@ -482,6 +432,56 @@ pub fn topo_order(target: &TargetState) -> Vec<String> {
         }
     }
     out
+}
+
+/// What to do after `target` did not come up.
+#[derive(Debug, PartialEq)]
+pub(crate) enum AfterFailure {
+    /// Go back to this last good release (once).
+    RollBack(TargetState),
+    /// There is no earlier good release: stay failed.
+    GiveUp,
+    /// The rollback itself failed: the old release is not good any more, so there is
+    /// nothing to go back to and no loop.
+    RollbackFailed,
+}
+
+/// The rollback choice when `target` failed (`rolling_back`: it was itself a rollback).
+pub(crate) fn after_failure(
+    journal: &Journal,
+    target: &TargetState,
+    rolling_back: bool,
+) -> AfterFailure {
+    if rolling_back {
+        return AfterFailure::RollbackFailed;
+    }
+    match journal
+        .last_good
+        .clone()
+        .filter(|g| g.release != target.release)
+    {
+        Some(good) => AfterFailure::RollBack(good),
+        None => AfterFailure::GiveUp,
+    }
+}
+
+/// One target service against its containers.
+struct Service<'a> {
+    spec: &'a ServiceSpec,
+    /// The container made from this exact spec, if any.
+    current: Option<&'a Observed>,
+    /// Containers of this service made from another spec (or duplicates).
+    stale: Vec<&'a Observed>,
+}
+
+impl Service<'_> {
+    /// Whether the old container must go before the new image is pulled.
+    fn kill_first(&self) -> bool {
+        matches!(
+            self.spec.update_strategy(),
+            "kill-then-download" | "delete-then-download"
+        ) && self.stale.iter().any(|c| c.is_running())
+    }
 }
 
 #[cfg(test)]
