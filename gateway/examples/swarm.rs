@@ -8,6 +8,8 @@
 //!   cargo run --release -p gateway --example swarm -- DATA_DIR GATEWAY_ADDR COUNT [HOLD_SECS]
 //! ```
 //!
+//! `SWARM_REPORT_MS=N` prints `report UNIX_MS CONNECTED` every N ms while holding.
+//!
 //! `SWARM_TRANSPORT` is the agents' transport (`edge_agent::dial::TransportMode`), default
 //! `quic`. With `tcp` the agents dial TLS over TCP on the same `host:port` as
 //! `GATEWAY_ADDR` (the gateway's `--tunnel-tcp-listen` default).
@@ -82,7 +84,30 @@ async fn main() -> anyhow::Result<()> {
         "connected {count} agents over {mode} in {:.2?}",
         t1.elapsed()
     );
-    tokio::time::sleep(Duration::from_secs(hold)).await;
+    // SWARM_REPORT_MS: print `report unix_ms connected` lines while holding
+    // (bench/herd.sh reads them to time the reconnection herd after a gateway restart).
+    let report = std::env::var("SWARM_REPORT_MS")
+        .ok()
+        .map(|v| v.parse::<u64>())
+        .transpose()?
+        .map(Duration::from_millis);
+    match report {
+        Some(every) => {
+            let until = Instant::now() + Duration::from_secs(hold);
+            while Instant::now() < until {
+                tokio::time::sleep(every).await;
+                let connected = states
+                    .iter()
+                    .filter(|s| *s.borrow() == ConnState::Connected)
+                    .count();
+                let unix_ms = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis());
+                println!("report {unix_ms} {connected}");
+            }
+        }
+        None => tokio::time::sleep(Duration::from_secs(hold)).await,
+    }
     let connected = states
         .iter()
         .filter(|s| *s.borrow() == ConnState::Connected)
