@@ -1,5 +1,6 @@
 //! How containers, images, volumes and networks are made: the one place that speaks
-//! bollard. Why they are made is decided in [`super::Reconciler`]'s planner.
+//! bollard. Why they are made is decided by the reconciler's planner (`plan.rs`), and
+//! its steps are walked in `apply.rs`.
 //!
 //! Every object we create carries `io.edge.managed=1` and `io.edge.app-id`; containers
 //! also carry the service name, service id, release and config hash, and get a
