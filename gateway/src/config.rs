@@ -93,6 +93,11 @@ pub const MAX_STREAMS_PER_DEVICE_CAP: usize = 4096 - 256;
 pub struct ServeConfig {
     /// Where the CA, the tunnel certificate and the database live. Default is `./gateway-data`.
     pub data_dir: PathBuf,
+    /// A PostgreSQL database (`postgres://user:password@host:port/database`) instead of
+    /// the data dir's SQLite file: several gateway nodes share it. Default is none (the
+    /// embedded SQLite file). Can also be given as `EDGE_GATEWAY_DATABASE`, which keeps the
+    /// password out of `ps`.
+    pub database: Option<String>,
     /// Public URLs are `http://<uuid>.<domain>/`. Default is `devices.localhost`.
     pub domain: String,
     /// Public HTTP listener (TCP). Default is `0.0.0.0:80`.
@@ -194,6 +199,7 @@ impl Default for ServeConfig {
     fn default() -> Self {
         Self {
             data_dir: PathBuf::from("./gateway-data"),
+            database: None,
             domain: "devices.localhost".into(),
             http_listen: "0.0.0.0:80".parse().expect("addr"),
             tunnel_listen: "0.0.0.0:443".parse().expect("addr"),
@@ -263,6 +269,19 @@ impl ServeConfig {
 
     /// Checks every key, naming the first bad one.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(url) = &self.database {
+            let scheme = url.split_once("://").map(|(s, _)| s);
+            if !matches!(scheme, Some("postgres" | "postgresql")) {
+                return Err(ConfigError::Invalid {
+                    key: "database",
+                    reason: format!(
+                        "{:?} is not a PostgreSQL URL (postgres://user:password@host:port/database); \
+                         leave it out for the data dir's own SQLite file",
+                        crate::datadir::redacted_url(url)
+                    ),
+                });
+            }
+        }
         let d = self.domain.trim_matches('.');
         if d.is_empty()
             || !d

@@ -12,6 +12,14 @@
 //! * key files are created exclusively and never overwritten;
 //! * one `serve` at a time holds `serve.lock`; the offline commands (`device add`,
 //!   `token create`, `device list`) work beside it but never create anything.
+//!
+//! With `--database postgres://…` the database is that PostgreSQL database instead of
+//! `gateway.db`, shared by every gateway node; the data dir keeps the CA and the tunnel
+//! certificate. Every node of one cluster holds **the same** `ca.pem` and `ca.key`
+//! (copied from the first node; see `docs/cluster.md`): the first node to start on an
+//! empty database creates the CA and records its fingerprint there, and a node whose
+//! data dir has no CA, or another one, refuses to start, saying which fingerprint the
+//! cluster's CA has.
 
 use std::fs;
 use std::io::{Read, Seek, Write};
@@ -39,6 +47,22 @@ const FILES: [&str; 5] = [
     certs::TUNNEL_CERT_FILE,
     DB_FILE,
 ];
+
+/// Where the database is: the data dir's own SQLite file, or a PostgreSQL URL.
+fn database_files(database: Option<&str>) -> &'static [&'static str] {
+    match database {
+        None => &FILES,
+        // The database is elsewhere; the dir holds the certificates only.
+        Some(_) => &FILES[..4],
+    }
+}
+
+/// A PostgreSQL URL without its password, for messages: `host:port/database`.
+pub fn redacted_url(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
+    rest.split('?').next().unwrap_or(rest).to_string()
+}
 
 /// Why a data dir cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -74,17 +98,35 @@ pub enum DataDirError {
         .0.display()
     )]
     EmptyDatabase(PathBuf),
+    /// A node joins a cluster database without the cluster's CA in its data dir.
+    #[error(
+        "the database {database} already belongs to a fleet CA (fingerprint {recorded}), but \
+         {} holds no CA. Every gateway node of one cluster uses the same CA: copy ca.pem and \
+         ca.key from the data dir of a running node into {}, then start again",
+        path.display(),
+        path.display()
+    )]
+    JoinWithoutCa {
+        /// The data dir.
+        path: PathBuf,
+        /// The database, without its password.
+        database: String,
+        /// The CA fingerprint the database records.
+        recorded: String,
+    },
     /// `ca.pem` is not the CA the database was created with.
     #[error(
         "this data dir's CA does not match its database: {} has fingerprint {found}, but \
-         {} was created with the CA {recorded}. Restore the matching ca.pem and ca.key from \
-         a backup",
-        path.join(certs::CA_CERT_FILE).display(),
-        path.join(DB_FILE).display()
+         {database} was created with the CA {recorded}. Restore the matching ca.pem and \
+         ca.key from a backup (a gateway node joining a cluster needs the cluster's CA: copy \
+         both files from a running node)",
+        path.join(certs::CA_CERT_FILE).display()
     )]
     CaMismatch {
         /// The data dir.
         path: PathBuf,
+        /// The database: `gateway.db`'s path, or a PostgreSQL URL without its password.
+        database: String,
         /// Fingerprint of `ca.pem`.
         found: String,
         /// Fingerprint recorded in the database.
@@ -154,8 +196,8 @@ struct Survey {
 }
 
 impl Survey {
-    fn of(dir: &Path) -> Self {
-        let (present, missing) = FILES
+    fn of(dir: &Path, database: Option<&str>) -> Self {
+        let (present, missing) = database_files(database)
             .iter()
             .partition(|f| fs::symlink_metadata(dir.join(f)).is_ok());
         Self { present, missing }
@@ -175,19 +217,31 @@ impl Survey {
 }
 
 /// Opens the data dir for `gateway serve`: takes the serve lock, creates a new data dir
-/// if there is none, and refuses a partial or mismatched one.
-pub(crate) async fn open_for_serve(dir: &Path) -> Result<Opened, DataDirError> {
+/// if there is none, and refuses a partial or mismatched one. `database` is a PostgreSQL
+/// URL, or `None` for the data dir's SQLite file.
+pub(crate) async fn open_for_serve(
+    dir: &Path,
+    database: Option<&str>,
+) -> Result<Opened, DataDirError> {
     fs::create_dir_all(dir).map_err(|source| DataDirError::Io {
         path: dir.to_path_buf(),
         source,
     })?;
     // First, so that two `serve` processes starting on a fresh dir cannot both create it.
     let lock = lock_for_serve(dir)?;
-    let survey = Survey::of(dir);
+    let survey = Survey::of(dir, database);
     if survey.present.is_empty() {
+        let store = Store::open_database(database, dir).await?;
+        if let (Some(url), Some(recorded)) = (database, store.ca_fingerprint().await?) {
+            store.close().await;
+            return Err(DataDirError::JoinWithoutCa {
+                path: dir.to_path_buf(),
+                database: redacted_url(url),
+                recorded,
+            });
+        }
         let ca = Ca::create_new(dir)?;
         let server = ca.create_server(dir)?;
-        let store = Store::open(dir).await?;
         store.record_ca_fingerprint(&ca.fingerprint()).await?;
         info!(
             data_dir = %dir.display(),
@@ -202,10 +256,10 @@ pub(crate) async fn open_for_serve(dir: &Path) -> Result<Opened, DataDirError> {
             lock,
         });
     }
-    let ca = load_ca(dir, &survey)?;
+    let ca = load_ca(dir, &survey, database)?;
     // The database before the tunnel certificate: a swapped CA is best told as such,
     // not as a tunnel certificate it did not sign.
-    let store = open_store(dir, &ca).await?;
+    let store = open_store(dir, &ca, database).await?;
     let server = match (
         survey.has(certs::TUNNEL_CERT_FILE),
         survey.has(certs::TUNNEL_KEY_FILE),
@@ -263,18 +317,28 @@ fn reset_key(dir: &Path) -> Result<Vec<u8>, DataDirError> {
 /// `device list`), beside a running `serve` or not. Creates nothing: a dir that is not a
 /// gateway's is refused.
 pub async fn open_existing(dir: &Path) -> Result<(Ca, Store), DataDirError> {
-    let survey = Survey::of(dir);
+    open_existing_in(dir, None).await
+}
+
+/// [`open_existing`] with the database at `database` (a PostgreSQL URL) instead of the
+/// data dir's SQLite file when given.
+pub async fn open_existing_in(
+    dir: &Path,
+    database: Option<&str>,
+) -> Result<(Ca, Store), DataDirError> {
+    let survey = Survey::of(dir, database);
     if survey.present.is_empty() {
         return Err(DataDirError::NotFound(dir.to_path_buf()));
     }
-    let ca = load_ca(dir, &survey)?;
-    let store = open_store(dir, &ca).await?;
+    let ca = load_ca(dir, &survey, database)?;
+    let store = open_store(dir, &ca, database).await?;
     Ok((ca, store))
 }
 
-/// Loads the CA of a data dir that must hold the CA and the database.
-fn load_ca(dir: &Path, survey: &Survey) -> Result<Ca, DataDirError> {
-    if !(survey.has(DB_FILE) && survey.has(certs::CA_CERT_FILE) && survey.has(certs::CA_KEY_FILE)) {
+/// Loads the CA of a data dir that must hold the CA (and, on SQLite, the database).
+fn load_ca(dir: &Path, survey: &Survey, database: Option<&str>) -> Result<Ca, DataDirError> {
+    let db_ok = database.is_some() || survey.has(DB_FILE);
+    if !(db_ok && survey.has(certs::CA_CERT_FILE) && survey.has(certs::CA_KEY_FILE)) {
         return Err(survey.incomplete(dir));
     }
     // An empty gateway.db is refused by Store::open, under the lock that makes it wait
@@ -283,8 +347,8 @@ fn load_ca(dir: &Path, survey: &Survey) -> Result<Ca, DataDirError> {
 }
 
 /// Opens the database and checks it was created with `ca`.
-async fn open_store(dir: &Path, ca: &Ca) -> Result<Store, DataDirError> {
-    let store = Store::open(dir).await.map_err(|e| match e {
+async fn open_store(dir: &Path, ca: &Ca, database: Option<&str>) -> Result<Store, DataDirError> {
+    let store = Store::open_database(database, dir).await.map_err(|e| match e {
         StoreError::EmptyDatabase(p) => DataDirError::EmptyDatabase(p),
         other => other.into(),
     })?;
@@ -293,6 +357,10 @@ async fn open_store(dir: &Path, ca: &Ca) -> Result<Store, DataDirError> {
             store.close().await;
             return Err(DataDirError::CaMismatch {
                 path: dir.to_path_buf(),
+                database: match database {
+                    Some(url) => redacted_url(url),
+                    None => dir.join(DB_FILE).display().to_string(),
+                },
                 found: ca.fingerprint(),
                 recorded,
             });

@@ -99,7 +99,7 @@ impl Gateway {
             server: server_id,
             store,
             lock,
-        } = datadir::open_for_serve(&cfg.data_dir).await?;
+        } = datadir::open_for_serve(&cfg.data_dir, cfg.database.as_deref()).await?;
         let tls = certs::server_config(ca.cert_pem(), &server_id)?;
         let tunnel_tls = Arc::new(tls.clone());
         let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
