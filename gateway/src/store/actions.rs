@@ -42,7 +42,8 @@ impl Store {
         ttl_secs: i64,
     ) -> Result<ActionRecord, StoreError> {
         let now = now_unix();
-        on_pool!(self, |p| sqlx::query(
+        on_pool!(self, |p| {
+            sqlx::query(
             "INSERT INTO actions (id, device, name, params, status, actor, created_at, expires_at) VALUES ($1, $2, $3, $4, 'pending', $5, $6, $7)",
         )
         .bind(id)
@@ -54,7 +55,8 @@ impl Store {
         .bind(now.saturating_add(ttl_secs))
         .execute(p)
         .await
-        .map(drop))?;
+        .map(drop)
+        })?;
         self.action(id)
             .await?
             .ok_or_else(|| StoreError::Corrupt("inserted action vanished".into()))
@@ -62,12 +64,14 @@ impl Store {
 
     /// One action.
     pub async fn action(&self, id: &str) -> Result<Option<ActionRecord>, StoreError> {
-        on_pool!(self, |p| sqlx::query(&format!("{ACTION_COLUMNS} WHERE id = $1"))
-            .bind(id)
-            .fetch_optional(p)
-            .await?
-            .map(|r| action_from_row(&r))
-            .transpose())
+        on_pool!(self, |p| sqlx::query(&format!(
+            "{ACTION_COLUMNS} WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(p)
+        .await?
+        .map(|r| action_from_row(&r))
+        .transpose())
     }
 
     /// A device's actions, newest first.
@@ -118,12 +122,14 @@ impl Store {
 
     /// Records that an action was sent to the agent.
     pub async fn action_delivered(&self, id: &str) -> Result<(), StoreError> {
-        on_pool!(self, |p| sqlx::query("UPDATE actions SET status = 'delivered', delivered_at = $1 WHERE id = $2 AND status = 'pending'")
+        on_pool!(self, |p| {
+            sqlx::query("UPDATE actions SET status = 'delivered', delivered_at = $1 WHERE id = $2 AND status = 'pending'")
             .bind(now_unix())
             .bind(id)
             .execute(p)
             .await
-            .map(drop))?;
+            .map(drop)
+        })?;
         Ok(())
     }
 
@@ -136,7 +142,8 @@ impl Store {
         ok: bool,
         detail: &serde_json::Value,
     ) -> Result<bool, StoreError> {
-        let n = on_pool!(self, |p| sqlx::query(
+        let n = on_pool!(self, |p| {
+            sqlx::query(
             "UPDATE actions SET status = $1, detail = $2, finished_at = $3 WHERE id = $4 AND device = $5 AND status IN ('pending', 'delivered')",
         )
         .bind(if ok { "succeeded" } else { "failed" })
@@ -146,7 +153,8 @@ impl Store {
         .bind(device.as_str())
         .execute(p)
         .await?
-        .rows_affected());
+        .rows_affected()
+        });
         Ok(n == 1)
     }
 }
@@ -170,4 +178,35 @@ pub(super) fn action_from_row(r: &impl DbRow) -> Result<ActionRecord, StoreError
         delivered_at: r.col("delivered_at")?,
         finished_at: r.col("finished_at")?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_pg::both_backends;
+    use super::*;
+
+    both_backends! {
+        async fn actions_are_queued_delivered_and_finished(store) {
+            let (d, other) = (DeviceUuid::from_bytes([1; 16]), DeviceUuid::from_bytes([2; 16]));
+            let params = serde_json::json!({"times": 3});
+            let a = store.create_action("a1", d, "blink", &params, "token:x", 3600).await.unwrap();
+            assert_eq!((a.status.as_str(), a.params.clone()), ("pending", params.clone()));
+            store.create_action("a2", d, "reboot", &serde_json::json!({}), "cli:root", 3600).await.unwrap();
+            // Expired at once.
+            store.create_action("a3", d, "reboot", &serde_json::json!({}), "cli:root", 0).await.unwrap();
+            let due: Vec<String> = store.actions_to_deliver(d).await.unwrap().into_iter().map(|a| a.id).collect();
+            assert_eq!(due, ["a1", "a2"]);
+            assert_eq!(store.action("a3").await.unwrap().unwrap().status, "expired");
+            store.action_delivered("a1").await.unwrap();
+            assert!(store.action("a1").await.unwrap().unwrap().delivered_at.is_some());
+            assert!(!store.action_finished(other, "a1", true, &serde_json::json!({})).await.unwrap());
+            assert!(store.action_finished(d, "a1", true, &serde_json::json!({"ok": 1})).await.unwrap());
+            assert!(!store.action_finished(d, "a1", false, &serde_json::json!({})).await.unwrap());
+            let a1 = store.action("a1").await.unwrap().unwrap();
+            assert_eq!((a1.status.as_str(), a1.detail), ("succeeded", Some(serde_json::json!({"ok": 1}))));
+            let newest: Vec<String> = store.device_actions(d, 2).await.unwrap().into_iter().map(|a| a.id).collect();
+            assert_eq!(newest, ["a3", "a2"]);
+            assert_eq!(store.action("nope").await.unwrap(), None);
+        }
+    }
 }

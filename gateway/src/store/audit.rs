@@ -70,3 +70,23 @@ impl Store {
         .collect())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_pg::both_backends;
+
+    both_backends! {
+        async fn audit_log_pages_newest_first(store) {
+            for i in 0..5 {
+                store.audit("cli:root", "device.add", &format!("d{i}"), "{}").await.unwrap();
+            }
+            let page = store.audit_log(None, 2).await.unwrap();
+            let targets: Vec<&str> = page.iter().map(|r| r.target.as_str()).collect();
+            assert_eq!(targets, ["d4", "d3"]);
+            assert!(page[0].seq > page[1].seq);
+            let next = store.audit_log(Some(page[1].seq), 10).await.unwrap();
+            let targets: Vec<&str> = next.iter().map(|r| r.target.as_str()).collect();
+            assert_eq!(targets, ["d2", "d1", "d0"]);
+        }
+    }
+}

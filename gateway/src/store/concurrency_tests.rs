@@ -190,10 +190,11 @@ async fn releases_in_parallel(store: Store) {
             let own = store
                 .create_release("rel", &format!("own {n}"), &format!("h{n}"), "t")
                 .await;
-            let shared = store
-                .create_release("rel", "shared", "h-shared", "t")
-                .await;
-            (own.map_err(|e| describe(&e)), shared.map_err(|e| describe(&e)))
+            let shared = store.create_release("rel", "shared", "h-shared", "t").await;
+            (
+                own.map_err(|e| describe(&e)),
+                shared.map_err(|e| describe(&e)),
+            )
         });
     }
     let mut created_shared = 0;
@@ -206,7 +207,10 @@ async fn releases_in_parallel(store: Store) {
         created_shared += usize::from(created);
         shared_ids.insert((rec.id, rec.seq));
     }
-    assert_eq!(created_shared, 1, "the shared file was stored more than once");
+    assert_eq!(
+        created_shared, 1,
+        "the shared file was stored more than once"
+    );
     assert_eq!(shared_ids.len(), 1);
     let mut seqs: Vec<i64> = store
         .releases("rel")

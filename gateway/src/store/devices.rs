@@ -150,7 +150,8 @@ impl Store {
         scope: &str,
         owner: &str,
     ) -> Result<Vec<(String, String, String)>, StoreError> {
-        on_pool!(self, |p| sqlx::query(
+        on_pool!(self, |p| {
+            sqlx::query(
             "SELECT service, name, value FROM env_vars WHERE scope = $1 AND owner = $2 ORDER BY service, name",
         )
         .bind(scope)
@@ -159,7 +160,8 @@ impl Store {
         .await?
         .iter()
         .map(|r| Ok((r.col("service")?, r.col("name")?, r.col("value")?)))
-        .collect())
+        .collect()
+        })
     }
 
     /// Replaces the environment variables of a fleet or device.
@@ -197,12 +199,14 @@ impl Store {
         uuid: DeviceUuid,
         state: &serde_json::Value,
     ) -> Result<(), StoreError> {
-        on_pool!(self, |p| sqlx::query("UPDATE devices SET state = $1 WHERE uuid = $2")
-            .bind(state.to_string())
-            .bind(uuid.as_str())
-            .execute(p)
-            .await
-            .map(drop))?;
+        on_pool!(self, |p| sqlx::query(
+            "UPDATE devices SET state = $1 WHERE uuid = $2"
+        )
+        .bind(state.to_string())
+        .bind(uuid.as_str())
+        .execute(p)
+        .await
+        .map(drop))?;
         Ok(())
     }
 
@@ -221,10 +225,12 @@ impl Store {
 
     /// Marks every device offline (at start-up, before any tunnel is accepted).
     pub async fn mark_all_offline(&self) -> Result<(), StoreError> {
-        on_pool!(self, |p| sqlx::query("UPDATE devices SET online = FALSE WHERE online")
-            .execute(p)
-            .await
-            .map(drop))?;
+        on_pool!(self, |p| sqlx::query(
+            "UPDATE devices SET online = FALSE WHERE online"
+        )
+        .execute(p)
+        .await
+        .map(drop))?;
         Ok(())
     }
 
@@ -249,7 +255,8 @@ impl Store {
             }
             None => false,
         };
-        let res = on_tx!(tx, |c| sqlx::query(
+        let res = on_tx!(tx, |c| {
+            sqlx::query(
             "INSERT INTO devices (uuid, public_url, created_at, fleet, provisioned) VALUES ($1, $2, $3, $4, FALSE)",
         )
         .bind(uuid.as_str())
@@ -258,7 +265,8 @@ impl Store {
         .bind(fleet)
         .execute(&mut *c)
         .await
-        .map(drop));
+        .map(drop)
+        });
         match res {
             Ok(()) => {}
             Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
@@ -309,12 +317,14 @@ impl Store {
             return Ok(false);
         }
         if let Some(name) = name {
-            on_tx!(tx, |c| sqlx::query("UPDATE devices SET name = $1 WHERE uuid = $2")
-                .bind(name)
-                .bind(uuid.as_str())
-                .execute(&mut *c)
-                .await
-                .map(drop))?;
+            on_tx!(tx, |c| sqlx::query(
+                "UPDATE devices SET name = $1 WHERE uuid = $2"
+            )
+            .bind(name)
+            .bind(uuid.as_str())
+            .execute(&mut *c)
+            .await
+            .map(drop))?;
         }
         if let Some(fleet) = fleet {
             if let Some(f) = fleet {
@@ -322,12 +332,14 @@ impl Store {
                     return Err(StoreError::NoSuchFleet(f.to_string()));
                 }
             }
-            on_tx!(tx, |c| sqlx::query("UPDATE devices SET fleet = $1 WHERE uuid = $2")
-                .bind(fleet)
-                .bind(uuid.as_str())
-                .execute(&mut *c)
-                .await
-                .map(drop))?;
+            on_tx!(tx, |c| sqlx::query(
+                "UPDATE devices SET fleet = $1 WHERE uuid = $2"
+            )
+            .bind(fleet)
+            .bind(uuid.as_str())
+            .execute(&mut *c)
+            .await
+            .map(drop))?;
         }
         tx.commit().await?;
         Ok(true)
@@ -336,13 +348,15 @@ impl Store {
     /// Revokes a device: its certificate is refused from now on and it leaves every
     /// listing. Returns `false` if the device does not exist.
     pub async fn revoke_device(&self, uuid: DeviceUuid) -> Result<bool, StoreError> {
-        let n = on_pool!(self, |p| sqlx::query(
+        let n = on_pool!(self, |p| {
+            sqlx::query(
             "UPDATE devices SET revoked = TRUE, online = FALSE, public_url = FALSE WHERE uuid = $1 AND NOT revoked",
         )
         .bind(uuid.as_str())
         .execute(p)
         .await?
-        .rows_affected());
+        .rows_affected()
+        });
         Ok(n == 1)
     }
 }
@@ -372,4 +386,91 @@ pub(super) fn device_from_row(r: &impl DbRow) -> Result<DeviceRecord, StoreError
             .and_then(|s| serde_json::from_str(&s).ok()),
         public_address: r.col("public_address")?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_pg::both_backends;
+    use super::*;
+
+    fn uuid(n: u8) -> DeviceUuid {
+        DeviceUuid::from_bytes([n; 16])
+    }
+
+    both_backends! {
+        async fn tags_env_state_and_revocation(store) {
+            let (a, b) = (uuid(1), uuid(2));
+            store.add_device(a, false).await.unwrap();
+            store.add_device(b, false).await.unwrap();
+            let tags = |v: &[(&str, &str)]| -> Vec<(String, String)> {
+                v.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+            };
+            store.set_tags(a, &tags(&[("site", "north"), ("hw", "pi4")])).await.unwrap();
+            store.set_tags(b, &tags(&[("site", "south")])).await.unwrap();
+            assert_eq!(store.tags(a).await.unwrap(), tags(&[("hw", "pi4"), ("site", "north")]));
+            // Replacing drops what is not given again.
+            store.set_tags(a, &tags(&[("site", "north")])).await.unwrap();
+            assert_eq!(store.tags(a).await.unwrap(), tags(&[("site", "north")]));
+            let mut all = store.devices_with_tag("site", None).await.unwrap();
+            all.sort_by_key(|u| u.to_string());
+            assert_eq!(all, vec![a, b]);
+            assert_eq!(store.devices_with_tag("site", Some("south")).await.unwrap(), vec![b]);
+            assert!(store.devices_with_tag("hw", None).await.unwrap().is_empty());
+
+            let vars = vec![
+                ("".to_string(), "A".to_string(), "1".to_string()),
+                ("web".to_string(), "B".to_string(), "2".to_string()),
+            ];
+            store.set_env("device", a.as_str(), &vars).await.unwrap();
+            assert_eq!(store.env("device", a.as_str()).await.unwrap(), vars);
+            store.set_env("device", a.as_str(), &vars[1..]).await.unwrap();
+            assert_eq!(store.env("device", a.as_str()).await.unwrap(), vars[1..].to_vec());
+            assert!(store.env("fleet", a.as_str()).await.unwrap().is_empty());
+
+            let state = serde_json::json!({"os": "debian", "n": 3});
+            store.set_state(a, &state).await.unwrap();
+            store.set_public_address(a, "203.0.113.9:4433").await.unwrap();
+            let d = store.device(a).await.unwrap().unwrap();
+            assert_eq!(d.state, Some(state));
+            assert_eq!(d.public_address.as_deref(), Some("203.0.113.9:4433"));
+            assert!(d.last_seen.is_none());
+
+            assert!(store.set_public_url(a, true).await.unwrap());
+            assert!(store.device(a).await.unwrap().unwrap().public_url);
+            assert!(store.revoke_device(a).await.unwrap());
+            assert!(!store.revoke_device(a).await.unwrap());
+            assert!(!store.set_public_url(a, true).await.unwrap());
+            let d = store.device(a).await.unwrap().unwrap();
+            assert!(d.revoked && !d.public_url);
+            assert_eq!(store.devices().await.unwrap().len(), 1, "revoked devices leave listings");
+        }
+
+        async fn register_and_update_devices(store) {
+            store.create_fleet("f", true).await.unwrap();
+            let d = store.register_device(uuid(3), Some("f")).await.unwrap();
+            assert_eq!(d.fleet.as_deref(), Some("f"));
+            assert!(d.public_url, "inherits the fleet's default");
+            assert!(matches!(
+                store.register_device(uuid(3), None).await,
+                Err(StoreError::DeviceExists(_))
+            ));
+            assert!(matches!(
+                store.register_device(uuid(4), Some("nope")).await,
+                Err(StoreError::NoSuchFleet(_))
+            ));
+            let d = store.register_device(uuid(4), None).await.unwrap();
+            assert!(!d.public_url && d.fleet.is_none());
+
+            assert!(store.update_device(uuid(4), Some("kiosk"), Some(Some("f"))).await.unwrap());
+            let d = store.device(uuid(4)).await.unwrap().unwrap();
+            assert_eq!((d.name.as_deref(), d.fleet.as_deref()), (Some("kiosk"), Some("f")));
+            assert!(matches!(
+                store.update_device(uuid(4), None, Some(Some("nope"))).await,
+                Err(StoreError::NoSuchFleet(_))
+            ));
+            assert!(store.update_device(uuid(4), None, Some(None)).await.unwrap());
+            assert_eq!(store.device(uuid(4)).await.unwrap().unwrap().fleet, None);
+            assert!(!store.update_device(uuid(9), Some("x"), None).await.unwrap());
+        }
+    }
 }

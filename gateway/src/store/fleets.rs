@@ -85,7 +85,8 @@ impl Store {
 
     /// All fleets with their device counts, by name.
     pub async fn fleets(&self) -> Result<Vec<(FleetRecord, i64)>, StoreError> {
-        on_pool!(self, |p| sqlx::query(
+        on_pool!(self, |p| {
+            sqlx::query(
             "SELECT f.name, f.public_url_default, f.created_at,
                     (SELECT COUNT(*) FROM devices d WHERE d.fleet = f.name AND NOT d.revoked) AS devices
              FROM fleets f ORDER BY f.name",
@@ -94,7 +95,8 @@ impl Store {
         .await?
         .iter()
         .map(|r| Ok((fleet_from_row(r)?, r.col("devices")?)))
-        .collect())
+        .collect()
+        })
     }
 
     /// Switches the public URL of every device in `fleet` now, and sets the default that
@@ -147,49 +149,50 @@ impl Store {
             return Ok(None);
         }
         let deletion = on_tx!(tx, |c| {
-        let n: i64 = sqlx::query("SELECT COUNT(*) FROM devices WHERE fleet = $1 AND NOT revoked")
-            .bind(name)
-            .fetch_one(&mut *c)
-            .await?
-            .at(0)?;
-        if n > 0 {
-            return Err(StoreError::FleetNotEmpty(name.to_string(), n));
-        }
-        sqlx::query(
-            "UPDATE devices SET pinned_release = NULL
+            let n: i64 =
+                sqlx::query("SELECT COUNT(*) FROM devices WHERE fleet = $1 AND NOT revoked")
+                    .bind(name)
+                    .fetch_one(&mut *c)
+                    .await?
+                    .at(0)?;
+            if n > 0 {
+                return Err(StoreError::FleetNotEmpty(name.to_string(), n));
+            }
+            sqlx::query(
+                "UPDATE devices SET pinned_release = NULL
              WHERE pinned_release IN (SELECT id FROM releases WHERE fleet = $1)",
-        )
-        .bind(name)
-        .execute(&mut *c)
-        .await?;
-        sqlx::query("UPDATE devices SET fleet = NULL WHERE fleet = $1")
+            )
             .bind(name)
             .execute(&mut *c)
             .await?;
-        let keys = sqlx::query("DELETE FROM provisioning_keys WHERE fleet = $1")
-            .bind(name)
-            .execute(&mut *c)
-            .await?
-            .rows_affected();
-        let releases = sqlx::query("DELETE FROM releases WHERE fleet = $1")
-            .bind(name)
-            .execute(&mut *c)
-            .await?
-            .rows_affected();
-        let env_vars = sqlx::query("DELETE FROM env_vars WHERE scope = 'fleet' AND owner = $1")
-            .bind(name)
-            .execute(&mut *c)
-            .await?
-            .rows_affected();
-        sqlx::query("DELETE FROM fleets WHERE name = $1")
-            .bind(name)
-            .execute(&mut *c)
-            .await?;
-        FleetDeletion {
-            keys,
-            releases,
-            env_vars,
-        }
+            sqlx::query("UPDATE devices SET fleet = NULL WHERE fleet = $1")
+                .bind(name)
+                .execute(&mut *c)
+                .await?;
+            let keys = sqlx::query("DELETE FROM provisioning_keys WHERE fleet = $1")
+                .bind(name)
+                .execute(&mut *c)
+                .await?
+                .rows_affected();
+            let releases = sqlx::query("DELETE FROM releases WHERE fleet = $1")
+                .bind(name)
+                .execute(&mut *c)
+                .await?
+                .rows_affected();
+            let env_vars = sqlx::query("DELETE FROM env_vars WHERE scope = 'fleet' AND owner = $1")
+                .bind(name)
+                .execute(&mut *c)
+                .await?
+                .rows_affected();
+            sqlx::query("DELETE FROM fleets WHERE name = $1")
+                .bind(name)
+                .execute(&mut *c)
+                .await?;
+            FleetDeletion {
+                keys,
+                releases,
+                env_vars,
+            }
         });
         tx.commit().await?;
         Ok(Some(deletion))
@@ -202,4 +205,60 @@ pub(super) fn fleet_from_row(r: &impl DbRow) -> Result<FleetRecord, StoreError> 
         public_url_default: r.col("public_url_default")?,
         created_at: r.col("created_at")?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_pg::both_backends;
+    use super::*;
+
+    both_backends! {
+        async fn fleets_public_urls_and_deletion(store) {
+            store.create_fleet("b", false).await.unwrap();
+            store.create_fleet("a", true).await.unwrap();
+            assert!(matches!(
+                store.create_fleet("a", false).await,
+                Err(StoreError::FleetExists(_))
+            ));
+            let u = DeviceUuid::from_bytes([7; 16]);
+            store.register_device(u, Some("b")).await.unwrap();
+            let fleets = store.fleets().await.unwrap();
+            let names: Vec<(&str, i64)> = fleets.iter().map(|(f, n)| (f.name.as_str(), *n)).collect();
+            assert_eq!(names, vec![("a", 0), ("b", 1)]);
+            assert!(store.fleet("a").await.unwrap().unwrap().public_url_default);
+            assert_eq!(store.fleet("zzz").await.unwrap(), None);
+
+            assert_eq!(store.set_fleet_public_url("b", true).await.unwrap(), Some(vec![u]));
+            assert!(store.device(u).await.unwrap().unwrap().public_url);
+            assert!(store.fleet("b").await.unwrap().unwrap().public_url_default);
+            assert_eq!(store.set_fleet_public_url("zzz", true).await.unwrap(), None);
+
+            store.create_key("k1", "b", "hash", None, None).await.unwrap();
+            store.create_release("b", "services: {}", "h", "t").await.unwrap();
+            store
+                .set_env("fleet", "b", &[("".into(), "X".into(), "1".into())])
+                .await
+                .unwrap();
+            assert!(matches!(
+                store.delete_fleet("b").await,
+                Err(StoreError::FleetNotEmpty(_, 1))
+            ));
+            assert!(store.revoke_device(u).await.unwrap());
+            let gone = store.delete_fleet("b").await.unwrap().unwrap();
+            assert_eq!(
+                gone,
+                FleetDeletion {
+                    keys: 1,
+                    releases: 1,
+                    env_vars: 1
+                }
+            );
+            assert_eq!(store.device(u).await.unwrap().unwrap().fleet, None);
+            assert_eq!(store.delete_fleet("b").await.unwrap(), None);
+            // A fleet of the same name starts its release numbering afresh.
+            store.create_fleet("b", false).await.unwrap();
+            let (r, _) = store.create_release("b", "services: {}", "h", "t").await.unwrap();
+            assert_eq!(r.seq, 1);
+        }
+    }
 }

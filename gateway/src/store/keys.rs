@@ -50,7 +50,8 @@ impl Store {
         if self.fleet_in(&mut tx, fleet).await?.is_none() {
             return Err(StoreError::NoSuchFleet(fleet.to_string()));
         }
-        on_tx!(tx, |c| sqlx::query(
+        on_tx!(tx, |c| {
+            sqlx::query(
             "INSERT INTO provisioning_keys (id, fleet, secret_hash, created_at, expires_at, max_uses) VALUES ($1, $2, $3, $4, $5, $6)",
         )
         .bind(id)
@@ -61,14 +62,16 @@ impl Store {
         .bind(max_uses)
         .execute(&mut *c)
         .await
-        .map(drop))?;
+        .map(drop)
+        })?;
         tx.commit().await?;
         Ok(())
     }
 
     /// The provisioning keys of a fleet (never their secrets).
     pub async fn keys(&self, fleet: &str) -> Result<Vec<KeyRecord>, StoreError> {
-        on_pool!(self, |p| sqlx::query(
+        on_pool!(self, |p| {
+            sqlx::query(
             "SELECT id, fleet, created_at, expires_at, max_uses, uses, revoked FROM provisioning_keys WHERE fleet = $1 ORDER BY created_at, id",
         )
         .bind(fleet)
@@ -86,7 +89,8 @@ impl Store {
                 revoked: r.col("revoked")?,
             })
         })
-        .collect())
+        .collect()
+        })
     }
 
     /// Revokes a provisioning key. Returns `false` if it does not exist.
@@ -124,7 +128,8 @@ impl Store {
             uses: i64,
             revoked: bool,
         }
-        let key = on_tx!(tx, |c| sqlx::query(
+        let key = on_tx!(tx, |c| {
+            sqlx::query(
             "SELECT fleet, secret_hash, expires_at, max_uses, uses, revoked FROM provisioning_keys WHERE id = $1",
         )
         .bind(key_id)
@@ -140,7 +145,8 @@ impl Store {
                 revoked: k.col("revoked")?,
             })
         })
-        .transpose()?);
+        .transpose()?
+        });
         let Some(k) = key else {
             return Ok(Err(Refusal::InvalidKey));
         };
@@ -217,5 +223,68 @@ impl Store {
         .map(drop))?;
         tx.commit().await?;
         Ok(Ok(device_fleet))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_pg::both_backends;
+    use super::*;
+
+    both_backends! {
+        async fn provisioning_checks_every_limit(store) {
+            store.create_fleet("f", true).await.unwrap();
+            assert!(matches!(
+                store.create_key("k0", "nope", "h", None, None).await,
+                Err(StoreError::NoSuchFleet(_))
+            ));
+            store.create_key("k1", "f", "h1", None, Some(2)).await.unwrap();
+            store.create_key("k2", "f", "h2", Some(1_000), None).await.unwrap();
+            let keys = store.keys("f").await.unwrap();
+            assert_eq!(keys.len(), 2);
+            assert_eq!((keys[0].max_uses, keys[0].uses, keys[0].revoked), (Some(2), 0, false));
+
+            let u = |n: u8| DeviceUuid::from_bytes([n; 16]);
+            assert_eq!(store.provision("k1", "wrong", u(1), 10).await.unwrap(), Err(Refusal::InvalidKey));
+            assert_eq!(store.provision("kx", "h1", u(1), 10).await.unwrap(), Err(Refusal::InvalidKey));
+            assert_eq!(store.provision("k1", "h1", u(1), 10).await.unwrap(), Ok("f".to_string()));
+            let d = store.device(u(1)).await.unwrap().unwrap();
+            assert!(d.public_url && d.fleet.as_deref() == Some("f"));
+            assert_eq!(
+                store.provision("k1", "h1", u(1), 10).await.unwrap(),
+                Err(Refusal::UuidUnavailable(u(1)))
+            );
+            // A pre-registered device keeps the fleet it was registered to.
+            store.create_fleet("g", false).await.unwrap();
+            store.register_device(u(2), Some("g")).await.unwrap();
+            assert_eq!(store.provision("k1", "h1", u(2), 10).await.unwrap(), Ok("g".to_string()));
+            assert_eq!(store.provision("k1", "h1", u(3), 10).await.unwrap(), Err(Refusal::KeyUsedUp(2)));
+            assert_eq!(store.provision("k2", "h2", u(3), 1_000).await.unwrap(), Err(Refusal::KeyExpired(1_000)));
+            assert!(store.revoke_key("k2").await.unwrap());
+            assert!(!store.revoke_key("kx").await.unwrap());
+            assert_eq!(store.provision("k2", "h2", u(3), 10).await.unwrap(), Err(Refusal::KeyRevoked));
+            assert_eq!(store.keys("f").await.unwrap()[0].uses, 2);
+        }
+
+        async fn parallel_provisioning_respects_the_use_limit(store) {
+            store.create_fleet("f", false).await.unwrap();
+            store.create_key("k", "f", "h", None, Some(3)).await.unwrap();
+            let mut tasks = tokio::task::JoinSet::new();
+            for n in 0..12u8 {
+                let store = store.clone();
+                tasks.spawn(async move {
+                    store.provision("k", "h", DeviceUuid::from_bytes([n + 1; 16]), 0).await
+                });
+            }
+            let mut ok = 0;
+            while let Some(r) = tasks.join_next().await {
+                match r.unwrap().expect("provision failed") {
+                    Ok(_) => ok += 1,
+                    Err(refusal) => assert_eq!(refusal, Refusal::KeyUsedUp(3)),
+                }
+            }
+            assert_eq!(ok, 3);
+            assert_eq!(store.keys("f").await.unwrap()[0].uses, 3);
+        }
     }
 }

@@ -166,7 +166,10 @@ impl Store {
                 let mut l = l.clone();
                 if tx.is_postgres() {
                     l.message = without_nul(&l.message).into_owned();
-                    l.service_name = l.service_name.as_deref().map(|s| without_nul(s).into_owned());
+                    l.service_name = l
+                        .service_name
+                        .as_deref()
+                        .map(|s| without_nul(s).into_owned());
                 }
                 l
             })
@@ -177,26 +180,26 @@ impl Store {
         let mut stored = Vec::with_capacity(fresh.len());
         for chunk in fresh.chunks(INSERT_CHUNK) {
             let mut ids: Vec<(i64, i64)> = on_tx!(tx, |c| {
-            let mut qb = QueryBuilder::new(
+                let mut qb = QueryBuilder::new(
                 "INSERT INTO logs (device, seq, ts, service, service_id, is_stderr, is_system, message) ",
             );
-            qb.push_values(chunk, |mut b, l| {
-                b.push_bind(device.as_str())
-                    .push_bind(l.seq as i64)
-                    .push_bind(l.timestamp)
-                    .push_bind(l.service_name.as_deref())
-                    .push_bind(l.service_id.map(i64::from))
-                    .push_bind(l.is_std_err)
-                    .push_bind(l.is_system)
-                    .push_bind(l.message.as_str());
-            });
-            qb.push(" RETURNING id, seq");
-            qb.build()
-                .fetch_all(&mut *c)
-                .await?
-                .iter()
-                .map(|r| Ok((r.col("seq")?, r.col("id")?)))
-                .collect::<Result<_, sqlx::Error>>()?
+                qb.push_values(chunk, |mut b, l| {
+                    b.push_bind(device.as_str())
+                        .push_bind(l.seq as i64)
+                        .push_bind(l.timestamp)
+                        .push_bind(l.service_name.as_deref())
+                        .push_bind(l.service_id.map(i64::from))
+                        .push_bind(l.is_std_err)
+                        .push_bind(l.is_system)
+                        .push_bind(l.message.as_str());
+                });
+                qb.push(" RETURNING id, seq");
+                qb.build()
+                    .fetch_all(&mut *c)
+                    .await?
+                    .iter()
+                    .map(|r| Ok((r.col("seq")?, r.col("id")?)))
+                    .collect::<Result<_, sqlx::Error>>()?
             });
             ids.sort_unstable();
             for (l, (_, id)) in chunk.iter().zip(ids) {
@@ -207,7 +210,8 @@ impl Store {
                 });
             }
         }
-        on_tx!(tx, |c| sqlx::query(
+        on_tx!(tx, |c| {
+            sqlx::query(
             "INSERT INTO log_cursors (device, epoch, last_seq) VALUES ($1, $2, $3)
              ON CONFLICT (device) DO UPDATE SET epoch = excluded.epoch, last_seq = excluded.last_seq",
         )
@@ -216,7 +220,8 @@ impl Store {
         .bind(upto as i64)
         .execute(&mut *c)
         .await
-        .map(drop))?;
+        .map(drop)
+        })?;
         tx.commit().await?;
         Ok((upto, stored))
     }
@@ -344,5 +349,86 @@ impl Store {
             }
             Ok(n)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_pg::both_backends;
+    use super::*;
+
+    fn line(seq: u64, service: Option<&str>, stderr: bool, message: &str) -> LogLine {
+        LogLine {
+            seq,
+            timestamp: 1_000 + seq as i64,
+            message: message.to_string(),
+            is_std_err: stderr,
+            is_system: service.is_none(),
+            service_name: service.map(str::to_string),
+            service_id: service.map(|_| 7),
+        }
+    }
+
+    both_backends! {
+        async fn logs_are_deduplicated_queried_and_pruned(store) {
+            let d = DeviceUuid::from_bytes([5; 16]);
+            let batch = vec![
+                line(1, Some("web"), false, "GET / 200"),
+                line(2, Some("web"), true, "100% of_quota"),
+                line(3, None, false, "agent started"),
+            ];
+            let (upto, stored) = store.insert_logs(d, "e1", &batch).await.unwrap();
+            assert_eq!((upto, stored.len()), (3, 3));
+            assert!(stored.windows(2).all(|w| w[0].id < w[1].id));
+            // A resent batch stores nothing new; a longer one only what is new.
+            assert_eq!(store.insert_logs(d, "e1", &batch).await.unwrap(), (3, vec![]));
+            let more = vec![line(3, None, false, "agent started"), line(4, Some("db"), false, "Ready")];
+            let (upto, stored) = store.insert_logs(d, "e1", &more).await.unwrap();
+            assert_eq!((upto, stored.len(), stored[0].line.seq), (4, 1, 4));
+            assert_eq!(store.log_resume(d, "e1").await.unwrap(), 4);
+            assert_eq!(store.log_resume(d, "e2").await.unwrap(), 0, "a new spool epoch");
+
+            let q = |f: fn(&mut LogQuery)| {
+                let mut q = LogQuery::default();
+                f(&mut q);
+                q
+            };
+            let seqs = |v: Vec<StoredLine>| v.iter().map(|l| l.line.seq).collect::<Vec<_>>();
+            assert_eq!(seqs(store.query_logs(d, &LogQuery::default()).await.unwrap()), [1, 2, 3, 4]);
+            assert_eq!(seqs(store.query_logs(d, &q(|q| q.service = Some("web".into()))).await.unwrap()), [1, 2]);
+            assert_eq!(seqs(store.query_logs(d, &q(|q| q.service = Some("".into()))).await.unwrap()), [3]);
+            assert_eq!(seqs(store.query_logs(d, &q(|q| q.stderr = Some(true))).await.unwrap()), [2]);
+            assert_eq!(seqs(store.query_logs(d, &q(|q| q.system = Some(false))).await.unwrap()), [1, 2, 4]);
+            // LIKE's wildcards are matched literally, case-insensitively.
+            assert_eq!(seqs(store.query_logs(d, &q(|q| q.text = Some("% OF_".into()))).await.unwrap()), [2]);
+            assert_eq!(seqs(store.query_logs(d, &q(|q| q.text = Some("o_".into()))).await.unwrap()), Vec::<u64>::new());
+            assert_eq!(seqs(store.query_logs(d, &q(|q| q.text = Some("ready".into()))).await.unwrap()), [4]);
+            assert_eq!(seqs(store.query_logs(d, &q(|q| { q.since_ms = Some(1_002); q.until_ms = Some(1_004); })).await.unwrap()), [2, 3]);
+            assert_eq!(seqs(store.query_logs(d, &q(|q| { q.newest = true; q.limit = Some(2); })).await.unwrap()), [3, 4]);
+            let all = store.query_logs(d, &LogQuery::default()).await.unwrap();
+            let after = all[1].id;
+            let tail = store.query_logs(d, &LogQuery { after_id: Some(after), ..Default::default() }).await.unwrap();
+            assert_eq!(seqs(tail), [3, 4]);
+            assert_eq!(all[0].line.service_id, Some(7));
+            assert_eq!(all[2].line.service_name, None);
+
+            // Retention: by age, then a cap per device (never below one line).
+            assert_eq!(store.prune_logs(1_002, 100).await.unwrap(), 1);
+            assert_eq!(store.prune_logs(0, -5).await.unwrap(), 2);
+            assert_eq!(seqs(store.query_logs(d, &LogQuery::default()).await.unwrap()), [4]);
+        }
+
+        async fn a_line_with_nul_is_stored(store) {
+            let d = DeviceUuid::from_bytes([6; 16]);
+            let (upto, stored) = store
+                .insert_logs(d, "e", &[line(1, Some("w\0eb"), false, "a\0b")])
+                .await
+                .unwrap();
+            assert_eq!(upto, 1);
+            let got = store.query_logs(d, &LogQuery::default()).await.unwrap();
+            assert_eq!(got, stored, "live subscribers see what queries return");
+            let want = if store.is_postgres() { "a\u{FFFD}b" } else { "a\0b" };
+            assert_eq!(got[0].line.message, want);
+        }
     }
 }

@@ -208,7 +208,10 @@ impl Store {
     /// Opens the database a gateway is configured with: the PostgreSQL database at
     /// `database` when given (see [`Store::connect`]), else the SQLite file in `data_dir`
     /// (see [`Store::open`]), exactly as without the option.
-    pub async fn open_database(database: Option<&str>, data_dir: &Path) -> Result<Self, StoreError> {
+    pub async fn open_database(
+        database: Option<&str>,
+        data_dir: &Path,
+    ) -> Result<Self, StoreError> {
         match database {
             Some(url) => Self::connect(url).await,
             None => Self::open(data_dir).await,
@@ -266,13 +269,15 @@ impl Store {
     /// waits for a concurrent insert of the key and then does nothing, and the read after
     /// it sees the fingerprint that won.
     pub async fn record_ca_fingerprint(&self, fingerprint: &str) -> Result<String, StoreError> {
-        on_pool!(self, |p| sqlx::query(
+        on_pool!(self, |p| {
+            sqlx::query(
             "INSERT INTO gateway_meta (key, value) VALUES ('ca_fingerprint', $1) ON CONFLICT (key) DO NOTHING",
         )
         .bind(fingerprint)
         .execute(p)
         .await
-        .map(drop))?;
+        .map(drop)
+        })?;
         Ok(self
             .ca_fingerprint()
             .await?
@@ -371,20 +376,40 @@ mod tests {
 
     #[tokio::test]
     async fn connect_refuses_other_schemes_and_names_an_unreachable_server() {
-        let e = Store::connect("mysql://u:secret@db/x").await.err().unwrap().to_string();
-        assert!(e.contains("unsupported database URL scheme \"mysql\""), "{e}");
+        let e = Store::connect("mysql://u:secret@db/x")
+            .await
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains("unsupported database URL scheme \"mysql\""),
+            "{e}"
+        );
         assert!(!e.contains("secret"), "{e}");
-        let e = Store::connect("postgres://u:secret@db:notaport/x").await.err().unwrap().to_string();
+        let e = Store::connect("postgres://u:secret@db:notaport/x")
+            .await
+            .err()
+            .unwrap()
+            .to_string();
         assert!(e.contains("not a valid PostgreSQL URL"), "{e}");
         assert!(!e.contains("secret"), "{e}");
         // A port nothing listens on.
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let e = Store::connect(&format!("postgres://u:secret@127.0.0.1:{port}/gw"))
             .await
             .err()
             .unwrap()
             .to_string();
-        assert!(e.contains(&format!("cannot reach PostgreSQL at 127.0.0.1:{port}/gw as u")), "{e}");
+        assert!(
+            e.contains(&format!(
+                "cannot reach PostgreSQL at 127.0.0.1:{port}/gw as u"
+            )),
+            "{e}"
+        );
         assert!(!e.contains("secret"), "{e}");
     }
 
@@ -401,8 +426,13 @@ mod tests {
         let Some(url) = test_pg::database_url().await else {
             return;
         };
-        let mut c = <sqlx::PgConnection as sqlx::Connection>::connect(&url).await.unwrap();
-        sqlx::raw_sql("CREATE TABLE invoices (id BIGINT)").execute(&mut c).await.unwrap();
+        let mut c = <sqlx::PgConnection as sqlx::Connection>::connect(&url)
+            .await
+            .unwrap();
+        sqlx::raw_sql("CREATE TABLE invoices (id BIGINT)")
+            .execute(&mut c)
+            .await
+            .unwrap();
         let e = Store::connect(&url).await.err().unwrap().to_string();
         assert!(e.contains("holds tables but no gateway schema"), "{e}");
     }
@@ -450,7 +480,10 @@ mod tests {
             .unwrap();
         }
         let store = Store::open(dir.path()).await.unwrap();
-        assert_eq!(store.schema_version().await.unwrap(), MIGRATIONS.len() as i64);
+        assert_eq!(
+            store.schema_version().await.unwrap(),
+            MIGRATIONS.len() as i64
+        );
         let (r, created) = store.create_release("f", "c3", "h3", "t").await.unwrap();
         assert!(created);
         assert_eq!(r.seq, 3);

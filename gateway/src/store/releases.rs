@@ -67,14 +67,16 @@ impl Store {
     ) -> Result<(ReleaseRecord, bool), StoreError> {
         let id = certs::sha256_hex(format!("{fleet}\0{hash}").as_bytes())[..12].to_string();
         let mut tx = self.write_tx(&[Lock::FleetShared(fleet)]).await?;
-        let seq: Option<i64> = on_tx!(tx, |c| sqlx::query(
+        let seq: Option<i64> = on_tx!(tx, |c| {
+            sqlx::query(
             "UPDATE fleets SET release_seq = release_seq + 1 WHERE name = $1 RETURNING release_seq"
         )
         .bind(fleet)
         .fetch_optional(&mut *c)
         .await?
         .map(|r| r.at(0))
-        .transpose()?);
+        .transpose()?
+        });
         let Some(seq) = seq else {
             return Err(StoreError::NoSuchFleet(fleet.to_string()));
         };
@@ -227,5 +229,46 @@ impl Store {
         .map(|r| release_from_row(&r))
         .transpose()?
         .map(|r| (r, TargetSource::FleetLatest))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_pg::both_backends;
+    use super::*;
+
+    both_backends! {
+        async fn releases_pins_and_targets(store) {
+            assert!(matches!(
+                store.create_release("f", "c", "h", "t").await,
+                Err(StoreError::NoSuchFleet(_))
+            ));
+            store.create_fleet("f", false).await.unwrap();
+            let u = DeviceUuid::from_bytes([3; 16]);
+            store.register_device(u, Some("f")).await.unwrap();
+            assert_eq!(store.target_release(u).await.unwrap(), None);
+            let (r1, new) = store.create_release("f", "c1", "h1", "t").await.unwrap();
+            assert!(new && r1.seq == 1);
+            let (again, new) = store.create_release("f", "c1", "h1", "t").await.unwrap();
+            assert!(!new);
+            assert_eq!(again, r1);
+            let (r2, _) = store.create_release("f", "c2", "h2", "t").await.unwrap();
+            assert_eq!(r2.seq, 2, "an upload of known content uses no number");
+            let seqs: Vec<i64> = store.releases("f").await.unwrap().iter().map(|r| r.seq).collect();
+            assert_eq!(seqs, [2, 1]);
+            assert_eq!(store.release(&r1.id).await.unwrap(), Some(r1.clone()));
+
+            assert_eq!(store.target_release(u).await.unwrap(), Some((r2.clone(), TargetSource::FleetLatest)));
+            assert!(store.pin_fleet("f", Some(&r1.id)).await.unwrap());
+            assert_eq!(store.fleet_pin("f").await.unwrap(), Some(r1.id.clone()));
+            assert_eq!(store.target_release(u).await.unwrap(), Some((r1.clone(), TargetSource::FleetPin)));
+            assert!(store.pin_device(u, Some(&r2.id)).await.unwrap());
+            assert_eq!(store.target_release(u).await.unwrap(), Some((r2.clone(), TargetSource::DevicePin)));
+            assert!(store.pin_device(u, None).await.unwrap());
+            assert!(store.pin_fleet("f", None).await.unwrap());
+            assert_eq!(store.fleet_pin("f").await.unwrap(), None);
+            assert!(!store.pin_fleet("nope", None).await.unwrap());
+            assert_eq!(store.target_release(DeviceUuid::from_bytes([9; 16])).await.unwrap(), None);
+        }
     }
 }

@@ -291,8 +291,7 @@ fn reap_stale() {
         }
         let dir = e.path();
         let owner = std::fs::read_to_string(dir.join("owner.pid")).unwrap_or_default();
-        if Path::new(&format!("/proc/{}", owner.trim())).exists() && !owner.trim().is_empty()
-        {
+        if Path::new(&format!("/proc/{}", owner.trim())).exists() && !owner.trim().is_empty() {
             continue;
         }
         let postmaster = std::fs::read_to_string(dir.join("data/postmaster.pid"))

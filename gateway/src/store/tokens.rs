@@ -26,7 +26,8 @@ impl Store {
         role: &str,
         secret_hash: &str,
     ) -> Result<(), StoreError> {
-        on_pool!(self, |p| sqlx::query(
+        on_pool!(self, |p| {
+            sqlx::query(
             "INSERT INTO api_tokens (id, name, role, secret_hash, created_at) VALUES ($1, $2, $3, $4, $5)",
         )
         .bind(id)
@@ -36,7 +37,8 @@ impl Store {
         .bind(now_unix())
         .execute(p)
         .await
-        .map(drop))?;
+        .map(drop)
+        })?;
         Ok(())
     }
 
@@ -77,11 +79,13 @@ impl Store {
 
     /// Deletes a token. Returns `false` if it does not exist.
     pub async fn delete_token(&self, id: &str) -> Result<bool, StoreError> {
-        let n = on_pool!(self, |p| sqlx::query("DELETE FROM api_tokens WHERE id = $1")
-            .bind(id)
-            .execute(p)
-            .await?
-            .rows_affected());
+        let n = on_pool!(self, |p| sqlx::query(
+            "DELETE FROM api_tokens WHERE id = $1"
+        )
+        .bind(id)
+        .execute(p)
+        .await?
+        .rows_affected());
         Ok(n == 1)
     }
 }
@@ -94,4 +98,26 @@ pub(super) fn token_from_row(r: &impl DbRow) -> Result<TokenRecord, StoreError> 
         created_at: r.col("created_at")?,
         last_used: r.col("last_used")?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_pg::both_backends;
+
+    both_backends! {
+        async fn tokens_are_found_by_hash_and_deleted(store) {
+            store.create_token("t1", "ci", "operator", "hash1").await.unwrap();
+            store.create_token("t2", "me", "admin", "hash2").await.unwrap();
+            assert!(store.create_token("t3", "dup", "viewer", "hash1").await.is_err());
+            let t = store.token_by_hash("hash2").await.unwrap().unwrap();
+            assert_eq!((t.id.as_str(), t.role.as_str()), ("t2", "admin"));
+            assert!(store.token_by_hash("nope").await.unwrap().is_none());
+            let all = store.tokens().await.unwrap();
+            assert_eq!(all.len(), 2);
+            assert!(all.iter().find(|t| t.id == "t2").unwrap().last_used.is_some());
+            assert!(store.delete_token("t1").await.unwrap());
+            assert!(!store.delete_token("t1").await.unwrap());
+            assert_eq!(store.tokens().await.unwrap().len(), 1);
+        }
+    }
 }
