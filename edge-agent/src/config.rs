@@ -31,14 +31,19 @@ impl Link {
     }
 }
 
+/// A link name other than `normal` or `metered`.
+#[derive(Debug, thiserror::Error)]
+#[error("unknown link {0:?}: use normal or metered")]
+pub struct UnknownLink(String);
+
 impl std::str::FromStr for Link {
-    type Err = String;
+    type Err = UnknownLink;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "normal" => Ok(Link::Normal),
             "metered" => Ok(Link::Metered),
-            other => Err(format!("unknown link {other:?}: use normal or metered")),
+            other => Err(UnknownLink(other.to_string())),
         }
     }
 }
@@ -140,6 +145,7 @@ mod tests {
         assert!("cellular"
             .parse::<Link>()
             .unwrap_err()
+            .to_string()
             .contains("normal or metered"));
     }
 }

@@ -30,17 +30,20 @@ pub enum TransportMode {
     Tcp,
 }
 
+/// A transport name other than `auto`, `quic` or `tcp`.
+#[derive(Debug, thiserror::Error)]
+#[error("unknown transport {0:?}: expected auto, quic or tcp")]
+pub struct UnknownTransport(String);
+
 impl std::str::FromStr for TransportMode {
-    type Err = String;
+    type Err = UnknownTransport;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "auto" => Ok(Self::Auto),
             "quic" => Ok(Self::Quic),
             "tcp" => Ok(Self::Tcp),
-            other => Err(format!(
-                "unknown transport {other:?}: expected auto, quic or tcp"
-            )),
+            other => Err(UnknownTransport(other.to_string())),
         }
     }
 }
@@ -300,7 +303,7 @@ mod tests {
         for m in ["auto", "quic", "tcp"] {
             assert_eq!(m.parse::<TransportMode>().unwrap().to_string(), m);
         }
-        let e = "udp".parse::<TransportMode>().unwrap_err();
+        let e = "udp".parse::<TransportMode>().unwrap_err().to_string();
         assert!(e.contains("auto, quic or tcp"), "{e}");
     }
 }

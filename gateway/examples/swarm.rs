@@ -34,7 +34,7 @@ async fn main() -> anyhow::Result<()> {
     let mode: TransportMode = std::env::var("SWARM_TRANSPORT")
         .unwrap_or_else(|_| "quic".into())
         .parse()
-        .map_err(|e: String| anyhow::anyhow!("SWARM_TRANSPORT: {e}"))?;
+        .map_err(|e| anyhow::anyhow!("SWARM_TRANSPORT: {e}"))?;
 
     let ca = certs::Ca::load_or_create(&data_dir)?;
     let store = gateway::store::Store::open(&data_dir).await?;
