@@ -394,13 +394,12 @@ pub async fn run(cli: Cli, warn_layer: crate::logs::WarnLayer) -> anyhow::Result
         }
         Command::Unpin { source } => {
             let (_, state_dir) = source.paths();
-            let mut j = crate::reconciler::journal::Journal::load(&state_dir)
-                .map_err(anyhow::Error::msg)?;
+            let mut j = crate::reconciler::journal::Journal::load(&state_dir)?;
             if !j.pinned {
                 println!("nothing is pinned on this device");
             } else {
                 j.pinned = false;
-                j.save(&state_dir).map_err(anyhow::Error::msg)?;
+                j.save(&state_dir)?;
                 println!("unpinned: the gateway's target applies when the agent next connects");
             }
         }
