@@ -22,9 +22,11 @@ mod error;
 mod frame;
 mod header;
 mod heartbeat;
+pub mod host;
 mod logs;
 mod provision;
 pub mod release;
+pub mod spool;
 mod target;
 mod terminal;
 mod uuid;
@@ -38,6 +40,7 @@ pub use error::AppErrorCode;
 pub use frame::{Frame, FrameType, MAX_CONTROL_FRAME, MAX_DATA_FRAME};
 pub use header::{HttpHeader, StreamHeader, StreamKind, HEADER_MAGIC, MAX_HEADER_PAYLOAD};
 pub use heartbeat::{Heartbeat, HeartbeatEvent};
+pub use host::DeviceDomain;
 pub use logs::{
     LogLine, LogsHeader, LogsMessage, MAX_BATCH_LINES, MAX_LOGS_FRAME, MAX_MESSAGE_BYTES,
 };

@@ -24,8 +24,10 @@ use std::io::{self, BufRead, BufReader, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+// The file formats (and their decoding) are sans-IO in `protocol::spool`, so that they
+// are fuzzed; this module owns the directory and the IO.
+use protocol::spool::{scan_segment, segment_first, segment_name, SpoolLine, SpoolState};
 use protocol::{LogLine, MAX_MESSAGE_BYTES};
-use serde::{Deserialize, Serialize};
 
 use super::LogRecord;
 
@@ -34,24 +36,6 @@ pub const DEFAULT_MAX_BYTES: u64 = 64 * 1024 * 1024;
 
 /// Written lines are made durable at least this often.
 pub const SYNC_EVERY: Duration = Duration::from_millis(200);
-
-/// A line as kept on disk: what is shipped, plus where it was read from (so a restarted
-/// agent resumes reading a container's output after it, and never reads it twice).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Stored {
-    #[serde(flatten)]
-    line: LogLine,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    src: Option<(String, i64)>,
-}
-
-#[derive(Debug, Default, Serialize, Deserialize)]
-struct State {
-    epoch: String,
-    acked: u64,
-    #[serde(default)]
-    cursors: BTreeMap<String, i64>,
-}
 
 #[derive(Debug)]
 struct Segment {
@@ -88,7 +72,7 @@ pub struct Spool {
     dir: PathBuf,
     max_bytes: u64,
     segment_bytes: u64,
-    state: State,
+    state: SpoolState,
     next_seq: u64,
     segments: VecDeque<Segment>,
     active: Option<File>,
@@ -133,11 +117,11 @@ impl Spool {
         }
         let state_path = dir.join("state.json");
         let mut state = match fs::read(&state_path) {
-            Ok(b) => serde_json::from_slice::<State>(&b).unwrap_or_else(|e| {
+            Ok(b) => SpoolState::decode(&b).unwrap_or_else(|e| {
                 tracing::warn!(error = %e, "log spool state unreadable; starting a new epoch");
-                State::default()
+                SpoolState::default()
             }),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => State::default(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => SpoolState::default(),
             Err(e) => return Err(e),
         };
         let mut segs: Vec<(u64, PathBuf)> = Vec::new();
@@ -145,11 +129,7 @@ impl Spool {
             let entry = entry?;
             let name = entry.file_name();
             let name = name.to_string_lossy();
-            if let Some(first) = name
-                .strip_prefix("seg-")
-                .and_then(|r| r.strip_suffix(".ndjson"))
-                .and_then(|n| n.parse::<u64>().ok())
-            {
+            if let Some(first) = segment_first(&name) {
                 segs.push((first, entry.path()));
             }
         }
@@ -157,9 +137,9 @@ impl Spool {
         if state.epoch.is_empty() {
             // A new spool (or one whose state was lost): a fresh epoch, and no old segments
             // whose numbers the gateway could confuse with the new ones.
-            state = State {
+            state = SpoolState {
                 epoch: certs::random_hex(8),
-                ..State::default()
+                ..SpoolState::default()
             };
             for (_, p) in segs.drain(..) {
                 fs::remove_file(p)?;
@@ -172,8 +152,11 @@ impl Spool {
         for (i, (first, path)) in segs.into_iter().enumerate() {
             // Every segment is scanned: for the last sequence number, the per-container
             // read cursors, and to cut a torn tail after a crash.
-            let (last, good_len) = scan(&path, &mut state.cursors)?;
-            let len = fs::metadata(&path)?.len();
+            let data = fs::read(&path)?;
+            let len = data.len() as u64;
+            let scan = scan_segment(&data, &mut state.cursors);
+            drop(data);
+            let (last, good_len) = (scan.last, scan.good_len);
             if good_len < len {
                 tracing::warn!(path = %path.display(), "cutting a torn line off the log spool");
                 OpenOptions::new()
@@ -253,7 +236,7 @@ impl Spool {
                 let cur = self.state.cursors.entry(c.clone()).or_insert(i64::MIN);
                 *cur = (*cur).max(*t);
             }
-            let stored = Stored {
+            let stored = SpoolLine {
                 line: LogLine {
                     seq: self.next_seq,
                     timestamp: r.timestamp_ms,
@@ -270,7 +253,7 @@ impl Spool {
         }
         if suppressed > 0 {
             self.notes.insert(self.next_seq, suppressed);
-            let note = Stored {
+            let note = SpoolLine {
                 line: LogLine {
                     seq: self.next_seq,
                     timestamp: super::now_ms(),
@@ -293,9 +276,8 @@ impl Spool {
         Ok(())
     }
 
-    fn write_line(&mut self, stored: &Stored) -> io::Result<()> {
-        let mut buf = serde_json::to_vec(stored).expect("log line serializes");
-        buf.push(b'\n');
+    fn write_line(&mut self, stored: &SpoolLine) -> io::Result<()> {
+        let buf = stored.encode();
         let need_new = match self.segments.back() {
             None => true,
             Some(s) => s.bytes >= self.segment_bytes || self.active.is_none(),
@@ -326,7 +308,7 @@ impl Spool {
                 return Ok(());
             }
         }
-        let path = self.dir.join(format!("seg-{first:020}.ndjson"));
+        let path = self.dir.join(segment_name(first));
         let f = OpenOptions::new().create(true).append(true).open(&path)?;
         self.segments.push_back(Segment {
             first,
@@ -419,7 +401,7 @@ impl Spool {
     }
 
     fn save_state(&mut self) -> io::Result<()> {
-        let bytes = serde_json::to_vec(&self.state).expect("state serializes");
+        let bytes = self.state.encode();
         certs::write_atomic(&self.dir.join("state.json"), &bytes, false)
             .map_err(|e| io::Error::other(e.to_string()))?;
         self.state_saved = Instant::now();
@@ -454,18 +436,20 @@ impl Spool {
             let mut reader = BufReader::new(File::open(&seg.path)?);
             reader.seek(SeekFrom::Start(start))?;
             let mut offset = start;
-            let mut line = String::new();
+            let mut line = Vec::new();
             loop {
                 if out.len() >= max_lines || bytes >= max_bytes {
                     break;
                 }
                 line.clear();
-                let n = reader.read_line(&mut line)?;
-                if n == 0 || !line.ends_with('\n') {
+                // Bytes, not a String: a damaged line (even invalid UTF-8) is skipped,
+                // never an error that stops shipping.
+                let n = reader.read_until(b'\n', &mut line)?;
+                if n == 0 || line.last() != Some(&b'\n') {
                     break;
                 }
                 offset += n as u64;
-                let Ok(stored) = serde_json::from_str::<Stored>(&line) else {
+                let Ok(stored) = SpoolLine::decode(&line) else {
                     continue;
                 };
                 if stored.line.seq < want {
@@ -496,34 +480,6 @@ impl Drop for Spool {
         let _ = self.sync();
         let _ = self.save_state();
     }
-}
-
-/// Reads a segment: its last sequence number, the length of its whole lines, and the
-/// newest container cursors it holds.
-fn scan(path: &Path, cursors: &mut BTreeMap<String, i64>) -> io::Result<(Option<u64>, u64)> {
-    let mut reader = BufReader::new(File::open(path)?);
-    let mut good = 0u64;
-    let mut last = None;
-    let mut line = String::new();
-    loop {
-        line.clear();
-        let n = reader.read_line(&mut line)?;
-        if n == 0 || !line.ends_with('\n') {
-            break;
-        }
-        match serde_json::from_str::<Stored>(&line) {
-            Ok(s) => {
-                if let Some((c, t)) = s.src {
-                    let cur = cursors.entry(c).or_insert(i64::MIN);
-                    *cur = (*cur).max(t);
-                }
-                last = Some(s.line.seq);
-                good += n as u64;
-            }
-            Err(_) => break,
-        }
-    }
-    Ok((last, good))
 }
 
 #[cfg(test)]
@@ -597,6 +553,31 @@ mod tests {
         let got = s.read_after(0, 100, usize::MAX).unwrap();
         assert_eq!(got.iter().map(|l| l.seq).collect::<Vec<_>>(), [1, 2, 3, 4]);
         assert_eq!(got[3].message, "after crash");
+    }
+
+    #[test]
+    fn a_damaged_line_is_cut_not_an_error() {
+        // Invalid UTF-8 (a bit flip on a failing SD card) used to make `open` fail with
+        // InvalidData: `read_line` wants text. Now it is damage like a torn line.
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Spool::open(dir.path(), DEFAULT_MAX_BYTES).unwrap();
+        s.append((1..=2).map(|i| rec(&format!("l{i}")))).unwrap();
+        s.sync().unwrap();
+        drop(s);
+        let seg = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.to_string_lossy().ends_with(".ndjson"))
+            .unwrap();
+        let mut f = OpenOptions::new().append(true).open(&seg).unwrap();
+        f.write_all(b"{\"seq\":3,\"timestamp\":1,\"message\":\"\xff\"}\n")
+            .unwrap();
+        drop(f);
+        let mut s = Spool::open(dir.path(), DEFAULT_MAX_BYTES).unwrap();
+        s.append([rec("after damage")]).unwrap();
+        let got = s.read_after(0, 100, usize::MAX).unwrap();
+        assert_eq!(got.iter().map(|l| l.seq).collect::<Vec<_>>(), [1, 2, 3]);
+        assert_eq!(got[2].message, "after damage");
     }
 
     #[test]

@@ -24,6 +24,7 @@ use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use protocol::host::DeviceDomain;
 use protocol::{DeviceUuid, TargetStatus};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -71,7 +72,7 @@ pub(crate) struct RouterConfig {
 
 /// Routes requests by `Host` to device sessions.
 pub(crate) struct Router {
-    suffix: String,
+    domain: DeviceDomain,
     sessions: Arc<Sessions>,
     store: Store,
     client: Client<TunnelConnector, IdleBody>,
@@ -102,7 +103,7 @@ impl Router {
                 max_streams: cfg.max_streams_per_device,
             });
         Self {
-            suffix: format!(".{}", cfg.domain),
+            domain: DeviceDomain::new(&cfg.domain),
             sessions,
             store,
             client,
@@ -114,14 +115,10 @@ impl Router {
     }
 
     /// Picks the device named by a `Host` value: `<uuid>.<domain>`, any case, optional
-    /// port, optional trailing dot.
+    /// port, optional trailing dot (the parsing is [`DeviceDomain::device`], in the
+    /// sans-IO protocol crate so that it is fuzzed).
     pub(crate) fn device_from_host(&self, host: &str) -> Option<DeviceUuid> {
-        let host = strip_port(host).trim_end_matches('.').to_ascii_lowercase();
-        let label = host.strip_suffix(&self.suffix)?;
-        if label.contains('.') {
-            return None;
-        }
-        label.parse().ok()
+        self.domain.device(host)
     }
 
     async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
@@ -269,16 +266,6 @@ impl Router {
         *resp.version_mut() = Version::HTTP_11;
         resp.map(Either::Left)
     }
-}
-
-fn strip_port(host: &str) -> &str {
-    if host.starts_with('[') {
-        return host; // IPv6 literal: never a device name.
-    }
-    host.rsplit_once(':')
-        .filter(|(_, port)| port.chars().all(|c| c.is_ascii_digit()))
-        .map(|(h, _)| h)
-        .unwrap_or(host)
 }
 
 fn is_upgrade(headers: &HeaderMap) -> bool {
@@ -567,9 +554,21 @@ mod tests {
 
     #[test]
     fn host_parsing() {
-        assert_eq!(strip_port("a.example:8080"), "a.example");
-        assert_eq!(strip_port("a.example"), "a.example");
-        assert_eq!(strip_port("[::1]:80"), "[::1]:80");
+        // The parsing is tested (and fuzzed) in `protocol::host`; these pin the cases the
+        // router relies on.
+        assert_eq!(protocol::host::strip_port("a.example:8080"), "a.example");
+        assert_eq!(protocol::host::strip_port("[::1]:80"), "[::1]:80");
+        let domain = DeviceDomain::new("devices.localhost");
+        let uuid: DeviceUuid = "0123456789abcdef0123456789abcdef".parse().unwrap();
+        assert_eq!(
+            domain.device("0123456789ABCDEF0123456789abcdef.devices.localhost:8080"),
+            Some(uuid)
+        );
+        assert_eq!(domain.device("x.devices.localhost"), None);
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_stripped() {
         let mut h = HeaderMap::new();
         h.insert(
             header::CONNECTION,
