@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use edge_agent::logs::{LogPipeline, LogRecord};
 use edge_agent::{Agent, AgentConfig, AgentOptions, ConnState};
-use http::Method;
+use gateway::api::types::LogPage;
 use tokio_util::sync::CancellationToken;
 
 fn cpu_ticks(pid: &str) -> u64 {
@@ -95,17 +95,13 @@ async fn main() -> anyhow::Result<()> {
     let count = |uuid: String| {
         let client = &client;
         async move {
-            let v = client
-                .call(
-                    Method::GET,
-                    &format!("/v1/devices/{uuid}/logs?service=bench&tail=1"),
-                    None,
-                )
+            let page: LogPage = client
+                .get(&format!("/v1/devices/{uuid}/logs?service=bench&tail=1"))
                 .await
                 .ok()?;
-            v["lines"][0]["message"]
-                .as_str()
-                .and_then(|m| m.strip_prefix("line "))
+            page.lines
+                .first()
+                .and_then(|l| l.message.strip_prefix("line "))
                 .and_then(|n| n.parse::<usize>().ok())
         }
     };
@@ -169,21 +165,18 @@ async fn main() -> anyhow::Result<()> {
             let mut seen = HashSet::new();
             let mut after = 0i64;
             loop {
-                let v = client
-                    .call(
-                        Method::GET,
-                        &format!("/v1/devices/{uuid}/logs?service=bench&after={after}&limit=10000"),
-                        None,
-                    )
+                let page: LogPage = client
+                    .get(&format!(
+                        "/v1/devices/{uuid}/logs?service=bench&after={after}&limit=10000"
+                    ))
                     .await?;
-                let page = v["lines"].as_array().cloned().unwrap_or_default();
-                for l in &page {
-                    if !seen.insert(l["message"].as_str().unwrap_or("").to_string()) {
+                for l in &page.lines {
+                    if !seen.insert(l.message.clone()) {
                         dup += 1;
                     }
-                    after = l["id"].as_i64().unwrap_or(after);
+                    after = l.id;
                 }
-                if v["next_after"].is_null() {
+                if page.next_after.is_none() {
                     break;
                 }
             }

@@ -1,12 +1,18 @@
 //! A small client for the management API, used by the operator commands of the `gateway`
 //! binary (`gateway devices`, `gateway fleet ...`).
+//!
+//! Answers are read into the structs of [`crate::api::types`], the ones the server writes
+//! them from, so a changed field is a compile error here rather than a `?` in a table.
 
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
-use serde_json::Value;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::api::types::ErrorBody;
 
 /// Why an API call failed, phrased for an operator.
 #[derive(Debug, thiserror::Error)]
@@ -17,6 +23,9 @@ pub enum ClientError {
     /// The API URL is not usable.
     #[error("invalid API URL {0:?}: {1}")]
     BadUrl(String, String),
+    /// The CA given for an https API is not usable.
+    #[error("the API CA (--api-ca): {0}")]
+    Ca(#[source] certs::CertError),
     /// Nothing answered.
     #[error("cannot reach the management API at {url}: {reason} (is `gateway serve` running? set --api or GATEWAY_API)")]
     Unreachable {
@@ -38,6 +47,12 @@ pub enum ClientError {
     /// The API answered something that is not JSON.
     #[error("unexpected answer from the API: {0}")]
     BadResponse(String),
+    /// The API answered JSON of another shape than this CLI knows (a different version?).
+    #[error("unexpected answer from the API (is the CLI the gateway's version?): {0}")]
+    Shape(#[source] serde_json::Error),
+    /// A request body could not be written as JSON.
+    #[error("cannot write the request as JSON: {0}")]
+    Body(#[source] serde_json::Error),
 }
 
 /// Talks to one gateway's management API.
@@ -170,25 +185,10 @@ impl ApiClient {
         token: Option<String>,
         ca_pem: Option<&str>,
     ) -> Result<Self, ClientError> {
-        let tls = match ca_pem {
-            Some(pem) => {
-                let mut roots = rustls::RootCertStore::empty();
-                for c in certs::parse_certs(pem, "API CA")
-                    .map_err(|e| ClientError::BadUrl(base.to_string(), e.to_string()))?
-                {
-                    roots
-                        .add(c)
-                        .map_err(|e| ClientError::BadUrl(base.to_string(), e.to_string()))?;
-                }
-                let cfg = rustls::ClientConfig::builder_with_provider(certs::provider())
-                    .with_safe_default_protocol_versions()
-                    .map_err(|e| ClientError::BadUrl(base.to_string(), e.to_string()))?
-                    .with_root_certificates(roots)
-                    .with_no_client_auth();
-                Some(tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg)))
-            }
-            None => None,
-        };
+        let tls = ca_pem
+            .map(api_tls_connector)
+            .transpose()
+            .map_err(ClientError::Ca)?;
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         Ok(Self {
@@ -204,7 +204,7 @@ impl ApiClient {
         &self,
         method: Method,
         path: &str,
-        body: Option<Value>,
+        body: Option<Vec<u8>>,
         accept: Option<&str>,
     ) -> Result<http::Response<hyper::body::Incoming>, ClientError> {
         let token = self.token.as_deref().ok_or(ClientError::NoToken)?;
@@ -219,7 +219,7 @@ impl ApiClient {
         let payload = match body {
             Some(b) => {
                 req = req.header("content-type", "application/json");
-                Bytes::from(b.to_string())
+                Bytes::from(b)
             }
             None => Bytes::new(),
         };
@@ -252,57 +252,96 @@ impl ApiClient {
             return Ok(resp.into_body());
         }
         let status = resp.status();
-        let bytes = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| ClientError::BadResponse(e.to_string()))?
-            .to_bytes();
-        let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        Err(api_error(status, &value))
+        let bytes = read_body(resp).await?;
+        Err(api_error(status, &bytes))
     }
 
-    /// Calls `method path` with an optional JSON body; returns the JSON answer (`Null`
-    /// for an empty one).
-    pub async fn call(
+    /// `GET path`, the answer read as `T`.
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        decode(&self.call(Method::GET, path, None).await?)
+    }
+
+    /// `method path` with `body` as JSON, the answer read as `T`.
+    pub async fn send_json<B: Serialize, T: DeserializeOwned>(
         &self,
         method: Method,
         path: &str,
-        body: Option<Value>,
-    ) -> Result<Value, ClientError> {
+        body: &B,
+    ) -> Result<T, ClientError> {
+        let body = serde_json::to_vec(body).map_err(ClientError::Body)?;
+        decode(&self.call(method, path, Some(body)).await?)
+    }
+
+    /// `DELETE path` (the API answers 204, no body).
+    pub async fn delete(&self, path: &str) -> Result<(), ClientError> {
+        self.call(Method::DELETE, path, None).await.map(drop)
+    }
+
+    /// Calls `method path` with an optional JSON body; the answer's bytes once the status
+    /// says success, the API's error otherwise.
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<Bytes, ClientError> {
         let resp = self.send(method, path, body, None).await?;
         let status = resp.status();
-        let bytes = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| ClientError::BadResponse(e.to_string()))?
-            .to_bytes();
-        let value: Value = if bytes.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(&bytes).map_err(|_| {
-                ClientError::BadResponse(String::from_utf8_lossy(&bytes).into_owned())
-            })?
-        };
+        let bytes = read_body(resp).await?;
         if status.is_success() {
-            Ok(value)
+            Ok(bytes)
         } else {
-            Err(api_error(status, &value))
+            Err(api_error(status, &bytes))
         }
     }
 }
 
-fn api_error(status: StatusCode, value: &Value) -> ClientError {
-    ClientError::Api {
-        status,
-        code: value["error"]["code"]
-            .as_str()
-            .unwrap_or("unknown")
-            .to_string(),
-        message: value["error"]["message"]
-            .as_str()
-            .unwrap_or("no message")
-            .to_string(),
+async fn read_body(resp: http::Response<hyper::body::Incoming>) -> Result<Bytes, ClientError> {
+    Ok(resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| ClientError::BadResponse(e.to_string()))?
+        .to_bytes())
+}
+
+/// A TLS client that trusts only `ca_pem`, the CA of an https management API (`--api-ca`).
+pub fn api_tls_connector(ca_pem: &str) -> Result<tokio_rustls::TlsConnector, certs::CertError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in certs::parse_certs(ca_pem, "API CA")? {
+        roots.add(c)?;
+    }
+    let cfg = rustls::ClientConfig::builder_with_provider(certs::provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg)))
+}
+
+/// A success answer read as `T`: not JSON at all is [`ClientError::BadResponse`], JSON of
+/// another shape [`ClientError::Shape`].
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ClientError> {
+    serde_json::from_slice(bytes).map_err(|e| {
+        if e.is_syntax() || e.is_eof() {
+            ClientError::BadResponse(String::from_utf8_lossy(bytes).into_owned())
+        } else {
+            ClientError::Shape(e)
+        }
+    })
+}
+
+/// The API's error answer; anything else (a proxy's HTML page, nothing) as `unknown`.
+fn api_error(status: StatusCode, body: &[u8]) -> ClientError {
+    match serde_json::from_slice::<ErrorBody>(body) {
+        Ok(ErrorBody { error }) => ClientError::Api {
+            status,
+            code: error.code,
+            message: error.message,
+        },
+        Err(_) => ClientError::Api {
+            status,
+            code: "unknown".into(),
+            message: "no message".into(),
+        },
     }
 }

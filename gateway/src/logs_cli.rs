@@ -7,9 +7,23 @@ use std::time::Duration;
 use bytes::{Buf, BytesMut};
 use http_body_util::BodyExt;
 use protocol::DeviceUuid;
-use serde_json::Value;
 
+use crate::api::types::{LogLine, LogPage};
 use crate::client::{ApiClient, ClientError};
+
+/// Why a live log stream ended (the command then reconnects).
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    /// The gateway ended the response.
+    #[error("the gateway closed the stream")]
+    Closed,
+    /// The connection broke.
+    #[error("{0}")]
+    Body(#[from] hyper::Error),
+    /// One event grew past the limit without ending.
+    #[error("an event larger than 1 MiB")]
+    TooLarge,
+}
 
 /// What to print.
 #[derive(Debug, Clone, Default)]
@@ -73,34 +87,28 @@ pub async fn run(client: &ApiClient, uuid: DeviceUuid, a: &LogsArgs) -> anyhow::
         Some(since) => {
             let mut after = String::new();
             loop {
-                let v = client
-                    .call(
-                        http::Method::GET,
-                        &format!("/v1/devices/{uuid}/logs?since={since}&limit=5000{after}{sep}{f}"),
-                        None,
-                    )
+                let page: LogPage = client
+                    .get(&format!(
+                        "/v1/devices/{uuid}/logs?since={since}&limit=5000{after}{sep}{f}"
+                    ))
                     .await?;
-                for l in v["lines"].as_array().into_iter().flatten() {
+                for l in &page.lines {
                     print_line(l, a.json);
-                    last = l["id"].as_i64().or(last);
+                    last = Some(l.id);
                 }
-                match v["next_after"].as_i64() {
+                match page.next_after {
                     Some(n) => after = format!("&after={n}"),
                     None => break,
                 }
             }
         }
         None if a.tail > 0 => {
-            let v = client
-                .call(
-                    http::Method::GET,
-                    &format!("/v1/devices/{uuid}/logs?tail={}{sep}{f}", a.tail),
-                    None,
-                )
+            let page: LogPage = client
+                .get(&format!("/v1/devices/{uuid}/logs?tail={}{sep}{f}", a.tail))
                 .await?;
-            for l in v["lines"].as_array().into_iter().flatten() {
+            for l in &page.lines {
                 print_line(l, a.json);
-                last = l["id"].as_i64().or(last);
+                last = Some(l.id);
             }
         }
         None => {}
@@ -112,14 +120,10 @@ pub async fn run(client: &ApiClient, uuid: DeviceUuid, a: &LogsArgs) -> anyhow::
     let mut after = match last {
         Some(id) => id,
         None => {
-            let v = client
-                .call(
-                    http::Method::GET,
-                    &format!("/v1/devices/{uuid}/logs?tail=1"),
-                    None,
-                )
+            let page: LogPage = client
+                .get(&format!("/v1/devices/{uuid}/logs?tail=1"))
                 .await?;
-            v["lines"][0]["id"].as_i64().unwrap_or(0)
+            page.lines.first().map_or(0, |l| l.id)
         }
     };
     let mut delay = Duration::from_millis(250);
@@ -160,14 +164,14 @@ async fn read_events(
     mut body: hyper::body::Incoming,
     after: &mut i64,
     json: bool,
-) -> Result<(), String> {
+) -> Result<(), StreamError> {
     let mut buf = BytesMut::new();
     let mut data = String::new();
     let mut id: Option<i64> = None;
     loop {
         let frame = match body.frame().await {
-            None => return Err("the gateway closed the stream".into()),
-            Some(Err(e)) => return Err(e.to_string()),
+            None => return Err(StreamError::Closed),
+            Some(Err(e)) => return Err(e.into()),
             Some(Ok(f)) => f,
         };
         let Ok(chunk) = frame.into_data() else {
@@ -181,10 +185,10 @@ async fn read_events(
             if line.is_empty() {
                 // End of one event.
                 if !data.is_empty() {
-                    if let Ok(v) = serde_json::from_str::<Value>(&data) {
-                        let this = id.or_else(|| v["id"].as_i64()).unwrap_or(*after);
+                    if let Ok(l) = serde_json::from_str::<LogLine>(&data) {
+                        let this = id.unwrap_or(l.id);
                         if this > *after {
-                            print_line(&v, json);
+                            print_line(&l, json);
                             *after = this;
                         }
                     }
@@ -201,26 +205,23 @@ async fn read_events(
             }
         }
         if buf.remaining() > 1024 * 1024 {
-            return Err("an event larger than 1 MiB".into());
+            return Err(StreamError::TooLarge);
         }
     }
 }
 
-fn print_line(l: &Value, json: bool) {
+fn print_line(l: &LogLine, json: bool) {
     if json {
-        println!("{l}");
+        println!(
+            "{}",
+            serde_json::to_string(l).expect("a log line serializes")
+        );
         return;
     }
-    let ts = l["timestamp"].as_i64().map(format_ms).unwrap_or_default();
-    let who = match l["serviceName"].as_str() {
-        Some(s) => s.to_string(),
-        None => "agent".into(),
-    };
-    let stream = if l["isStdErr"] == true { "!" } else { " " };
-    println!(
-        "{ts} [{who}]{stream} {}",
-        l["message"].as_str().unwrap_or_default()
-    );
+    let ts = format_ms(l.timestamp);
+    let who = l.service_name.as_deref().unwrap_or("agent");
+    let stream = if l.is_std_err { "!" } else { " " };
+    println!("{ts} [{who}]{stream} {}", l.message);
 }
 
 /// `2026-11-22 16:40:00.123` (UTC) from unix milliseconds.

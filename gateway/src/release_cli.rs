@@ -8,8 +8,8 @@ use std::time::Duration;
 use anyhow::Context;
 use http::Method;
 use protocol::DeviceUuid;
-use serde_json::{json, Value};
 
+use crate::api::types::{DeviceState, NewRelease, Pin, Release, ReleaseList};
 use crate::client::ApiClient;
 
 /// `gateway release create --fleet F FILE`.
@@ -20,33 +20,23 @@ pub async fn create(client: &ApiClient, fleet: &str, file: &Path) -> anyhow::Res
     if let Err(e) = compose::parse_compose(&compose) {
         anyhow::bail!("{}: {e}", file.display());
     }
-    let v = client
-        .call(
+    let r: Release = client
+        .send_json(
             Method::POST,
             &format!("/v1/fleets/{fleet}/releases"),
-            Some(json!({ "compose": compose })),
+            &NewRelease { compose },
         )
         .await?;
-    let services = v["services"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|s| s.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        })
-        .unwrap_or_default();
-    if v["created"] == true {
+    let services = r.services.unwrap_or_default().join(", ");
+    if r.created == Some(true) {
         println!(
             "release {} (#{} of fleet {fleet}) created: {services}",
-            v["id"].as_str().unwrap_or("?"),
-            v["seq"]
+            r.id, r.seq
         );
     } else {
         println!(
             "release {} (#{} of fleet {fleet}) already has this content; nothing changed",
-            v["id"].as_str().unwrap_or("?"),
-            v["seq"]
+            r.id, r.seq
         );
     }
     Ok(())
@@ -54,28 +44,26 @@ pub async fn create(client: &ApiClient, fleet: &str, file: &Path) -> anyhow::Res
 
 /// `gateway release list --fleet F`.
 pub async fn list(client: &ApiClient, fleet: &str) -> anyhow::Result<()> {
-    let v = client
-        .call(Method::GET, &format!("/v1/fleets/{fleet}/releases"), None)
-        .await?;
-    let pinned = v["pinned_release"].as_str();
+    let list: ReleaseList = client.get(&format!("/v1/fleets/{fleet}/releases")).await?;
+    let pinned = list.pinned_release.as_deref();
     println!(
         "{:<14} {:>4}  {:<20}  {:<10}  NOTE",
         "RELEASE", "#", "CREATED BY", "HASH"
     );
-    for (i, r) in v["releases"].as_array().into_iter().flatten().enumerate() {
-        let id = r["id"].as_str().unwrap_or("?");
+    for (i, r) in list.releases.iter().enumerate() {
         let mut note = Vec::new();
         if i == 0 {
             note.push("latest");
         }
-        if Some(id) == pinned {
+        if Some(r.id.as_str()) == pinned {
             note.push("pinned");
         }
         println!(
-            "{id:<14} {:>4}  {:<20}  {:<10}  {}",
-            r["seq"],
-            r["created_by"].as_str().unwrap_or("?"),
-            &r["hash"].as_str().unwrap_or("?")[..10.min(r["hash"].as_str().unwrap_or("?").len())],
+            "{:<14} {:>4}  {:<20}  {:<10}  {}",
+            r.id,
+            r.seq,
+            r.created_by,
+            r.hash.get(..10).unwrap_or(&r.hash),
             note.join(", ")
         );
     }
@@ -84,9 +72,11 @@ pub async fn list(client: &ApiClient, fleet: &str) -> anyhow::Result<()> {
 
 /// `gateway fleet pin F [RELEASE]` / `gateway device pin UUID [RELEASE]`.
 pub async fn pin(client: &ApiClient, path: &str, release: Option<&str>) -> anyhow::Result<()> {
-    client
-        .call(Method::PUT, path, Some(json!({ "release": release })))
-        .await?;
+    let pin = Pin {
+        release: release.map(str::to_string),
+    };
+    // The answer (FleetPin or DevicePin) says only what was asked.
+    let _: serde::de::IgnoredAny = client.send_json(Method::PUT, path, &pin).await?;
     Ok(())
 }
 
@@ -95,9 +85,7 @@ pub async fn pin(client: &ApiClient, path: &str, release: Option<&str>) -> anyho
 pub async fn watch(client: &ApiClient, uuid: DeviceUuid, forever: bool) -> anyhow::Result<()> {
     let mut drawn = 0usize;
     loop {
-        let v = client
-            .call(Method::GET, &format!("/v1/devices/{uuid}/state"), None)
-            .await?;
+        let v: DeviceState = client.get(&format!("/v1/devices/{uuid}/state")).await?;
         let text = render_state(&v);
         // Redraw in place.
         let mut out = std::io::stdout().lock();
@@ -107,16 +95,16 @@ pub async fn watch(client: &ApiClient, uuid: DeviceUuid, forever: bool) -> anyho
         write!(out, "{text}")?;
         out.flush()?;
         drawn = text.lines().count();
-        let r = &v["reported"]["reconciler"];
-        let done = v["target_release"].is_string()
-            && r["release"] == v["target_release"]
-            && r["update_status"] == "idle";
-        let failed = r["update_status"] == "failed";
+        let r = v.update();
+        let status = r.update_status.as_deref();
+        let done =
+            v.target_release.is_some() && r.release == v.target_release && status == Some("idle");
+        let failed = status == Some("failed");
         if !forever && (done || failed) {
             if failed {
                 anyhow::bail!(
                     "update failed: {}",
-                    r["error"].as_str().unwrap_or("no reason given")
+                    r.error.as_deref().unwrap_or("no reason given")
                 );
             }
             return Ok(());
@@ -135,40 +123,34 @@ fn bar(pct: u64) -> String {
 }
 
 /// The device's update state as text (also used by tests).
-pub fn render_state(v: &Value) -> String {
+pub fn render_state(v: &DeviceState) -> String {
     let mut s = String::new();
-    let r = &v["reported"]["reconciler"];
-    let online = if v["online"] == true {
-        "online"
-    } else {
-        "offline"
-    };
+    let r = v.update();
+    let online = if v.online { "online" } else { "offline" };
     s.push_str(&format!(
         "device {}  {online}\nrelease {} -> target {}  ({})\n",
-        v["uuid"].as_str().unwrap_or("?"),
-        r["release"].as_str().unwrap_or("none"),
-        v["target_release"].as_str().unwrap_or("none"),
-        r["update_status"].as_str().unwrap_or("unknown"),
+        v.uuid,
+        r.release.as_deref().unwrap_or("none"),
+        v.target_release.as_deref().unwrap_or("none"),
+        r.update_status.as_deref().unwrap_or("unknown"),
     ));
-    if let Some(p) = r["overall_progress"].as_u64() {
+    if let Some(p) = r.overall_progress {
         s.push_str(&format!("download {}\n", bar(p)));
     }
-    for svc in r["services"].as_array().into_iter().flatten() {
-        let progress = svc["download_progress"]
-            .as_u64()
-            .map(bar)
-            .unwrap_or_default();
-        let health = svc["health"]
-            .as_str()
+    for svc in &r.services {
+        let progress = svc.download_progress.map(bar).unwrap_or_default();
+        let health = svc
+            .health
+            .as_deref()
             .map(|h| format!(" ({h})"))
             .unwrap_or_default();
         s.push_str(&format!(
             "  {:<16} {:<12}{health} {progress}\n",
-            svc["name"].as_str().unwrap_or("?"),
-            svc["status"].as_str().unwrap_or("?"),
+            svc.name.as_deref().unwrap_or("?"),
+            svc.status.as_deref().unwrap_or("?"),
         ));
     }
-    if let Some(e) = r["error"].as_str() {
+    if let Some(e) = &r.error {
         s.push_str(&format!("  ! {e}\n"));
     }
     s

@@ -10,13 +10,14 @@
 
 use std::io::Write as _;
 use std::os::fd::AsFd;
-use std::sync::Arc;
 
 use futures_util::{SinkExt, StreamExt};
 use protocol::{DeviceUuid, TerminalMessage};
 use tokio::io::AsyncReadExt;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
+
+use crate::api::types::ErrorBody;
 
 /// Why a session could not be opened or broke.
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +28,9 @@ pub enum SshError {
     /// The API URL is not usable.
     #[error("invalid API URL {0:?}: {1}")]
     BadUrl(String, String),
+    /// The CA given for an https API is not usable.
+    #[error("the API CA (--api-ca): {0}")]
+    Ca(#[source] certs::CertError),
     /// Nothing answered at the API address.
     #[error("cannot reach the management API at {url}: {reason} (is `gateway serve` running? set --api or GATEWAY_API)")]
     Unreachable {
@@ -170,7 +174,7 @@ pub async fn run(
                 "an https API needs its CA: pass --api-ca FILE or set GATEWAY_API_CA".into(),
             )
         })?;
-        let connector = tls_connector(pem).map_err(|e| SshError::BadUrl(base.into(), e))?;
+        let connector = crate::client::api_tls_connector(pem).map_err(SshError::Ca)?;
         let name = rustls::pki_types::ServerName::try_from(host.clone())
             .map_err(|e| SshError::BadUrl(base.into(), e.to_string()))?;
         let tls = connector
@@ -199,19 +203,6 @@ fn encode(s: &str) -> String {
         .collect()
 }
 
-fn tls_connector(pem: &str) -> Result<tokio_rustls::TlsConnector, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    for c in certs::parse_certs(pem, "API CA").map_err(|e| e.to_string())? {
-        roots.add(c).map_err(|e| e.to_string())?;
-    }
-    let cfg = rustls::ClientConfig::builder_with_provider(certs::provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(tokio_rustls::TlsConnector::from(Arc::new(cfg)))
-}
-
 async fn handshake<S>(
     req: tokio_tungstenite::tungstenite::handshake::client::Request,
     stream: S,
@@ -227,8 +218,8 @@ where
             let message = resp
                 .body()
                 .as_ref()
-                .and_then(|b| serde_json::from_slice::<serde_json::Value>(b).ok())
-                .and_then(|v| v["error"]["message"].as_str().map(String::from))
+                .and_then(|b| serde_json::from_slice::<ErrorBody>(b).ok())
+                .map(|b| b.error.message)
                 .unwrap_or_else(|| format!("the gateway answered HTTP {status}"));
             Err(SshError::Refused(message))
         }

@@ -19,32 +19,32 @@ pub(super) const ACTIONS: &[&str] = &[
 /// Default time an action waits for an offline device.
 pub(super) const DEFAULT_ACTION_TTL: i64 = 24 * 3600;
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct NewAction {
-    action: String,
-    #[serde(default)]
-    params: serde_json::Map<String, Value>,
-    #[serde(default)]
-    force: bool,
-    #[serde(default, deserialize_with = "whole_number")]
-    ttl_secs: Option<i64>,
-}
-
-pub(super) fn action_json(a: &crate::store::ActionRecord) -> Value {
+fn action_view(a: crate::store::ActionRecord) -> Action {
     // A pending action past its TTL is expired even before the device next connects
     // (the store marks it so at that point).
     let status = if a.status == "pending" && a.expires_at <= crate::store::now_unix() {
-        "expired"
+        "expired".to_string()
     } else {
-        a.status.as_str()
+        a.status
     };
-    json!({
-        "id": a.id, "device": a.device.as_str(), "action": a.name, "params": a.params,
-        "status": status, "detail": a.detail, "requested_by": a.actor,
-        "created_at": a.created_at, "expires_at": a.expires_at,
-        "delivered_at": a.delivered_at, "finished_at": a.finished_at,
-    })
+    Action {
+        id: a.id,
+        device: a.device.as_str().to_string(),
+        action: a.name,
+        // The API stores only objects (`create_action` below).
+        params: match a.params {
+            Value::Object(m) => m,
+            _ => serde_json::Map::new(),
+        },
+        status,
+        detail: a.detail,
+        requested_by: a.actor,
+        created_at: a.created_at,
+        expires_at: a.expires_at,
+        delivered_at: a.delivered_at,
+        finished_at: a.finished_at,
+        device_online: None,
+    }
 }
 
 pub(super) async fn create_action(
@@ -52,7 +52,7 @@ pub(super) async fn create_action(
     State(st): State<ApiState>,
     DeviceParam(uuid): DeviceParam,
     body: Result<JsonObject<NewAction>, ApiError>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> Result<(StatusCode, Json<Action>), ApiError> {
     caller.require(Role::Operator)?;
     let JsonObject(body) = body?;
     if !ACTIONS.contains(&body.action.as_str()) {
@@ -92,8 +92,8 @@ pub(super) async fn create_action(
         )
         .await?;
     let online = st.sessions.kick(&uuid);
-    let mut v = action_json(&a);
-    v["device_online"] = Value::Bool(online);
+    let mut v = action_view(a);
+    v.device_online = Some(online);
     Ok((StatusCode::ACCEPTED, Json(v)))
 }
 
@@ -101,21 +101,18 @@ pub(super) async fn list_actions(
     caller: Caller,
     State(st): State<ApiState>,
     DeviceParam(uuid): DeviceParam,
-) -> ApiResult {
+) -> ApiResult<Vec<Action>> {
     caller.require(Role::Viewer)?;
     device_or_404(&st, uuid).await?;
     let actions = st.store.device_actions(uuid, 200).await?;
-    Ok(Json(json!(actions
-        .iter()
-        .map(action_json)
-        .collect::<Vec<_>>())))
+    Ok(Json(actions.into_iter().map(action_view).collect()))
 }
 
 pub(super) async fn show_action(
     caller: Caller,
     State(st): State<ApiState>,
     id: Result<Path<String>, PathRejection>,
-) -> ApiResult {
+) -> ApiResult<Action> {
     caller.require(Role::Viewer)?;
     let Path(id) = id?;
     let a = st
@@ -123,5 +120,5 @@ pub(super) async fn show_action(
         .action(&id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no action {id:?}")))?;
-    Ok(Json(action_json(&a)))
+    Ok(Json(action_view(a)))
 }

@@ -2,20 +2,11 @@
 
 use super::*;
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct DeviceFilter {
-    fleet: Option<String>,
-    online: Option<bool>,
-    /// `NAME` or `NAME=VALUE`.
-    tag: Option<String>,
-}
-
 pub(super) async fn list_devices(
     caller: Caller,
     State(st): State<ApiState>,
     filter: Result<Query<DeviceFilter>, QueryRejection>,
-) -> ApiResult {
+) -> ApiResult<Vec<Device>> {
     caller.require(Role::Viewer)?;
     let Query(filter) = filter?;
     let tagged = match &filter.tag {
@@ -28,49 +19,29 @@ pub(super) async fn list_devices(
         }
         None => None,
     };
-    let devices: Vec<Value> = st
+    let devices = st
         .store
         .devices()
         .await?
         .iter()
         .filter(|d| filter.fleet.is_none() || d.fleet == filter.fleet)
         .filter(|d| tagged.as_ref().is_none_or(|t| t.contains(&d.uuid)))
-        .map(|d| device_json(&st, d))
-        .filter(|v| filter.online.is_none_or(|o| v["online"] == o))
+        .map(|d| device_view(&st, d))
+        .filter(|v| filter.online.is_none_or(|o| v.online == o))
         .collect();
-    Ok(Json(json!(devices)))
+    Ok(Json(devices))
 }
 
 pub(super) async fn show_device(
     caller: Caller,
     State(st): State<ApiState>,
     DeviceParam(uuid): DeviceParam,
-) -> ApiResult {
+) -> ApiResult<Device> {
     caller.require(Role::Viewer)?;
     let d = device_or_404(&st, uuid).await?;
-    let mut v = device_json(&st, &d);
-    let tags = st.store.tags(d.uuid).await?;
-    v["tags"] = Value::Object(
-        tags.into_iter()
-            .map(|(k, v)| (k, Value::String(v)))
-            .collect(),
-    );
+    let mut v = device_view(&st, &d);
+    v.tags = Some(st.store.tags(d.uuid).await?.into_iter().collect());
     Ok(Json(v))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct DevicePatch {
-    name: Option<String>,
-    /// `null` removes the device from its fleet.
-    #[serde(default, deserialize_with = "double_option")]
-    fleet: Option<Option<String>>,
-}
-
-pub(super) fn double_option<'de, D: serde::Deserializer<'de>>(
-    d: D,
-) -> Result<Option<Option<String>>, D::Error> {
-    Ok(Some(Option::deserialize(d)?))
 }
 
 pub(super) async fn update_device(
@@ -78,7 +49,7 @@ pub(super) async fn update_device(
     State(st): State<ApiState>,
     DeviceParam(uuid): DeviceParam,
     body: Result<JsonObject<DevicePatch>, ApiError>,
-) -> ApiResult {
+) -> ApiResult<Device> {
     caller.require(Role::Operator)?;
     let JsonObject(patch) = body?;
     if let Some(n) = &patch.name {
@@ -106,14 +77,14 @@ pub(super) async fn update_device(
         )
         .await?;
     let d = device_or_404(&st, uuid).await?;
-    Ok(Json(device_json(&st, &d)))
+    Ok(Json(device_view(&st, &d)))
 }
 
 pub(super) async fn delete_device(
     caller: Caller,
     State(st): State<ApiState>,
     DeviceParam(uuid): DeviceParam,
-) -> ApiResult<StatusCode> {
+) -> Result<StatusCode, ApiError> {
     caller.require(Role::Admin)?;
     if !st.store.revoke_device(uuid).await? {
         return Err(ApiError::not_found(format!("no device {uuid}")));
@@ -132,7 +103,7 @@ pub(super) async fn set_device_public_url(
     State(st): State<ApiState>,
     DeviceParam(uuid): DeviceParam,
     body: Result<JsonObject<Switch>, ApiError>,
-) -> ApiResult {
+) -> ApiResult<Device> {
     caller.require(Role::Operator)?;
     let JsonObject(body) = body?;
     if !st.store.set_public_url(uuid, body.enabled).await? {
@@ -148,5 +119,5 @@ pub(super) async fn set_device_public_url(
         )
         .await?;
     let d = device_or_404(&st, uuid).await?;
-    Ok(Json(device_json(&st, &d)))
+    Ok(Json(device_view(&st, &d)))
 }

@@ -6,23 +6,18 @@ pub(super) async fn get_tags(
     caller: Caller,
     State(st): State<ApiState>,
     DeviceParam(uuid): DeviceParam,
-) -> ApiResult {
+) -> ApiResult<Tags> {
     caller.require(Role::Viewer)?;
     device_or_404(&st, uuid).await?;
-    let tags = st.store.tags(uuid).await?;
-    Ok(Json(Value::Object(
-        tags.into_iter()
-            .map(|(k, v)| (k, Value::String(v)))
-            .collect(),
-    )))
+    Ok(Json(st.store.tags(uuid).await?.into_iter().collect()))
 }
 
 pub(super) async fn put_tags(
     caller: Caller,
     State(st): State<ApiState>,
     DeviceParam(uuid): DeviceParam,
-    body: Result<JsonObject<std::collections::BTreeMap<String, String>>, ApiError>,
-) -> ApiResult {
+    body: Result<JsonObject<Tags>, ApiError>,
+) -> ApiResult<Tags> {
     caller.require(Role::Operator)?;
     let JsonObject(tags) = body?;
     device_or_404(&st, uuid).await?;
@@ -44,21 +39,7 @@ pub(super) async fn put_tags(
             &json!(tags.iter().map(|(k, _)| k).collect::<Vec<_>>()).to_string(),
         )
         .await?;
-    Ok(Json(Value::Object(
-        tags.into_iter()
-            .map(|(k, v)| (k, Value::String(v)))
-            .collect(),
-    )))
-}
-
-/// `{"vars": {NAME: value}, "services": {service: {NAME: value}}}`
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub(super) struct EnvBody {
-    #[serde(default)]
-    vars: std::collections::BTreeMap<String, String>,
-    #[serde(default)]
-    services: std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>>,
+    Ok(Json(tags.into_iter().collect()))
 }
 
 pub(super) fn valid_env_name(n: &str) -> Result<(), ApiError> {
@@ -77,7 +58,7 @@ pub(super) fn valid_env_name(n: &str) -> Result<(), ApiError> {
     }
 }
 
-pub(super) fn env_rows(body: EnvBody) -> Result<Vec<(String, String, String)>, ApiError> {
+pub(super) fn env_rows(body: Env) -> Result<Vec<(String, String, String)>, ApiError> {
     let mut rows = Vec::new();
     for (k, v) in body.vars {
         valid_env_name(&k)?;
@@ -93,36 +74,35 @@ pub(super) fn env_rows(body: EnvBody) -> Result<Vec<(String, String, String)>, A
     Ok(rows)
 }
 
-pub(super) fn env_json(rows: Vec<(String, String, String)>) -> Value {
-    let mut vars = serde_json::Map::new();
-    let mut services = serde_json::Map::new();
+/// Stored `(service, name, value)` rows (service empty: for all) as the API shows them.
+pub(super) fn env_view(rows: Vec<(String, String, String)>) -> Env {
+    let mut env = Env::default();
     for (svc, k, v) in rows {
         if svc.is_empty() {
-            vars.insert(k, Value::String(v));
+            env.vars.insert(k, v);
         } else {
-            let e = services.entry(svc).or_insert_with(|| json!({}));
-            e[k] = Value::String(v);
+            env.services.entry(svc).or_default().insert(k, v);
         }
     }
-    json!({"vars": vars, "services": services})
+    env
 }
 
 pub(super) async fn get_device_env(
     caller: Caller,
     State(st): State<ApiState>,
     DeviceParam(uuid): DeviceParam,
-) -> ApiResult {
+) -> ApiResult<Env> {
     caller.require(Role::Viewer)?;
     device_or_404(&st, uuid).await?;
-    Ok(Json(env_json(st.store.env("device", uuid.as_str()).await?)))
+    Ok(Json(env_view(st.store.env("device", uuid.as_str()).await?)))
 }
 
 pub(super) async fn put_device_env(
     caller: Caller,
     State(st): State<ApiState>,
     DeviceParam(uuid): DeviceParam,
-    body: Result<JsonObject<EnvBody>, ApiError>,
-) -> ApiResult {
+    body: Result<JsonObject<Env>, ApiError>,
+) -> ApiResult<Env> {
     caller.require(Role::Operator)?;
     let JsonObject(body) = body?;
     device_or_404(&st, uuid).await?;
@@ -137,26 +117,26 @@ pub(super) async fn put_device_env(
             &json!({"vars": rows.len()}).to_string(),
         )
         .await?;
-    Ok(Json(env_json(rows)))
+    Ok(Json(env_view(rows)))
 }
 
 pub(super) async fn get_fleet_env(
     caller: Caller,
     State(st): State<ApiState>,
     name: Result<Path<String>, PathRejection>,
-) -> ApiResult {
+) -> ApiResult<Env> {
     caller.require(Role::Viewer)?;
     let Path(name) = name?;
     fleet_or_404(&st, &name).await?;
-    Ok(Json(env_json(st.store.env("fleet", &name).await?)))
+    Ok(Json(env_view(st.store.env("fleet", &name).await?)))
 }
 
 pub(super) async fn put_fleet_env(
     caller: Caller,
     State(st): State<ApiState>,
     name: Result<Path<String>, PathRejection>,
-    body: Result<JsonObject<EnvBody>, ApiError>,
-) -> ApiResult {
+    body: Result<JsonObject<Env>, ApiError>,
+) -> ApiResult<Env> {
     caller.require(Role::Admin)?;
     let Path(name) = name?;
     let JsonObject(body) = body?;
@@ -172,5 +152,5 @@ pub(super) async fn put_fleet_env(
             &json!({"vars": rows.len()}).to_string(),
         )
         .await?;
-    Ok(Json(env_json(rows)))
+    Ok(Json(env_view(rows)))
 }

@@ -2,14 +2,6 @@
 
 use super::*;
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct NewFleet {
-    name: String,
-    #[serde(default)]
-    public_url_default: bool,
-}
-
 pub(super) fn valid_name(name: &str) -> Result<(), ApiError> {
     let ok = !name.is_empty()
         && name.len() <= 64
@@ -26,20 +18,31 @@ pub(super) fn valid_name(name: &str) -> Result<(), ApiError> {
     }
 }
 
-pub(super) async fn list_fleets(caller: Caller, State(st): State<ApiState>) -> ApiResult {
+fn fleet_view(f: crate::store::FleetRecord, devices: i64) -> Fleet {
+    Fleet {
+        name: f.name,
+        public_url_default: f.public_url_default,
+        created_at: f.created_at,
+        devices,
+    }
+}
+
+pub(super) async fn list_fleets(
+    caller: Caller,
+    State(st): State<ApiState>,
+) -> ApiResult<Vec<Fleet>> {
     caller.require(Role::Viewer)?;
     let fleets = st.store.fleets().await?;
-    Ok(Json(json!(fleets
-        .iter()
-        .map(|(f, n)| json!({"name": f.name, "public_url_default": f.public_url_default, "created_at": f.created_at, "devices": n}))
-        .collect::<Vec<_>>())))
+    Ok(Json(
+        fleets.into_iter().map(|(f, n)| fleet_view(f, n)).collect(),
+    ))
 }
 
 pub(super) async fn create_fleet(
     caller: Caller,
     State(st): State<ApiState>,
     body: Result<JsonObject<NewFleet>, ApiError>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> Result<(StatusCode, Json<Fleet>), ApiError> {
     caller.require(Role::Admin)?;
     let JsonObject(body) = body?;
     valid_name(&body.name)?;
@@ -55,19 +58,14 @@ pub(super) async fn create_fleet(
             &json!({"public_url_default": f.public_url_default}).to_string(),
         )
         .await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(
-            json!({"name": f.name, "public_url_default": f.public_url_default, "created_at": f.created_at, "devices": 0}),
-        ),
-    ))
+    Ok((StatusCode::CREATED, Json(fleet_view(f, 0))))
 }
 
 pub(super) async fn show_fleet(
     caller: Caller,
     State(st): State<ApiState>,
     name: Result<Path<String>, PathRejection>,
-) -> ApiResult {
+) -> ApiResult<FleetDetail> {
     caller.require(Role::Viewer)?;
     let Path(name) = name?;
     let f = st
@@ -75,24 +73,27 @@ pub(super) async fn show_fleet(
         .fleet(&name)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no fleet {name:?}")))?;
-    let devices: Vec<Value> = st
+    let devices = st
         .store
         .devices()
         .await?
         .iter()
         .filter(|d| d.fleet.as_deref() == Some(&name))
-        .map(|d| device_json(&st, d))
+        .map(|d| device_view(&st, d))
         .collect();
-    Ok(Json(
-        json!({"name": f.name, "public_url_default": f.public_url_default, "created_at": f.created_at, "devices": devices}),
-    ))
+    Ok(Json(FleetDetail {
+        name: f.name,
+        public_url_default: f.public_url_default,
+        created_at: f.created_at,
+        devices,
+    }))
 }
 
 pub(super) async fn delete_fleet(
     caller: Caller,
     State(st): State<ApiState>,
     name: Result<Path<String>, PathRejection>,
-) -> ApiResult<StatusCode> {
+) -> Result<StatusCode, ApiError> {
     caller.require(Role::Admin)?;
     let Path(name) = name?;
     // Keys, releases and fleet variables go with the fleet; devices block it (409).
@@ -113,18 +114,12 @@ pub(super) async fn delete_fleet(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct Switch {
-    pub(super) enabled: bool,
-}
-
 pub(super) async fn set_fleet_public_url(
     caller: Caller,
     State(st): State<ApiState>,
     name: Result<Path<String>, PathRejection>,
     body: Result<JsonObject<Switch>, ApiError>,
-) -> ApiResult {
+) -> ApiResult<FleetSwitched> {
     caller.require(Role::Admin)?;
     let Path(name) = name?;
     let JsonObject(body) = body?;
@@ -144,7 +139,9 @@ pub(super) async fn set_fleet_public_url(
             &json!({"enabled": body.enabled, "devices": switched.len()}).to_string(),
         )
         .await?;
-    Ok(Json(
-        json!({"fleet": name, "enabled": body.enabled, "devices_switched": switched.len()}),
-    ))
+    Ok(Json(FleetSwitched {
+        fleet: name,
+        enabled: body.enabled,
+        devices_switched: switched.len() as u64,
+    }))
 }

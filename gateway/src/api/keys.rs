@@ -3,40 +3,16 @@
 
 use super::*;
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct NewKey {
-    /// Seconds until the key expires; none = never.
-    #[serde(default, deserialize_with = "whole_number")]
-    expires_in_secs: Option<i64>,
-    /// How many devices may provision with it; none = unlimited.
-    #[serde(default, deserialize_with = "whole_number")]
-    max_uses: Option<i64>,
-}
-
-/// An optional integer that may also be written as a whole float (`5.0`): JSON Schema, and
-/// so the OpenAPI document, counts those as integers. `5.5` is still an error.
-pub(super) fn whole_number<'de, D: serde::Deserializer<'de>>(
-    d: D,
-) -> Result<Option<i64>, D::Error> {
-    let Some(n) = Option::<serde_json::Number>::deserialize(d)? else {
-        return Ok(None);
-    };
-    n.as_i64()
-        .or_else(|| {
-            n.as_f64()
-                .filter(|f| f.fract() == 0.0 && (i64::MIN as f64..i64::MAX as f64).contains(f))
-                .map(|f| f as i64)
-        })
-        .map(Some)
-        .ok_or_else(|| serde::de::Error::custom(format!("expected an integer, got {n}")))
-}
-
-pub(super) fn key_json(k: &crate::store::KeyRecord) -> Value {
-    json!({
-        "id": k.id, "fleet": k.fleet, "created_at": k.created_at, "expires_at": k.expires_at,
-        "max_uses": k.max_uses, "uses": k.uses, "revoked": k.revoked,
-    })
+fn key_view(k: crate::store::KeyRecord) -> Key {
+    Key {
+        id: k.id,
+        fleet: k.fleet,
+        created_at: k.created_at,
+        expires_at: k.expires_at,
+        max_uses: k.max_uses,
+        uses: k.uses,
+        revoked: k.revoked,
+    }
 }
 
 pub(super) async fn create_key(
@@ -44,7 +20,7 @@ pub(super) async fn create_key(
     State(st): State<ApiState>,
     name: Result<Path<String>, PathRejection>,
     body: Result<JsonObject<NewKey>, ApiError>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> Result<(StatusCode, Json<CreatedKey>), ApiError> {
     caller.require(Role::Admin)?;
     let Path(fleet) = name?;
     let JsonObject(body) = body?;
@@ -77,10 +53,13 @@ pub(super) async fn create_key(
         .await?;
     Ok((
         StatusCode::CREATED,
-        Json(json!({
-            "id": t.id, "fleet": fleet, "expires_at": expires_at, "max_uses": body.max_uses,
-            "key": key.encode(),
-        })),
+        Json(CreatedKey {
+            id: t.id,
+            fleet,
+            expires_at,
+            max_uses: body.max_uses,
+            key: key.encode(),
+        }),
     ))
 }
 
@@ -88,19 +67,19 @@ pub(super) async fn list_keys(
     caller: Caller,
     State(st): State<ApiState>,
     name: Result<Path<String>, PathRejection>,
-) -> ApiResult {
+) -> ApiResult<Vec<Key>> {
     caller.require(Role::Admin)?;
     let Path(fleet) = name?;
     fleet_or_404(&st, &fleet).await?;
     let keys = st.store.keys(&fleet).await?;
-    Ok(Json(json!(keys.iter().map(key_json).collect::<Vec<_>>())))
+    Ok(Json(keys.into_iter().map(key_view).collect()))
 }
 
 pub(super) async fn revoke_key(
     caller: Caller,
     State(st): State<ApiState>,
     id: Result<Path<String>, PathRejection>,
-) -> ApiResult<StatusCode> {
+) -> Result<StatusCode, ApiError> {
     caller.require(Role::Admin)?;
     let Path(id) = id?;
     if !st.store.revoke_key(&id).await? {
@@ -112,18 +91,11 @@ pub(super) async fn revoke_key(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct Register {
-    uuid: Option<String>,
-    fleet: Option<String>,
-}
-
 pub(super) async fn register_device(
     caller: Caller,
     State(st): State<ApiState>,
     body: Result<JsonObject<Register>, ApiError>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> Result<(StatusCode, Json<Device>), ApiError> {
     caller.require(Role::Admin)?;
     let JsonObject(body) = body?;
     let uuid = match body.uuid.as_deref() {
@@ -142,5 +114,5 @@ pub(super) async fn register_device(
             &json!({"fleet": body.fleet}).to_string(),
         )
         .await?;
-    Ok((StatusCode::CREATED, Json(device_json(&st, &d))))
+    Ok((StatusCode::CREATED, Json(device_view(&st, &d))))
 }

@@ -16,13 +16,12 @@ use axum::routing::get;
 use axum::{Json, Router};
 use futures_util::Stream;
 use protocol::DeviceUuid;
-use serde::Deserialize;
-use serde_json::json;
 use tokio::sync::{broadcast, mpsc};
 
 use super::auth::{Caller, Role};
 use super::error::ApiError;
 use super::terminal::SameOrigin;
+use super::types::{LogLine, LogPage, LogParams as Params};
 use super::{device_or_404, ApiResult, ApiState, DeviceParam};
 use crate::store::{LogQuery, StoredLine};
 
@@ -35,28 +34,33 @@ pub(super) fn routes() -> Router<ApiState> {
         .route("/v1/devices/{uuid}/logs/ws", get(stream_ws))
 }
 
-/// Query parameters shared by every logs endpoint.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Params {
-    /// Lines at or after: unix milliseconds, or a duration ago (`90s`, `1h`, `7d`).
-    since: Option<String>,
-    /// Lines before: unix milliseconds, or a duration ago.
-    until: Option<String>,
-    /// Only this service (empty: only the agent's own lines).
-    service: Option<String>,
-    /// Only stderr (`true`) or only stdout (`false`).
-    stderr: Option<bool>,
-    /// Only system lines (`true`) or only service output (`false`).
-    system: Option<bool>,
-    /// Only lines containing this text (ASCII case-insensitive).
-    q: Option<String>,
-    /// Only lines with an id above this (paging, resuming a tail).
-    after: Option<i64>,
-    /// The newest N lines (a tail) instead of the oldest.
-    tail: Option<i64>,
-    /// Page size, 1..=10000 (default 1000).
-    limit: Option<i64>,
+/// A stored line as the API shows it.
+fn line_view(l: &StoredLine) -> LogLine {
+    let protocol::LogLine {
+        seq,
+        timestamp,
+        message,
+        is_std_err,
+        is_system,
+        service_name,
+        service_id,
+    } = l.line.clone();
+    LogLine {
+        id: l.id,
+        device: l.device.clone(),
+        seq,
+        timestamp,
+        message,
+        is_std_err,
+        is_system,
+        service_name,
+        service_id,
+    }
+}
+
+/// One line as JSON text: an NDJSON line, an SSE event's data, a WebSocket message.
+fn line_json(l: &StoredLine) -> String {
+    serde_json::to_string(&line_view(l)).expect("line serializes")
 }
 
 /// `since`/`until`: unix milliseconds, or a duration ago within
@@ -76,36 +80,35 @@ fn time_param(name: &str, v: &str) -> Result<i64, ApiError> {
     Ok(crate::store::now_ms().saturating_sub(ago_ms))
 }
 
-impl Params {
-    fn to_query(&self) -> Result<LogQuery, ApiError> {
-        if let Some(l) = self.limit {
-            if !(1..=10_000).contains(&l) {
-                return Err(ApiError::bad_request(
-                    "invalid_query",
-                    "`limit` must be between 1 and 10000",
-                ));
-            }
+/// The store query for a request's parameters.
+fn to_query(p: &Params) -> Result<LogQuery, ApiError> {
+    if let Some(l) = p.limit {
+        if !(1..=10_000).contains(&l) {
+            return Err(ApiError::bad_request(
+                "invalid_query",
+                "`limit` must be between 1 and 10000",
+            ));
         }
-        Ok(LogQuery {
-            since_ms: self
-                .since
-                .as_deref()
-                .map(|v| time_param("since", v))
-                .transpose()?,
-            until_ms: self
-                .until
-                .as_deref()
-                .map(|v| time_param("until", v))
-                .transpose()?,
-            service: self.service.clone(),
-            stderr: self.stderr,
-            system: self.system,
-            text: self.q.clone().filter(|t| !t.is_empty()),
-            after_id: self.after,
-            newest: self.tail.is_some(),
-            limit: self.tail.or(self.limit),
-        })
     }
+    Ok(LogQuery {
+        since_ms: p
+            .since
+            .as_deref()
+            .map(|v| time_param("since", v))
+            .transpose()?,
+        until_ms: p
+            .until
+            .as_deref()
+            .map(|v| time_param("until", v))
+            .transpose()?,
+        service: p.service.clone(),
+        stderr: p.stderr,
+        system: p.system,
+        text: p.q.clone().filter(|t| !t.is_empty()),
+        after_id: p.after,
+        newest: p.tail.is_some(),
+        limit: p.tail.or(p.limit),
+    })
 }
 
 fn params(p: Result<Query<Params>, QueryRejection>) -> Result<Params, ApiError> {
@@ -118,17 +121,20 @@ async fn query(
     State(st): State<ApiState>,
     DeviceParam(uuid): DeviceParam,
     p: Result<Query<Params>, QueryRejection>,
-) -> ApiResult {
+) -> ApiResult<LogPage> {
     caller.require(Role::Viewer)?;
     let p = params(p)?;
     device_or_404(&st, uuid).await?;
-    let q = p.to_query()?;
+    let q = to_query(&p)?;
     let lines = st.store.query_logs(uuid, &q).await?;
     let limit = q.limit.unwrap_or(1000);
     let next_after = (lines.len() as i64 == limit && !q.newest)
         .then(|| lines.last().map(|l| l.id))
         .flatten();
-    Ok(Json(json!({ "lines": lines, "next_after": next_after })))
+    Ok(Json(LogPage {
+        lines: lines.iter().map(line_view).collect(),
+        next_after,
+    }))
 }
 
 /// Every matching line as newline-delimited JSON, streamed page by page.
@@ -141,7 +147,7 @@ async fn export(
     caller.require(Role::Viewer)?;
     let p = params(p)?;
     device_or_404(&st, uuid).await?;
-    let mut q = p.to_query()?;
+    let mut q = to_query(&p)?;
     q.newest = false;
     q.limit = Some(5_000);
     let (tx, rx) = mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(4);
@@ -160,7 +166,7 @@ async fn export(
             };
             let mut buf = Vec::with_capacity(page.len() * 128);
             for l in &page {
-                serde_json::to_writer(&mut buf, l).expect("line serializes");
+                serde_json::to_writer(&mut buf, &line_view(l)).expect("line serializes");
                 buf.push(b'\n');
             }
             if tx.send(Ok(buf.into())).await.is_err() {
@@ -207,12 +213,10 @@ async fn stream_sse(
         p.after = Some(id);
         p.tail = None;
     }
-    let q = p.to_query()?;
+    let q = to_query(&p)?;
     let rx = live(&st, uuid, q);
     let events = futures_util::StreamExt::map(receiver_stream(rx), |l: Arc<StoredLine>| {
-        Ok(Event::default()
-            .id(l.id.to_string())
-            .data(serde_json::to_string(&*l).expect("line serializes")))
+        Ok(Event::default().id(l.id.to_string()).data(line_json(&l)))
     });
     Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }
@@ -231,7 +235,7 @@ async fn stream_ws(
     let p = params(p)?;
     device_or_404(&st, uuid).await?;
     // Bad parameters are a 400 whether or not the request is an upgrade.
-    let q = p.to_query()?;
+    let q = to_query(&p)?;
     let ws = ws.map_err(|e| {
         ApiError::new(
             axum::http::StatusCode::UPGRADE_REQUIRED,
@@ -252,7 +256,7 @@ async fn relay_ws(mut socket: WebSocket, mut rx: mpsc::Receiver<Arc<StoredLine>>
         tokio::select! {
             line = rx.recv() => {
                 let Some(l) = line else { break };
-                let text = serde_json::to_string(&*l).expect("line serializes");
+                let text = line_json(&l);
                 if socket.send(Message::Text(text.into())).await.is_err() {
                     break;
                 }

@@ -19,6 +19,7 @@ mod openapi;
 mod releases;
 mod terminal;
 mod tokens;
+pub mod types;
 
 use actions::*;
 use audit::*;
@@ -27,6 +28,7 @@ use env::*;
 use fleets::*;
 use keys::*;
 use tokens::*;
+use types::*;
 
 use std::sync::Arc;
 
@@ -36,7 +38,6 @@ use axum::http::StatusCode;
 use axum::routing::{get, put};
 use axum::{Json, Router};
 use protocol::{AppErrorCode, DeviceUuid};
-use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -74,7 +75,7 @@ pub(crate) struct ApiState {
     pub(crate) allowed_origins: Arc<Vec<String>>,
 }
 
-type ApiResult<T = Json<Value>> = Result<T, ApiError>;
+type ApiResult<T> = Result<Json<T>, ApiError>;
 
 /// Builds the API router.
 pub(crate) fn router(state: ApiState) -> Router {
@@ -203,29 +204,35 @@ fn parse_uuid(s: &str) -> Result<DeviceUuid, ApiError> {
         .map_err(|e: protocol::InvalidUuid| ApiError::bad_request("invalid_uuid", e.to_string()))
 }
 
-fn device_json(state: &ApiState, d: &DeviceRecord) -> Value {
-    // The session registry is the live truth for "online"; the store lags by design.
+/// A device as the API shows it: the stored record, with "online" and the tunnel's
+/// transport from the session registry (the live truth; the store lags by design).
+fn device_view(state: &ApiState, d: &DeviceRecord) -> types::Device {
     let path = state.sessions.path(&d.uuid);
-    let online = path.is_some();
-    json!({
-        "uuid": d.uuid.as_str(),
-        "name": d.name.clone().unwrap_or_else(|| d.uuid.as_str()[..7].to_string()),
-        "fleet": d.fleet,
-        "online": online,
-        // The live tunnel's transport (`quic` / `tcp`) and round-trip time.
-        "transport": path.map(|p| p.kind.as_str()),
-        "rtt_ms": path.map(|p| (p.rtt.as_secs_f64() * 1000.0 * 10.0).round() / 10.0),
-        "last_seen": d.last_seen,
-        "created_at": d.created_at,
-        "public_url": d.public_url,
-        "url": d.public_url.then(|| format!("http://{}.{}/", d.uuid, state.domain)),
-        "public_address": d.public_address,
-        "agent_version": d.state.as_ref().and_then(|s| s.get("agent_version")).cloned(),
-        "os_version": d.state.as_ref().and_then(|s| s.get("os_version")).cloned(),
-        "ip_addresses": d.state.as_ref().and_then(|s| s.get("ip_addresses")).cloned(),
-        "status": d.state.as_ref().and_then(|s| s.get("status")).cloned(),
-        "state": d.state,
-    })
+    let reported = |key: &str| d.state.as_ref().and_then(|s| s.get(key)).cloned();
+    types::Device {
+        uuid: d.uuid.as_str().to_string(),
+        name: d
+            .name
+            .clone()
+            .unwrap_or_else(|| d.uuid.as_str()[..7].to_string()),
+        fleet: d.fleet.clone(),
+        online: path.is_some(),
+        transport: path.as_ref().map(|p| p.kind.as_str().to_string()),
+        rtt_ms: path.map(|p| (p.rtt.as_secs_f64() * 1000.0 * 10.0).round() / 10.0),
+        last_seen: d.last_seen,
+        created_at: d.created_at,
+        public_url: d.public_url,
+        url: d
+            .public_url
+            .then(|| format!("http://{}.{}/", d.uuid, state.domain)),
+        public_address: d.public_address.clone(),
+        agent_version: reported("agent_version"),
+        os_version: reported("os_version"),
+        ip_addresses: reported("ip_addresses"),
+        status: reported("status"),
+        state: d.state.clone(),
+        tags: None,
+    }
 }
 
 async fn device_or_404(state: &ApiState, uuid: DeviceUuid) -> Result<DeviceRecord, ApiError> {

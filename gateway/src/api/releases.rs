@@ -6,11 +6,14 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, put};
 use axum::{Json, Router};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::json;
 
 use super::auth::{Caller, Role};
 use super::error::{ApiError, JsonObject};
+use super::types::{
+    DevicePin, DeviceState, DeviceTarget, FleetPin, NewRelease, Pin, Release, ReleaseList,
+    TargetSource,
+};
 use super::{device_or_404, fleet_or_404, ApiResult, ApiState, DeviceParam};
 use crate::store::ReleaseRecord;
 use crate::targets;
@@ -30,34 +33,38 @@ pub(super) fn routes() -> Router<ApiState> {
         .route("/v1/devices/{uuid}/state", get(device_state))
 }
 
-fn release_json(r: &ReleaseRecord, with_compose: bool) -> Value {
-    let mut v = json!({
-        "id": r.id,
-        "fleet": r.fleet,
-        "seq": r.seq,
-        "hash": r.hash,
-        "created_at": r.created_at,
-        "created_by": r.created_by,
-    });
-    if with_compose {
-        v["compose"] = json!(r.compose);
+/// A release as the API shows it; `compose` only where asked for.
+fn release_view(r: ReleaseRecord, with_compose: bool) -> Release {
+    Release {
+        id: r.id,
+        fleet: r.fleet,
+        seq: r.seq,
+        hash: r.hash,
+        created_at: r.created_at,
+        created_by: r.created_by,
+        compose: with_compose.then_some(r.compose),
+        created: None,
+        services: None,
     }
-    v
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CreateRelease {
-    /// The compose file's text.
-    compose: String,
+impl From<crate::store::TargetSource> for TargetSource {
+    fn from(s: crate::store::TargetSource) -> Self {
+        use crate::store::TargetSource as Stored;
+        match s {
+            Stored::DevicePin => Self::DevicePin,
+            Stored::FleetPin => Self::FleetPin,
+            Stored::FleetLatest => Self::FleetLatest,
+        }
+    }
 }
 
 async fn create_release(
     caller: Caller,
     State(st): State<ApiState>,
     name: Result<Path<String>, PathRejection>,
-    body: Result<JsonObject<CreateRelease>, ApiError>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+    body: Result<JsonObject<NewRelease>, ApiError>,
+) -> Result<(StatusCode, Json<Release>), ApiError> {
     caller.require(Role::Operator)?;
     let Path(fleet) = name?;
     let JsonObject(body) = body?;
@@ -86,9 +93,9 @@ async fn create_release(
             .await?;
         targets::retarget_fleet(&st.store, &st.sessions, &fleet).await;
     }
-    let mut v = release_json(&rel, false);
-    v["created"] = json!(created);
-    v["services"] = json!(compose.services.keys().collect::<Vec<_>>());
+    let mut v = release_view(rel, false);
+    v.created = Some(created);
+    v.services = Some(compose.services.keys().cloned().collect());
     Ok((
         if created {
             StatusCode::CREATED
@@ -103,24 +110,24 @@ async fn list_releases(
     caller: Caller,
     State(st): State<ApiState>,
     name: Result<Path<String>, PathRejection>,
-) -> ApiResult {
+) -> ApiResult<ReleaseList> {
     caller.require(Role::Viewer)?;
     let Path(fleet) = name?;
     fleet_or_404(&st, &fleet).await?;
     let pinned = st.store.fleet_pin(&fleet).await?;
     let rels = st.store.releases(&fleet).await?;
-    Ok(Json(json!({
-        "fleet": fleet,
-        "pinned_release": pinned,
-        "releases": rels.iter().map(|r| release_json(r, false)).collect::<Vec<_>>(),
-    })))
+    Ok(Json(ReleaseList {
+        fleet,
+        pinned_release: pinned,
+        releases: rels.into_iter().map(|r| release_view(r, false)).collect(),
+    }))
 }
 
 async fn show_release(
     caller: Caller,
     State(st): State<ApiState>,
     id: Result<Path<String>, PathRejection>,
-) -> ApiResult {
+) -> ApiResult<Release> {
     caller.require(Role::Viewer)?;
     let Path(id) = id?;
     let rel = st
@@ -128,7 +135,7 @@ async fn show_release(
         .release(&id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no release {id:?}")))?;
-    Ok(Json(release_json(&rel, true)))
+    Ok(Json(release_view(rel, true)))
 }
 
 /// The target state a release gives its fleet's devices (fleet variables merged), as an
@@ -137,7 +144,7 @@ async fn release_target(
     caller: Caller,
     State(st): State<ApiState>,
     id: Result<Path<String>, PathRejection>,
-) -> ApiResult {
+) -> ApiResult<protocol::release::TargetState> {
     caller.require(Role::Viewer)?;
     let Path(id) = id?;
     let rel = st
@@ -145,14 +152,7 @@ async fn release_target(
         .release(&id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no release {id:?}")))?;
-    Ok(Json(json!(targets::release_target(&st.store, &rel).await?)))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Pin {
-    /// A release id, or null to follow the fleet (device) / its newest release (fleet).
-    release: Option<String>,
+    Ok(Json(targets::release_target(&st.store, &rel).await?))
 }
 
 async fn pin_fleet(
@@ -160,7 +160,7 @@ async fn pin_fleet(
     State(st): State<ApiState>,
     name: Result<Path<String>, PathRejection>,
     body: Result<JsonObject<Pin>, ApiError>,
-) -> ApiResult {
+) -> ApiResult<FleetPin> {
     caller.require(Role::Operator)?;
     let Path(fleet) = name?;
     let JsonObject(pin) = body?;
@@ -178,7 +178,10 @@ async fn pin_fleet(
         )
         .await?;
     targets::retarget_fleet(&st.store, &st.sessions, &fleet).await;
-    Ok(Json(json!({"fleet": fleet, "pinned_release": pin.release})))
+    Ok(Json(FleetPin {
+        fleet,
+        pinned_release: pin.release,
+    }))
 }
 
 async fn pin_device(
@@ -186,7 +189,7 @@ async fn pin_device(
     State(st): State<ApiState>,
     DeviceParam(uuid): DeviceParam,
     body: Result<JsonObject<Pin>, ApiError>,
-) -> ApiResult {
+) -> ApiResult<DevicePin> {
     caller.require(Role::Operator)?;
     let JsonObject(pin) = body?;
     let d = device_or_404(&st, uuid).await?;
@@ -210,9 +213,10 @@ async fn pin_device(
         )
         .await?;
     targets::retarget(&st.sessions, uuid);
-    Ok(Json(
-        json!({"uuid": uuid.as_str(), "pinned_release": pin.release}),
-    ))
+    Ok(Json(DevicePin {
+        uuid: uuid.as_str().to_string(),
+        pinned_release: pin.release,
+    }))
 }
 
 async fn release_of_fleet(st: &ApiState, id: &str, fleet: &str) -> Result<ReleaseRecord, ApiError> {
@@ -231,11 +235,14 @@ async fn device_target(
     caller: Caller,
     State(st): State<ApiState>,
     DeviceParam(uuid): DeviceParam,
-) -> ApiResult {
+) -> ApiResult<DeviceTarget> {
     caller.require(Role::Viewer)?;
     device_or_404(&st, uuid).await?;
     match targets::target_for(&st.store, uuid).await? {
-        Some((t, source)) => Ok(Json(json!({"source": source, "target": t}))),
+        Some((target, source)) => Ok(Json(DeviceTarget {
+            source: source.into(),
+            target,
+        })),
         None => Err(ApiError::not_found(format!(
             "device {uuid} has no target: its fleet has no release yet"
         ))),
@@ -248,15 +255,15 @@ async fn device_state(
     caller: Caller,
     State(st): State<ApiState>,
     DeviceParam(uuid): DeviceParam,
-) -> ApiResult {
+) -> ApiResult<DeviceState> {
     caller.require(Role::Viewer)?;
     let d = device_or_404(&st, uuid).await?;
     let target = targets::target_for(&st.store, uuid).await?;
-    Ok(Json(json!({
-        "uuid": uuid.as_str(),
-        "online": st.sessions.get(&uuid).is_some(),
-        "target_release": target.as_ref().map(|(t, _)| t.release.clone()),
-        "target_source": target.as_ref().map(|(_, s)| *s),
-        "reported": d.state,
-    })))
+    Ok(Json(DeviceState {
+        uuid: uuid.as_str().to_string(),
+        online: st.sessions.get(&uuid).is_some(),
+        target_release: target.as_ref().map(|(t, _)| t.release.clone()),
+        target_source: target.map(|(_, s)| s.into()),
+        reported: d.state,
+    }))
 }

@@ -31,12 +31,12 @@ use protocol::{
     DeviceUuid, Frame, FrameType, StreamHeader, TerminalHeader, TerminalMessage, TerminalTarget,
     MAX_DATA_FRAME,
 };
-use serde::Deserialize;
 use serde_json::json;
 use tracing::{debug, info, instrument};
 
 use super::auth::{Caller, Role};
 use super::error::ApiError;
+use super::types::TerminalQuery;
 use super::{device_or_404, parse_uuid, ApiState};
 use crate::config::normalize_origin;
 use transport::wire::{self, FrameReader, WireError};
@@ -163,25 +163,13 @@ fn decode(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct OpenQuery {
-    service: Option<String>,
-    cols: Option<u16>,
-    rows: Option<u16>,
-    term: Option<String>,
-    /// Consumed by [`WsCaller`].
-    #[allow(dead_code)]
-    token: Option<String>,
-}
-
 #[instrument(skip_all, fields(device = uuid.as_ref().map_or("?", |p| p.0.as_str())))]
 async fn open(
     _origin: SameOrigin,
     WsCaller(caller): WsCaller,
     State(st): State<ApiState>,
     uuid: Result<Path<String>, PathRejection>,
-    q: Result<Query<OpenQuery>, QueryRejection>,
+    q: Result<Query<TerminalQuery>, QueryRejection>,
     ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
     if caller.require(Role::Operator).is_err() {

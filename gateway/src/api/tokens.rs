@@ -2,18 +2,11 @@
 
 use super::*;
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct NewTokenReq {
-    name: String,
-    role: String,
-}
-
 pub(super) async fn create_token(
     caller: Caller,
     State(st): State<ApiState>,
-    body: Result<JsonObject<NewTokenReq>, ApiError>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+    body: Result<JsonObject<NewToken>, ApiError>,
+) -> Result<(StatusCode, Json<CreatedToken>), ApiError> {
     caller.require(Role::Admin)?;
     let JsonObject(body) = body?;
     let role = Role::parse(&body.role).ok_or_else(|| {
@@ -37,24 +30,40 @@ pub(super) async fn create_token(
         .await?;
     Ok((
         StatusCode::CREATED,
-        Json(json!({"id": t.id, "name": body.name, "role": role.as_str(), "token": t.token})),
+        Json(CreatedToken {
+            id: t.id,
+            name: body.name,
+            role: role.as_str().to_string(),
+            token: t.token,
+        }),
     ))
 }
 
-pub(super) async fn list_tokens(caller: Caller, State(st): State<ApiState>) -> ApiResult {
+pub(super) async fn list_tokens(
+    caller: Caller,
+    State(st): State<ApiState>,
+) -> ApiResult<Vec<Token>> {
     caller.require(Role::Admin)?;
     let tokens = st.store.tokens().await?;
-    Ok(Json(json!(tokens
-        .iter()
-        .map(|t| json!({"id": t.id, "name": t.name, "role": t.role, "created_at": t.created_at, "last_used": t.last_used}))
-        .collect::<Vec<_>>())))
+    Ok(Json(
+        tokens
+            .into_iter()
+            .map(|t| Token {
+                id: t.id,
+                name: t.name,
+                role: t.role,
+                created_at: t.created_at,
+                last_used: t.last_used,
+            })
+            .collect(),
+    ))
 }
 
 pub(super) async fn delete_token(
     caller: Caller,
     State(st): State<ApiState>,
     id: Result<Path<String>, PathRejection>,
-) -> ApiResult<StatusCode> {
+) -> Result<StatusCode, ApiError> {
     caller.require(Role::Admin)?;
     let Path(id) = id?;
     if !st.store.delete_token(&id).await? {

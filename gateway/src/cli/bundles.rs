@@ -33,12 +33,10 @@ pub(super) async fn run(cmd: BundleCommand) -> anyhow::Result<()> {
             engine,
             out,
         } => {
-            let v = api
+            let target: protocol::release::TargetState = api
                 .client()
-                .call(Method::GET, &format!("/v1/releases/{release}/target"), None)
+                .get(&format!("/v1/releases/{release}/target"))
                 .await?;
-            let target: protocol::release::TargetState =
-                serde_json::from_value(v).context("unexpected target state from the API")?;
             eprintln!(
                 "exporting {} images of release {release} from {engine} ...",
                 target.services.len()

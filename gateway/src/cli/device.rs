@@ -158,116 +158,118 @@ pub(super) async fn run(cmd: DeviceCommand) -> anyhow::Result<()> {
             }
         }
         DeviceCommand::Show { api, uuid, .. } => {
-            let v = api
-                .client()
-                .call(Method::GET, &format!("/v1/devices/{uuid}"), None)
-                .await?;
-            print_device(&v);
+            let d: types::Device = api.client().get(&format!("/v1/devices/{uuid}")).await?;
+            print_device(&d);
         }
         DeviceCommand::Rename { api, uuid, name } => {
-            let v = api
+            let patch = types::DevicePatch {
+                name: Some(name),
+                ..Default::default()
+            };
+            let d: types::Device = api
                 .client()
-                .call(
-                    Method::PATCH,
-                    &format!("/v1/devices/{uuid}"),
-                    Some(json!({"name": name})),
-                )
+                .send_json(Method::PATCH, &format!("/v1/devices/{uuid}"), &patch)
                 .await?;
-            print_device(&v);
+            print_device(&d);
         }
         DeviceCommand::Move { api, uuid, fleet } => {
-            let v = api
+            let patch = types::DevicePatch {
+                fleet: Some(Some(fleet)),
+                ..Default::default()
+            };
+            let d: types::Device = api
                 .client()
-                .call(
-                    Method::PATCH,
-                    &format!("/v1/devices/{uuid}"),
-                    Some(json!({"fleet": fleet})),
-                )
+                .send_json(Method::PATCH, &format!("/v1/devices/{uuid}"), &patch)
                 .await?;
-            print_device(&v);
+            print_device(&d);
         }
         DeviceCommand::PublicUrl { api, uuid, state } => {
-            let v = api
+            let d: types::Device = api
                 .client()
-                .call(
+                .send_json(
                     Method::PUT,
                     &format!("/v1/devices/{uuid}/public-url"),
-                    Some(json!({"enabled": state.enabled()})),
+                    &types::Switch {
+                        enabled: state.enabled(),
+                    },
                 )
                 .await?;
-            print_device(&v);
+            print_device(&d);
         }
         DeviceCommand::Delete { api, uuid } => {
-            api.client()
-                .call(Method::DELETE, &format!("/v1/devices/{uuid}"), None)
-                .await?;
+            api.client().delete(&format!("/v1/devices/{uuid}")).await?;
             println!("device {uuid} deleted; its tunnel is closed and its certificate refused");
         }
         DeviceCommand::Register { api, uuid, fleet } => {
-            let v = api
+            let d: types::Device = api
                 .client()
-                .call(
+                .send_json(
                     Method::POST,
                     "/v1/devices",
-                    Some(json!({"uuid": uuid.map(|u| u.to_string()), "fleet": fleet})),
+                    &types::Register {
+                        uuid: uuid.map(|u| u.to_string()),
+                        fleet,
+                    },
                 )
                 .await?;
-            println!("{}", v["uuid"].as_str().unwrap_or_default());
+            println!("{}", d.uuid);
         }
     }
     Ok(())
 }
 
-pub(super) fn print_devices(v: &serde_json::Value) {
+pub(super) fn print_devices(devices: &[types::Device]) {
     println!(
         "{:<32}  {:<16}  {:<16}  {:<6}  {:<14}  {:<10}  PUBLIC URL",
         "UUID", "NAME", "FLEET", "ONLINE", "TRANSPORT/RTT", "LAST SEEN"
     );
-    for d in v.as_array().into_iter().flatten() {
+    for d in devices {
         println!(
             "{:<32}  {:<16}  {:<16}  {:<6}  {:<14}  {:<10}  {}",
-            d["uuid"].as_str().unwrap_or("?"),
-            d["name"].as_str().unwrap_or("-"),
-            d["fleet"].as_str().unwrap_or("-"),
-            if d["online"] == true { "yes" } else { "no" },
+            d.uuid,
+            d.name,
+            d.fleet.as_deref().unwrap_or("-"),
+            if d.online { "yes" } else { "no" },
             transport_cell(d),
-            d["last_seen"]
-                .as_i64()
-                .map(ago)
-                .unwrap_or_else(|| "never".into()),
-            d["url"].as_str().unwrap_or("off")
+            d.last_seen.map(ago).unwrap_or_else(|| "never".into()),
+            d.url.as_deref().unwrap_or("off")
         );
     }
 }
 
 /// `quic 1.2ms` for an online device, `-` otherwise.
-fn transport_cell(d: &serde_json::Value) -> String {
-    match (d["transport"].as_str(), d["rtt_ms"].as_f64()) {
+fn transport_cell(d: &types::Device) -> String {
+    match (&d.transport, d.rtt_ms) {
         (Some(t), Some(rtt)) => format!("{t} {rtt}ms"),
-        (Some(t), None) => t.to_string(),
+        (Some(t), None) => t.clone(),
         _ => "-".into(),
     }
 }
 
-pub(super) fn print_device(d: &serde_json::Value) {
-    for key in [
-        "uuid",
-        "name",
-        "fleet",
-        "online",
-        "transport",
-        "rtt_ms",
-        "public_url",
-        "url",
-        "last_seen",
-        "created_at",
-    ] {
-        let v = &d[key];
-        let text = match v {
-            serde_json::Value::String(s) => s.clone(),
-            serde_json::Value::Null => "-".into(),
-            other => other.to_string(),
-        };
+pub(super) fn print_device(d: &types::Device) {
+    let rows = [
+        ("uuid", json_text(&d.uuid)),
+        ("name", json_text(&d.name)),
+        ("fleet", json_text(&d.fleet)),
+        ("online", json_text(&d.online)),
+        ("transport", json_text(&d.transport)),
+        ("rtt_ms", json_text(&d.rtt_ms)),
+        ("public_url", json_text(&d.public_url)),
+        ("url", json_text(&d.url)),
+        ("last_seen", json_text(&d.last_seen)),
+        ("created_at", json_text(&d.created_at)),
+    ];
+    for (key, text) in rows {
         println!("{key:<11} {text}");
+    }
+}
+
+/// A field as the table shows it: text as is, null as `-`, anything else as JSON (so a
+/// round-trip time of 1.0 reads `1.0`, as the API sent it).
+fn json_text(v: &impl serde::Serialize) -> String {
+    match serde_json::to_value(v) {
+        Ok(serde_json::Value::String(s)) => s,
+        Ok(serde_json::Value::Null) | Err(_) => "-".into(),
+        Ok(other) => other.to_string(),
     }
 }

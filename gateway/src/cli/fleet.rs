@@ -61,18 +61,14 @@ pub(super) async fn run(cmd: FleetCommand) -> anyhow::Result<()> {
             }
         }
         FleetCommand::List { api } => {
-            let v = api.client().call(Method::GET, "/v1/fleets", None).await?;
+            let fleets: Vec<types::Fleet> = api.client().get("/v1/fleets").await?;
             println!("{:<24}  {:>7}  PUBLIC URL DEFAULT", "NAME", "DEVICES");
-            for f in v.as_array().into_iter().flatten() {
+            for f in fleets {
                 println!(
                     "{:<24}  {:>7}  {}",
-                    f["name"].as_str().unwrap_or("?"),
-                    f["devices"],
-                    if f["public_url_default"] == true {
-                        "on"
-                    } else {
-                        "off"
-                    }
+                    f.name,
+                    f.devices,
+                    if f.public_url_default { "on" } else { "off" }
                 );
             }
         }
@@ -81,34 +77,38 @@ pub(super) async fn run(cmd: FleetCommand) -> anyhow::Result<()> {
             name,
             public_url_default,
         } => {
-            api.client()
-                .call(
+            let _: types::Fleet = api
+                .client()
+                .send_json(
                     Method::POST,
                     "/v1/fleets",
-                    Some(json!({"name": name, "public_url_default": public_url_default})),
+                    &types::NewFleet {
+                        name: name.clone(),
+                        public_url_default,
+                    },
                 )
                 .await?;
             println!("fleet {name} created");
         }
         FleetCommand::Delete { api, name } => {
-            api.client()
-                .call(Method::DELETE, &format!("/v1/fleets/{name}"), None)
-                .await?;
+            api.client().delete(&format!("/v1/fleets/{name}")).await?;
             println!("fleet {name} deleted");
         }
         FleetCommand::PublicUrl { api, name, state } => {
-            let v = api
+            let v: types::FleetSwitched = api
                 .client()
-                .call(
+                .send_json(
                     Method::PUT,
                     &format!("/v1/fleets/{name}/public-url"),
-                    Some(json!({"enabled": state.enabled()})),
+                    &types::Switch {
+                        enabled: state.enabled(),
+                    },
                 )
                 .await?;
             println!(
                 "public URL {} for {} device(s) of fleet {name}, and for devices that join it later",
                 if state.enabled() { "on" } else { "off" },
-                v["devices_switched"]
+                v.devices_switched
             );
         }
     }

@@ -45,56 +45,49 @@ pub(super) async fn run(cmd: KeyCommand) -> anyhow::Result<()> {
             expires,
             uses,
         } => {
-            let v = api
+            let body = types::NewKey {
+                expires_in_secs: expires
+                    .map(|d| i64::try_from(d.as_secs().max(1)).unwrap_or(i64::MAX)),
+                max_uses: uses.map(i64::from),
+            };
+            let k: types::CreatedKey = api
                 .client()
-                .call(
-                    Method::POST,
-                    &format!("/v1/fleets/{fleet}/keys"),
-                    Some(json!({
-                        "expires_in_secs": expires.map(|d| d.as_secs().max(1)),
-                        "max_uses": uses,
-                    })),
-                )
+                .send_json(Method::POST, &format!("/v1/fleets/{fleet}/keys"), &body)
                 .await?;
             eprintln!(
                 "provisioning key {} for fleet {fleet} created; it is shown only now:",
-                v["id"].as_str().unwrap_or("?")
+                k.id
             );
-            println!("{}", v["key"].as_str().unwrap_or_default());
+            println!("{}", k.key);
         }
         KeyCommand::List { api, fleet } => {
-            let v = api
+            let keys: Vec<types::Key> = api
                 .client()
-                .call(Method::GET, &format!("/v1/fleets/{fleet}/keys"), None)
+                .get(&format!("/v1/fleets/{fleet}/keys"))
                 .await?;
             println!(
                 "{:<10}  {:>5}  {:>8}  {:<10}  STATE",
                 "ID", "USES", "LIMIT", "EXPIRES"
             );
             let now = crate::store::now_unix();
-            for k in v.as_array().into_iter().flatten() {
-                let state = if k["revoked"] == true {
+            for k in keys {
+                let state = if k.revoked {
                     "revoked"
-                } else if k["expires_at"].as_i64().is_some_and(|e| e <= now) {
+                } else if k.expires_at.is_some_and(|e| e <= now) {
                     "expired"
-                } else if k["max_uses"]
-                    .as_i64()
-                    .is_some_and(|m| k["uses"].as_i64() >= Some(m))
-                {
+                } else if k.max_uses.is_some_and(|m| k.uses >= m) {
                     "used up"
                 } else {
                     "active"
                 };
                 println!(
                     "{:<10}  {:>5}  {:>8}  {:<10}  {state}",
-                    k["id"].as_str().unwrap_or("?"),
-                    k["uses"],
-                    k["max_uses"]
-                        .as_i64()
+                    k.id,
+                    k.uses,
+                    k.max_uses
                         .map(|m| m.to_string())
                         .unwrap_or_else(|| "-".into()),
-                    k["expires_at"]
-                        .as_i64()
+                    k.expires_at
                         .map(|e| if e > now {
                             format!("in {}s", e - now)
                         } else {
@@ -105,9 +98,7 @@ pub(super) async fn run(cmd: KeyCommand) -> anyhow::Result<()> {
             }
         }
         KeyCommand::Revoke { api, id } => {
-            api.client()
-                .call(Method::DELETE, &format!("/v1/keys/{id}"), None)
-                .await?;
+            api.client().delete(&format!("/v1/keys/{id}")).await?;
             println!("provisioning key {id} revoked");
         }
     }

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use crate::api::auth::Role;
+use crate::api::types;
 use crate::client::ApiClient;
 use crate::config::{bounds, duration_within};
 use crate::{Gateway, ServeConfig};
@@ -12,7 +13,6 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use http::Method;
 use protocol::DeviceUuid;
-use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 mod bundles;
@@ -230,11 +230,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 Some(f) => format!("/v1/devices?fleet={f}"),
                 None => "/v1/devices".to_string(),
             };
-            let v = api.client().call(Method::GET, &path, None).await?;
+            let devices: Vec<types::Device> = api.client().get(&path).await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&v)?);
+                println!("{}", serde_json::to_string_pretty(&devices)?);
             } else {
-                print_devices(&v);
+                print_devices(&devices);
             }
         }
         Command::Action {
@@ -250,10 +250,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let mut params = serde_json::Map::new();
             if let Some(a) = app {
-                params.insert("appId".into(), json!(a));
+                params.insert("appId".into(), a.into());
             }
             if let Some(s) = service {
-                params.insert("serviceName".into(), json!(s));
+                params.insert("serviceName".into(), s.into());
             }
             if let Some(p) = patch {
                 let v: serde_json::Value =
@@ -261,16 +261,21 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 params.insert("patch".into(), v);
             }
             let client = api.client();
-            let a = client
-                .call(
+            let a: types::Action = client
+                .send_json(
                     Method::POST,
                     &format!("/v1/devices/{uuid}/actions"),
-                    Some(json!({"action": action, "params": params, "force": force, "ttl_secs": ttl.as_secs().max(1)})),
+                    &types::NewAction {
+                        action: action.clone(),
+                        params,
+                        force,
+                        ttl_secs: Some(i64::try_from(ttl.as_secs().max(1)).unwrap_or(i64::MAX)),
+                    },
                 )
                 .await?;
-            let id = a["id"].as_str().unwrap_or_default().to_string();
-            if a["device_online"] != true {
-                let until = a["expires_at"].as_i64().unwrap_or_default() - crate::store::now_unix();
+            let id = a.id;
+            if a.device_online != Some(true) {
+                let until = a.expires_at - crate::store::now_unix();
                 println!(
                     "device {uuid} is offline: {action} queued as {id}; it runs when the device reconnects within {}",
                     human_secs(until)
@@ -284,32 +289,23 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let frames = ['|', '/', '-', '\\'];
             let mut i = 0;
             let result = loop {
-                let v = client
-                    .call(Method::GET, &format!("/v1/actions/{id}"), None)
-                    .await?;
-                match v["status"].as_str() {
-                    Some("succeeded" | "failed" | "expired") => break v,
-                    status => {
-                        eprint!(
-                            "\r{} {action} on {uuid}: {}",
-                            frames[i % 4],
-                            status.unwrap_or("?")
-                        );
-                        i += 1;
-                        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-                    }
+                let v: types::Action = client.get(&format!("/v1/actions/{id}")).await?;
+                if v.is_finished() {
+                    break v;
                 }
+                eprint!("\r{} {action} on {uuid}: {}", frames[i % 4], v.status);
+                i += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
             };
             eprint!("\r\x1b[K");
-            let detail = match &result["detail"] {
-                serde_json::Value::Null => String::new(),
-                serde_json::Value::String(s) => format!(": {s}"),
-                other => format!(": {other}"),
+            let detail = match &result.detail {
+                None | Some(serde_json::Value::Null) => String::new(),
+                Some(serde_json::Value::String(s)) => format!(": {s}"),
+                Some(other) => format!(": {other}"),
             };
-            match result["status"].as_str() {
-                Some("succeeded") => println!("{action} on {uuid} succeeded{detail}"),
-                Some(status) => anyhow::bail!("{action} on {uuid} {status}{detail}"),
-                None => anyhow::bail!("unexpected answer {result}"),
+            match result.status.as_str() {
+                "succeeded" => println!("{action} on {uuid} succeeded{detail}"),
+                status => anyhow::bail!("{action} on {uuid} {status}{detail}"),
             }
         }
         Command::Completions { shell } => {
@@ -366,19 +362,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Audit { api, limit } => {
-            let v = api
+            let entries: Vec<types::AuditEntry> = api
                 .client()
-                .call(Method::GET, &format!("/v1/audit?limit={limit}"), None)
+                .get(&format!("/v1/audit?limit={limit}"))
                 .await?;
-            for e in v.as_array().into_iter().flatten() {
+            for e in entries {
                 println!(
                     "{:>8}  {:<10}  {:<18}  {:<20}  {}  {}",
-                    e["seq"],
-                    e["at"].as_i64().map(ago).unwrap_or_default(),
-                    e["actor"].as_str().unwrap_or("?"),
-                    e["action"].as_str().unwrap_or("?"),
-                    e["target"].as_str().unwrap_or("?"),
-                    e["detail"]
+                    e.seq,
+                    ago(e.at),
+                    e.actor,
+                    e.action,
+                    e.target,
+                    e.detail
                 );
             }
         }

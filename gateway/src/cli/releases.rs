@@ -41,11 +41,8 @@ pub(super) async fn run(cmd: ReleaseCommand) -> anyhow::Result<()> {
             crate::release_cli::list(&api.client(), &fleet).await?;
         }
         ReleaseCommand::Show { api, id } => {
-            let v = api
-                .client()
-                .call(Method::GET, &format!("/v1/releases/{id}"), None)
-                .await?;
-            print!("{}", v["compose"].as_str().unwrap_or_default());
+            let r: types::Release = api.client().get(&format!("/v1/releases/{id}")).await?;
+            print!("{}", r.compose.unwrap_or_default());
         }
     }
     Ok(())

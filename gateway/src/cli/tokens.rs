@@ -49,25 +49,20 @@ pub(super) async fn run(cmd: TokenCommand) -> anyhow::Result<()> {
             println!("{token}");
         }
         TokenCommand::List { api } => {
-            let v = api.client().call(Method::GET, "/v1/tokens", None).await?;
+            let tokens: Vec<types::Token> = api.client().get("/v1/tokens").await?;
             println!("{:<10}  {:<9}  {:<20}  LAST USED", "ID", "ROLE", "NAME");
-            for t in v.as_array().into_iter().flatten() {
+            for t in tokens {
                 println!(
                     "{:<10}  {:<9}  {:<20}  {}",
-                    t["id"].as_str().unwrap_or("?"),
-                    t["role"].as_str().unwrap_or("?"),
-                    t["name"].as_str().unwrap_or("?"),
-                    t["last_used"]
-                        .as_i64()
-                        .map(ago)
-                        .unwrap_or_else(|| "never".into())
+                    t.id,
+                    t.role,
+                    t.name,
+                    t.last_used.map(ago).unwrap_or_else(|| "never".into())
                 );
             }
         }
         TokenCommand::Revoke { api, id } => {
-            api.client()
-                .call(Method::DELETE, &format!("/v1/tokens/{id}"), None)
-                .await?;
+            api.client().delete(&format!("/v1/tokens/{id}")).await?;
             println!("token {id} revoked");
         }
     }
