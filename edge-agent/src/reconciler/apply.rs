@@ -41,11 +41,18 @@ impl Inner {
         } else {
             UpdateStatus::Updating
         };
-        self.publish(|s| {
-            s.update_status = updating;
-            s.error = None;
-        });
-        if !changed.is_empty() && !rolling_back {
+        // A pass retried while an update lock is held keeps saying so until its lock
+        // check passes, instead of flickering to "updating" on every retry.
+        let waiting = !rolling_back
+            && steps.iter().any(|s| matches!(s, Step::CheckLocks(_)))
+            && self.status.borrow().update_status == UpdateStatus::WaitingForLock;
+        if !waiting {
+            self.publish(|s| {
+                s.update_status = updating;
+                s.error = None;
+            });
+        }
+        if !changed.is_empty() && !rolling_back && !waiting {
             self.logs.system(format!(
                 "Updating to release {} (services: {})",
                 target.release,
@@ -116,6 +123,12 @@ impl Inner {
                         s.error = Some(msg);
                     });
                     return Ok(Some(Outcome::Blocked));
+                }
+                if self.status.borrow().update_status == UpdateStatus::WaitingForLock {
+                    self.publish(|s| {
+                        s.update_status = w.updating;
+                        s.error = None;
+                    });
                 }
             }
             Step::EnsureVolumesNetworks => {
