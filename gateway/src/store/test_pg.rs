@@ -291,7 +291,17 @@ fn reap_stale() {
         }
         let dir = e.path();
         let owner = std::fs::read_to_string(dir.join("owner.pid")).unwrap_or_default();
-        if Path::new(&format!("/proc/{}", owner.trim())).exists() && !owner.trim().is_empty() {
+        let owner = owner.trim();
+        if owner.is_empty() {
+            // Another process may be creating it this moment: only an old one is stale.
+            let young = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t.elapsed().unwrap_or_default() < Duration::from_secs(60));
+            if young {
+                continue;
+            }
+        } else if Path::new(&format!("/proc/{owner}")).exists() {
             continue;
         }
         let postmaster = std::fs::read_to_string(dir.join("data/postmaster.pid"))
