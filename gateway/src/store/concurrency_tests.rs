@@ -56,6 +56,10 @@ both_backends! {
     async fn parallel_release_uploads_get_distinct_consecutive_seqs(store) {
         releases_in_parallel(store).await
     }
+
+    async fn parallel_replacements_of_one_devices_tags_and_env_all_succeed(store) {
+        replacements_in_parallel(store).await
+    }
 }
 
 async fn storm(store: Store) {
@@ -222,4 +226,43 @@ async fn releases_in_parallel(store: Store) {
     seqs.sort_unstable();
     let want: Vec<i64> = (1..=RELEASE_TASKS as i64 + 1).collect();
     assert_eq!(seqs, want, "release seqs repeated or skipped");
+}
+
+/// Replacements of one device's tags and env vars at once.
+const REPLACE_TASKS: usize = 12;
+
+async fn replacements_in_parallel(store: Store) {
+    let device = uuid(3, 0);
+    store.add_device(device, false).await.unwrap();
+    let mut tasks = tokio::task::JoinSet::new();
+    for n in 0..REPLACE_TASKS {
+        let store = store.clone();
+        tasks.spawn(async move {
+            // Delete-then-insert of the same keys: without a lock on PostgreSQL, two of
+            // these collide on the primary key.
+            let tags = vec![
+                ("a".to_string(), n.to_string()),
+                ("b".to_string(), n.to_string()),
+            ];
+            let vars = vec![(String::new(), "X".to_string(), n.to_string())];
+            let t = store
+                .set_tags(device, &tags)
+                .await
+                .map_err(|e| describe(&e));
+            let v = store
+                .set_env("device", device.as_str(), &vars)
+                .await
+                .map_err(|e| describe(&e));
+            (t, v)
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        let (t, v) = r.expect("replacement task panicked");
+        t.expect("set_tags failed");
+        v.expect("set_env failed");
+    }
+    let tags = store.tags(device).await.unwrap();
+    assert_eq!(tags.len(), 2);
+    assert_eq!(tags[0].1, tags[1].1, "one replacement's tags, not a mix");
+    assert_eq!(store.env("device", device.as_str()).await.unwrap().len(), 1);
 }
