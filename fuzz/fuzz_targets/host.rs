@@ -13,6 +13,9 @@ use protocol::host::{strip_port, DeviceDomain};
 use protocol::DeviceUuid;
 
 fn reference(domain: &DeviceDomain, host: &str) -> Option<DeviceUuid> {
+    if domain.as_str().is_empty() {
+        return None;
+    }
     let host = strip_port(host);
     let host = host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase();
     let label = host.strip_suffix(&format!(".{}", domain.as_str()))?;

@@ -17,7 +17,7 @@ pub struct DeviceDomain {
 
 impl DeviceDomain {
     /// The domain under which devices are `<uuid>.<domain>`. Case and one trailing dot
-    /// are ignored.
+    /// are ignored; an empty domain matches no host.
     pub fn new(domain: &str) -> Self {
         let domain = domain.strip_suffix('.').unwrap_or(domain);
         Self {
@@ -34,6 +34,12 @@ impl DeviceDomain {
     /// port, optional trailing dot. `None` for anything else (another domain, a deeper
     /// name, an IP literal, a label that is not a uuid).
     pub fn device(&self, host: &str) -> Option<DeviceUuid> {
+        if self.suffix == "." {
+            // An empty domain names no device. Without this, `<uuid>..` matched once its
+            // trailing dot was stripped (found by the `host` fuzz target:
+            // fuzz/regressions/host/empty-domain-double-dot).
+            return None;
+        }
         let host = strip_port(host);
         let host = host.strip_suffix('.').unwrap_or(host);
         // Compare without allocating. The suffix starts with an ASCII `.`, so a tail that
@@ -105,6 +111,22 @@ mod tests {
             format!("{U}é.devices.exampleé"),
         ] {
             assert_eq!(d.device(&host), None, "{host}");
+        }
+    }
+
+    #[test]
+    fn an_empty_domain_names_no_device() {
+        // The input the `host` fuzz target found: domain "", Host `<uuid>..`.
+        let input = include_bytes!("../../fuzz/regressions/host/empty-domain-double-dot");
+        let (n, rest) = input.split_first().unwrap();
+        let (domain, host) = rest.split_at(*n as usize % 64);
+        let d = DeviceDomain::new(std::str::from_utf8(domain).unwrap());
+        assert_eq!(d.device(std::str::from_utf8(host).unwrap()), None);
+        for domain in ["", "."] {
+            let d = DeviceDomain::new(domain);
+            for host in [format!("{U}.."), format!("{U}."), U.to_string()] {
+                assert_eq!(d.device(&host), None, "{host:?} under {domain:?}");
+            }
         }
     }
 }
