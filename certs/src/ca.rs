@@ -219,7 +219,6 @@ pub(crate) fn device_params(uuid: DeviceUuid) -> Result<CertificateParams, CertE
     Ok(params)
 }
 
-
 /// Generates a device key pair and a CSR for it. Returns `(key_pem, csr_pem)`; the key never
 /// leaves the device.
 pub fn generate_csr() -> Result<(String, String), CertError> {
@@ -242,4 +241,3 @@ impl Ca {
         Ok(csr.signed_by(&self.issuer)?.pem())
     }
 }
-

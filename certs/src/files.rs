@@ -104,4 +104,3 @@ pub(crate) fn set_mode(f: &fs::File, secret: bool) -> std::io::Result<()> {
     let _ = (f, secret);
     Ok(())
 }
-

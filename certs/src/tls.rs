@@ -24,7 +24,10 @@ pub fn parse_certs(
     Ok(certs)
 }
 
-pub(crate) fn parse_key(pem: &str, what: &'static str) -> Result<PrivateKeyDer<'static>, CertError> {
+pub(crate) fn parse_key(
+    pem: &str,
+    what: &'static str,
+) -> Result<PrivateKeyDer<'static>, CertError> {
     use rustls_pki_types::pem::PemObject;
     PrivatePkcs8KeyDer::from_pem_slice(pem.as_bytes())
         .map(PrivateKeyDer::from)

@@ -348,10 +348,12 @@ fn load_ca(dir: &Path, survey: &Survey, database: Option<&str>) -> Result<Ca, Da
 
 /// Opens the database and checks it was created with `ca`.
 async fn open_store(dir: &Path, ca: &Ca, database: Option<&str>) -> Result<Store, DataDirError> {
-    let store = Store::open_database(database, dir).await.map_err(|e| match e {
-        StoreError::EmptyDatabase(p) => DataDirError::EmptyDatabase(p),
-        other => other.into(),
-    })?;
+    let store = Store::open_database(database, dir)
+        .await
+        .map_err(|e| match e {
+            StoreError::EmptyDatabase(p) => DataDirError::EmptyDatabase(p),
+            other => other.into(),
+        })?;
     if let Some(recorded) = store.ca_fingerprint().await? {
         if recorded != ca.fingerprint() {
             store.close().await;

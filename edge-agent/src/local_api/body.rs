@@ -128,11 +128,9 @@ impl JsonBody {
     pub(crate) fn id(&self, key: &str) -> Result<Option<u32>, BadBody> {
         match self.0.get(key) {
             None | Some(Value::Null) => Ok(None),
-            Some(v) => positive_id(v)
-                .map(Some)
-                .ok_or_else(|| {
-                    BadBody(format!("{key} must be a positive integer, got {}", show(v)))
-                }),
+            Some(v) => positive_id(v).map(Some).ok_or_else(|| {
+                BadBody(format!("{key} must be a positive integer, got {}", show(v)))
+            }),
         }
     }
 

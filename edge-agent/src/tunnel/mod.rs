@@ -429,8 +429,6 @@ struct Session {
     heartbeat: Duration,
 }
 
-
-
 /// Multiplexer settings of the agent side on TCP.
 pub fn mux_config(opts: &AgentOptions) -> transport::tls_tcp::MuxConfig {
     transport::tls_tcp::MuxConfig {

@@ -4,7 +4,6 @@
 use super::*;
 
 impl Agent {
-
     /// Serves one established session until it ends (returning why) or the agent moves to
     /// a better transport.
     pub(super) async fn serve(&self, session: Session, tasks: &TaskTracker) -> Ended {

@@ -46,7 +46,11 @@ impl Activity {
     }
 
     /// When the connection may be closed for idleness: `None` while a request is open.
-    pub(crate) fn idle_deadline(&self, first_request_by: Instant, idle: Duration) -> Option<Instant> {
+    pub(crate) fn idle_deadline(
+        &self,
+        first_request_by: Instant,
+        idle: Duration,
+    ) -> Option<Instant> {
         let s = self.lock();
         match (s.open, s.served) {
             (0, 0) => Some(first_request_by),

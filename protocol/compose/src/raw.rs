@@ -276,7 +276,11 @@ pub(crate) fn parse_mount(s: &str) -> Result<VolumeMount, BadValue> {
     let (source, target, mode) = match parts.as_slice() {
         [s, t] => (*s, *t, None),
         [s, t, m] => (*s, *t, Some(*m)),
-        _ => return Err(BadValue(format!("invalid volume {s:?}: expected NAME:/PATH[:ro|rw]"))),
+        _ => {
+            return Err(BadValue(format!(
+                "invalid volume {s:?}: expected NAME:/PATH[:ro|rw]"
+            )))
+        }
     };
     let read_only = match mode {
         None | Some("rw") => false,

@@ -24,8 +24,8 @@
 pub mod error;
 pub mod net;
 pub mod proxy;
-pub mod signal;
 pub mod quic;
+pub mod signal;
 pub mod tls_tcp;
 pub mod wire;
 
