@@ -523,6 +523,9 @@ pub fn bin(name: &str) -> PathBuf {
                 "-p",
                 "edge-agent",
                 "--bins",
+                // `gateway demo` is a test subject too (processes.rs).
+                "--features",
+                "gateway/demo",
             ])
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .status()
