@@ -24,33 +24,8 @@ for b in gateway examples/swarm; do
   [[ -x "$BIN/$b" ]] || { echo "missing $BIN/$b (build it, or set BIN)" >&2; exit 1; }
 done
 TMP="$(mktemp -d /tmp/tunnel-herd.XXXXXX)"
-PIDS=()
-cleanup() {
-  local p
-  for p in "${PIDS[@]+"${PIDS[@]}"}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${PIDS[@]+"${PIDS[@]}"}"; do wait "$p" 2>/dev/null || true; done
-  rm -rf "$TMP"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-free_port() {
-  python3 - "$1" <<'PY'
-import socket, sys
-for _ in range(200):
-    t = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    t.bind(("127.0.0.1", 0))
-    port = t.getsockname()[1]
-    if sys.argv[1] == "tcp":
-        print(port); sys.exit(0)
-    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        u.bind(("127.0.0.1", port))
-    except OSError:
-        continue
-    print(port); sys.exit(0)
-sys.exit("no free port")
-PY
-}
+# shellcheck source=bench/lib.sh
+source "$REPO/bench/lib.sh"
 HTTP=$(free_port tcp); TUN=$(free_port both); API=$(free_port tcp)
 ulimit -n 65536 2>/dev/null || true
 now_ms() { date +%s%3N; }
