@@ -533,6 +533,15 @@ mod tests {
         assert_eq!(s.read_after(11, 10, usize::MAX).unwrap()[0].message, "l12");
     }
 
+    /// The spool's (only) segment file in `dir`.
+    fn first_segment(dir: &Path) -> PathBuf {
+        fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.to_string_lossy().ends_with(".ndjson"))
+            .unwrap()
+    }
+
     #[test]
     fn a_torn_tail_is_cut_and_not_renumbered() {
         let dir = tempfile::tempdir().unwrap();
@@ -540,12 +549,10 @@ mod tests {
         s.append((1..=3).map(|i| rec(&format!("l{i}")))).unwrap();
         s.sync().unwrap();
         drop(s);
-        let seg = fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .find(|p| p.to_string_lossy().ends_with(".ndjson"))
+        let mut f = OpenOptions::new()
+            .append(true)
+            .open(first_segment(dir.path()))
             .unwrap();
-        let mut f = OpenOptions::new().append(true).open(&seg).unwrap();
         f.write_all(b"{\"seq\":4,\"timest").unwrap();
         drop(f);
         let mut s = Spool::open(dir.path(), DEFAULT_MAX_BYTES).unwrap();
@@ -564,12 +571,10 @@ mod tests {
         s.append((1..=2).map(|i| rec(&format!("l{i}")))).unwrap();
         s.sync().unwrap();
         drop(s);
-        let seg = fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .find(|p| p.to_string_lossy().ends_with(".ndjson"))
+        let mut f = OpenOptions::new()
+            .append(true)
+            .open(first_segment(dir.path()))
             .unwrap();
-        let mut f = OpenOptions::new().append(true).open(&seg).unwrap();
         f.write_all(b"{\"seq\":3,\"timestamp\":1,\"message\":\"\xff\"}\n")
             .unwrap();
         drop(f);
