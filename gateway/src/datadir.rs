@@ -242,7 +242,7 @@ pub(crate) async fn open_for_serve(
         }
         let ca = Ca::create_new(dir)?;
         let server = ca.create_server(dir)?;
-        store.record_ca_fingerprint(&ca.fingerprint()).await?;
+        adopt_ca(&store, dir, &ca, database).await?;
         info!(
             data_dir = %dir.display(),
             ca_fingerprint = %ca.fingerprint(),
@@ -286,7 +286,7 @@ pub(crate) async fn open_for_serve(
     };
     if store.ca_fingerprint().await?.is_none() {
         // A data dir from before the fingerprint was recorded: adopt its CA.
-        store.record_ca_fingerprint(&ca.fingerprint()).await?;
+        adopt_ca(&store, dir, &ca, database).await?;
     }
     Ok(Opened {
         reset_key: reset_key(dir)?,
@@ -346,6 +346,42 @@ fn load_ca(dir: &Path, survey: &Survey, database: Option<&str>) -> Result<Ca, Da
     Ok(Ca::load(dir)?)
 }
 
+/// Records `ca` as the database's CA unless one is recorded already, and refuses the
+/// one that lost: on PostgreSQL two nodes may start on an empty database at once, each
+/// with a CA of its own, and only the first fingerprint recorded is the cluster's.
+async fn adopt_ca(
+    store: &Store,
+    dir: &Path,
+    ca: &Ca,
+    database: Option<&str>,
+) -> Result<(), DataDirError> {
+    let recorded = store.record_ca_fingerprint(&ca.fingerprint()).await?;
+    check_ca(store, dir, ca, database, recorded).await
+}
+
+/// `CaMismatch` (with the store closed) unless `recorded` is `ca`'s fingerprint.
+async fn check_ca(
+    store: &Store,
+    dir: &Path,
+    ca: &Ca,
+    database: Option<&str>,
+    recorded: String,
+) -> Result<(), DataDirError> {
+    if recorded == ca.fingerprint() {
+        return Ok(());
+    }
+    store.close().await;
+    Err(DataDirError::CaMismatch {
+        path: dir.to_path_buf(),
+        database: match database {
+            Some(url) => redacted_url(url),
+            None => dir.join(DB_FILE).display().to_string(),
+        },
+        found: ca.fingerprint(),
+        recorded,
+    })
+}
+
 /// Opens the database and checks it was created with `ca`.
 async fn open_store(dir: &Path, ca: &Ca, database: Option<&str>) -> Result<Store, DataDirError> {
     let store = Store::open_database(database, dir)
@@ -355,18 +391,7 @@ async fn open_store(dir: &Path, ca: &Ca, database: Option<&str>) -> Result<Store
             other => other.into(),
         })?;
     if let Some(recorded) = store.ca_fingerprint().await? {
-        if recorded != ca.fingerprint() {
-            store.close().await;
-            return Err(DataDirError::CaMismatch {
-                path: dir.to_path_buf(),
-                database: match database {
-                    Some(url) => redacted_url(url),
-                    None => dir.join(DB_FILE).display().to_string(),
-                },
-                found: ca.fingerprint(),
-                recorded,
-            });
-        }
+        check_ca(&store, dir, ca, database, recorded).await?;
     }
     Ok(store)
 }
