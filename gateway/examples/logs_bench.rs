@@ -47,7 +47,7 @@ async fn main() -> anyhow::Result<()> {
     let ca = certs::Ca::load_or_create(&data_dir)?;
     let store = gateway::store::Store::open(&data_dir).await?;
     let (_, token) =
-        gateway::create_token(&data_dir, gateway::api::auth::Role::Viewer, "bench").await?;
+        gateway::create_token(&data_dir, None, gateway::api::auth::Role::Viewer, "bench").await?;
     let mut configs = Vec::new();
     for _ in 0..devices {
         let uuid = certs::random_uuid();

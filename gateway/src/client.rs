@@ -53,6 +53,20 @@ pub enum ClientError {
     /// A request body could not be written as JSON.
     #[error("cannot write the request as JSON: {0}")]
     Body(#[source] serde_json::Error),
+    /// A query could not be written as a query string.
+    #[error("cannot write the request's query: {0}")]
+    Query(#[source] serde_urlencoded::ser::Error),
+}
+
+/// `path` with `query` (one of the API's query types) as its query string, escaped:
+/// `/v1/devices` and `DeviceFilter { fleet: Some("a&b") }` give `/v1/devices?fleet=a%26b`.
+pub fn with_query<Q: Serialize>(path: &str, query: &Q) -> Result<String, ClientError> {
+    let qs = serde_urlencoded::to_string(query).map_err(ClientError::Query)?;
+    Ok(if qs.is_empty() {
+        path.to_string()
+    } else {
+        format!("{path}?{qs}")
+    })
 }
 
 /// Talks to one gateway's management API.
@@ -259,6 +273,16 @@ impl ApiClient {
     /// `GET path`, the answer read as `T`.
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
         decode(&self.call(Method::GET, path, None).await?)
+    }
+
+    /// `GET path?query`, the query written from one of the API's query types, the answer
+    /// read as `T`.
+    pub async fn get_query<Q: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &Q,
+    ) -> Result<T, ClientError> {
+        self.get(&with_query(path, query)?).await
     }
 
     /// `method path` with `body` as JSON, the answer read as `T`.

@@ -94,7 +94,7 @@ pub struct ServeConfig {
     /// Where the CA, the tunnel certificate and the database live. Default is `./gateway-data`.
     pub data_dir: PathBuf,
     /// A PostgreSQL database (`postgres://user:password@host:port/database`) instead of
-    /// the data dir's SQLite file: several gateway nodes share it. Default is none (the
+    /// the data dir's SQLite file (docs/cluster.md). Default is none (the
     /// embedded SQLite file). Can also be given as `EDGE_GATEWAY_DATABASE`, which keeps the
     /// password out of `ps`.
     pub database: Option<String>,

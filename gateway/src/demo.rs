@@ -37,7 +37,7 @@ pub async fn run(http_listen: SocketAddr, shutdown: CancellationToken) -> anyhow
     let tunnel = gateway.tunnel_addr();
     let port = gateway.http_addr().port();
     let api_addr = gateway.api_addr();
-    let agent_cfg = add_device(&data, None, true, &tunnel.to_string()).await?;
+    let agent_cfg = add_device(&data, None, None, true, &tunnel.to_string()).await?;
     let uuid = agent_cfg.uuid.clone();
     let opts = edge_agent::AgentOptions {
         target: app_addr.to_string(),

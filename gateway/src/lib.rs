@@ -15,9 +15,7 @@ pub mod datadir;
 pub mod demo;
 mod listener;
 pub mod logs;
-pub mod logs_cli;
 mod proxy;
-pub mod release_cli;
 pub mod sessions;
 pub mod ssh;
 pub mod store;
@@ -426,15 +424,17 @@ fn tcp_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
 
 /// Registers a device offline and returns the agent configuration file for it: identity,
 /// CA and gateway address (`gateway device add`). A running gateway accepts it at once.
-/// The data dir must exist (see [`datadir::open_existing`]).
+/// The data dir must exist (see [`datadir::open_existing_in`]); `database` is the
+/// PostgreSQL URL of a gateway that runs on one (`None`: the data dir's SQLite file).
 pub async fn add_device(
     data_dir: &Path,
+    database: Option<&str>,
     uuid: Option<DeviceUuid>,
     public_url: bool,
     gateway_addr: &str,
 ) -> Result<AgentConfig, GatewayError> {
     // Never creates a data dir: a mistyped --data-dir must not mint a CA.
-    let (ca, store) = datadir::open_existing(data_dir).await?;
+    let (ca, store) = datadir::open_existing_in(data_dir, database).await?;
     let uuid = uuid.unwrap_or_else(certs::random_uuid);
     let identity = ca.issue_device(uuid)?;
     store.add_device(uuid, public_url).await?;
@@ -452,13 +452,15 @@ pub async fn add_device(
 
 /// Creates an API token offline (`gateway token create`), for bootstrapping the first
 /// admin. Returns `(id, token)`; the token is shown once and only its hash is stored.
-/// The data dir must exist (see [`datadir::open_existing`]).
+/// The data dir must exist (see [`datadir::open_existing_in`]); `database` as for
+/// [`add_device`].
 pub async fn create_token(
     data_dir: &Path,
+    database: Option<&str>,
     role: api::auth::Role,
     name: &str,
 ) -> Result<(String, String), GatewayError> {
-    let (_, store) = datadir::open_existing(data_dir).await?;
+    let (_, store) = datadir::open_existing_in(data_dir, database).await?;
     let t = api::auth::generate_token();
     store
         .create_token(&t.id, name, role.as_str(), &t.hash)

@@ -140,6 +140,7 @@ impl TestGateway {
         gateway::add_device(
             &self.data_dir,
             None,
+            None,
             public_url,
             &self.tunnel_addr.to_string(),
         )
@@ -712,13 +713,13 @@ impl Api {
 /// Creates viewer, operator and admin tokens offline; returns them in that order.
 pub async fn tokens(gw: &TestGateway) -> (String, String, String) {
     use gateway::api::auth::Role;
-    let (_, viewer) = gateway::create_token(&gw.data_dir, Role::Viewer, "v")
+    let (_, viewer) = gateway::create_token(&gw.data_dir, None, Role::Viewer, "v")
         .await
         .unwrap();
-    let (_, operator) = gateway::create_token(&gw.data_dir, Role::Operator, "o")
+    let (_, operator) = gateway::create_token(&gw.data_dir, None, Role::Operator, "o")
         .await
         .unwrap();
-    let (_, admin) = gateway::create_token(&gw.data_dir, Role::Admin, "a")
+    let (_, admin) = gateway::create_token(&gw.data_dir, None, Role::Admin, "a")
         .await
         .unwrap();
     (viewer, operator, admin)

@@ -541,7 +541,7 @@ async fn out_of_fds_the_gateway_backs_off_keeps_serving_and_recovers() {
     );
 
     let backend = Backend::spawn("fd").await;
-    let cfg = gateway::add_device(&data, None, true, &format!("127.0.0.1:{tunnel}"))
+    let cfg = gateway::add_device(&data, None, None, true, &format!("127.0.0.1:{tunnel}"))
         .await
         .unwrap();
     let host = device_host(&cfg.uuid);

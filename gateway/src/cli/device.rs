@@ -8,9 +8,8 @@ pub(super) enum DeviceCommand {
     /// Register a device and write the one file its agent needs (identity, CA, gateway
     /// address). Prints the device uuid.
     Add {
-        /// The gateway's data dir.
-        #[arg(long, default_value = "./gateway-data")]
-        data_dir: PathBuf,
+        #[command(flatten)]
+        store: StoreArgs,
         /// Use this uuid (32 hex characters; dashed form accepted) instead of a random one.
         #[arg(long)]
         uuid: Option<DeviceUuid>,
@@ -26,9 +25,8 @@ pub(super) enum DeviceCommand {
     },
     /// List the devices registered in a data dir (offline; `gateway devices` asks the API).
     List {
-        /// The gateway's data dir.
-        #[arg(long, default_value = "./gateway-data")]
-        data_dir: PathBuf,
+        #[command(flatten)]
+        store: StoreArgs,
     },
     /// Register a device ahead of provisioning (it then provisions with
     /// `edge-agent provision --key KEY --uuid UUID`). Prints the uuid.
@@ -101,7 +99,7 @@ pub(super) enum DeviceCommand {
 pub(super) async fn run(cmd: DeviceCommand) -> anyhow::Result<()> {
     match cmd {
         DeviceCommand::Add {
-            data_dir,
+            store,
             uuid,
             public_url,
             gateway,
@@ -110,7 +108,14 @@ pub(super) async fn run(cmd: DeviceCommand) -> anyhow::Result<()> {
             if !gateway.contains(':') {
                 anyhow::bail!("--gateway must be HOST:PORT, got {gateway:?}");
             }
-            let cfg = crate::add_device(&data_dir, uuid, public_url, &gateway).await?;
+            let cfg = crate::add_device(
+                &store.data_dir,
+                store.database(),
+                uuid,
+                public_url,
+                &gateway,
+            )
+            .await?;
             certs::write_atomic(&out, cfg.to_toml().as_bytes(), true)
                 .with_context(|| format!("writing {}", out.display()))?;
             eprintln!(
@@ -122,8 +127,8 @@ pub(super) async fn run(cmd: DeviceCommand) -> anyhow::Result<()> {
             );
             println!("{}", cfg.uuid);
         }
-        DeviceCommand::List { data_dir } => {
-            let (_, store) = crate::datadir::open_existing(&data_dir).await?;
+        DeviceCommand::List { store: at } => {
+            let (_, store) = crate::datadir::open_existing_in(&at.data_dir, at.database()).await?;
             println!(
                 "{:<32}  {:<7}  {:<10}  LAST SEEN",
                 "UUID", "ONLINE", "PUBLIC URL"
@@ -143,10 +148,10 @@ pub(super) async fn run(cmd: DeviceCommand) -> anyhow::Result<()> {
             uuid,
             watch: true,
         } => {
-            crate::release_cli::watch(&api.client(), uuid, false).await?;
+            rollout::watch(&api.client(), uuid, false).await?;
         }
         DeviceCommand::Pin { api, uuid, release } => {
-            crate::release_cli::pin(
+            rollout::pin(
                 &api.client(),
                 &format!("/v1/devices/{uuid}/pin"),
                 release.as_deref(),

@@ -49,7 +49,7 @@ pub(super) enum FleetCommand {
 pub(super) async fn run(cmd: FleetCommand) -> anyhow::Result<()> {
     match cmd {
         FleetCommand::Pin { api, name, release } => {
-            crate::release_cli::pin(
+            rollout::pin(
                 &api.client(),
                 &format!("/v1/fleets/{name}/pin"),
                 release.as_deref(),

@@ -19,8 +19,10 @@ mod bundles;
 mod device;
 mod fleet;
 mod keys;
+mod logs;
 mod output;
 mod releases;
+mod rollout;
 mod serve;
 mod tokens;
 
@@ -133,7 +135,7 @@ enum Command {
         #[arg(long)]
         service: Option<String>,
         /// Lines from this long ago (`30s`, `15m`, `1h`, `7d`) or unix milliseconds.
-        #[arg(long, value_parser = crate::logs_cli::parse_since)]
+        #[arg(long, value_parser = logs::parse_since)]
         since: Option<String>,
         /// Only lines containing this text (ASCII case-insensitive).
         #[arg(long)]
@@ -164,6 +166,26 @@ enum Command {
         #[arg(long, default_value_t = 50)]
         limit: u32,
     },
+}
+
+/// Where an offline command finds the gateway's state: the data dir (CA and tunnel
+/// certificate, and the SQLite database unless `--database` names a PostgreSQL one).
+#[derive(Args)]
+struct StoreArgs {
+    /// The gateway's data dir.
+    #[arg(long, default_value = "./gateway-data")]
+    data_dir: PathBuf,
+    /// The gateway's PostgreSQL database (postgres://user:password@host:port/database),
+    /// when `serve` runs on one; the data dir then holds only the certificates.
+    /// [default: the data dir's gateway.db]
+    #[arg(long, env = "EDGE_GATEWAY_DATABASE", hide_env_values = true)]
+    database: Option<String>,
+}
+
+impl StoreArgs {
+    fn database(&self) -> Option<&str> {
+        self.database.as_deref()
+    }
 }
 
 /// Where the management API is and how to authenticate.
@@ -226,11 +248,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             gateway.run(shutdown).await?;
         }
         Command::Devices { api, fleet, json } => {
-            let path = match &fleet {
-                Some(f) => format!("/v1/devices?fleet={f}"),
-                None => "/v1/devices".to_string(),
+            let filter = types::DeviceFilter {
+                fleet,
+                ..Default::default()
             };
-            let devices: Vec<types::Device> = api.client().get(&path).await?;
+            let devices: Vec<types::Device> =
+                api.client().get_query("/v1/devices", &filter).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&devices)?);
             } else {
@@ -327,7 +350,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             json,
             tail,
         } => {
-            let args = crate::logs_cli::LogsArgs {
+            let args = logs::LogsArgs {
                 follow,
                 service,
                 since,
@@ -335,7 +358,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 json,
                 tail,
             };
-            crate::logs_cli::run(&api.client(), uuid, &args).await?;
+            logs::run(&api.client(), uuid, &args).await?;
         }
         Command::Ssh { api, uuid, service } => {
             let ca = api.api_ca.as_ref().map(|p| {
@@ -364,7 +387,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Audit { api, limit } => {
             let entries: Vec<types::AuditEntry> = api
                 .client()
-                .get(&format!("/v1/audit?limit={limit}"))
+                .get_query(
+                    "/v1/audit",
+                    &types::AuditQuery {
+                        limit: Some(limit.into()),
+                        before: None,
+                    },
+                )
                 .await?;
             for e in entries {
                 println!(

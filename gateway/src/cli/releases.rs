@@ -35,10 +35,10 @@ pub(super) enum ReleaseCommand {
 pub(super) async fn run(cmd: ReleaseCommand) -> anyhow::Result<()> {
     match cmd {
         ReleaseCommand::Create { api, fleet, file } => {
-            crate::release_cli::create(&api.client(), &fleet, &file).await?;
+            rollout::create(&api.client(), &fleet, &file).await?;
         }
         ReleaseCommand::List { api, fleet } => {
-            crate::release_cli::list(&api.client(), &fleet).await?;
+            rollout::list(&api.client(), &fleet).await?;
         }
         ReleaseCommand::Show { api, id } => {
             let r: types::Release = api.client().get(&format!("/v1/releases/{id}")).await?;

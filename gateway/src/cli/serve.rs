@@ -10,6 +10,12 @@ pub(super) struct ServeArgs {
     /// Data dir: CA, tunnel certificate, database. [default: ./gateway-data]
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// Keep fleets, devices, logs and the audit log in this PostgreSQL database
+    /// (postgres://user:password@host:port/database) instead of the data dir's SQLite file;
+    /// the data dir then holds only the certificates (docs/cluster.md). [default: the data
+    /// dir's gateway.db]
+    #[arg(long, env = "EDGE_GATEWAY_DATABASE", hide_env_values = true)]
+    database: Option<String>,
     /// Devices are served at http://<uuid>.<domain>/. [default: devices.localhost]
     #[arg(long)]
     domain: Option<String>,
@@ -114,6 +120,9 @@ impl ServeArgs {
         };
         macro_rules! apply {
             ($($field:ident),*) => { $( if let Some(v) = self.$field { cfg.$field = v; } )* };
+        }
+        if self.database.is_some() {
+            cfg.database = self.database;
         }
         if self.advertise_tunnel.is_some() {
             cfg.advertise_tunnel = self.advertise_tunnel;

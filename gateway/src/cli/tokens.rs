@@ -7,9 +7,8 @@ pub(super) enum TokenCommand {
     /// Create a token offline in a data dir (bootstraps the first admin; works beside a
     /// running `serve`). Prints the token once.
     Create {
-        /// The gateway's data dir.
-        #[arg(long, default_value = "./gateway-data")]
-        data_dir: PathBuf,
+        #[command(flatten)]
+        store: StoreArgs,
         /// viewer (read), operator (act on devices) or admin (manage fleets and tokens).
         #[arg(long)]
         role: String,
@@ -33,15 +32,12 @@ pub(super) enum TokenCommand {
 
 pub(super) async fn run(cmd: TokenCommand) -> anyhow::Result<()> {
     match cmd {
-        TokenCommand::Create {
-            data_dir,
-            role,
-            name,
-        } => {
+        TokenCommand::Create { store, role, name } => {
             let role = Role::parse(&role).with_context(|| {
                 format!("--role must be viewer, operator or admin, not {role:?}")
             })?;
-            let (id, token) = crate::create_token(&data_dir, role, &name).await?;
+            let (id, token) =
+                crate::create_token(&store.data_dir, store.database(), role, &name).await?;
             eprintln!(
                 "token {id} ({}) created; it is shown only now:",
                 role.as_str()

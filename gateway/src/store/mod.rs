@@ -135,8 +135,9 @@ mod fleets;
 mod keys;
 mod logs;
 mod releases;
-#[cfg(test)]
-pub(crate) mod test_pg;
+#[cfg(any(test, feature = "test-pg"))]
+#[doc(hidden)]
+pub mod test_pg;
 mod tokens;
 
 pub use actions::ActionRecord;

@@ -16,9 +16,9 @@
 //! Without PostgreSQL installed the PostgreSQL half of each test is skipped with a loud
 //! message, or fails when `CI=true`.
 //!
-//! Only std, rustix, rand and sqlx, so that the integration tests can reuse it once it is
-//! exported (a `test-pg` feature in `gateway/Cargo.toml` and
-//! `#[cfg(any(test, feature = "test-pg"))]` on the module).
+//! Only std, rustix, rand and sqlx, so that the end-to-end tests in `tests/` use it too:
+//! they enable the `test-pg` feature, which exports this module (it is not part of the
+//! gateway's API).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use sqlx::Connection;
 
+#[cfg(test)]
 use super::Store;
 
 /// Prefix of the server dirs in the temp dir.
@@ -37,16 +38,16 @@ const DIR_PREFIX: &str = "gateway-test-pg-";
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The test process's server.
-pub(crate) struct PgServer {
+pub struct PgServer {
     /// The port on 127.0.0.1.
-    pub(crate) port: u16,
+    pub port: u16,
 }
 
 static SERVER: OnceLock<Result<PgServer, String>> = OnceLock::new();
 
 impl PgServer {
     /// The URL of database `name` as the superuser.
-    pub(crate) fn url(&self, name: &str) -> String {
+    pub fn url(&self, name: &str) -> String {
         format!("postgres://postgres@127.0.0.1:{}/{name}", self.port)
     }
 }
@@ -54,7 +55,7 @@ impl PgServer {
 /// The test process's server, started on first use; `None` (after saying so loudly) when
 /// PostgreSQL is not installed. Panics when it cannot start, or is missing under
 /// `CI=true`.
-pub(crate) async fn server() -> Option<&'static PgServer> {
+pub async fn server() -> Option<&'static PgServer> {
     let started = tokio::task::spawn_blocking(|| SERVER.get_or_init(start))
         .await
         .expect("PostgreSQL start-up thread panicked");
@@ -79,7 +80,7 @@ pub(crate) async fn server() -> Option<&'static PgServer> {
 }
 
 /// The URL of a new, empty database on the test server.
-pub(crate) async fn database_url() -> Option<String> {
+pub async fn database_url() -> Option<String> {
     let server = server().await?;
     let name = format!("t_{:016x}", rand::random::<u64>());
     let mut admin = sqlx::PgConnection::connect(&server.url("postgres"))
@@ -94,6 +95,7 @@ pub(crate) async fn database_url() -> Option<String> {
 }
 
 /// A store on a new database of the test server.
+#[cfg(test)]
 pub(crate) async fn store() -> Option<Store> {
     let url = database_url().await?;
     Some(Store::connect(&url).await.expect("Store::connect"))
@@ -107,6 +109,7 @@ pub(crate) async fn store() -> Option<Store> {
 ///     async fn name(store) { /* uses `store: Store` */ }
 /// }
 /// ```
+#[cfg(test)]
 macro_rules! both_backends {
     ($(async fn $name:ident($store:ident) $body:block)*) => {$(
         mod $name {
@@ -130,6 +133,7 @@ macro_rules! both_backends {
         }
     )*};
 }
+#[cfg(test)]
 pub(crate) use both_backends;
 
 /// Where the PostgreSQL binaries are: `$PG_BIN`, else the newest

@@ -13,7 +13,7 @@ use crate::api::types::{DeviceState, NewRelease, Pin, Release, ReleaseList};
 use crate::client::ApiClient;
 
 /// `gateway release create --fleet F FILE`.
-pub async fn create(client: &ApiClient, fleet: &str, file: &Path) -> anyhow::Result<()> {
+pub(super) async fn create(client: &ApiClient, fleet: &str, file: &Path) -> anyhow::Result<()> {
     let compose =
         std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
     // Validate here too, so the operator sees the file name with the line and key.
@@ -43,7 +43,7 @@ pub async fn create(client: &ApiClient, fleet: &str, file: &Path) -> anyhow::Res
 }
 
 /// `gateway release list --fleet F`.
-pub async fn list(client: &ApiClient, fleet: &str) -> anyhow::Result<()> {
+pub(super) async fn list(client: &ApiClient, fleet: &str) -> anyhow::Result<()> {
     let list: ReleaseList = client.get(&format!("/v1/fleets/{fleet}/releases")).await?;
     let pinned = list.pinned_release.as_deref();
     println!(
@@ -71,7 +71,11 @@ pub async fn list(client: &ApiClient, fleet: &str) -> anyhow::Result<()> {
 }
 
 /// `gateway fleet pin F [RELEASE]` / `gateway device pin UUID [RELEASE]`.
-pub async fn pin(client: &ApiClient, path: &str, release: Option<&str>) -> anyhow::Result<()> {
+pub(super) async fn pin(
+    client: &ApiClient,
+    path: &str,
+    release: Option<&str>,
+) -> anyhow::Result<()> {
     let pin = Pin {
         release: release.map(str::to_string),
     };
@@ -82,7 +86,11 @@ pub async fn pin(client: &ApiClient, path: &str, release: Option<&str>) -> anyho
 
 /// `gateway device show UUID --watch`: the device's update progress, redrawn until the
 /// device runs its target (or forever with `forever`).
-pub async fn watch(client: &ApiClient, uuid: DeviceUuid, forever: bool) -> anyhow::Result<()> {
+pub(super) async fn watch(
+    client: &ApiClient,
+    uuid: DeviceUuid,
+    forever: bool,
+) -> anyhow::Result<()> {
     let mut drawn = 0usize;
     loop {
         let v: DeviceState = client.get(&format!("/v1/devices/{uuid}/state")).await?;
@@ -123,7 +131,7 @@ fn bar(pct: u64) -> String {
 }
 
 /// The device's update state as text (also used by tests).
-pub fn render_state(v: &DeviceState) -> String {
+pub(super) fn render_state(v: &DeviceState) -> String {
     let mut s = String::new();
     let r = v.update();
     let online = if v.online { "online" } else { "offline" };

@@ -8,12 +8,12 @@ use bytes::{Buf, BytesMut};
 use http_body_util::BodyExt;
 use protocol::DeviceUuid;
 
-use crate::api::types::{LogLine, LogPage};
-use crate::client::{ApiClient, ClientError};
+use crate::api::types::{LogLine, LogPage, LogParams};
+use crate::client::{with_query, ApiClient, ClientError};
 
 /// Why a live log stream ended (the command then reconnects).
 #[derive(Debug, thiserror::Error)]
-pub enum StreamError {
+pub(super) enum StreamError {
     /// The gateway ended the response.
     #[error("the gateway closed the stream")]
     Closed,
@@ -27,7 +27,7 @@ pub enum StreamError {
 
 /// What to print.
 #[derive(Debug, Clone, Default)]
-pub struct LogsArgs {
+pub(super) struct LogsArgs {
     /// Keep printing new lines.
     pub follow: bool,
     /// Only this service.
@@ -45,8 +45,8 @@ pub struct LogsArgs {
 
 /// Checks a `--since` value (unix milliseconds, or a duration ago within
 /// [`bounds::LOGS_AGO`](crate::config::bounds::LOGS_AGO)) and returns it in the form the
-/// API takes, safe to put in a query string unescaped.
-pub fn parse_since(s: &str) -> Result<String, protocol::duration::DurationError> {
+/// API takes.
+pub(super) fn parse_since(s: &str) -> Result<String, protocol::duration::DurationError> {
     let s = s.trim();
     // A bare integer is a unix time in milliseconds, as the API reads it.
     if let Ok(ms) = s.parse::<i64>() {
@@ -56,56 +56,48 @@ pub fn parse_since(s: &str) -> Result<String, protocol::duration::DurationError>
     Ok(protocol::duration::display(ago))
 }
 
-fn filters(a: &LogsArgs) -> String {
-    let mut q = Vec::new();
-    let enc = |s: &str| {
-        s.bytes()
-            .map(|b| match b {
-                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                    (b as char).to_string()
-                }
-                _ => format!("%{b:02X}"),
-            })
-            .collect::<String>()
-    };
-    if let Some(s) = &a.service {
-        q.push(format!("service={}", enc(s)));
+/// The query of every request the command makes: its filters, plus what each request adds.
+fn filters(a: &LogsArgs) -> LogParams {
+    LogParams {
+        service: a.service.clone(),
+        q: a.grep.clone(),
+        ..LogParams::default()
     }
-    if let Some(g) = &a.grep {
-        q.push(format!("q={}", enc(g)));
-    }
-    q.join("&")
 }
 
 /// Runs the command. Returns when the printed history ends (or never, with `follow`).
-pub async fn run(client: &ApiClient, uuid: DeviceUuid, a: &LogsArgs) -> anyhow::Result<()> {
+pub(super) async fn run(client: &ApiClient, uuid: DeviceUuid, a: &LogsArgs) -> anyhow::Result<()> {
     let f = filters(a);
-    let sep = if f.is_empty() { "" } else { "&" };
+    let lines = format!("/v1/devices/{uuid}/logs");
     let mut last: Option<i64> = None;
     // History: a time window page by page, or the newest lines.
     match &a.since {
         Some(since) => {
-            let mut after = String::new();
+            let mut after = None;
             loop {
-                let page: LogPage = client
-                    .get(&format!(
-                        "/v1/devices/{uuid}/logs?since={since}&limit=5000{after}{sep}{f}"
-                    ))
-                    .await?;
+                let q = LogParams {
+                    since: Some(since.clone()),
+                    limit: Some(5000),
+                    after,
+                    ..f.clone()
+                };
+                let page: LogPage = client.get_query(&lines, &q).await?;
                 for l in &page.lines {
                     print_line(l, a.json);
                     last = Some(l.id);
                 }
                 match page.next_after {
-                    Some(n) => after = format!("&after={n}"),
+                    Some(n) => after = Some(n),
                     None => break,
                 }
             }
         }
         None if a.tail > 0 => {
-            let page: LogPage = client
-                .get(&format!("/v1/devices/{uuid}/logs?tail={}{sep}{f}", a.tail))
-                .await?;
+            let q = LogParams {
+                tail: Some(i64::from(a.tail)),
+                ..f.clone()
+            };
+            let page: LogPage = client.get_query(&lines, &q).await?;
             for l in &page.lines {
                 print_line(l, a.json);
                 last = Some(l.id);
@@ -120,16 +112,22 @@ pub async fn run(client: &ApiClient, uuid: DeviceUuid, a: &LogsArgs) -> anyhow::
     let mut after = match last {
         Some(id) => id,
         None => {
-            let page: LogPage = client
-                .get(&format!("/v1/devices/{uuid}/logs?tail=1"))
-                .await?;
+            let q = LogParams {
+                tail: Some(1),
+                ..LogParams::default()
+            };
+            let page: LogPage = client.get_query(&lines, &q).await?;
             page.lines.first().map_or(0, |l| l.id)
         }
     };
     let mut delay = Duration::from_millis(250);
     let mut warned = false;
     loop {
-        let path = format!("/v1/devices/{uuid}/logs/stream?after={after}{sep}{f}");
+        let q = LogParams {
+            after: Some(after),
+            ..f.clone()
+        };
+        let path = with_query(&format!("/v1/devices/{uuid}/logs/stream"), &q)?;
         match client.get_stream(&path, "text/event-stream").await {
             Ok(body) => {
                 if warned {
@@ -225,7 +223,7 @@ fn print_line(l: &LogLine, json: bool) {
 }
 
 /// `2026-11-22 16:40:00.123` (UTC) from unix milliseconds.
-pub fn format_ms(ms: i64) -> String {
+pub(super) fn format_ms(ms: i64) -> String {
     let secs = ms.div_euclid(1000);
     let days = secs.div_euclid(86_400);
     let sod = secs.rem_euclid(86_400);
