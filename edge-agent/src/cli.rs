@@ -394,7 +394,8 @@ pub async fn run(cli: Cli, warn_layer: crate::logs::WarnLayer) -> anyhow::Result
         }
         Command::Unpin { source } => {
             let (_, state_dir) = source.paths();
-            let mut j = crate::reconciler::journal::Journal::load(&state_dir)?;
+            use crate::reconciler::journal::{Journal, JournalFile};
+            let mut j = Journal::load(&state_dir)?;
             if !j.pinned {
                 println!("nothing is pinned on this device");
             } else {

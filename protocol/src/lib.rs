@@ -23,6 +23,7 @@ mod frame;
 mod header;
 mod heartbeat;
 pub mod host;
+pub mod journal;
 mod logs;
 mod provision;
 pub mod release;

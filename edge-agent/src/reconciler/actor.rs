@@ -12,7 +12,7 @@ use protocol::release::ServiceSpec;
 use tokio::sync::mpsc;
 
 use super::engine;
-use super::journal::Journal;
+use super::journal::{Journal, JournalFile};
 use super::plan::{self, Plan};
 use super::{Command, Inner, Outcome, ReconcilerError, UpdateStatus};
 

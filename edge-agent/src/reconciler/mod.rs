@@ -57,7 +57,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::locks::Locks;
 use crate::logs::LogSink;
-use journal::Journal;
+use journal::{Journal, JournalFile};
 pub use plan::topo_order;
 pub use status::{ImageStatus, ReconcilerStatus, ServiceStatus, UpdateStatus};
 
