@@ -1,11 +1,11 @@
-# Shared by bench/idle.sh and bench/herd.sh (source it after setting TMP): the pids a
-# script starts, stopped with TMP removed on exit, and free loopback ports.
+# Shared by the bench scripts (source it after setting TMP): the pids a script starts,
+# stopped with TMP removed on exit (kept when KEEP_TMP=1), and free loopback ports.
 PIDS=()
 cleanup() {
   local p
   for p in "${PIDS[@]+"${PIDS[@]}"}"; do kill "$p" 2>/dev/null || true; done
   for p in "${PIDS[@]+"${PIDS[@]}"}"; do wait "$p" 2>/dev/null || true; done
-  rm -rf "$TMP"
+  [[ "${KEEP_TMP:-0}" == 1 ]] || rm -rf "$TMP"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM

@@ -19,13 +19,21 @@ async fn main() -> anyhow::Result<()> {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     use tracing_subscriber::Layer;
-    // The agent's own warnings also go to the device's logs once the spool is open.
+    // The agent's own warnings also go to the device's logs once the spool is open. The
+    // layer's own level filter matters for speed: without it, that layer would take an
+    // interest in every span and event, so h2's and quinn's trace spans were built on
+    // every frame (about 40% of the agent's instructions per request on TCP; bench/
+    // callgrind.sh, BENCHMARKS.md).
     let warn_layer = edge_agent::logs::WarnLayer::default();
     tracing_subscriber::registry()
         .with(tracing_subscriber::fmt::layer().with_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         ))
-        .with(warn_layer.clone())
+        .with(
+            warn_layer
+                .clone()
+                .with_filter(tracing_subscriber::filter::LevelFilter::WARN),
+        )
         .init();
     edge_agent::cli::run(cli, warn_layer).await
 }
