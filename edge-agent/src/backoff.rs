@@ -31,7 +31,14 @@ impl Backoff {
 
     /// The next delay (random in `[0, ceiling]`), advancing the attempt counter.
     pub fn next_delay(&mut self) -> Duration {
-        let ceiling = self.ceiling();
+        self.next_delay_within(Duration::MAX)
+    }
+
+    /// The next delay with this draw's ceiling lowered to `cap`: random in
+    /// `[0, min(ceiling, cap)]`, still jittered, still advancing the attempt counter (so a
+    /// failure of another kind next backs off as far as it would have).
+    pub fn next_delay_within(&mut self, cap: Duration) -> Duration {
+        let ceiling = self.ceiling().min(cap);
         self.attempt = self.attempt.saturating_add(1);
         ceiling.mul_f64(rand::random::<f64>())
     }
@@ -63,5 +70,24 @@ mod tests {
         assert!(draws.len() > 100);
         b.reset();
         assert_eq!(b.ceiling(), Duration::from_millis(500));
+    }
+
+    #[test]
+    fn a_capped_draw_stays_under_its_cap_jittered_and_still_counts() {
+        let mut b = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+        for _ in 0..12 {
+            b.next_delay();
+        }
+        let draws: Vec<_> = (0..200)
+            .map(|_| b.next_delay_within(Duration::from_secs(1)))
+            .collect();
+        assert!(draws.iter().all(|d| *d <= Duration::from_secs(1)));
+        let distinct: std::collections::HashSet<_> = draws.iter().collect();
+        assert!(distinct.len() > 100, "still jittered");
+        assert_eq!(b.ceiling(), Duration::from_secs(30));
+        // A fresh backoff: the cap above the ceiling changes nothing, and counts.
+        let mut b = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+        assert!(b.next_delay_within(Duration::from_secs(1)) <= Duration::from_millis(500));
+        assert_eq!(b.ceiling(), Duration::from_secs(1));
     }
 }

@@ -129,6 +129,18 @@ pub enum DialError {
 }
 
 impl DialError {
+    /// Whether a transport waited its whole timeout with no connection: nothing answered
+    /// in time (a network that is down, a blackhole), and the attempt lasted at least the
+    /// dial timeout.
+    pub fn timed_out(&self) -> bool {
+        let t = |e: &ConnectError| matches!(e, ConnectError::Timeout(_));
+        match self {
+            Self::Quic(e) | Self::Tcp(e) => t(e),
+            Self::Both { quic, tcp } => t(quic) || t(tcp),
+            Self::Resolve(..) | Self::Socket(_) => false,
+        }
+    }
+
     /// The connection error inside, when the gateway closed the attempt itself.
     pub fn connection_error(&self) -> Option<&transport::ConnectionError> {
         match self {

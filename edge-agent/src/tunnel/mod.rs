@@ -34,6 +34,14 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const STREAM_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most gateway-opened streams open at once (each one is a proxied connection).
 const MAX_INCOMING_STREAMS: u32 = 4096;
+/// The longest wait before redialling after silence: a dial in which nothing answered
+/// before its timeout, or a session lost to its idle or heartbeat timeout (a link that
+/// went down, a blackhole). The silence itself already kept attempts a dial timeout
+/// (10 s) or an idle timeout apart; a backoff grown to its cap (30 s) on top of it only
+/// kept the device dark for up to that long after its link came back. Refusals and
+/// errors, where the gateway did answer, keep the full backoff. Still jittered: the wait
+/// is uniform in `[0, this]`.
+const SILENCE_RETRY_CAP: Duration = Duration::from_secs(1);
 
 /// Errors that stop the agent (as opposed to connection failures, which are retried).
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +80,21 @@ enum SessionError {
 }
 
 impl SessionError {
+    /// Whether the gateway went silent rather than answered: the dial timed out (a
+    /// transport that waited its whole timeout for an answer), or the session died of
+    /// its idle or heartbeat timeout.
+    fn is_silence(&self) -> bool {
+        let lost = |c: &ConnectionError| matches!(c, ConnectionError::TimedOut);
+        match self {
+            Self::Connect(d) => d.timed_out(),
+            Self::Connection(c) => lost(c),
+            Self::HeartbeatTimeout => true,
+            Self::Wire(WireError::Read(transport::ReadError::ConnectionLost(c)))
+            | Self::Wire(WireError::Write(transport::WriteError::ConnectionLost(c))) => lost(c),
+            _ => false,
+        }
+    }
+
     /// The application code the gateway closed the connection with, if it did.
     fn app_code(&self) -> Option<AppErrorCode> {
         match self {
@@ -226,6 +249,7 @@ impl Agent {
                 },
             };
             let last_code: Option<AppErrorCode>;
+            let silence: bool;
             let reason = match attempt {
                 Ok(session) => {
                     let kind = session.conn.kind();
@@ -277,6 +301,7 @@ impl Agent {
                         backoff.reset();
                     }
                     last_code = ended.app_code();
+                    silence = ended.is_silence();
                     let reason = ended.to_string();
                     warn!(%reason, "connection lost");
                     self.log_event(format!("Connection to the gateway lost: {reason}"));
@@ -285,6 +310,7 @@ impl Agent {
                 }
                 Err(e) => {
                     last_code = e.app_code();
+                    silence = e.is_silence();
                     let reason = e.to_string();
                     // One line per distinct failure, not one per retry.
                     if last_failure.as_deref() != Some(&reason) {
@@ -294,7 +320,7 @@ impl Agent {
                     reason
                 }
             };
-            let mut delay = backoff.next_delay();
+            let mut delay = retry_delay(&mut backoff, silence);
             if last_code == Some(AppErrorCode::DuplicateIdentity) {
                 // The gateway keeps another agent with this identity; stop taking turns
                 // with it.
@@ -406,6 +432,16 @@ impl Agent {
     }
 }
 
+/// The wait before the next attempt: the backoff's, capped at [`SILENCE_RETRY_CAP`]
+/// when the last attempt or session ended in silence.
+fn retry_delay(backoff: &mut Backoff, silence: bool) -> Duration {
+    if silence {
+        backoff.next_delay_within(SILENCE_RETRY_CAP)
+    } else {
+        backoff.next_delay()
+    }
+}
+
 /// How a served session ended.
 enum Ended {
     /// It was lost (or refused); reconnect after the backoff.
@@ -456,4 +492,69 @@ pub fn transport_config(opts: &AgentOptions) -> quinn::TransportConfig {
     t.receive_window(quinn::VarInt::from_u32(32 * 1024 * 1024));
     t.send_window(32 * 1024 * 1024);
     t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use transport::ConnectError;
+
+    /// A backoff after a long outage: grown to its cap.
+    fn grown() -> Backoff {
+        let mut b = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+        for _ in 0..12 {
+            b.next_delay();
+        }
+        assert_eq!(b.ceiling(), Duration::from_secs(30));
+        b
+    }
+
+    #[test]
+    fn after_silence_the_agent_redials_within_a_second_however_long_the_outage() {
+        let timeout = || ConnectError::Timeout(HANDSHAKE_TIMEOUT);
+        let silent = [
+            SessionError::Connect(DialError::Both {
+                quic: timeout(),
+                tcp: timeout(),
+            }),
+            SessionError::Connect(DialError::Quic(timeout())),
+            SessionError::Connect(DialError::Tcp(timeout())),
+            SessionError::Connection(ConnectionError::TimedOut),
+            SessionError::HeartbeatTimeout,
+            SessionError::Wire(WireError::Read(transport::ReadError::ConnectionLost(
+                ConnectionError::TimedOut,
+            ))),
+        ];
+        for e in &silent {
+            assert!(e.is_silence(), "{e}");
+            let mut b = grown();
+            for _ in 0..100 {
+                let d = retry_delay(&mut b, e.is_silence());
+                assert!(d <= SILENCE_RETRY_CAP, "{e}: {d:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn answers_keep_the_full_backoff() {
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let answered = [
+            SessionError::Refused("unknown device".into()),
+            SessionError::HandshakeTimeout(HANDSHAKE_TIMEOUT),
+            SessionError::Connect(DialError::Tcp(ConnectError::Io(refused))),
+            SessionError::Connection(ConnectionError::ApplicationClosed {
+                code: AppErrorCode::DuplicateIdentity as u64,
+                reason: Default::default(),
+            }),
+        ];
+        for e in &answered {
+            assert!(!e.is_silence(), "{e}");
+            let mut b = grown();
+            let longest = (0..200)
+                .map(|_| retry_delay(&mut b, e.is_silence()))
+                .max()
+                .unwrap();
+            assert!(longest > Duration::from_secs(5), "{e}: {longest:?}");
+        }
+    }
 }
