@@ -178,7 +178,7 @@ async fn two_agents_with_one_identity_are_told_apart_and_stop_flapping() {
     );
 
     // From then on the survivor keeps its session: no more replacements while the loser
-    // backs off (30 s), and the URL answers throughout.
+    // retries now and then (and is refused each time), and the URL answers throughout.
     let replacements = || {
         read(&gw_log)
             .matches("replacing older session of this device")

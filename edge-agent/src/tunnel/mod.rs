@@ -322,9 +322,11 @@ impl Agent {
             };
             let mut delay = retry_delay(&mut backoff, silence);
             if last_code == Some(AppErrorCode::DuplicateIdentity) {
-                // The gateway keeps another agent with this identity; stop taking turns
-                // with it.
-                delay = delay.max(self.opts.backoff_cap);
+                // The gateway keeps another agent with this identity while it hears from
+                // it; stop taking turns with it, but come back once it would have timed
+                // that one out: it may be this agent's own predecessor, killed or crashed
+                // a moment ago.
+                delay = delay.max(duplicate_wait(self.opts.keep_alive, self.opts.backoff_cap));
                 warn!(seconds = delay.as_secs(), "another agent uses this device's identity (a copied data dir or certificate?); the gateway keeps it and refuses this one");
             }
             if backoff.ceiling() <= self.opts.backoff_cap && delay >= Duration::from_secs(1) {
@@ -442,6 +444,19 @@ fn retry_delay(backoff: &mut Backoff, silence: bool) -> Duration {
     }
 }
 
+/// How long an agent the gateway refused as a duplicate identity waits at least before
+/// it tries again: until the gateway would have given up on the incumbent if that were
+/// a dead process (its liveness window: three of this agent's keep-alives and a second,
+/// plus half a second), with up to a second of jitter, and at most `cap`. An agent
+/// restarted after a crash, a `kill -9` or a quick reboot is refused while the gateway
+/// still counts its predecessor's session as live (three restarts within a minute look
+/// like two agents taking turns); it gets in at its next try instead of 30 s later. A
+/// real copy is refused again at every try, and its backoff grows as usual.
+fn duplicate_wait(keep_alive: Duration, cap: Duration) -> Duration {
+    let window = keep_alive * 3 + Duration::from_millis(1500);
+    (window + Duration::from_secs(1).mul_f64(rand::random::<f64>())).min(cap)
+}
+
 /// How a served session ended.
 enum Ended {
     /// It was lost (or refused); reconnect after the backoff.
@@ -533,6 +548,22 @@ mod tests {
                 assert!(d <= SILENCE_RETRY_CAP, "{e}: {d:?}");
             }
         }
+    }
+
+    #[test]
+    fn a_refused_duplicate_comes_back_after_the_gateways_liveness_window() {
+        for _ in 0..100 {
+            let d = duplicate_wait(Duration::from_secs(1), Duration::from_secs(30));
+            assert!(
+                d > Duration::from_secs(4) && d <= Duration::from_millis(5500),
+                "{d:?}"
+            );
+        }
+        // A metered link's window (3 minutes) is longer than the cap.
+        assert_eq!(
+            duplicate_wait(Duration::from_secs(60), Duration::from_secs(30)),
+            Duration::from_secs(30)
+        );
     }
 
     #[test]
