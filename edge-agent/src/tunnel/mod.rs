@@ -77,6 +77,8 @@ enum SessionError {
     HandshakeTimeout(Duration),
     #[error("gateway stopped answering heartbeats")]
     HeartbeatTimeout,
+    #[error("heard nothing from the gateway for {0:?}")]
+    Silent(Duration),
 }
 
 impl SessionError {
@@ -88,7 +90,7 @@ impl SessionError {
         match self {
             Self::Connect(d) => d.timed_out(),
             Self::Connection(c) => lost(c),
-            Self::HeartbeatTimeout => true,
+            Self::HeartbeatTimeout | Self::Silent(_) => true,
             Self::Wire(WireError::Read(transport::ReadError::ConnectionLost(c)))
             | Self::Wire(WireError::Write(transport::WriteError::ConnectionLost(c))) => lost(c),
             _ => false,
@@ -536,6 +538,7 @@ mod tests {
             SessionError::Connect(DialError::Tcp(timeout())),
             SessionError::Connection(ConnectionError::TimedOut),
             SessionError::HeartbeatTimeout,
+            SessionError::Silent(Duration::from_secs(4)),
             SessionError::Wire(WireError::Read(transport::ReadError::ConnectionLost(
                 ConnectionError::TimedOut,
             ))),

@@ -162,9 +162,37 @@ impl Agent {
             }
             self.probe_quic().await
         };
+        // The gateway gives up on this device once it hears nothing for three of the
+        // agent's keep-alives and a second (its liveness watch). Hearing nothing from the
+        // gateway for as long, the agent gives up too and redials, rather than keep a
+        // session the gateway has dropped until its own idle timeout (15 s): after a
+        // short outage, QUIC's probe backoff can leave the old connection silent for
+        // seconds after the link is back. On QUIC only: on TCP the multiplexer's pings
+        // and idle timeout watch the gateway.
+        let liveness = async {
+            let window = self.opts.keep_alive * 3 + Duration::from_secs(1);
+            let mut seen = conn.packets_received();
+            if seen.is_none() || window >= self.opts.idle_timeout {
+                return std::future::pending().await;
+            }
+            let mut heard = tokio::time::Instant::now();
+            let mut tick = tokio::time::interval(window / 4);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let now = conn.packets_received();
+                if now != seen {
+                    seen = now;
+                    heard = tokio::time::Instant::now();
+                } else if heard.elapsed() >= window {
+                    return Err(SessionError::Silent(window));
+                }
+            }
+        };
         let result: Result<(), SessionError> = tokio::select! {
             r = control => r,
             r = accept => r,
+            r = liveness => r,
             next = probe => {
                 info!("QUIC works again; moving the tunnel back to QUIC");
                 return Ended::Moved { next, old: conn };
@@ -185,7 +213,9 @@ impl Agent {
         };
         if conn.close_reason().is_none() {
             let code = match &err {
-                SessionError::HeartbeatTimeout => AppErrorCode::HeartbeatTimeout,
+                SessionError::HeartbeatTimeout | SessionError::Silent(_) => {
+                    AppErrorCode::HeartbeatTimeout
+                }
                 SessionError::Wire(w) => w.code(),
                 _ => AppErrorCode::Internal,
             };
