@@ -15,6 +15,7 @@ pub mod datadir;
 pub mod demo;
 mod listener;
 pub mod logs;
+pub mod node;
 mod proxy;
 pub mod sessions;
 pub mod ssh;
@@ -70,6 +71,7 @@ pub enum GatewayError {
 pub struct Gateway {
     cfg: ServeConfig,
     store: Store,
+    node: Arc<node::Node>,
     sessions: Arc<Sessions>,
     endpoint: quinn::Endpoint,
     tunnel_tcp: TcpListener,
@@ -104,7 +106,17 @@ impl Gateway {
             .map_err(|e| GatewayError::Quic(e.to_string()))?;
         let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(quic));
         server_config.transport_config(Arc::new(tunnel::transport_config(cfg.idle_timeout)));
-        store.mark_all_offline().await?;
+        let node = node::Node::new(cfg.node_id.clone());
+        if store.is_postgres() {
+            // Other nodes may hold tunnels: take this node's lease, and clear only the
+            // routes of nodes that are dead.
+            store.renew_lease(node.id(), None, node::LEASE_TTL).await?;
+            store
+                .sweep_dead_nodes(Duration::from_secs(24 * 3600))
+                .await?;
+        } else {
+            store.reset_single_node().await?;
+        }
         let socket =
             transport::net::udp_socket(cfg.tunnel_listen).map_err(|source| GatewayError::Bind {
                 addr: cfg.tunnel_listen,
@@ -156,6 +168,7 @@ impl Gateway {
             _serve_lock: lock,
             cfg,
             store,
+            node,
             sessions: Arc::new(Sessions::default()),
             endpoint,
             tunnel_tcp,
@@ -163,6 +176,11 @@ impl Gateway {
             http,
             api,
         })
+    }
+
+    /// This node's id (`--node-id`, or a fresh one per start).
+    pub fn node_id(&self) -> &str {
+        self.node.id()
     }
 
     /// The bound public HTTP address.
@@ -258,7 +276,14 @@ impl Gateway {
             self.cfg.log_prune_interval,
             shutdown.clone(),
         ));
+        tasks.spawn(Arc::clone(&self.node).run(
+            self.store.clone(),
+            Arc::clone(&self.sessions),
+            node::LEASE_TTL,
+            shutdown.clone(),
+        ));
         let ctx = Arc::new(tunnel::TunnelCtx {
+            node: Arc::clone(&self.node),
             store: self.store.clone(),
             ca: Arc::clone(&self.ca),
             sessions: Arc::clone(&self.sessions),

@@ -116,6 +116,168 @@ async fn serve_and_offline_commands_share_one_postgres_database() {
     );
 }
 
+/// Runs `sql` on `url` with psql (Debian's `postgresql-client`, installed with the server).
+fn psql(url: &str, sql: &str) {
+    let o = Command::new("psql")
+        .args([url, "-v", "ON_ERROR_STOP=1", "-q", "-c", sql])
+        .output()
+        .expect("psql (apt-get install postgresql-client)");
+    assert!(o.status.success(), "psql {sql:?}: {o:?}");
+}
+
+/// The device's `online` as the API at `api` reports it; `None` when it does not answer.
+async fn online_on(api: std::net::SocketAddr, token: &str, uuid: &str) -> Option<bool> {
+    let (status, v) = api_json(api, token, "GET", &format!("/v1/devices/{uuid}"), None).await?;
+    (status == StatusCode::OK).then(|| v["online"] == true)
+}
+
+/// Waits until the API at `api` reports the device `online == want`, for at most `limit`.
+async fn wait_online(
+    api: std::net::SocketAddr,
+    token: &str,
+    uuid: &str,
+    want: bool,
+    limit: Duration,
+) -> bool {
+    eventually(limit, || async {
+        (online_on(api, token, uuid).await == Some(want)).then_some(())
+    })
+    .await
+    .is_some()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_share_device_state_and_a_node_cut_off_from_the_database_fences_itself() {
+    let Some(url) = gateway::store::test_pg::database_url().await else {
+        return;
+    };
+    // Node a logs in as a role of its own, so that the test can cut only a off.
+    let db = url.rsplit('/').next().unwrap().to_string();
+    let role = format!("r_{db}");
+    psql(&url, &format!("CREATE ROLE {role} LOGIN SUPERUSER"));
+    let url_a = url.replacen("postgres://postgres@", &format!("postgres://{role}@"), 1);
+    let dir = tempfile::tempdir().unwrap();
+    let (data_a, data_b) = (dir.path().join("a"), dir.path().join("b"));
+    let backend = Backend::spawn("node-a-device").await;
+    let (http_a, tunnel_a, api_a) = (free_port_tcp(), free_port_udp(), free_port_tcp());
+    let api_a_listen = format!("127.0.0.1:{api_a}");
+    let _a = procs::serve(
+        &data_a,
+        http_a,
+        tunnel_a,
+        &[
+            "--database",
+            &url_a,
+            "--node-id",
+            "a",
+            "--api-listen",
+            &api_a_listen,
+        ],
+    );
+    assert!(
+        eventually(Duration::from_secs(30), || try_get(
+            http_a,
+            "x.devices.localhost"
+        ))
+        .await
+        .is_some(),
+        "node a did not start"
+    );
+    let token = offline(&data_a, &url, &["token", "create", "--role", "admin"]);
+    let token = token.trim();
+    let out = dir.path().join("device.toml");
+    let added = offline(
+        &data_a,
+        &url,
+        &[
+            "device",
+            "add",
+            "--public-url",
+            "--gateway",
+            &format!("127.0.0.1:{tunnel_a}"),
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    );
+    let uuid = added.lines().last().unwrap().trim().to_string();
+    let host = device_host(&uuid);
+    let _agent = procs::agent(&out, backend.addr, &[]);
+    assert!(wait_status(http_a, &host, StatusCode::OK, Duration::from_secs(30)).await);
+
+    // Node b joins with a copy of the fleet CA (docs/cluster.md).
+    std::fs::create_dir_all(&data_b).unwrap();
+    for f in ["ca.pem", "ca.key"] {
+        std::fs::copy(data_a.join(f), data_b.join(f)).unwrap();
+    }
+    let (http_b, tunnel_b, api_b) = (free_port_tcp(), free_port_udp(), free_port_tcp());
+    let api_b_listen = format!("127.0.0.1:{api_b}");
+    let _b = procs::serve(
+        &data_b,
+        http_b,
+        tunnel_b,
+        &[
+            "--database",
+            &url,
+            "--node-id",
+            "b",
+            "--api-listen",
+            &api_b_listen,
+        ],
+    );
+    let (api_a, api_b) = (api_a_listen.parse().unwrap(), api_b_listen.parse().unwrap());
+    // Node b's start leaves a's device online, and b's API says so.
+    assert!(
+        wait_online(api_b, token, &uuid, true, Duration::from_secs(30)).await,
+        "node b does not show the device held by node a as online"
+    );
+    assert_eq!(online_on(api_a, token, &uuid).await, Some(true));
+
+    // Cut node a off the database: it can no longer renew its lease.
+    psql(
+        &url,
+        &format!(
+            "ALTER ROLE {role} NOLOGIN;              SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{role}'"
+        ),
+    );
+    let cut = std::time::Instant::now();
+    // It fences itself: its tunnels close and it takes none, so the URL stops working
+    // there (lease 10 s, renewed every 2.5 s).
+    assert!(
+        eventually(Duration::from_secs(40), || async {
+            match try_get(http_a, &host).await {
+                Some((s, _)) if s == StatusCode::OK => None,
+                _ => Some(()),
+            }
+        })
+        .await
+        .is_some(),
+        "node a kept serving the device without its database lease"
+    );
+    println!("node a fenced itself {:?} after the cut", cut.elapsed());
+    // Node b counts a dead and clears its routes: the device shows offline.
+    assert!(
+        wait_online(api_b, token, &uuid, false, Duration::from_secs(40)).await,
+        "node b still shows the device of a dead node online"
+    );
+    println!(
+        "node b shows the device offline {:?} after the cut",
+        cut.elapsed()
+    );
+
+    // Node a gets its database back: it renews, takes tunnels again, the device returns.
+    psql(&url, &format!("ALTER ROLE {role} LOGIN"));
+    let back = std::time::Instant::now();
+    assert!(
+        wait_status(http_a, &host, StatusCode::OK, Duration::from_secs(60)).await,
+        "the device did not come back to node a after its lease was renewed"
+    );
+    assert!(wait_online(api_b, token, &uuid, true, Duration::from_secs(30)).await);
+    println!(
+        "device back on node a {:?} after the database returned",
+        back.elapsed()
+    );
+}
+
 #[test]
 fn serve_refuses_a_database_url_that_is_not_postgres() {
     let dir = tempfile::tempdir().unwrap();

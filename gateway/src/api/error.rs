@@ -60,6 +60,14 @@ impl From<StoreError> for ApiError {
                 Self::new(StatusCode::CONFLICT, "fleet_not_empty", e.to_string())
             }
             StoreError::NoSuchFleet(_) => Self::not_found(e.to_string()),
+            StoreError::Timeout(_) => {
+                tracing::error!(error = %e, "store timeout in API request");
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "the database did not answer in time; try again",
+                )
+            }
             StoreError::Db(_) | StoreError::Corrupt(_) | StoreError::EmptyDatabase(_) => {
                 tracing::error!(error = %e, "store failure in API request");
                 Self::new(

@@ -205,9 +205,12 @@ fn parse_uuid(s: &str) -> Result<DeviceUuid, ApiError> {
 }
 
 /// A device as the API shows it: the stored record, with "online" and the tunnel's
-/// transport from the session registry (the live truth; the store lags by design).
+/// transport from the session registry (the live truth; the store lags by design). On
+/// PostgreSQL the device may be connected to another gateway node: then the store's
+/// flag, which follows the device's route (`store::nodes`), says so.
 fn device_view(state: &ApiState, d: &DeviceRecord) -> types::Device {
     let path = state.sessions.path(&d.uuid);
+    let elsewhere = path.is_none() && d.online && state.store.is_postgres();
     let reported = |key: &str| d.state.as_ref().and_then(|s| s.get(key)).cloned();
     types::Device {
         uuid: d.uuid.as_str().to_string(),
@@ -216,7 +219,7 @@ fn device_view(state: &ApiState, d: &DeviceRecord) -> types::Device {
             .clone()
             .unwrap_or_else(|| d.uuid.as_str()[..7].to_string()),
         fleet: d.fleet.clone(),
-        online: path.is_some(),
+        online: path.is_some() || elsewhere,
         transport: path.as_ref().map(|p| p.kind.as_str().to_string()),
         rtt_ms: path.map(|p| (p.rtt.as_secs_f64() * 1000.0 * 10.0).round() / 10.0),
         last_seen: d.last_seen,

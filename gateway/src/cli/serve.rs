@@ -16,6 +16,10 @@ pub(super) struct ServeArgs {
     /// dir's gateway.db]
     #[arg(long, env = "EDGE_GATEWAY_DATABASE", hide_env_values = true)]
     database: Option<String>,
+    /// This node's id among gateways sharing one --database (1 to 64 of a-z, 0-9, '-',
+    /// '_', '.'). [default: a fresh node-<16 hex> per start]
+    #[arg(long)]
+    node_id: Option<String>,
     /// Devices are served at http://<uuid>.<domain>/. [default: devices.localhost]
     #[arg(long)]
     domain: Option<String>,
@@ -123,6 +127,9 @@ impl ServeArgs {
         }
         if self.database.is_some() {
             cfg.database = self.database;
+        }
+        if self.node_id.is_some() {
+            cfg.node_id = self.node_id;
         }
         if self.advertise_tunnel.is_some() {
             cfg.advertise_tunnel = self.advertise_tunnel;

@@ -98,6 +98,9 @@ pub struct ServeConfig {
     /// embedded SQLite file). Can also be given as `EDGE_GATEWAY_DATABASE`, which keeps the
     /// password out of `ps`.
     pub database: Option<String>,
+    /// This node's id among the gateways sharing `database` (it names the node in the
+    /// device routes and leases). Default is a fresh `node-<16 hex>` per start.
+    pub node_id: Option<String>,
     /// Public URLs are `http://<uuid>.<domain>/`. Default is `devices.localhost`.
     pub domain: String,
     /// Public HTTP listener (TCP). Default is `0.0.0.0:80`.
@@ -200,6 +203,7 @@ impl Default for ServeConfig {
         Self {
             data_dir: PathBuf::from("./gateway-data"),
             database: None,
+            node_id: None,
             domain: "devices.localhost".into(),
             http_listen: "0.0.0.0:80".parse().expect("addr"),
             tunnel_listen: "0.0.0.0:443".parse().expect("addr"),
@@ -279,6 +283,18 @@ impl ServeConfig {
                          leave it out for the data dir's own SQLite file",
                         crate::datadir::redacted_url(url)
                     ),
+                });
+            }
+        }
+        if let Some(id) = &self.node_id {
+            let ok = (1..=64).contains(&id.len())
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b));
+            if !ok {
+                return Err(ConfigError::Invalid {
+                    key: "node_id",
+                    reason: format!("{id:?} is not a node id (1 to 64 of a-z, 0-9, '-', '_', '.')"),
                 });
             }
         }

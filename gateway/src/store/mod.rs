@@ -46,6 +46,9 @@ pub enum StoreError {
     /// it would start an empty gateway that has forgotten every device.
     #[error("{} is empty (0 bytes); restore it from a backup of the data dir", .0.display())]
     EmptyDatabase(std::path::PathBuf),
+    /// The database did not answer in time.
+    #[error("the database did not answer within {0:?}")]
+    Timeout(std::time::Duration),
 }
 
 /// File name of the database in the data dir.
@@ -118,6 +121,10 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("migrations/0010_a_release_counter_per_fleet.sql"),
         postgres: None,
     },
+    Migration {
+        sqlite: include_str!("migrations/0011_gateway_nodes_and_which_node_holds_each.sql"),
+        postgres: None,
+    },
 ];
 
 /// Handle to the database; cheap to clone.
@@ -134,6 +141,7 @@ mod devices;
 mod fleets;
 mod keys;
 mod logs;
+mod nodes;
 mod releases;
 #[cfg(any(test, feature = "test-pg"))]
 #[doc(hidden)]
@@ -146,6 +154,7 @@ pub use devices::DeviceRecord;
 pub use fleets::{FleetDeletion, FleetRecord};
 pub use keys::{KeyRecord, Refusal};
 pub use logs::{LogQuery, StoredLine};
+pub use nodes::{NodeRecord, Route};
 pub use releases::{ReleaseRecord, TargetSource};
 pub use tokens::TokenRecord;
 

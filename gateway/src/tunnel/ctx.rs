@@ -12,6 +12,8 @@ use crate::store::Store;
 
 /// Shared state the tunnel side needs.
 pub(crate) struct TunnelCtx {
+    /// This gateway node: routes name it, and a fenced node takes no tunnels.
+    pub(crate) node: Arc<crate::node::Node>,
     pub(crate) store: Store,
     pub(crate) ca: Arc<certs::Ca>,
     pub(crate) sessions: Arc<Sessions>,

@@ -273,6 +273,15 @@ async fn serve_session(
             }
         };
 
+    // A node that lost its database lease cannot record the device: refuse, so that the
+    // agent tries again (through the load balancer, another node).
+    if ctx.node.is_fenced() {
+        conn.close(
+            AppErrorCode::Shutdown,
+            b"this gateway node lost its database lease",
+        );
+        return Ok(());
+    }
     // The device's stream budget carries over from its current session: streams still
     // open there (draining after a move, or ending with a dropped connection) count.
     let previous = ctx.sessions.get(&uuid);
@@ -347,15 +356,20 @@ async fn serve_session(
         heartbeat_interval_ms: ctx.keep_alive.as_millis() as u64,
     };
     if let Err(e) = wire::write_frame(&mut control_send, &welcome.to_frame()).await {
-        if ctx.sessions.remove_if_current(&uuid, session.id) {
-            let _ = ctx.store.set_online(uuid, false).await;
-        }
+        // Not recorded online yet: nothing to clear in the store.
+        ctx.sessions.remove_if_current(&uuid, session.id);
         conn.close(e.code(), e.to_string().as_bytes());
         return Err(e.into());
     }
-    if let Err(e) = ctx.store.set_online(uuid, true).await {
-        warn!(error = %e, "cannot record device online");
-    }
+    // The route names this node and an epoch; only this session's disconnect (with this
+    // epoch) clears it, so a late disconnect never hides a newer connect elsewhere.
+    let epoch = match ctx.store.route_connect(uuid, ctx.node.id()).await {
+        Ok(epoch) => Some(epoch),
+        Err(e) => {
+            warn!(error = %e, "cannot record device online");
+            None
+        }
+    };
     let remote_ip = conn.remote_address().ip().to_canonical().to_string();
     if let Err(e) = ctx.store.set_public_address(uuid, &remote_ip).await {
         warn!(error = %e, "cannot record device address");
@@ -486,8 +500,10 @@ async fn serve_session(
         (Ok(()), None) => "ended".into(),
     };
     if ctx.sessions.remove_if_current(&uuid, session.id) {
-        if let Err(e) = ctx.store.set_online(uuid, false).await {
-            warn!(error = %e, "cannot record device offline");
+        if let Some(epoch) = epoch {
+            if let Err(e) = ctx.store.route_disconnect(uuid, ctx.node.id(), epoch).await {
+                warn!(error = %e, "cannot record device offline");
+            }
         }
     }
     info!(session = session.id, %reason, "device disconnected");
