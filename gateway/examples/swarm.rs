@@ -8,12 +8,16 @@
 //!   cargo run --release -p gateway --example swarm -- DATA_DIR GATEWAY_ADDR COUNT [HOLD_SECS]
 //! ```
 //!
-//! `SWARM_REPORT_MS=N` prints `report UNIX_MS CONNECTED` every N ms while holding.
+//! `SWARM_REPORT_MS=N` prints `report UNIX_MS CONNECTED DROPPED RECONNECTED` every N ms
+//! while holding: the agents connected right now, those whose first connection has ended
+//! (a gateway restart is noticed one agent at a time), and those connected again since.
 //!
 //! `SWARM_TRANSPORT` is the agents' transport (`edge_agent::dial::TransportMode`), default
 //! `quic`. With `tcp` the agents dial TLS over TCP on the same `host:port` as
 //! `GATEWAY_ADDR` (the gateway's `--tunnel-tcp-listen` default).
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use edge_agent::dial::{Route, TransportMode};
@@ -84,8 +88,27 @@ async fn main() -> anyhow::Result<()> {
         "connected {count} agents over {mode} in {:.2?}",
         t1.elapsed()
     );
-    // SWARM_REPORT_MS: print `report unix_ms connected` lines while holding
-    // (bench/herd.sh reads them to time the reconnection herd after a gateway restart).
+    // Agents whose first connection ended, and those connected again since: an agent
+    // still `Connected` right after a gateway restart may not have noticed it yet, so
+    // the herd is timed by these.
+    let dropped = Arc::new(AtomicUsize::new(0));
+    let reconnected = Arc::new(AtomicUsize::new(0));
+    for s in &states {
+        let (mut s, dropped, reconnected) =
+            (s.clone(), Arc::clone(&dropped), Arc::clone(&reconnected));
+        tokio::spawn(async move {
+            if s.wait_for(|s| *s != ConnState::Connected).await.is_err() {
+                return;
+            }
+            dropped.fetch_add(1, Ordering::Relaxed);
+            if s.wait_for(|s| *s == ConnState::Connected).await.is_ok() {
+                reconnected.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+    }
+    // SWARM_REPORT_MS: print `report unix_ms connected dropped reconnected` lines while
+    // holding (bench/herd.sh reads them to time the reconnection herd after a gateway
+    // restart).
     let report = std::env::var("SWARM_REPORT_MS")
         .ok()
         .map(|v| v.parse::<u64>())
@@ -103,7 +126,11 @@ async fn main() -> anyhow::Result<()> {
                 let unix_ms = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| d.as_millis());
-                println!("report {unix_ms} {connected}");
+                println!(
+                    "report {unix_ms} {connected} {} {}",
+                    dropped.load(Ordering::Relaxed),
+                    reconnected.load(Ordering::Relaxed)
+                );
             }
         }
         None => tokio::time::sleep(Duration::from_secs(hold)).await,
