@@ -164,19 +164,21 @@ impl Agent {
         };
         // The gateway gives up on this device once it hears nothing for three of the
         // agent's keep-alives and a second (its liveness watch). Hearing nothing from the
-        // gateway for as long, the agent gives up too and redials, rather than keep a
-        // session the gateway has dropped until its own idle timeout (15 s): after a
-        // short outage, QUIC's probe backoff can leave the old connection silent for
-        // seconds after the link is back. On QUIC only: on TCP the multiplexer's pings
-        // and idle timeout watch the gateway.
+        // gateway for twice as long (7 s), the agent gives up too and redials, rather than
+        // keep a session the gateway has long dropped until its own idle timeout (15 s):
+        // after a short outage, QUIC's probe backoff can leave the old connection silent
+        // for seconds after the link is back. Twice, not once: on a lossy path where the
+        // gateway still hears the agent, the gateway's answers can go missing for a few
+        // seconds, and this side should not be the first to cut. On QUIC only: on TCP
+        // the multiplexer's pings and idle timeout watch the gateway.
         let liveness = async {
-            let window = self.opts.keep_alive * 3 + Duration::from_secs(1);
+            let window = (self.opts.keep_alive * 3 + Duration::from_secs(1)) * 2;
             let mut seen = conn.packets_received();
             if seen.is_none() || window >= self.opts.idle_timeout {
                 return std::future::pending().await;
             }
             let mut heard = tokio::time::Instant::now();
-            let mut tick = tokio::time::interval(window / 4);
+            let mut tick = tokio::time::interval(window / 8);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
