@@ -82,11 +82,16 @@ enum SessionError {
 }
 
 impl SessionError {
-    /// Whether the gateway went silent rather than answered: the dial timed out (a
-    /// transport that waited its whole timeout for an answer), or the session died of
-    /// its idle or heartbeat timeout.
+    /// Whether the session or attempt ended in silence rather than in an answer: the dial
+    /// timed out (a transport that waited its whole timeout for an answer), or the
+    /// session died of an idle or heartbeat timeout, this side's or the gateway's (which
+    /// closes a session it stopped hearing with `HeartbeatTimeout`, and after a short
+    /// outage that close is the first thing the agent hears).
     fn is_silence(&self) -> bool {
-        let lost = |c: &ConnectionError| matches!(c, ConnectionError::TimedOut);
+        let lost = |c: &ConnectionError| {
+            matches!(c, ConnectionError::TimedOut)
+                || c.app_code() == Some(AppErrorCode::HeartbeatTimeout)
+        };
         match self {
             Self::Connect(d) => d.timed_out(),
             Self::Connection(c) => lost(c),
@@ -539,6 +544,11 @@ mod tests {
             SessionError::Connection(ConnectionError::TimedOut),
             SessionError::HeartbeatTimeout,
             SessionError::Silent(Duration::from_secs(4)),
+            // The gateway stopped hearing this agent and closed the session.
+            SessionError::Connection(ConnectionError::ApplicationClosed {
+                code: AppErrorCode::HeartbeatTimeout as u64,
+                reason: Default::default(),
+            }),
             SessionError::Wire(WireError::Read(transport::ReadError::ConnectionLost(
                 ConnectionError::TimedOut,
             ))),
