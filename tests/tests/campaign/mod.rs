@@ -75,8 +75,9 @@ pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
 pub enum Outcome {
     /// 200 with exactly the expected body.
     Ok,
-    /// An error page the gateway is allowed to give on a bad link (502, 503, 504).
-    Clean(u16),
+    /// An error page the gateway is allowed to give on a bad link (502, 503, 504), and
+    /// what it said, in a word (`offline`, `busy`, `lost`, `timeout`, ...).
+    Clean(u16, &'static str),
     /// The gateway was not reachable (refused, reset before an answer): a gateway that
     /// is down, which a client sees and can retry.
     Unreachable,
@@ -162,13 +163,30 @@ pub async fn visit(
             }
             StatusCode::BAD_GATEWAY
             | StatusCode::SERVICE_UNAVAILABLE
-            | StatusCode::GATEWAY_TIMEOUT => Outcome::Clean(status.as_u16()),
+            | StatusCode::GATEWAY_TIMEOUT => Outcome::Clean(status.as_u16(), why(&got)),
             s => Outcome::Unexpected(s.as_u16()),
         }
     };
     tokio::time::timeout(deadline, exchange)
         .await
         .unwrap_or(Outcome::Hung)
+}
+
+/// The gist of an error page: which of the gateway's reasons it gives.
+fn why(page: &[u8]) -> &'static str {
+    let text = String::from_utf8_lossy(page);
+    [
+        ("went offline while answering", "lost"),
+        ("is offline", "offline"),
+        ("too many concurrent requests", "busy"),
+        ("did not answer in time", "timeout"),
+        ("did not accept the connection in time", "target-timeout"),
+        ("nothing is listening", "refused"),
+        ("closed the connection", "closed"),
+    ]
+    .into_iter()
+    .find(|(needle, _)| text.contains(needle))
+    .map_or("other", |(_, w)| w)
 }
 
 /// Counts of outcomes, and the slowest success.
@@ -216,7 +234,7 @@ impl Tally {
         for (o, n) in &self.counts {
             let k = match o {
                 Outcome::Ok => "ok".to_string(),
-                Outcome::Clean(s) => s.to_string(),
+                Outcome::Clean(s, why) => format!("{s}({why})"),
                 Outcome::Unreachable => "unreachable".to_string(),
                 Outcome::CutMidBody(s) => format!("cut-mid-body({s})"),
                 Outcome::Unexpected(s) => format!("UNEXPECTED-{s}"),
@@ -282,9 +300,10 @@ pub async fn visitor_load_until(
                     visit(&client, gw, &host, req, &xs, deadline).await
                 };
                 // A gateway that is down refuses at once, and an offline device's page
-                // comes at once: do not spin on either.
+                // comes at once: do not spin on either (so a count of failures is about a
+                // tenth of a second each).
                 if !matches!(o, Outcome::Ok) {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                 }
                 tally.add(o, t.elapsed());
             }
