@@ -163,10 +163,12 @@ pub struct Sessions {
 }
 
 /// Recent replacements of one device's live session by another agent instance.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Flaps {
     count: u32,
     last: Instant,
+    /// The instance the device's last replacement pushed out.
+    ousted: Option<String>,
 }
 
 /// Replacements by another instance counted together when this close to each other.
@@ -202,10 +204,14 @@ impl Sessions {
     /// Registers `session` unless it is the far side of a duplicate identity.
     ///
     /// A session of the same agent instance (or one replacing a session nothing was heard
-    /// from lately) always wins. One from another instance, from another address, that
-    /// replaces a live session for the third time within a minute is refused instead:
-    /// two agents hold one certificate and would otherwise take turns forever.
-    /// `alive` is how recently the incumbent must have been heard from to count as live.
+    /// from lately) always wins. Two agents holding one certificate take turns: each
+    /// comes back after the other pushed it out. So a newcomer from another address that
+    /// is the instance the last replacement pushed out, replacing a live session for the
+    /// third time within a minute, is refused instead. A newcomer that is a new instance
+    /// is the one agent restarted (a crash, `kill -9`) while its predecessor's session
+    /// lingers: never a flap, however often it restarts. (Agents that send no instance
+    /// id are counted at every replacement.) `alive` is how recently the incumbent must
+    /// have been heard from to count as live.
     pub fn admit(&self, session: Arc<Session>, alive: Duration) -> Admission {
         use dashmap::mapref::entry::Entry;
         match self.map.entry(session.uuid) {
@@ -221,16 +227,20 @@ impl Sessions {
                     let mut f = self.flaps.entry(session.uuid).or_insert(Flaps {
                         count: 0,
                         last: now,
+                        ousted: None,
                     });
-                    f.count = if now.duration_since(f.last) <= FLAP_WINDOW {
-                        f.count + 1
-                    } else {
-                        1
-                    };
+                    if now.duration_since(f.last) > FLAP_WINDOW {
+                        f.count = 0;
+                    }
                     f.last = now;
+                    let returning = session.instance.is_none() || session.instance == f.ousted;
+                    if returning {
+                        f.count += 1;
+                    }
                     if f.count >= FLAPS_BEFORE_REFUSAL {
                         return Admission::Duplicate(old);
                     }
+                    f.ousted = old.instance.clone();
                 }
                 o.insert(session);
                 Admission::Replaces { old, planned }

@@ -198,3 +198,48 @@ async fn two_agents_with_one_identity_are_told_apart_and_stop_flapping() {
         read(&gw_log)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_restarted_again_and_again_is_never_taken_for_a_copy_of_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("gw");
+    let backend = Backend::spawn("restarted").await;
+    let (http, tunnel) = (free_port_tcp(), free_port_udp());
+    let gw_log = dir.path().join("gateway.log");
+    let _gw = Proc::spawn(
+        procs::serve_command(&data, http, tunnel, &[])
+            .env("RUST_LOG", "info")
+            .stderr(log_file(&gw_log))
+            .stdout(log_file(&gw_log)),
+    );
+    wait_for_data_dir(&data).await;
+    let cfg = dir.path().join("device.toml");
+    let uuid = device_add(&data, tunnel, &cfg);
+    let host = device_host(&uuid);
+    let mut agent = procs::agent(&cfg, backend.addr, &[]);
+    assert!(wait_status(http, &host, StatusCode::OK, Duration::from_secs(30)).await);
+    // Killed and started again at once, five times within a minute: each time the old
+    // session is still live at the gateway (heard within its window) when the new
+    // process replaces it. A new process is a new instance, not a second agent.
+    for i in 1..=5 {
+        agent.kill9();
+        let restarted = Instant::now();
+        agent = procs::agent(&cfg, backend.addr, &[]);
+        assert!(
+            wait_status(http, &host, StatusCode::OK, Duration::from_secs(30)).await,
+            "restart {i}: the device did not come back"
+        );
+        println!("restart {i}: serving again after {:?}", restarted.elapsed());
+    }
+    let log = std::fs::read_to_string(&gw_log).unwrap();
+    assert!(
+        !log.contains("two agents share this device's identity"),
+        "a restarted agent was refused as a copy of itself:\n{log}"
+    );
+    assert!(
+        log.matches("replacing older session of this device")
+            .count()
+            >= 1,
+        "no restart replaced a live session, so the test proved nothing:\n{log}"
+    );
+}
