@@ -36,6 +36,12 @@ pub fn endpoint(
             config.cid_generator(move || {
                 Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
             });
+            // quinn sends at most one reset per 20 ms by default, for the whole endpoint:
+            // after a restart only ~50 devices a second learned that their connection was
+            // gone, the rest waited out their silence window (a 500-agent herd took 6.3 s
+            // instead of 1.4 s). A reset is always smaller than the packet that caused
+            // it, so a higher rate amplifies nothing; 100 µs still bounds the work.
+            config.min_reset_interval(std::time::Duration::from_micros(100));
             config
         }
         None => quinn::EndpointConfig::default(),
