@@ -17,6 +17,10 @@ fn serve_cmd(data: &Path, api: u16) -> Command {
         .arg(data)
         .args(["--http-listen", "127.0.0.1:0"])
         .args(["--tunnel-listen", "127.0.0.1:0"])
+        // Its own free port: by default the TCP tunnel takes the UDP port's number, which
+        // another process may hold on TCP (a serve that then exits made this test wait
+        // out its 60 s).
+        .args(["--tunnel-tcp-listen", "127.0.0.1:0"])
         .args(["--api-listen", &format!("127.0.0.1:{api}")])
         .env("RUST_LOG", "warn");
     c
