@@ -129,9 +129,15 @@ impl Store {
             .collect())
     }
 
-    /// Records that `node` now holds `uuid`'s tunnel, and that the device is online.
-    /// Returns the route's new epoch, which [`Store::route_disconnect`] must name.
-    pub async fn route_connect(&self, uuid: DeviceUuid, node: &str) -> Result<i64, StoreError> {
+    /// Records that `node` now holds `uuid`'s tunnel, that the device is online and (when
+    /// given) the address it connected from, in one transaction. Returns the route's new
+    /// epoch, which [`Store::route_disconnect`] must name.
+    pub async fn route_connect(
+        &self,
+        uuid: DeviceUuid,
+        node: &str,
+        public_address: Option<&str>,
+    ) -> Result<i64, StoreError> {
         let mut tx = self.write_tx(&[Lock::Device(uuid)]).await?;
         let epoch = on_tx!(tx, |c| {
             let r = sqlx::query(
@@ -145,11 +151,15 @@ impl Store {
             .fetch_one(&mut *c)
             .await?;
             let epoch: i64 = r.at(0)?;
-            sqlx::query("UPDATE devices SET online = TRUE, last_seen = $1 WHERE uuid = $2")
-                .bind(now_unix())
-                .bind(uuid.as_str())
-                .execute(&mut *c)
-                .await?;
+            sqlx::query(
+                "UPDATE devices SET online = TRUE, last_seen = $1, \
+                 public_address = COALESCE($2, public_address) WHERE uuid = $3",
+            )
+            .bind(now_unix())
+            .bind(public_address)
+            .bind(uuid.as_str())
+            .execute(&mut *c)
+            .await?;
             Ok::<_, StoreError>(epoch)
         })?;
         tx.commit().await?;
@@ -282,22 +292,24 @@ mod tests {
             store.add_device(d, false).await.unwrap();
             store.renew_lease("a", None, Duration::from_secs(30)).await.unwrap();
             store.renew_lease("b", Some("10.0.0.2:7000"), Duration::from_secs(30)).await.unwrap();
-            let on_a = store.route_connect(d, "a").await.unwrap();
+            let on_a = store.route_connect(d, "a", None).await.unwrap();
             // The device moves to node b before a notices it is gone.
-            let on_b = store.route_connect(d, "b").await.unwrap();
+            let on_b = store.route_connect(d, "b", Some("203.0.113.9")).await.unwrap();
             assert!(on_b > on_a);
             assert!(!store.route_disconnect(d, "a", on_a).await.unwrap(), "a's late disconnect cleared b's route");
             let r = store.route(d).await.unwrap().unwrap();
             assert_eq!(r.node.as_deref(), Some("b"));
             assert_eq!(r.peer_addr.as_deref(), Some("10.0.0.2:7000"));
             assert!(r.node_alive);
-            assert!(store.device(d).await.unwrap().unwrap().online);
+            let rec = store.device(d).await.unwrap().unwrap();
+            assert!(rec.online);
+            assert_eq!(rec.public_address.as_deref(), Some("203.0.113.9"));
             // b's own disconnect does clear it.
             assert!(store.route_disconnect(d, "b", on_b).await.unwrap());
             assert_eq!(store.route(d).await.unwrap().unwrap().node, None);
             assert!(!store.device(d).await.unwrap().unwrap().online);
             // Reconnecting to the same node raises the epoch again.
-            assert!(store.route_connect(d, "b").await.unwrap() > on_b);
+            assert!(store.route_connect(d, "b", Some("203.0.113.9")).await.unwrap() > on_b);
         }
 
         async fn a_dead_nodes_devices_go_offline_and_live_ones_stay(store) {
@@ -307,8 +319,8 @@ mod tests {
             // Node "dead" has a lease that has already run out; "live" has a long one.
             store.renew_lease("dead", None, Duration::ZERO).await.unwrap();
             store.renew_lease("live", None, Duration::from_secs(60)).await.unwrap();
-            store.route_connect(d1, "dead").await.unwrap();
-            store.route_connect(d2, "live").await.unwrap();
+            store.route_connect(d1, "dead", None).await.unwrap();
+            store.route_connect(d2, "live", None).await.unwrap();
             let live: Vec<String> = store.live_nodes().await.unwrap().into_iter().map(|n| n.id).collect();
             assert_eq!(live, ["live"]);
             assert!(!store.route(d1).await.unwrap().unwrap().node_alive);

@@ -363,17 +363,20 @@ async fn serve_session(
     }
     // The route names this node and an epoch; only this session's disconnect (with this
     // epoch) clears it, so a late disconnect never hides a newer connect elsewhere.
-    let epoch = match ctx.store.route_connect(uuid, ctx.node.id()).await {
+    // One write transaction per connect (route, online, address): in a reconnect herd
+    // every extra write holds a pooled connection that API requests wait for.
+    let remote_ip = conn.remote_address().ip().to_canonical().to_string();
+    let epoch = match ctx
+        .store
+        .route_connect(uuid, ctx.node.id(), Some(&remote_ip))
+        .await
+    {
         Ok(epoch) => Some(epoch),
         Err(e) => {
             warn!(error = %e, "cannot record device online");
             None
         }
     };
-    let remote_ip = conn.remote_address().ip().to_canonical().to_string();
-    if let Err(e) = ctx.store.set_public_address(uuid, &remote_ip).await {
-        warn!(error = %e, "cannot record device address");
-    }
     info!(session = session.id, %agent_version, "device connected");
 
     let control = async {
