@@ -21,17 +21,29 @@ pub const DEFAULT_MAX_LINES_PER_DEVICE: i64 = 1_000_000;
 #[derive(Debug)]
 pub struct LogHub {
     tx: broadcast::Sender<Arc<StoredLine>>,
+    /// Per device: held from storing a batch to publishing it. A device can have two
+    /// log streams at once (its old and new session during a transport move); without
+    /// this, the later batch could be published first, and a tail, which skips ids at or
+    /// below the last it sent, would never show the earlier one.
+    order: dashmap::DashMap<DeviceUuid, Arc<tokio::sync::Mutex<()>>>,
 }
 
 impl Default for LogHub {
     fn default() -> Self {
         Self {
             tx: broadcast::channel(8192).0,
+            order: dashmap::DashMap::new(),
         }
     }
 }
 
 impl LogHub {
+    /// Taken around storing and publishing one batch of `device`'s lines.
+    async fn in_order(&self, device: DeviceUuid) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = Arc::clone(self.order.entry(device).or_default().value());
+        lock.lock_owned().await
+    }
+
     /// Every line stored from now on. A subscriber that falls behind gets
     /// `RecvError::Lagged` and should catch up from the store by id.
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<StoredLine>> {
@@ -70,11 +82,17 @@ pub(crate) async fn serve_stream(
             };
             match LogsMessage::from_frame(&frame).map_err(WireError::from)? {
                 LogsMessage::Batch { lines } => {
-                    let (upto, stored) = store.insert_logs(device, &header.epoch, &lines).await?;
-                    // Acknowledge only what is committed; publish after, so a live
-                    // subscriber never sees a line a query could not find.
+                    // Published after the commit, so a live subscriber never sees a line
+                    // a query could not find, and in commit order (see `LogHub::order`).
+                    let upto = {
+                        let _order = hub.in_order(device).await;
+                        let (upto, stored) =
+                            store.insert_logs(device, &header.epoch, &lines).await?;
+                        hub.publish(stored);
+                        upto
+                    };
+                    // Acknowledge only what is committed.
                     wire::write_frame(&mut send, &LogsMessage::Ack { upto }.to_frame()).await?;
-                    hub.publish(stored);
                 }
                 other => debug!(?other, "ignoring logs message"),
             }
