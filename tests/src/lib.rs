@@ -524,9 +524,10 @@ pub fn bin(name: &str) -> PathBuf {
                 "-p",
                 "edge-agent",
                 "--bins",
-                // `gateway demo` is a test subject too (processes.rs).
+                // `gateway demo` (processes.rs) and `gateway bundle create`
+                // (releases.rs) are test subjects too.
                 "--features",
-                "gateway/demo",
+                "gateway/demo,gateway/bundle-create",
             ])
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .status()

@@ -15,6 +15,7 @@ use http::Method;
 use protocol::DeviceUuid;
 use tokio_util::sync::CancellationToken;
 
+#[cfg(feature = "bundle-create")]
 mod bundles;
 mod device;
 mod fleet;
@@ -26,6 +27,7 @@ mod rollout;
 mod serve;
 mod tokens;
 
+#[cfg(feature = "bundle-create")]
 use bundles::BundleCommand;
 use device::{print_devices, DeviceCommand};
 use fleet::FleetCommand;
@@ -118,7 +120,8 @@ enum Command {
     #[command(subcommand)]
     Release(ReleaseCommand),
     /// Offline updates: write a release and its images into one file for
-    /// `edge-agent preload`.
+    /// `edge-agent preload` (built with `--features bundle-create`).
+    #[cfg(feature = "bundle-create")]
     #[command(subcommand)]
     Bundle(BundleCommand),
     /// Print a device's logs (via the management API); `-f` keeps following new lines,
@@ -234,6 +237,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Device(cmd) => device::run(cmd).await?,
         Command::Fleet(cmd) => fleet::run(cmd).await?,
+        #[cfg(feature = "bundle-create")]
         Command::Bundle(cmd) => bundles::run(cmd).await?,
         Command::Release(cmd) => releases::run(cmd).await?,
         Command::Key(cmd) => keys::run(cmd).await?,
