@@ -109,14 +109,27 @@ fn log_file(path: &std::path::Path) -> File {
         .unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_agents_with_one_identity_are_told_apart_and_stop_flapping() {
+/// A real `gateway serve` logging at INFO to a file, one device added, and a backend
+/// for it: what the identity tests read the gateway's words from.
+struct LoggedGateway {
+    dir: tempfile::TempDir,
+    _gw: Proc,
+    http: u16,
+    gw_log: std::path::PathBuf,
+    /// The device's agent configuration.
+    cfg: std::path::PathBuf,
+    /// The device's public host.
+    host: String,
+    backend: Backend,
+}
+
+async fn logged_gateway(backend: &str) -> LoggedGateway {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("gw");
-    let backend = Backend::spawn("twin").await;
+    let backend = Backend::spawn(backend).await;
     let (http, tunnel) = (free_port_tcp(), free_port_udp());
     let gw_log = dir.path().join("gateway.log");
-    let _gw = Proc::spawn(
+    let gw = Proc::spawn(
         procs::serve_command(&data, http, tunnel, &[])
             .env("RUST_LOG", "info")
             .stderr(log_file(&gw_log))
@@ -125,7 +138,28 @@ async fn two_agents_with_one_identity_are_told_apart_and_stop_flapping() {
     wait_for_data_dir(&data).await;
     let cfg = dir.path().join("device.toml");
     let uuid = device_add(&data, tunnel, &cfg);
-    let host = device_host(&uuid);
+    LoggedGateway {
+        host: device_host(&uuid),
+        dir,
+        _gw: gw,
+        http,
+        gw_log,
+        cfg,
+        backend,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_agents_with_one_identity_are_told_apart_and_stop_flapping() {
+    let LoggedGateway {
+        dir,
+        _gw,
+        http,
+        gw_log,
+        cfg,
+        host,
+        backend,
+    } = logged_gateway("twin").await;
     // The same data (a cloned SD card): one certificate, two processes.
     let logs = [dir.path().join("a.log"), dir.path().join("b.log")];
     let _agents: Vec<Proc> = logs
@@ -201,21 +235,15 @@ async fn two_agents_with_one_identity_are_told_apart_and_stop_flapping() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_restarted_again_and_again_is_never_taken_for_a_copy_of_itself() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("gw");
-    let backend = Backend::spawn("restarted").await;
-    let (http, tunnel) = (free_port_tcp(), free_port_udp());
-    let gw_log = dir.path().join("gateway.log");
-    let _gw = Proc::spawn(
-        procs::serve_command(&data, http, tunnel, &[])
-            .env("RUST_LOG", "info")
-            .stderr(log_file(&gw_log))
-            .stdout(log_file(&gw_log)),
-    );
-    wait_for_data_dir(&data).await;
-    let cfg = dir.path().join("device.toml");
-    let uuid = device_add(&data, tunnel, &cfg);
-    let host = device_host(&uuid);
+    let LoggedGateway {
+        dir: _dir,
+        _gw,
+        http,
+        gw_log,
+        cfg,
+        host,
+        backend,
+    } = logged_gateway("restarted").await;
     let mut agent = procs::agent(&cfg, backend.addr, &[]);
     assert!(wait_status(http, &host, StatusCode::OK, Duration::from_secs(30)).await);
     // Killed and started again at once, five times within a minute: each time the old
