@@ -25,6 +25,29 @@ fn offline(data: &Path, database: &str, args: &[&str]) -> String {
     String::from_utf8(o.stdout).unwrap()
 }
 
+/// `token create --role admin` and `device add --public-url` with `--database`, offline:
+/// the admin token and the new device's uuid (its agent configuration written to `out`).
+fn token_and_device(data: &Path, url: &str, tunnel: u16, out: &Path) -> (String, String) {
+    let token = offline(data, url, &["token", "create", "--role", "admin"]);
+    let gateway = format!("127.0.0.1:{tunnel}");
+    let added = offline(
+        data,
+        url,
+        &[
+            "device",
+            "add",
+            "--public-url",
+            "--gateway",
+            &gateway,
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    );
+    let uuid = added.lines().last().unwrap().trim().to_string();
+    assert_eq!(uuid.len(), 32, "{added}");
+    (token.trim().to_string(), uuid)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_and_offline_commands_share_one_postgres_database() {
     let Some(url) = gateway::store::test_pg::database_url().await else {
@@ -53,24 +76,9 @@ async fn serve_and_offline_commands_share_one_postgres_database() {
         "gateway serve --database did not start listening"
     );
 
-    let token = offline(&data, &url, &["token", "create", "--role", "admin"]);
-    let token = token.trim();
     let out = dir.path().join("device.toml");
-    let added = offline(
-        &data,
-        &url,
-        &[
-            "device",
-            "add",
-            "--public-url",
-            "--gateway",
-            &format!("127.0.0.1:{tunnel}"),
-            "--out",
-            out.to_str().unwrap(),
-        ],
-    );
-    let uuid = added.lines().last().unwrap().trim().to_string();
-    assert_eq!(uuid.len(), 32, "{added}");
+    let (token, uuid) = token_and_device(&data, &url, tunnel, &out);
+    let token = token.as_str();
     // The database holds the state; the data dir only the certificates.
     assert!(
         !data.join(gateway::store::DB_FILE).exists(),
@@ -183,23 +191,9 @@ async fn two_nodes_share_device_state_and_a_node_cut_off_from_the_database_fence
         .is_some(),
         "node a did not start"
     );
-    let token = offline(&data_a, &url, &["token", "create", "--role", "admin"]);
-    let token = token.trim();
     let out = dir.path().join("device.toml");
-    let added = offline(
-        &data_a,
-        &url,
-        &[
-            "device",
-            "add",
-            "--public-url",
-            "--gateway",
-            &format!("127.0.0.1:{tunnel_a}"),
-            "--out",
-            out.to_str().unwrap(),
-        ],
-    );
-    let uuid = added.lines().last().unwrap().trim().to_string();
+    let (token, uuid) = token_and_device(&data_a, &url, tunnel_a, &out);
+    let token = token.as_str();
     let host = device_host(&uuid);
     let _agent = procs::agent(&out, backend.addr, &[]);
     assert!(wait_status(http_a, &host, StatusCode::OK, Duration::from_secs(30)).await);
