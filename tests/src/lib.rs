@@ -711,6 +711,38 @@ impl Api {
     }
 }
 
+/// Every stored log line of `uuid` for `service`, oldest first, through the query API
+/// (page by page).
+pub async fn all_log_lines(
+    api: &Api,
+    token: &str,
+    uuid: &str,
+    service: &str,
+) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
+    let mut after = 0;
+    loop {
+        let (st, v) = api
+            .call(
+                "GET",
+                &format!("/v1/devices/{uuid}/logs?service={service}&after={after}&limit=5000"),
+                Some(token),
+                None,
+            )
+            .await;
+        assert_eq!(st, 200, "{v}");
+        let lines = v["lines"].as_array().unwrap().clone();
+        let done = v["next_after"].is_null();
+        if let Some(l) = lines.last() {
+            after = l["id"].as_i64().unwrap();
+        }
+        out.extend(lines);
+        if done {
+            return out;
+        }
+    }
+}
+
 /// Creates viewer, operator and admin tokens offline; returns them in that order.
 pub async fn tokens(gw: &TestGateway) -> (String, String, String) {
     use gateway::api::auth::Role;

@@ -256,28 +256,7 @@ fn line(i: u64) -> LogRecord {
 
 /// Every stored line of `uuid` for service `printer`, oldest first.
 async fn all_lines(api: &Api, token: &str, uuid: &str) -> Vec<Value> {
-    let mut out = Vec::new();
-    let mut after = 0;
-    loop {
-        let (st, v) = api
-            .call(
-                "GET",
-                &format!("/v1/devices/{uuid}/logs?service=printer&after={after}&limit=5000"),
-                Some(token),
-                None,
-            )
-            .await;
-        assert_eq!(st, 200, "{v}");
-        let lines = v["lines"].as_array().unwrap().clone();
-        let done = v["next_after"].is_null();
-        if let Some(l) = lines.last() {
-            after = l["id"].as_i64().unwrap();
-        }
-        out.extend(lines);
-        if done {
-            return out;
-        }
-    }
+    all_log_lines(api, token, uuid, "printer").await
 }
 
 async fn online(api: &Api, token: &str, uuid: &str) -> bool {

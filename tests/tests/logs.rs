@@ -43,28 +43,7 @@ fn agent_with_logs(
 
 /// Every stored line of `uuid` for `service`, oldest first, through the query API.
 async fn all_lines(api: &Api, token: &str, uuid: &str, service: &str) -> Vec<Value> {
-    let mut out = Vec::new();
-    let mut after = 0;
-    loop {
-        let (st, v) = api
-            .call(
-                "GET",
-                &format!("/v1/devices/{uuid}/logs?service={service}&after={after}&limit=5000"),
-                Some(token),
-                None,
-            )
-            .await;
-        assert_eq!(st, 200, "{v}");
-        let lines = v["lines"].as_array().unwrap().clone();
-        let done = v["next_after"].is_null();
-        if let Some(l) = lines.last() {
-            after = l["id"].as_i64().unwrap();
-        }
-        out.extend(lines);
-        if done {
-            return out;
-        }
-    }
+    all_log_lines(api, token, uuid, service).await
 }
 
 /// Asserts the messages are exactly `line 1` .. `line n`, once each, in order.
