@@ -276,12 +276,16 @@ impl Gateway {
             self.cfg.log_prune_interval,
             shutdown.clone(),
         ));
-        tasks.spawn(Arc::clone(&self.node).run(
-            self.store.clone(),
-            Arc::clone(&self.sessions),
-            node::LEASE_TTL,
-            shutdown.clone(),
-        ));
+        // A lease means something only where other nodes share the database; the single
+        // SQLite node renews nothing (it reset the routes at start).
+        if self.store.is_postgres() {
+            tasks.spawn(Arc::clone(&self.node).run(
+                self.store.clone(),
+                Arc::clone(&self.sessions),
+                node::LEASE_TTL,
+                shutdown.clone(),
+            ));
+        }
         let ctx = Arc::new(tunnel::TunnelCtx {
             node: Arc::clone(&self.node),
             store: self.store.clone(),

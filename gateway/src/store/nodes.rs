@@ -7,8 +7,9 @@
 //! carries that node and epoch, so a late disconnect from a node the device left never
 //! clears the newer connect. The `online` flag of the device follows its route.
 //!
-//! On SQLite there is one node (one `serve` holds the data dir); the same rows are kept,
-//! so both engines run the same code.
+//! On SQLite there is one node (one `serve` holds the data dir): routes are kept as on
+//! PostgreSQL, but the node takes no lease (nothing else could read it) and resets every
+//! route at start ([`Store::reset_single_node`]).
 
 use std::time::Duration;
 
