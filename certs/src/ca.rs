@@ -241,3 +241,56 @@ impl Ca {
         Ok(csr.signed_by(&self.issuer)?.pem())
     }
 }
+
+/// The organisational unit that marks a gateway node's peer-link certificate (a device
+/// certificate carries `device`).
+pub const NODE_OU: &str = "gateway-node";
+
+impl Ca {
+    /// Issues a peer-link identity for gateway node `node_id`: a certificate for
+    /// [`PEER_SERVER_NAME`] usable as server and client, whose common name is the node
+    /// id and whose organisational unit is [`NODE_OU`]. Made in memory at every start;
+    /// only a holder of the fleet CA key can make one.
+    pub fn issue_node(&self, node_id: &str) -> Result<ServerIdentity, CertError> {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(vec![PEER_SERVER_NAME.to_string()])?;
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, node_id);
+        dn.push(DnType::OrganizationalUnitName, NODE_OU);
+        params.distinguished_name = dn;
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok(ServerIdentity {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+}
+
+/// The node id of a verified peer-link certificate: its common name, provided its
+/// organisational unit is [`NODE_OU`]. A device certificate (OU `device`) is refused.
+pub fn node_id_from_cert(der: &[u8]) -> Result<String, CertError> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der)
+        .map_err(|e| CertError::NoIdentity(e.to_string()))?;
+    let subject = cert.subject();
+    let ou = subject
+        .iter_organizational_unit()
+        .next()
+        .and_then(|a| a.as_str().ok());
+    if ou != Some(NODE_OU) {
+        return Err(CertError::NoIdentity(format!(
+            "not a gateway node certificate (organisational unit {ou:?})"
+        )));
+    }
+    let cn = subject
+        .iter_common_name()
+        .next()
+        .and_then(|a| a.as_str().ok())
+        .map(str::to_string)
+        .ok_or_else(|| CertError::NoIdentity("no common name".into()));
+    cn
+}

@@ -53,6 +53,12 @@ pub const TUNNEL_KEY_FILE: &str = "tunnel.key";
 /// The TLS server name the agent verifies, whatever address it dials.
 pub const TUNNEL_SERVER_NAME: &str = "tunnel.gateway.invalid";
 
+/// The TLS server name gateway nodes verify on each other's peer link.
+pub const PEER_SERVER_NAME: &str = "peer.gateway.invalid";
+
+/// ALPN protocol id of the peer link between gateway nodes.
+pub const PEER_ALPN: &[u8] = b"edge-peer/1";
+
 /// ALPN protocol id of the tunnel.
 pub const ALPN: &[u8] = b"edge-tunnel/1";
 

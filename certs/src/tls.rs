@@ -196,3 +196,44 @@ impl rustls::client::danger::ServerCertVerifier for PinnedCaVerifier {
             .supported_schemes()
     }
 }
+
+/// TLS server config for the peer link between gateway nodes: TLS 1.3, ALPN
+/// [`PEER_ALPN`], a client certificate from the fleet CA required (whether it is a node
+/// certificate is checked after the handshake, with [`node_id_from_cert`]).
+pub fn peer_server_config(
+    ca_pem: &str,
+    node: &ServerIdentity,
+) -> Result<rustls::ServerConfig, CertError> {
+    let provider = provider();
+    let verifier =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(roots(ca_pem)?), provider.clone())
+            .build()?;
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(
+            parse_certs(&node.cert_pem, "node certificate")?,
+            parse_key(&node.key_pem, "node key")?,
+        )?;
+    cfg.alpn_protocols = vec![PEER_ALPN.to_vec()];
+    cfg.max_early_data_size = 0;
+    Ok(cfg)
+}
+
+/// TLS client config for the peer link: trusts only the fleet CA (a server must hold a
+/// certificate for [`PEER_SERVER_NAME`], which only node certificates carry), presents
+/// this node's certificate.
+pub fn peer_client_config(
+    ca_pem: &str,
+    node: &ServerIdentity,
+) -> Result<rustls::ClientConfig, CertError> {
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(roots(ca_pem)?)
+        .with_client_auth_cert(
+            parse_certs(&node.cert_pem, "node certificate")?,
+            parse_key(&node.key_pem, "node key")?,
+        )?;
+    cfg.alpn_protocols = vec![PEER_ALPN.to_vec()];
+    Ok(cfg)
+}

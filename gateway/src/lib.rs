@@ -16,6 +16,7 @@ pub mod demo;
 mod listener;
 pub mod logs;
 pub mod node;
+mod peer;
 mod proxy;
 pub mod sessions;
 pub mod ssh;
@@ -82,6 +83,10 @@ pub struct Gateway {
     api_tls: Option<Arc<rustls::ServerConfig>>,
     ca: Arc<certs::Ca>,
     fingerprint: String,
+    /// The peer link: this node's QUIC endpoint for other nodes (with `--peer-listen`),
+    /// and the asking side (on PostgreSQL).
+    peer_endpoint: Option<quinn::Endpoint>,
+    peers: Option<Arc<peer::Peers>>,
     // Held until the gateway stops: no second `serve` on this data dir meanwhile.
     _serve_lock: datadir::ServeLock,
 }
@@ -107,10 +112,50 @@ impl Gateway {
         let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(quic));
         server_config.transport_config(Arc::new(tunnel::transport_config(cfg.idle_timeout)));
         let node = node::Node::new(cfg.node_id.clone());
+        // Every node mints its own peer-link certificate from the fleet CA at start: only
+        // a holder of the CA key can, and a node of another fleet's CA is refused.
+        let (peer_endpoint, peers) = if store.is_postgres() {
+            let id = ca.issue_node(node.id())?;
+            let peers = peer::Peers::new(
+                node.id(),
+                store.clone(),
+                certs::peer_client_config(ca.cert_pem(), &id)?,
+            )
+            .map_err(|source| GatewayError::Bind {
+                addr: "0.0.0.0:0".parse().expect("addr"),
+                source,
+            })?;
+            let endpoint = match cfg.peer_listen {
+                Some(addr) => {
+                    let server =
+                        peer::server_config(certs::peer_server_config(ca.cert_pem(), &id)?)
+                            .map_err(GatewayError::Quic)?;
+                    let socket = transport::net::udp_socket(addr)
+                        .map_err(|source| GatewayError::Bind { addr, source })?;
+                    let ep = transport::quic::endpoint(socket, Some(server), None)
+                        .map_err(|source| GatewayError::Bind { addr, source })?;
+                    let bound = ep
+                        .local_addr()
+                        .map_err(|source| GatewayError::Bind { addr, source })?;
+                    node.set_peer_addr(
+                        cfg.peer_advertise
+                            .clone()
+                            .unwrap_or_else(|| bound.to_string()),
+                    );
+                    Some(ep)
+                }
+                None => None,
+            };
+            (endpoint, Some(Arc::new(peers)))
+        } else {
+            (None, None)
+        };
         if store.is_postgres() {
             // Other nodes may hold tunnels: take this node's lease, and clear only the
             // routes of nodes that are dead.
-            store.renew_lease(node.id(), None, node::LEASE_TTL).await?;
+            store
+                .renew_lease(node.id(), node.peer_addr(), node::LEASE_TTL)
+                .await?;
             store
                 .sweep_dead_nodes(Duration::from_secs(24 * 3600))
                 .await?;
@@ -163,6 +208,8 @@ impl Gateway {
         };
         Ok(Self {
             fingerprint: ca.fingerprint(),
+            peer_endpoint,
+            peers,
             api_tls,
             ca: Arc::new(ca),
             _serve_lock: lock,
@@ -251,8 +298,19 @@ impl Gateway {
             %domain,
             data_dir = %self.cfg.data_dir.display(),
             ca_fingerprint = %self.fingerprint,
+            node = %self.node.id(),
+            peer = self.node.peer_addr().unwrap_or("-"),
             "gateway serving"
         );
+        if let Some(ep) = self.peer_endpoint.clone() {
+            tasks.spawn(peer::serve(
+                ep,
+                Arc::clone(&self.sessions),
+                self.cfg.max_streams_per_device,
+                shutdown.clone(),
+                tasks.clone(),
+            ));
+        }
         let router_cfg = proxy::router::RouterConfig {
             domain,
             upstream_timeout: self.cfg.upstream_timeout,
@@ -264,6 +322,7 @@ impl Gateway {
         let router = Arc::new(proxy::router::Router::new(
             &router_cfg,
             Arc::clone(&self.sessions),
+            self.peers.clone(),
             self.store.clone(),
             tasks.clone(),
             shutdown.clone(),
@@ -315,6 +374,7 @@ impl Gateway {
             api::ApiState {
                 store: self.store.clone(),
                 sessions: Arc::clone(&self.sessions),
+                peers: self.peers.clone(),
                 domain: self.cfg.normalized_domain(),
                 advertise,
                 ca_fingerprint: self.fingerprint.clone(),

@@ -29,6 +29,7 @@ const FORGET_DEAD_AFTER: Duration = Duration::from_secs(24 * 3600);
 #[derive(Debug)]
 pub struct Node {
     id: String,
+    peer_addr: std::sync::OnceLock<String>,
     fenced: AtomicBool,
 }
 
@@ -38,6 +39,7 @@ impl Node {
         let id = id.unwrap_or_else(|| format!("node-{:016x}", rand::random::<u64>()));
         Arc::new(Self {
             id,
+            peer_addr: std::sync::OnceLock::new(),
             fenced: AtomicBool::new(false),
         })
     }
@@ -45,6 +47,16 @@ impl Node {
     /// The node's id.
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    /// Records where the other nodes reach this one (set once, before the lease loop).
+    pub fn set_peer_addr(&self, addr: String) {
+        let _ = self.peer_addr.set(addr);
+    }
+
+    /// Where the other nodes reach this one, if it takes peer links.
+    pub fn peer_addr(&self) -> Option<&str> {
+        self.peer_addr.get().map(String::as_str)
     }
 
     /// Whether the node has lost its lease (and so takes no tunnels).
@@ -66,9 +78,10 @@ impl Node {
         loop {
             // Bounded: a database that stopped answering must not hold the loop past the
             // moment to fence (the pool would wait 30 s for a connection).
-            let renewed = tokio::time::timeout(every, store.renew_lease(&self.id, None, ttl))
-                .await
-                .unwrap_or_else(|_| Err(StoreError::Timeout(every)));
+            let renewed =
+                tokio::time::timeout(every, store.renew_lease(&self.id, self.peer_addr(), ttl))
+                    .await
+                    .unwrap_or_else(|_| Err(StoreError::Timeout(every)));
             match renewed {
                 Ok(_) => {
                     last_ok = Instant::now();

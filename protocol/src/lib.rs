@@ -25,6 +25,7 @@ mod heartbeat;
 pub mod host;
 pub mod journal;
 mod logs;
+pub mod peer;
 mod provision;
 pub mod release;
 pub mod spool;

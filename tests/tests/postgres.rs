@@ -287,3 +287,80 @@ fn serve_refuses_a_database_url_that_is_not_postgres() {
     // Refused before anything is created: a mistyped flag must not mint a CA.
     assert!(!data.exists(), "the refused serve created its data dir");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_node_serves_a_device_whose_tunnel_another_node_holds() {
+    let Some(url) = gateway::store::test_pg::database_url().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (data_a, data_b) = (dir.path().join("a"), dir.path().join("b"));
+    let backend = Backend::spawn("held-by-node-a").await;
+    let node = |data: &Path, id: &str, http: u16, tunnel: u16, peer: u16| {
+        let peer = format!("127.0.0.1:{peer}");
+        procs::serve(
+            data,
+            http,
+            tunnel,
+            &["--database", &url, "--node-id", id, "--peer-listen", &peer],
+        )
+    };
+    let (http_a, tunnel_a) = (free_port_tcp(), free_port_udp());
+    let _a = node(&data_a, "a", http_a, tunnel_a, free_port_udp());
+    assert!(
+        eventually(Duration::from_secs(30), || try_get(
+            http_a,
+            "x.devices.localhost"
+        ))
+        .await
+        .is_some(),
+        "node a did not start"
+    );
+    let out = dir.path().join("device.toml");
+    let (_token, uuid) = token_and_device(&data_a, &url, tunnel_a, &out);
+    let host = device_host(&uuid);
+    let mut agent = procs::agent(&out, backend.addr, &[]);
+    assert!(wait_status(http_a, &host, StatusCode::OK, Duration::from_secs(30)).await);
+
+    std::fs::create_dir_all(&data_b).unwrap();
+    for f in ["ca.pem", "ca.key"] {
+        std::fs::copy(data_a.join(f), data_b.join(f)).unwrap();
+    }
+    let http_b = free_port_tcp();
+    let _b = node(&data_b, "b", http_b, free_port_udp(), free_port_udp());
+    // Node b holds no tunnel of the device, yet its URL answers there, through a's peer
+    // link, with the device's own page.
+    assert!(
+        wait_status(http_b, &host, StatusCode::OK, Duration::from_secs(30)).await,
+        "node b does not serve the device whose tunnel node a holds"
+    );
+    let (_, body) = try_get(http_b, &host).await.unwrap();
+    assert!(
+        String::from_utf8_lossy(&body).contains("held-by-node-a"),
+        "node b answered with another page: {body:?}"
+    );
+    // Many requests in a row, each a stream through the peer link or a pooled one.
+    for i in 0..50 {
+        let (s, _) = try_get(http_b, &host).await.expect("node b answers");
+        assert_eq!(s, StatusCode::OK, "request {i} through node b");
+    }
+    // An unknown device is still a 404 on b, not a peer error.
+    let (s, _) = try_get(http_b, &device_host("0123456789abcdef0123456789abcdef"))
+        .await
+        .unwrap();
+    assert_eq!(s, StatusCode::NOT_FOUND);
+
+    // The device goes away: b says offline (from the cleared route, or from a's "not
+    // here"), not a peer failure.
+    agent.kill9();
+    assert!(
+        wait_status(
+            http_b,
+            &host,
+            StatusCode::SERVICE_UNAVAILABLE,
+            Duration::from_secs(60)
+        )
+        .await,
+        "node b does not report the device offline once it left node a"
+    );
+}

@@ -56,6 +56,8 @@ const MAX_BODY: usize = 64 * 1024;
 pub(crate) struct ApiState {
     pub(crate) store: Store,
     pub(crate) sessions: Arc<Sessions>,
+    /// The peer link to the other nodes of a cluster (terminals of their devices).
+    pub(crate) peers: Option<Arc<crate::peer::Peers>>,
     pub(crate) domain: String,
     /// Tunnel address written into provisioning keys.
     pub(crate) advertise: String,

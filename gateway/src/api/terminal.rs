@@ -205,7 +205,11 @@ async fn open(
         )
     })?;
     device_or_404(&st, uuid).await?;
-    if st.sessions.get(&uuid).is_none() {
+    let elsewhere = match (&st.peers, st.sessions.get(&uuid)) {
+        (Some(p), None) => p.is_elsewhere(uuid).await,
+        _ => false,
+    };
+    if st.sessions.get(&uuid).is_none() && !elsewhere {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "device_offline",
@@ -449,14 +453,23 @@ async fn open_stream(
     (
         transport::SendStream,
         transport::RecvStream,
-        crate::sessions::StreamHold,
+        Option<crate::sessions::StreamHold>,
     ),
     String,
 > {
-    let session = st
-        .sessions
-        .get(&uuid)
-        .ok_or_else(|| format!("device {uuid} is offline"))?;
+    let stream_header = StreamHeader::Terminal(header.to_map());
+    let Some(session) = st.sessions.get(&uuid) else {
+        // Held by another node: through the peer link (the holder counts the stream).
+        let peers = st
+            .peers
+            .as_ref()
+            .ok_or_else(|| format!("device {uuid} is offline"))?;
+        let (send, recv) = peers
+            .open(uuid, &stream_header)
+            .await
+            .map_err(|e| format!("cannot open a stream to the device: {e}"))?;
+        return Ok((send, recv, None));
+    };
     let (mut send, recv) = session
         .conn
         .open_bi()
@@ -465,13 +478,11 @@ async fn open_stream(
     // Counted on this connection: if the device moves to a new one meanwhile, the old
     // one stays up until this terminal ends (30 s at most).
     let hold = session.hold_stream();
-    let bytes = StreamHeader::Terminal(header.to_map())
-        .to_vec()
-        .map_err(|e| e.to_string())?;
+    let bytes = stream_header.to_vec().map_err(|e| e.to_string())?;
     send.write_all(&bytes)
         .await
         .map_err(|e| format!("cannot reach the device: {e}"))?;
-    Ok((send, recv, hold))
+    Ok((send, recv, Some(hold)))
 }
 
 async fn page(uuid: Result<Path<String>, PathRejection>) -> Response {

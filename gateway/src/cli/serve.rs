@@ -20,6 +20,15 @@ pub(super) struct ServeArgs {
     /// '_', '.'). [default: a fresh node-<16 hex> per start]
     #[arg(long)]
     node_id: Option<String>,
+    /// Peer link listener (UDP): where the other nodes sharing --database reach this
+    /// one, to serve the devices whose tunnel this node holds (docs/cluster.md).
+    /// [default: none, no forwarding to this node]
+    #[arg(long)]
+    peer_listen: Option<SocketAddr>,
+    /// HOST:PORT the other nodes dial for the peer link. [default: --peer-listen, which
+    /// must then be a specific address]
+    #[arg(long)]
+    peer_advertise: Option<String>,
     /// Devices are served at http://<uuid>.<domain>/. [default: devices.localhost]
     #[arg(long)]
     domain: Option<String>,
@@ -130,6 +139,12 @@ impl ServeArgs {
         }
         if self.node_id.is_some() {
             cfg.node_id = self.node_id;
+        }
+        if self.peer_listen.is_some() {
+            cfg.peer_listen = self.peer_listen;
+        }
+        if self.peer_advertise.is_some() {
+            cfg.peer_advertise = self.peer_advertise;
         }
         if self.advertise_tunnel.is_some() {
             cfg.advertise_tunnel = self.advertise_tunnel;

@@ -101,6 +101,14 @@ pub struct ServeConfig {
     /// This node's id among the gateways sharing `database` (it names the node in the
     /// device routes and leases). Default is a fresh `node-<16 hex>` per start.
     pub node_id: Option<String>,
+    /// Peer link listener (UDP, QUIC with node certificates of the fleet CA): where the
+    /// other nodes sharing `database` reach this one to serve devices whose tunnel this
+    /// node holds. Default is none: this node answers only for its own tunnels, and the
+    /// others cannot forward to it. Needs `database`.
+    pub peer_listen: Option<SocketAddr>,
+    /// `HOST:PORT` the other nodes dial for the peer link. Default is `peer_listen`
+    /// (which must then name an address, not 0.0.0.0 or ::).
+    pub peer_advertise: Option<String>,
     /// Public URLs are `http://<uuid>.<domain>/`. Default is `devices.localhost`.
     pub domain: String,
     /// Public HTTP listener (TCP). Default is `0.0.0.0:80`.
@@ -204,6 +212,8 @@ impl Default for ServeConfig {
             data_dir: PathBuf::from("./gateway-data"),
             database: None,
             node_id: None,
+            peer_listen: None,
+            peer_advertise: None,
             domain: "devices.localhost".into(),
             http_listen: "0.0.0.0:80".parse().expect("addr"),
             tunnel_listen: "0.0.0.0:443".parse().expect("addr"),
@@ -283,6 +293,33 @@ impl ServeConfig {
                          leave it out for the data dir's own SQLite file",
                         crate::datadir::redacted_url(url)
                     ),
+                });
+            }
+        }
+        if let Some(addr) = self.peer_listen {
+            if self.database.is_none() {
+                return Err(ConfigError::Invalid {
+                    key: "peer_listen",
+                    reason: "a peer link joins nodes sharing one PostgreSQL database: give \
+                             `database` too"
+                        .into(),
+                });
+            }
+            if addr.ip().is_unspecified() && self.peer_advertise.is_none() {
+                return Err(ConfigError::Invalid {
+                    key: "peer_advertise",
+                    reason: format!(
+                        "peer_listen {addr} names no address other nodes can dial: give \
+                         peer_advertise HOST:PORT"
+                    ),
+                });
+            }
+        }
+        if let Some(a) = &self.peer_advertise {
+            if self.peer_listen.is_none() || !a.contains(':') {
+                return Err(ConfigError::Invalid {
+                    key: "peer_advertise",
+                    reason: format!("{a:?} must be HOST:PORT, with peer_listen set"),
                 });
             }
         }

@@ -25,7 +25,13 @@ use protocol::{DeviceUuid, HttpHeader, StreamHeader, TargetStatus};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use transport::BiStream;
 
+use crate::peer::{PeerError, Peers};
 use crate::sessions::{HttpStreamGuard, Sessions};
+
+/// The session part of the pool key of streams through the peer link to the node
+/// holding the device (`<uuid>-p`): one pool per device whichever node holds it, since
+/// a pooled stream that outlives its device's move is closed by the holder.
+pub(crate) const REMOTE_KEY: &str = "p";
 
 /// Why a request could not reach the device's web server.
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +48,12 @@ pub(crate) enum UpstreamError {
     /// The tunnel broke while opening the stream.
     #[error("tunnel: {0}")]
     Tunnel(#[from] transport::ConnectionError),
+    /// The holding node says the device's public URL is off.
+    #[error("the device's public URL is disabled")]
+    PublicUrlOff,
+    /// The node holding the device's tunnel cannot be reached.
+    #[error("{0}")]
+    Peer(String),
     /// The pool key did not name a device (a bug).
     #[error("bad pool key {0}")]
     BadKey(String),
@@ -51,6 +63,8 @@ pub(crate) enum UpstreamError {
 #[derive(Clone)]
 pub(crate) struct TunnelConnector {
     pub(crate) sessions: Arc<Sessions>,
+    /// The peer link, on a node of a cluster.
+    pub(crate) peers: Option<Arc<Peers>>,
     /// Most `Http` streams open at once per device session.
     pub(crate) max_streams: usize,
 }
@@ -66,13 +80,35 @@ impl tower_service::Service<Uri> for TunnelConnector {
 
     fn call(&mut self, uri: Uri) -> Self::Future {
         let sessions = Arc::clone(&self.sessions);
+        let peers = self.peers.clone();
         let limit = self.max_streams;
         Box::pin(async move {
             let host = uri.host().unwrap_or_default();
             let (uuid, id) = host
                 .split_once('-')
-                .and_then(|(u, id)| Some((u.parse::<DeviceUuid>().ok()?, id.parse::<u64>().ok()?)))
+                .and_then(|(u, id)| Some((u.parse::<DeviceUuid>().ok()?, id)))
                 .ok_or_else(|| UpstreamError::BadKey(host.to_string()))?;
+            if id == REMOTE_KEY {
+                let peers = peers.ok_or_else(|| UpstreamError::BadKey(host.to_string()))?;
+                let header = StreamHeader::Http(HttpHeader::default());
+                let (send, recv) = peers.open(uuid, &header).await.map_err(|e| match e {
+                    PeerError::Offline => UpstreamError::Offline,
+                    PeerError::Busy => UpstreamError::TooManyStreams(limit),
+                    PeerError::PublicUrlOff => UpstreamError::PublicUrlOff,
+                    e @ (PeerError::Refused | PeerError::Link { .. }) => {
+                        UpstreamError::Peer(e.to_string())
+                    }
+                })?;
+                return Ok(TokioIo::new(TunnelStream {
+                    inner: BiStream { send, recv },
+                    status_seen: false,
+                    shut_down: false,
+                    _counted: None,
+                }));
+            }
+            let id: u64 = id
+                .parse()
+                .map_err(|_| UpstreamError::BadKey(host.to_string()))?;
             let session = sessions
                 .get(&uuid)
                 .filter(|s| s.id == id)
@@ -95,7 +131,7 @@ impl tower_service::Service<Uri> for TunnelConnector {
                 inner: BiStream { send, recv },
                 status_seen: false,
                 shut_down: false,
-                _counted: guard,
+                _counted: Some(guard),
             }))
         })
     }
@@ -107,8 +143,9 @@ pub(crate) struct TunnelStream {
     status_seen: bool,
     /// Whether the client shut the stream down (finished our side) itself.
     shut_down: bool,
-    /// Keeps the stream counted against the device's limit while it lives.
-    _counted: HttpStreamGuard,
+    /// Keeps the stream counted against the device's limit while it lives (on the
+    /// holding node, for a stream through the peer link).
+    _counted: Option<HttpStreamGuard>,
 }
 
 impl Drop for TunnelStream {

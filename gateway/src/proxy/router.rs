@@ -31,10 +31,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
-use super::connector::{TunnelConnector, UpstreamError};
+use super::connector::{TunnelConnector, UpstreamError, REMOTE_KEY};
 use super::pages::error_page;
 use super::pages::Body;
 use crate::listener::ListenerConfig;
+use crate::peer::Peers;
 use crate::sessions::Sessions;
 use crate::store::Store;
 
@@ -74,6 +75,8 @@ pub(crate) struct RouterConfig {
 pub(crate) struct Router {
     domain: DeviceDomain,
     sessions: Arc<Sessions>,
+    /// Devices whose tunnel another node holds are served through it.
+    peers: Option<Arc<Peers>>,
     store: Store,
     client: Client<TunnelConnector, IdleBody>,
     upstream_timeout: Duration,
@@ -88,6 +91,7 @@ impl Router {
     pub(crate) fn new(
         cfg: &RouterConfig,
         sessions: Arc<Sessions>,
+        peers: Option<Arc<Peers>>,
         store: Store,
         tasks: TaskTracker,
         shutdown: CancellationToken,
@@ -100,11 +104,13 @@ impl Router {
             .set_host(false)
             .build(TunnelConnector {
                 sessions: Arc::clone(&sessions),
+                peers: peers.clone(),
                 max_streams: cfg.max_streams_per_device,
             });
         Self {
             domain: DeviceDomain::new(&cfg.domain),
             sessions,
+            peers,
             store,
             client,
             upstream_timeout: cfg.upstream_timeout,
@@ -150,8 +156,18 @@ impl Router {
                 req.headers(),
             );
         };
-        let session = match self.sessions.get(&uuid) {
-            Some(s) if s.public_url.load(std::sync::atomic::Ordering::Relaxed) => s,
+        let local = self.sessions.get(&uuid);
+        // Held by another node: through the peer link (which checks the public URL
+        // switch on the holder).
+        let remote = match (&local, &self.peers) {
+            (None, Some(p)) => p.is_elsewhere(uuid).await,
+            _ => false,
+        };
+        let pool_authority = match local {
+            Some(s) if s.public_url.load(std::sync::atomic::Ordering::Relaxed) => {
+                s.pool_authority.clone()
+            }
+            None if remote => remote_authority(uuid),
             Some(_) => {
                 return error_page(
                     StatusCode::NOT_FOUND,
@@ -194,7 +210,7 @@ impl Router {
         prepare_request(&mut req, &host, peer, upgrade);
         let mut parts = http::uri::Parts::default();
         parts.scheme = Some(http::uri::Scheme::HTTP);
-        parts.authority = Some(session.pool_authority.clone());
+        parts.authority = Some(pool_authority);
         parts.path_and_query = Some(
             req.uri()
                 .path_and_query()
@@ -503,6 +519,13 @@ struct Failure {
     retry_after: Option<&'static str>,
 }
 
+/// The pool key of streams through the peer link: `<uuid>-p`.
+fn remote_authority(uuid: DeviceUuid) -> http::uri::Authority {
+    format!("{uuid}-{REMOTE_KEY}")
+        .parse()
+        .expect("hex uuid, dash and a letter form a valid authority")
+}
+
 /// Maps a client error to the status and page a visitor sees.
 fn classify(err: &(dyn StdError + 'static)) -> Failure {
     let page = |status, detail: &str| Failure {
@@ -552,6 +575,14 @@ fn classify(err: &(dyn StdError + 'static)) -> Failure {
                 UpstreamError::Target(TargetStatus::Refused) => page(
                     StatusCode::BAD_GATEWAY,
                     "The device is online, but nothing is listening on its web port.",
+                ),
+                UpstreamError::PublicUrlOff => page(
+                    StatusCode::NOT_FOUND,
+                    "The public URL of this device is disabled.",
+                ),
+                UpstreamError::Peer(detail) => page(
+                    StatusCode::BAD_GATEWAY,
+                    &format!("The gateway node holding this device's tunnel cannot be reached: {detail}."),
                 ),
                 UpstreamError::Target(_) | UpstreamError::BadKey(_) => page(
                     StatusCode::BAD_GATEWAY,
