@@ -207,3 +207,18 @@ fn limit_keys() {
         assert!(err.contains(key), "{bad}: {err}");
     }
 }
+
+#[test]
+fn peer_link_settings_are_checked() {
+    let e = invalid("peer_listen = \"127.0.0.1:7000\"");
+    assert!(e.contains("peer_listen") && e.contains("database"), "{e}");
+    let e = invalid("database = \"postgres://u@h/d\"\npeer_listen = \"0.0.0.0:7000\"");
+    assert!(e.contains("peer_advertise"), "{e}");
+    let e = invalid("database = \"postgres://u@h/d\"\npeer_advertise = \"a:1\"");
+    assert!(e.contains("peer_advertise"), "{e}");
+    let ok = ServeConfig::from_toml(
+        "database = \"postgres://u@h/d\"\npeer_listen = \"0.0.0.0:7000\"\npeer_advertise = \"gw1.internal:7000\"",
+    )
+    .unwrap();
+    ok.validate().unwrap();
+}

@@ -417,3 +417,6 @@ async fn answer(mut send: SendStream, a: PeerAnswer) {
     let _ = send.write_all(&[a as u8]).await;
     let _ = send.finish();
 }
+
+#[cfg(test)]
+mod tests;
