@@ -88,6 +88,16 @@ impl Node {
                     if self.fenced.swap(false, Ordering::AcqRel) {
                         info!(node = %self.id, "database lease renewed again; taking tunnels");
                     }
+                    // Actions queued through another node: that node could only store
+                    // them; the holder of the tunnel delivers them.
+                    match store.devices_with_pending_actions(&self.id).await {
+                        Ok(devices) => {
+                            for d in devices {
+                                sessions.kick(&d);
+                            }
+                        }
+                        Err(e) => warn!(error = %e, "cannot look for queued actions"),
+                    }
                     match store.sweep_dead_nodes(FORGET_DEAD_AFTER).await {
                         Ok(0) => {}
                         Ok(n) => info!(routes = n, "cleared the routes of dead gateway nodes"),

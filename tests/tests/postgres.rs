@@ -296,17 +296,27 @@ async fn any_node_serves_a_device_whose_tunnel_another_node_holds() {
     let dir = tempfile::tempdir().unwrap();
     let (data_a, data_b) = (dir.path().join("a"), dir.path().join("b"));
     let backend = Backend::spawn("held-by-node-a").await;
-    let node = |data: &Path, id: &str, http: u16, tunnel: u16, peer: u16| {
-        let peer = format!("127.0.0.1:{peer}");
+    let node = |data: &Path, id: &str, http: u16, tunnel: u16, api: u16| {
+        let peer = format!("127.0.0.1:{}", free_port_udp());
+        let api = format!("127.0.0.1:{api}");
         procs::serve(
             data,
             http,
             tunnel,
-            &["--database", &url, "--node-id", id, "--peer-listen", &peer],
+            &[
+                "--database",
+                &url,
+                "--node-id",
+                id,
+                "--peer-listen",
+                &peer,
+                "--api-listen",
+                &api,
+            ],
         )
     };
     let (http_a, tunnel_a) = (free_port_tcp(), free_port_udp());
-    let _a = node(&data_a, "a", http_a, tunnel_a, free_port_udp());
+    let _a = node(&data_a, "a", http_a, tunnel_a, free_port_tcp());
     assert!(
         eventually(Duration::from_secs(30), || try_get(
             http_a,
@@ -317,7 +327,7 @@ async fn any_node_serves_a_device_whose_tunnel_another_node_holds() {
         "node a did not start"
     );
     let out = dir.path().join("device.toml");
-    let (_token, uuid) = token_and_device(&data_a, &url, tunnel_a, &out);
+    let (token, uuid) = token_and_device(&data_a, &url, tunnel_a, &out);
     let host = device_host(&uuid);
     let mut agent = procs::agent(&out, backend.addr, &[]);
     assert!(wait_status(http_a, &host, StatusCode::OK, Duration::from_secs(30)).await);
@@ -326,8 +336,9 @@ async fn any_node_serves_a_device_whose_tunnel_another_node_holds() {
     for f in ["ca.pem", "ca.key"] {
         std::fs::copy(data_a.join(f), data_b.join(f)).unwrap();
     }
-    let http_b = free_port_tcp();
-    let _b = node(&data_b, "b", http_b, free_port_udp(), free_port_udp());
+    let (http_b, api_b) = (free_port_tcp(), free_port_tcp());
+    let _b = node(&data_b, "b", http_b, free_port_udp(), api_b);
+    let api_b: std::net::SocketAddr = format!("127.0.0.1:{api_b}").parse().unwrap();
     // Node b holds no tunnel of the device, yet its URL answers there, through a's peer
     // link, with the device's own page.
     assert!(
@@ -349,6 +360,29 @@ async fn any_node_serves_a_device_whose_tunnel_another_node_holds() {
         .await
         .unwrap();
     assert_eq!(s, StatusCode::NOT_FOUND);
+
+    // An action queued through node b is delivered by node a, which holds the tunnel,
+    // and its result is visible on b.
+    let (s, v) = api_json(
+        api_b,
+        &token,
+        "POST",
+        &format!("/v1/devices/{uuid}/actions"),
+        Some(serde_json::json!({"action": "blink"})),
+    )
+    .await
+    .unwrap();
+    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    let id = v["id"].as_str().unwrap().to_string();
+    let done = eventually(Duration::from_secs(30), || async {
+        let (_, v) = api_json(api_b, &token, "GET", &format!("/v1/actions/{id}"), None).await?;
+        matches!(v["status"].as_str(), Some("succeeded" | "failed")).then_some(v)
+    })
+    .await;
+    assert!(
+        done.is_some(),
+        "an action queued through node b never reached the device on node a"
+    );
 
     // The device goes away: b says offline (from the cleared route, or from a's "not
     // here"), not a peer failure.

@@ -120,6 +120,30 @@ impl Store {
         })
     }
 
+    /// Devices routed to `node` that have actions waiting to be sent: the backstop that
+    /// delivers an action queued through another node of a cluster.
+    pub async fn devices_with_pending_actions(
+        &self,
+        node: &str,
+    ) -> Result<Vec<DeviceUuid>, StoreError> {
+        on_pool!(self, |p| {
+            sqlx::query(
+                "SELECT DISTINCT a.device FROM actions a JOIN device_routes r ON r.device = a.device \
+                 WHERE r.node = $1 AND a.status = 'pending'",
+            )
+            .bind(node)
+            .fetch_all(p)
+            .await?
+            .iter()
+            .map(|r| {
+                let d: String = r.col("device")?;
+                d.parse()
+                    .map_err(|e: protocol::InvalidUuid| StoreError::Corrupt(e.to_string()))
+            })
+            .collect()
+        })
+    }
+
     /// Records that an action was sent to the agent.
     pub async fn action_delivered(&self, id: &str) -> Result<(), StoreError> {
         on_pool!(self, |p| {
