@@ -2,7 +2,7 @@
 //! the JSON of the provisioning stream's request and response, on arbitrary text.
 //!
 //! Properties: never panics; an accepted key has a 64-hex-digit CA fingerprint, a
-//! `HOST:PORT`-shaped gateway and a secret, encodes to a string that decodes to the same
+//! gateway list whose every entry is `HOST:PORT`-shaped, and a secret, encodes to a string that decodes to the same
 //! key, and decodes the same with surrounding whitespace; an accepted request or response
 //! survives a JSON round trip unchanged.
 #![no_main]
@@ -21,7 +21,12 @@ fuzz_target!(|data: &[u8]| {
         if let Ok(key) = res {
             assert_eq!(key.ca_fingerprint.len(), 64, "{key:?}");
             assert!(key.ca_fingerprint.bytes().all(|b| b.is_ascii_hexdigit()));
-            assert!(key.gateway.contains(':') && !key.secret.is_empty(), "{key:?}");
+            assert!(!key.secret.is_empty(), "{key:?}");
+            assert!(
+                protocol::host::gateway_addresses(&key.gateway).is_ok()
+                    && key.gateways().iter().all(|g| g.contains(':')),
+                "{key:?}"
+            );
             let encoded = key.encode();
             assert!(encoded.starts_with("epk1."));
             assert_eq!(ProvisioningKey::decode(&encoded), Ok(key), "{encoded}");

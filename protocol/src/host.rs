@@ -5,6 +5,10 @@
 //! domain. The match is case-insensitive, ignores a `:port` and one trailing dot (the
 //! absolute form of a DNS name), and accepts exactly one label in front of the domain.
 //! This is pure string work; the gateway's router calls it for every visitor request.
+//!
+//! Also here, as the same kind of pure string work: [`gateway_addresses`], the list of
+//! tunnel addresses a device file or a provisioning key names
+//! (`HOST:PORT[,HOST:PORT...]`).
 
 use crate::uuid::DeviceUuid;
 
@@ -70,6 +74,48 @@ pub fn strip_port(host: &str) -> &str {
         .unwrap_or(host)
 }
 
+/// An entry of a gateway address list that is not `HOST:PORT`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}{part:?} is not HOST:PORT (a port from 1 to 65535)", if *.of > 1 { format!("address {} of {}, ", .index + 1, .of) } else { String::new() })]
+pub struct BadAddress {
+    /// The entry as written (trimmed).
+    pub part: String,
+    /// Its 0-based position in the list.
+    pub index: usize,
+    /// How many entries the list has.
+    pub of: usize,
+}
+
+/// The entries of a gateway address list, `HOST:PORT[,HOST:PORT...]`, in order: split on
+/// commas, each trimmed of surrounding whitespace. One address (no comma) is a list of
+/// one, so a file written before lists existed reads the same.
+///
+/// Every entry must be a non-empty host (a name, an IPv4 address or a bracketed IPv6
+/// address), a colon and a port from 1 to 65535; an empty entry (`a:1,,b:2`, a trailing
+/// comma) is refused too. The first bad entry is named in the error. Duplicates are kept:
+/// the dialler de-duplicates the addresses they resolve to.
+pub fn gateway_addresses(list: &str) -> Result<Vec<&str>, BadAddress> {
+    let parts: Vec<&str> = list.split(',').map(str::trim).collect();
+    let of = parts.len();
+    for (index, part) in parts.iter().enumerate() {
+        let ok = part.rsplit_once(':').is_some_and(|(host, port)| {
+            !host.is_empty()
+                && !host.contains(char::is_whitespace)
+                && (!host.starts_with('[') || (host.len() > 2 && host.ends_with(']')))
+                && port.bytes().all(|b| b.is_ascii_digit())
+                && port.parse::<u16>().is_ok_and(|p| p != 0)
+        });
+        if !ok {
+            return Err(BadAddress {
+                part: (*part).to_string(),
+                index,
+                of,
+            });
+        }
+    }
+    Ok(parts)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -128,5 +174,50 @@ mod tests {
                 assert_eq!(d.device(&host), None, "{host:?} under {domain:?}");
             }
         }
+    }
+
+    #[test]
+    fn gateway_lists_split_trim_and_name_the_bad_entry() {
+        assert_eq!(
+            gateway_addresses("gw.example:443").unwrap(),
+            ["gw.example:443"]
+        );
+        assert_eq!(
+            gateway_addresses("a.example:443, b.example:8443 ,[::1]:443,10.0.0.1:1").unwrap(),
+            ["a.example:443", "b.example:8443", "[::1]:443", "10.0.0.1:1"]
+        );
+        // Duplicates are the dialler's business.
+        assert_eq!(gateway_addresses("a:1,a:1").unwrap().len(), 2);
+        for (list, part, index) in [
+            ("", "", 0),
+            ("gw.example", "gw.example", 0),
+            ("a:443,b.example", "b.example", 1),
+            ("a:443,", "", 1),
+            ("a:443,,b:443", "", 1),
+            (":443", ":443", 0),
+            ("a:0", "a:0", 0),
+            ("a:65536", "a:65536", 0),
+            ("a:+1", "a:+1", 0),
+            ("a:https", "a:https", 0),
+            ("a b:443", "a b:443", 0),
+            ("[]:443", "[]:443", 0),
+            ("[::1:443", "[::1:443", 0),
+        ] {
+            let e = gateway_addresses(list).unwrap_err();
+            assert_eq!((e.part.as_str(), e.index), (part, index), "{list:?}");
+            assert!(e.to_string().contains("is not HOST:PORT"), "{e}");
+        }
+        let e = gateway_addresses("a:443,b.example")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "address 2 of 2, \"b.example\" is not HOST:PORT (a port from 1 to 65535)"
+        );
+        let e = gateway_addresses("gw.example").unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "\"gw.example\" is not HOST:PORT (a port from 1 to 65535)"
+        );
     }
 }

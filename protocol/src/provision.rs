@@ -1,8 +1,9 @@
 //! Provisioning: how a device without a certificate gets one.
 //!
 //! The operator hands out a [`ProvisioningKey`]: one string that carries the gateway's
-//! tunnel address, the SHA-256 fingerprint of the gateway's CA and a secret. The device
-//! dials the address with ALPN `edge-provision/1` and no client certificate, checks the
+//! tunnel address (or several, comma-separated, for a gateway with several nodes), the
+//! SHA-256 fingerprint of the gateway's CA and a secret. The device dials an address with
+//! ALPN `edge-provision/1` and no client certificate, checks the
 //! gateway's chain against the fingerprint, opens one bidirectional stream and sends one
 //! [`ProvisionRequest`] frame (JSON, [`crate::FrameType::Message`]); the gateway answers
 //! one [`ProvisionResponse`] frame and closes the connection.
@@ -14,7 +15,9 @@ const KEY_PREFIX: &str = "epk1.";
 /// A fleet provisioning key as handed to a factory.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProvisioningKey {
-    /// Tunnel address the device dials, `HOST:PORT`.
+    /// Tunnel address the device dials, `HOST:PORT`; or several, comma-separated
+    /// (`a.example:443,b.example:443`), tried in order (see [`crate::host::gateway_addresses`]).
+    /// A plain string either way, so keys made before lists existed decode unchanged.
     #[serde(rename = "g")]
     pub gateway: String,
     /// SHA-256 of the gateway CA certificate (DER), lowercase hex.
@@ -28,7 +31,7 @@ pub struct ProvisioningKey {
 /// A string that is not a provisioning key.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("not a provisioning key ({0}); keys look like `epk1.` followed by letters and digits")]
-pub struct InvalidKey(&'static str);
+pub struct InvalidKey(String);
 
 impl ProvisioningKey {
     /// Encodes as `epk1.<base64url(JSON)>`.
@@ -42,18 +45,29 @@ impl ProvisioningKey {
         let body = s
             .trim()
             .strip_prefix(KEY_PREFIX)
-            .ok_or(InvalidKey("missing epk1. prefix"))?;
-        let json = base64url_decode(body).ok_or(InvalidKey("bad encoding"))?;
-        let key: Self = serde_json::from_slice(&json).map_err(|_| InvalidKey("bad contents"))?;
+            .ok_or_else(|| InvalidKey("missing epk1. prefix".into()))?;
+        let json = base64url_decode(body).ok_or_else(|| InvalidKey("bad encoding".into()))?;
+        let key: Self =
+            serde_json::from_slice(&json).map_err(|_| InvalidKey("bad contents".into()))?;
         if key.ca_fingerprint.len() != 64
             || !key.ca_fingerprint.chars().all(|c| c.is_ascii_hexdigit())
         {
-            return Err(InvalidKey("bad CA fingerprint"));
+            return Err(InvalidKey("bad CA fingerprint".into()));
         }
-        if !key.gateway.contains(':') || key.secret.is_empty() {
-            return Err(InvalidKey("missing gateway address or secret"));
+        if key.secret.is_empty() {
+            return Err(InvalidKey("missing secret".into()));
         }
+        crate::host::gateway_addresses(&key.gateway)
+            .map_err(|e| InvalidKey(format!("gateway address: {e}")))?;
         Ok(key)
+    }
+
+    /// The gateway addresses the key names, in the order the device tries them.
+    pub fn gateways(&self) -> Vec<&str> {
+        // Checked by `decode`; a key built by hand with a bad entry keeps it, and its
+        // dial fails naming it.
+        crate::host::gateway_addresses(&self.gateway)
+            .unwrap_or_else(|_| self.gateway.split(',').map(str::trim).collect())
     }
 }
 
@@ -165,10 +179,39 @@ mod tests {
         }
 
         #[test]
-        fn key_round_trip(gw in "[a-z0-9.]{1,20}:[0-9]{1,5}", fp in "[0-9a-f]{64}", secret in "[a-z0-9]{1,10}\\.[a-z0-9]{1,40}") {
+        fn key_round_trip(gws in proptest::collection::vec(("[a-z0-9.]{1,20}", 1u16..), 1..4), fp in "[0-9a-f]{64}", secret in "[a-z0-9]{1,10}\\.[a-z0-9]{1,40}") {
+            let gw = gws.iter().map(|(h, p)| format!("{h}:{p}")).collect::<Vec<_>>().join(",");
             let k = ProvisioningKey { gateway: gw, ca_fingerprint: fp, secret };
             prop_assert_eq!(ProvisioningKey::decode(&format!(" {} \n", k.encode())).unwrap(), k);
         }
+    }
+
+    #[test]
+    fn a_key_carries_a_gateway_list_and_old_keys_still_decode() {
+        let fp = "ab".repeat(32);
+        // A key made before lists existed: one address.
+        let old = ProvisioningKey {
+            gateway: "gw.example:443".into(),
+            ca_fingerprint: fp.clone(),
+            secret: "id.secret".into(),
+        };
+        let decoded = ProvisioningKey::decode(&old.encode()).unwrap();
+        assert_eq!(decoded, old);
+        assert_eq!(decoded.gateways(), ["gw.example:443"]);
+        let list = ProvisioningKey {
+            gateway: "a.example:443, b.example:443".into(),
+            ..old.clone()
+        };
+        let decoded = ProvisioningKey::decode(&list.encode()).unwrap();
+        assert_eq!(decoded.gateways(), ["a.example:443", "b.example:443"]);
+        let bad = ProvisioningKey {
+            gateway: "a.example:443,b.example".into(),
+            ..old
+        };
+        let e = ProvisioningKey::decode(&bad.encode())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("\"b.example\" is not HOST:PORT"), "{e}");
     }
 
     #[test]
