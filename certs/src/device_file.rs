@@ -55,7 +55,11 @@ fn default_server_name() -> String {
 pub struct AgentConfig {
     /// The device uuid (32 hex characters).
     pub uuid: String,
-    /// Gateway tunnel address, `HOST:PORT` (UDP).
+    /// Gateway tunnel address, `HOST:PORT` (UDP); or several, comma-separated, for a
+    /// gateway with several nodes (`"a.example:443,b.example:443"`). The agent dials them
+    /// in order and moves to the next after a failed dial or a lost session (see
+    /// [`protocol::host::gateway_addresses`] for the syntax). A plain string either way,
+    /// so files written before lists existed read unchanged.
     pub gateway: String,
     /// TLS server name to verify. Default is the fixed tunnel name every gateway
     /// certificate carries.
@@ -114,12 +118,7 @@ impl AgentConfig {
     /// Checks every key, naming the first bad one.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.device_uuid()?;
-        if !self.gateway.contains(':') {
-            return Err(ConfigError::Invalid {
-                key: "gateway",
-                reason: format!("{:?} is not HOST:PORT", self.gateway),
-            });
-        }
+        self.gateways()?;
         if let Some(t) = &self.target {
             if !t.contains(':') {
                 return Err(ConfigError::Invalid {
@@ -139,6 +138,14 @@ impl AgentConfig {
             }
         })?;
         Ok(())
+    }
+
+    /// The gateway addresses, in the order the agent tries them.
+    pub fn gateways(&self) -> Result<Vec<&str>, ConfigError> {
+        protocol::host::gateway_addresses(&self.gateway).map_err(|e| ConfigError::Invalid {
+            key: "gateway",
+            reason: e.to_string(),
+        })
     }
 
     /// The parsed device uuid.
@@ -200,4 +207,62 @@ fn guard_private(path: &Path) {
     }
     #[cfg(not(unix))]
     let _ = path;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(gateway: &str) -> AgentConfig {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = crate::Ca::create_new(dir.path()).unwrap();
+        let id = ca.issue_device(crate::random_uuid()).unwrap();
+        AgentConfig {
+            uuid: id.uuid.to_string(),
+            gateway: gateway.into(),
+            server_name: default_server_name(),
+            ca_cert: ca.cert_pem().to_string(),
+            cert: id.cert_pem,
+            key: id.key_pem,
+            target: None,
+        }
+    }
+
+    #[test]
+    fn the_gateway_key_holds_one_address_or_a_list() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("device.toml");
+        // A file written before lists existed reads as a list of one.
+        let one = file("gw.example:443");
+        std::fs::write(&path, one.to_toml()).unwrap();
+        let back = AgentConfig::load(&path).unwrap();
+        assert_eq!(back.gateway, "gw.example:443");
+        assert_eq!(back.gateways().unwrap(), ["gw.example:443"]);
+        // Still a plain string in the file.
+        let listed = file("a.example:443, b.example:443");
+        assert!(listed
+            .to_toml()
+            .contains("gateway = \"a.example:443, b.example:443\""));
+        std::fs::write(&path, listed.to_toml()).unwrap();
+        assert_eq!(
+            AgentConfig::load(&path).unwrap().gateways().unwrap(),
+            ["a.example:443", "b.example:443"]
+        );
+    }
+
+    #[test]
+    fn a_bad_gateway_entry_is_refused_by_name() {
+        for (list, bad) in [
+            ("gw.example", "\"gw.example\""),
+            ("a.example:443,b.example", "address 2 of 2, \"b.example\""),
+            ("a.example:443,", "address 2 of 2, \"\""),
+        ] {
+            let e = file(list).validate().unwrap_err().to_string();
+            assert!(e.starts_with("invalid value for `gateway`: "), "{e}");
+            assert!(
+                e.contains(&format!("{bad} is not HOST:PORT")),
+                "{list}: {e}"
+            );
+        }
+    }
 }
