@@ -130,7 +130,9 @@ struct RouteArgs {
     /// `quic` or `tcp` use only that one.
     #[arg(long, env = "EDGE_AGENT_TRANSPORT", default_value = "auto")]
     transport: crate::dial::TransportMode,
-    /// The gateway's TCP tunnel address, HOST:PORT. [default: the same as the UDP one]
+    /// The gateway's TCP tunnel address, HOST:PORT. When the device file lists several
+    /// gateway addresses, give one for all of them, or a comma list with one per gateway
+    /// address, paired in order. [default: the same address as each UDP one]
     #[arg(long, env = "EDGE_AGENT_GATEWAY_TCP")]
     gateway_tcp: Option<String>,
     /// HTTP CONNECT proxy for the TCP transport, http://[user:password@]host:port.
@@ -222,7 +224,9 @@ impl HookArgs {
 #[derive(Args)]
 #[group(required = true, multiple = false)]
 struct Source {
-    /// Agent configuration file written by `gateway device add`.
+    /// Agent configuration file written by `gateway device add`. Its `gateway` may list
+    /// several addresses (`"a.example:443,b.example:443"`): the agent tries them in order
+    /// and moves to the next after a failed dial or a lost session.
     #[arg(long, short, env = "EDGE_AGENT_CONFIG")]
     config: Option<PathBuf>,
     /// Data dir holding the identity (`identity.toml`) and the agent's state.

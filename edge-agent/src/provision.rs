@@ -2,9 +2,10 @@
 //!
 //! `edge-agent provision --key KEY --data-dir DIR` generates the device key pair here (the
 //! private key never leaves the device), sends a CSR with the fleet provisioning key to the
-//! gateway named in the key, checks the gateway against the CA fingerprint in the key, and
-//! stores the signed identity in `DIR/identity.toml` (the same format as the file
-//! `gateway device add` writes) plus a supervisor API key in `DIR/api-key`.
+//! gateway named in the key (trying its addresses in turn when it names several), checks
+//! the gateway against the CA fingerprint in the key, and stores the signed identity in
+//! `DIR/identity.toml` (the same format as the file `gateway device add` writes, with the
+//! key's whole address list) plus a supervisor API key in `DIR/api-key`.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -104,6 +105,12 @@ fn untrusted(e: &DialError) -> Option<String> {
 /// Provisions this device with `key`, writes the identity to `identity_file` (normally
 /// `data_dir/identity.toml`) and creates the local API key in `data_dir`. `route` says
 /// which transports to try (as for the tunnel).
+///
+/// A key naming several addresses has each of its candidates (every address of every
+/// name, as for the tunnel) tried in turn until one answers; the gateway's answer, a
+/// refusal included, is final. When none answers, the failure is
+/// [`ProvisionError::Untrusted`] if every candidate failed certificate verification, and
+/// [`ProvisionError::Network`] (retryable) naming each failure otherwise.
 pub async fn provision(
     key: &ProvisioningKey,
     route: &Route,
@@ -127,49 +134,33 @@ pub async fn provision(
             Duration::from_secs(15),
         )
         .map_err(|e| net(e.to_string()))?;
-    let mut endpoint = None;
-    let conn = dialer.dial(&mut endpoint).await.map_err(|e| {
-        // A TLS failure means this gateway is not the one the key names: retrying cannot
-        // help.
-        match untrusted(&e) {
-            Some(reason) => ProvisionError::Untrusted {
-                gateway: key.gateway.clone(),
-                reason,
-            },
-            None => net(e.to_string()),
-        }
-    })?;
     let request = ProvisionRequest {
         key: key.secret.clone(),
         csr: csr_pem,
         uuid: uuid.map(|u| u.to_string()),
         agent_version: crate::VERSION.to_string(),
     };
-    let exchange = async {
-        let (mut send, recv) = conn.open_bi().await.map_err(|e| net(e.to_string()))?;
-        let frame = Frame::new(
-            FrameType::Message,
-            serde_json::to_vec(&request).expect("request serializes"),
-        );
-        wire::write_frame(&mut send, &frame)
-            .await
-            .map_err(|e| net(e.to_string()))?;
-        let _ = send.finish();
-        let mut reader = FrameReader::new(recv, MAX_CONTROL_FRAME);
-        let answer = reader
-            .next()
-            .await
-            .map_err(|e: WireError| net(e.to_string()))?;
-        serde_json::from_slice::<ProvisionResponse>(&answer.payload)
-            .map_err(|e| net(format!("malformed answer: {e}")))
-    };
-    let response = tokio::time::timeout(Duration::from_secs(15), exchange)
-        .await
-        .map_err(|_| net("no answer in time".into()))??;
-    conn.close(protocol::AppErrorCode::NoError, b"done");
-    if let Some(ep) = endpoint {
-        ep.wait_idle().await;
+    let candidates = dialer.candidates().await;
+    let several = candidates.len() > 1;
+    let mut failures: Vec<ProvisionError> = Vec::new();
+    let mut response = None;
+    for to in &candidates {
+        match exchange(&dialer, to, &request, &net).await {
+            Ok(r) => {
+                response = Some(r);
+                break;
+            }
+            Err(e) => {
+                if several {
+                    tracing::warn!(gateway = %to, error = %e, "provisioning through this address failed; trying the next");
+                }
+                failures.push(e);
+            }
+        }
     }
+    let Some(response) = response else {
+        return Err(none_answered(key, &candidates, failures));
+    };
     let (uuid, cert, ca) = match response {
         ProvisionResponse::Ok { uuid, cert, ca, .. } => (uuid, cert, ca),
         ProvisionResponse::Error { code, message } => {
@@ -182,6 +173,7 @@ pub async fn provision(
     }
     let cfg = AgentConfig {
         uuid,
+        // The whole list: the tunnel moves through it as provisioning did.
         gateway: key.gateway.clone(),
         server_name: certs::TUNNEL_SERVER_NAME.to_string(),
         ca_cert: ca,
@@ -202,6 +194,86 @@ pub async fn provision(
     write_private(identity_file, cfg.to_toml().as_bytes())?;
     api_key(data_dir)?;
     Ok(cfg)
+}
+
+/// The error of a provisioning in which no candidate answered.
+fn none_answered(
+    key: &ProvisioningKey,
+    candidates: &[crate::dial::Candidate],
+    mut failures: Vec<ProvisionError>,
+) -> ProvisionError {
+    if failures.len() == 1 {
+        return failures.remove(0);
+    }
+    // A TLS failure means that address is not the gateway the key names; only when every
+    // address says so is retrying pointless.
+    if failures
+        .iter()
+        .all(|f| matches!(f, ProvisionError::Untrusted { .. }))
+    {
+        let reasons: Vec<String> = failures.iter().map(|f| f.to_string()).collect();
+        return ProvisionError::Untrusted {
+            gateway: key.gateway.clone(),
+            reason: reasons.join("; "),
+        };
+    }
+    let reasons: Vec<String> = candidates
+        .iter()
+        .zip(&failures)
+        .map(|(c, f)| match f {
+            ProvisionError::Network { reason, .. } => format!("{c}: {reason}"),
+            other => format!("{c}: {other}"),
+        })
+        .collect();
+    ProvisionError::Network {
+        gateway: key.gateway.clone(),
+        reason: reasons.join("; "),
+    }
+}
+
+/// Dials `to`, sends `request` and reads the gateway's answer.
+async fn exchange(
+    dialer: &crate::dial::Dialer,
+    to: &crate::dial::Candidate,
+    request: &ProvisionRequest,
+    net: &impl Fn(String) -> ProvisionError,
+) -> Result<ProvisionResponse, ProvisionError> {
+    let mut endpoint = None;
+    let conn = dialer.dial(to, &mut endpoint).await.map_err(|e| {
+        // A TLS failure means this gateway is not the one the key names: retrying cannot
+        // help.
+        match untrusted(&e) {
+            Some(reason) => ProvisionError::Untrusted {
+                gateway: to.to_string(),
+                reason,
+            },
+            None => net(e.to_string()),
+        }
+    })?;
+    let exchange = async {
+        let (mut send, recv) = conn.open_bi().await.map_err(|e| net(e.to_string()))?;
+        let frame = Frame::new(
+            FrameType::Message,
+            serde_json::to_vec(&request).expect("request serializes"),
+        );
+        wire::write_frame(&mut send, &frame)
+            .await
+            .map_err(|e| net(e.to_string()))?;
+        let _ = send.finish();
+        let mut reader = FrameReader::new(recv, MAX_CONTROL_FRAME);
+        let answer = reader
+            .next()
+            .await
+            .map_err(|e: WireError| net(e.to_string()))?;
+        serde_json::from_slice::<ProvisionResponse>(&answer.payload)
+            .map_err(|e| net(format!("malformed answer: {e}")))
+    };
+    let response = tokio::time::timeout(Duration::from_secs(15), exchange).await;
+    conn.close(protocol::AppErrorCode::NoError, b"done");
+    if let Some(ep) = endpoint {
+        ep.wait_idle().await;
+    }
+    response.map_err(|_| net("no answer in time".into()))?
 }
 
 /// The local supervisor API key stored in `data_dir`, created on first use.

@@ -1,4 +1,5 @@
-//! The connection lifecycle: dial, hello/welcome, serve streams, reconnect with backoff.
+//! The connection lifecycle: dial, hello/welcome, serve streams, reconnect with backoff,
+//! moving through the gateway's addresses when it has several ([`crate::dial::Rotation`]).
 //!
 //! `mod.rs` dials, handshakes and reconnects; `serve.rs` serves one session; and
 //! `device_side.rs` hands what arrives to the device and the reconciler.
@@ -21,7 +22,7 @@ use transport::{BiStream, Connection, ConnectionError, TransportKind};
 use crate::backoff::Backoff;
 use crate::config::{AgentConfig, AgentOptions, ConfigError};
 use crate::device::{ActionLog, Device};
-use crate::dial::{DialError, Dialer, TransportMode};
+use crate::dial::{Candidate, DialError, Dialer, Retry, Rotation, TransportMode};
 
 mod device_side;
 mod serve;
@@ -162,9 +163,19 @@ impl Agent {
                 mux_config(&opts),
                 HANDSHAKE_TIMEOUT,
             )
-            .map_err(|e| ConfigError::Invalid {
-                key: "cert",
-                reason: e.to_string(),
+            .map_err(|e| match e {
+                crate::dial::RouteError::Gateway(e) => ConfigError::Invalid {
+                    key: "gateway",
+                    reason: e.to_string(),
+                },
+                crate::dial::RouteError::GatewayTcp(reason) => ConfigError::Invalid {
+                    key: "gateway_tcp",
+                    reason,
+                },
+                crate::dial::RouteError::Tls(e) => ConfigError::Invalid {
+                    key: "cert",
+                    reason: e.to_string(),
+                },
             })?;
         let device = match &opts.data_dir {
             Some(dir) => {
@@ -241,26 +252,47 @@ impl Agent {
             ));
         }
         let connected_flag = self.device.as_ref().map(|(d, _)| d.connected_flag());
-        info!(gateway = %self.config.gateway, transport = %self.dialer.mode, "connecting");
         // A session the agent already moved to (QUIC found working again while on TCP).
         let mut moved_to: Option<Session> = None;
         let mut last_kind: Option<TransportKind> = None;
+        let mut rotation = Rotation::new();
+        // The candidate of the previous attempt: "connecting" is news when it changes.
+        let mut last_dialled: Option<Candidate> = None;
         loop {
             self.state.send_replace(ConnState::Connecting);
             let attempt = match moved_to.take() {
                 Some(s) => Ok(s),
-                None => tokio::select! {
-                    // Shutdown wins over a pending dial.
-                    _ = shutdown.cancelled() => break,
-                    r = self.connect(&mut endpoint) => r,
-                },
+                None => {
+                    if rotation.needs_round() {
+                        // Resolving is part of the attempt: shutdown wins over it too.
+                        let candidates = tokio::select! {
+                            _ = shutdown.cancelled() => break,
+                            c = self.dialer.candidates() => c,
+                        };
+                        rotation.start_round(candidates);
+                    }
+                    let to = rotation.current().clone();
+                    if last_dialled.as_ref() != Some(&to) {
+                        info!(gateway = %to, transport = %self.dialer.mode, "connecting");
+                    } else {
+                        debug!(gateway = %to, "connecting");
+                    }
+                    last_dialled = Some(to.clone());
+                    tokio::select! {
+                        // Shutdown wins over a pending dial.
+                        _ = shutdown.cancelled() => break,
+                        r = self.connect(to, &mut endpoint) => r,
+                    }
+                }
             };
             let last_code: Option<AppErrorCode>;
             let silence: bool;
             let reason = match attempt {
                 Ok(session) => {
+                    rotation.connected();
                     let kind = session.conn.kind();
-                    info!(gateway = %self.config.gateway, transport = %kind, "connected");
+                    let gateway = session.candidate.to_string();
+                    info!(%gateway, transport = %kind, "connected");
                     // Each change of transport is said once (connects on the same one are
                     // not news).
                     if last_kind.is_some_and(|k| k != kind) {
@@ -272,7 +304,7 @@ impl Agent {
                         warn!("QUIC did not connect; using TLS over TCP (QUIC is retried in the background)");
                     }
                     last_kind = Some(kind);
-                    self.log_event(format!("Connected to the gateway {}", self.config.gateway));
+                    self.log_event(format!("Connected to the gateway {gateway}"));
                     self.state.send_replace(ConnState::Connected);
                     if let Some(f) = &connected_flag {
                         f.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -327,7 +359,19 @@ impl Agent {
                     reason
                 }
             };
-            let mut delay = retry_delay(&mut backoff, silence);
+            let mut delay = match rotation.failed() {
+                // Another address of the gateway, not yet failed in this round: a node
+                // that died, or an address that never answered, should not keep the
+                // device dark for a backoff. Still jittered (within the first backoff
+                // step), so the devices of a node that died do not all land on the next
+                // one in the same instant; the backoff does not grow.
+                Retry::Next => {
+                    let d = self.opts.backoff_base.mul_f64(rand::random::<f64>());
+                    debug!(next = %rotation_next(&rotation), "trying the gateway's next address");
+                    d
+                }
+                Retry::Backoff => retry_delay(&mut backoff, silence),
+            };
             if last_code == Some(AppErrorCode::DuplicateIdentity) {
                 // The gateway keeps another agent with this identity while it hears from
                 // it; stop taking turns with it, but come back once it would have timed
@@ -346,7 +390,6 @@ impl Agent {
                 _ = shutdown.cancelled() => break,
                 _ = tokio::time::sleep(delay) => {}
             }
-            debug!("connecting");
         }
         self.state.send_replace(ConnState::Stopped);
         tasks.close();
@@ -370,17 +413,22 @@ impl Agent {
         Ok(())
     }
 
-    /// Dials the gateway and completes hello/welcome.
+    /// Dials `to` and completes hello/welcome.
     async fn connect(
         &self,
+        to: Candidate,
         endpoint: &mut Option<quinn::Endpoint>,
     ) -> Result<Session, SessionError> {
-        let conn = self.dialer.dial(endpoint).await?;
-        self.handshake(conn).await
+        let conn = self.dialer.dial(&to, endpoint).await?;
+        self.handshake(conn, to).await
     }
 
-    /// Hello/welcome on a fresh connection.
-    async fn handshake(&self, conn: Connection) -> Result<Session, SessionError> {
+    /// Hello/welcome on a fresh connection to `candidate`.
+    async fn handshake(
+        &self,
+        conn: Connection,
+        candidate: Candidate,
+    ) -> Result<Session, SessionError> {
         let handshake = async {
             let (mut send, recv) = conn.open_bi().await?;
             let mut hello = StreamHeader::Control
@@ -434,6 +482,7 @@ impl Agent {
             };
         Ok(Session {
             conn,
+            candidate,
             control_send: send,
             control_recv: reader,
             heartbeat: Duration::from_millis(heartbeat_ms),
@@ -448,6 +497,16 @@ fn retry_delay(backoff: &mut Backoff, silence: bool) -> Duration {
         backoff.next_delay_within(SILENCE_RETRY_CAP)
     } else {
         backoff.next_delay()
+    }
+}
+
+/// The candidate the next attempt goes to, for a log line (at the end of the list it is
+/// resolved again first, so the candidate is not known yet).
+fn rotation_next(r: &Rotation) -> String {
+    if r.needs_round() {
+        "the first address, resolved again".into()
+    } else {
+        r.current().to_string()
     }
 }
 
@@ -481,6 +540,8 @@ async fn drain(old: Connection) {
 
 struct Session {
     conn: Connection,
+    /// Where it was dialled (a move to QUIC dials the same candidate).
+    candidate: Candidate,
     control_send: transport::SendStream,
     control_recv: FrameReader,
     /// The heartbeat interval the gateway asked for in its welcome.

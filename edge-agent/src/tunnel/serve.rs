@@ -9,6 +9,7 @@ impl Agent {
     pub(super) async fn serve(&self, session: Session, tasks: &TaskTracker) -> Ended {
         let Session {
             conn,
+            candidate,
             mut control_send,
             mut control_recv,
             heartbeat,
@@ -160,7 +161,7 @@ impl Agent {
             if self.dialer.mode != TransportMode::Auto || conn.kind() == TransportKind::Quic {
                 return std::future::pending().await;
             }
-            self.probe_quic().await
+            self.probe_quic(&candidate).await
         };
         // The gateway gives up on this device once it hears nothing for three of the
         // agent's keep-alives and a second (its liveness watch). Hearing nothing from the
@@ -226,16 +227,17 @@ impl Agent {
         Ended::Lost(err)
     }
 
-    /// Tries QUIC with backoff (2 s doubling to 30 s) until a session on it is welcomed.
-    pub(super) async fn probe_quic(&self) -> Session {
+    /// Tries QUIC to `to` (the node the TCP session is on) with backoff (2 s doubling to
+    /// 30 s) until a session on it is welcomed.
+    pub(super) async fn probe_quic(&self, to: &Candidate) -> Session {
         let mut endpoint = None;
         let mut backoff = Backoff::new(Duration::from_secs(2), Duration::from_secs(30));
         loop {
             // At least a second apart, however the jitter falls.
             let delay = backoff.next_delay().max(Duration::from_secs(1));
             tokio::time::sleep(delay).await;
-            match self.dialer.dial_quic(&mut endpoint).await {
-                Ok(conn) => match self.handshake(conn).await {
+            match self.dialer.dial_quic(to, &mut endpoint).await {
+                Ok(conn) => match self.handshake(conn, to.clone()).await {
                     Ok(s) => return s,
                     Err(e) => debug!(error = %e, "QUIC probe: handshake failed"),
                 },
