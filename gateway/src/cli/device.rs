@@ -16,7 +16,10 @@ pub(super) enum DeviceCommand {
         /// Serve this device's web UI at its public URL.
         #[arg(long)]
         public_url: bool,
-        /// Tunnel address the agent dials, HOST:PORT (as reachable from the device).
+        /// Tunnel address the agent dials, HOST:PORT (as reachable from the device); or
+        /// several, comma-separated (`a.example:443,b.example:443`), for a gateway with
+        /// several nodes: the agent tries them in order and moves to the next when one
+        /// fails.
         #[arg(long)]
         gateway: String,
         /// Where to write the agent configuration file (mode 0600: it holds the device key).
@@ -105,9 +108,10 @@ pub(super) async fn run(cmd: DeviceCommand) -> anyhow::Result<()> {
             gateway,
             out,
         } => {
-            if !gateway.contains(':') {
-                anyhow::bail!("--gateway must be HOST:PORT, got {gateway:?}");
-            }
+            // Checked before the device is registered: a bad entry registers nothing.
+            let gateway = protocol::host::gateway_addresses(&gateway)
+                .map_err(|e| anyhow::anyhow!("--gateway must be HOST:PORT[,HOST:PORT...]: {e}"))?
+                .join(",");
             let cfg = crate::add_device(
                 &store.data_dir,
                 store.database(),
