@@ -25,6 +25,15 @@ fn offline(data: &Path, database: &str, args: &[&str]) -> String {
     String::from_utf8(o.stdout).unwrap()
 }
 
+/// Whether a `serve` answers on its public port within 30 s (any answer: it is up).
+async fn serving(http: u16) -> bool {
+    eventually(Duration::from_secs(30), || {
+        try_get(http, "nobody.devices.localhost")
+    })
+    .await
+    .is_some()
+}
+
 /// `token create --role admin` and `device add --public-url` with `--database`, offline:
 /// the admin token and the new device's uuid (its agent configuration written to `out`).
 fn token_and_device(data: &Path, url: &str, tunnel: u16, out: &Path) -> (String, String) {
@@ -67,12 +76,7 @@ async fn serve_and_offline_commands_share_one_postgres_database() {
     let mut gw = procs::serve(&data, http, tunnel, &extra);
     // Listening means the data dir and the database are ready for the offline commands.
     assert!(
-        eventually(Duration::from_secs(30), || try_get(
-            http,
-            "nobody.devices.localhost"
-        ))
-        .await
-        .is_some(),
+        serving(http).await,
         "gateway serve --database did not start listening"
     );
 
@@ -182,15 +186,7 @@ async fn two_nodes_share_device_state_and_a_node_cut_off_from_the_database_fence
             &api_a_listen,
         ],
     );
-    assert!(
-        eventually(Duration::from_secs(30), || try_get(
-            http_a,
-            "x.devices.localhost"
-        ))
-        .await
-        .is_some(),
-        "node a did not start"
-    );
+    assert!(serving(http_a).await, "node a did not start");
     let out = dir.path().join("device.toml");
     let (token, uuid) = token_and_device(&data_a, &url, tunnel_a, &out);
     let token = token.as_str();
@@ -317,15 +313,7 @@ async fn any_node_serves_a_device_whose_tunnel_another_node_holds() {
     };
     let (http_a, tunnel_a) = (free_port_tcp(), free_port_udp());
     let _a = node(&data_a, "a", http_a, tunnel_a, free_port_tcp());
-    assert!(
-        eventually(Duration::from_secs(30), || try_get(
-            http_a,
-            "x.devices.localhost"
-        ))
-        .await
-        .is_some(),
-        "node a did not start"
-    );
+    assert!(serving(http_a).await, "node a did not start");
     let out = dir.path().join("device.toml");
     let (token, uuid) = token_and_device(&data_a, &url, tunnel_a, &out);
     let host = device_host(&uuid);

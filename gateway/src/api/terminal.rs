@@ -205,11 +205,9 @@ async fn open(
         )
     })?;
     device_or_404(&st, uuid).await?;
-    let elsewhere = match (&st.peers, st.sessions.get(&uuid)) {
-        (Some(p), None) => p.is_elsewhere(uuid).await,
-        _ => false,
-    };
-    if st.sessions.get(&uuid).is_none() && !elsewhere {
+    if st.sessions.get(&uuid).is_none()
+        && !crate::peer::Peers::held_elsewhere(st.peers.as_deref(), uuid).await
+    {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "device_offline",

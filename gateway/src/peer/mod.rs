@@ -104,9 +104,12 @@ impl Peers {
     }
 
     /// Whether another live node holds `uuid`'s tunnel, by the cached route or, on a
-    /// miss, the store's.
-    pub(crate) async fn is_elsewhere(&self, uuid: DeviceUuid) -> bool {
-        self.holder(uuid, false).await.is_some()
+    /// miss, the store's. Always false where there is no peer link (SQLite).
+    pub(crate) async fn held_elsewhere(peers: Option<&Self>, uuid: DeviceUuid) -> bool {
+        match peers {
+            Some(p) => p.holder(uuid, false).await.is_some(),
+            None => false,
+        }
     }
 
     async fn holder(&self, uuid: DeviceUuid, fresh: bool) -> Option<Holder> {

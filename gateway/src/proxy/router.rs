@@ -159,10 +159,7 @@ impl Router {
         let local = self.sessions.get(&uuid);
         // Held by another node: through the peer link (which checks the public URL
         // switch on the holder).
-        let remote = match (&local, &self.peers) {
-            (None, Some(p)) => p.is_elsewhere(uuid).await,
-            _ => false,
-        };
+        let remote = local.is_none() && Peers::held_elsewhere(self.peers.as_deref(), uuid).await;
         let pool_authority = match local {
             Some(s) if s.public_url.load(std::sync::atomic::Ordering::Relaxed) => {
                 s.pool_authority.clone()
