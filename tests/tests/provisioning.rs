@@ -366,11 +366,15 @@ async fn real_agent_serves_the_local_supervisor_api() {
         .await
         .unwrap();
     assert_eq!(s, StatusCode::OK);
-    // Written (it then toggles every 500 ms while blinking).
-    assert!(matches!(
-        std::fs::read_to_string(&led).unwrap().as_str(),
-        "1" | "0"
-    ));
+    // Written (it then toggles every 500 ms while blinking). The agent writes the LED
+    // file in place, as it must for a sysfs `brightness` file, so a read can land between
+    // a toggle's truncate and its write: wait for a value rather than read once.
+    let lit = eventually(Duration::from_secs(10), || {
+        let v = std::fs::read_to_string(&led).unwrap_or_default();
+        async move { matches!(v.as_str(), "1" | "0").then_some(v) }
+    })
+    .await;
+    assert!(lit.is_some(), "the blink never wrote the LED file");
     let (s, body) = local("GET", format!("/v1/device?apikey={key}"), None)
         .await
         .unwrap();

@@ -42,7 +42,7 @@ impl Store {
         ttl_secs: i64,
     ) -> Result<ActionRecord, StoreError> {
         let now = now_unix();
-        on_pool!(self, |p| {
+        on_write!(self, |p| {
             sqlx::query(
             "INSERT INTO actions (id, device, name, params, status, actor, created_at, expires_at) VALUES ($1, $2, $3, $4, 'pending', $5, $6, $7)",
         )
@@ -100,7 +100,7 @@ impl Store {
         device: DeviceUuid,
     ) -> Result<Vec<ActionRecord>, StoreError> {
         let now = now_unix();
-        on_pool!(self, |p| {
+        on_write!(self, |p| {
             sqlx::query(
                 "UPDATE actions SET status = 'expired', finished_at = $1 WHERE device = $2 AND status = 'pending' AND expires_at <= $1",
             )
@@ -146,7 +146,7 @@ impl Store {
 
     /// Records that an action was sent to the agent.
     pub async fn action_delivered(&self, id: &str) -> Result<(), StoreError> {
-        on_pool!(self, |p| {
+        on_write!(self, |p| {
             sqlx::query("UPDATE actions SET status = 'delivered', delivered_at = $1 WHERE id = $2 AND status = 'pending'")
             .bind(now_unix())
             .bind(id)
@@ -166,7 +166,7 @@ impl Store {
         ok: bool,
         detail: &serde_json::Value,
     ) -> Result<bool, StoreError> {
-        let n = on_pool!(self, |p| {
+        let n = on_write!(self, |p| {
             sqlx::query(
             "UPDATE actions SET status = $1, detail = $2, finished_at = $3 WHERE id = $4 AND device = $5 AND status IN ('pending', 'delivered')",
         )

@@ -28,7 +28,7 @@ impl Store {
         target: &str,
         detail: &str,
     ) -> Result<(), StoreError> {
-        on_pool!(self, |p| sqlx::query(
+        on_write!(self, |p| sqlx::query(
             "INSERT INTO audit_log (at, actor, action, target, detail) VALUES ($1, $2, $3, $4, $5)",
         )
         .bind(now_unix())

@@ -18,10 +18,23 @@ use super::StoreError;
 /// Runs `$body` with `$p` bound to the store's pool (`&SqlitePool` or `&PgPool`). The
 /// body is compiled once for each backend and must evaluate to the same type on both, so
 /// it decodes rows itself (through [`DbRow`]).
+///
+/// On SQLite this is the pool of readers: use [`on_write!`] for a statement that writes.
 macro_rules! on_pool {
     ($store:expr, |$p:ident| $body:expr) => {
         match &$store.pool {
-            $crate::store::backend::Pool::Sqlite($p) => $body,
+            $crate::store::backend::Pool::Sqlite { reads: $p, .. } => $body,
+            $crate::store::backend::Pool::Postgres($p) => $body,
+        }
+    };
+}
+
+/// As [`on_pool!`], for one statement that writes outside a [`Tx`]: on SQLite it runs on
+/// the single writer connection (see [`Pool::Sqlite`]), on PostgreSQL on the pool.
+macro_rules! on_write {
+    ($store:expr, |$p:ident| $body:expr) => {
+        match &$store.pool {
+            $crate::store::backend::Pool::Sqlite { writes: $p, .. } => $body,
             $crate::store::backend::Pool::Postgres($p) => $body,
         }
     };
@@ -41,8 +54,21 @@ macro_rules! on_tx {
 /// The database behind a [`Store`](super::Store).
 #[derive(Clone, Debug)]
 pub(crate) enum Pool {
-    /// The embedded default: one file in the data dir.
-    Sqlite(SqlitePool),
+    /// The embedded default: one file in the data dir, through two pools.
+    ///
+    /// SQLite lets one connection write at a time. Writers that share a pool with
+    /// readers wait for the write lock inside SQLite's busy handler while holding a pooled
+    /// connection, so during a reconnect storm (every connect writes its route) requests
+    /// that only read queued behind them for seconds. Here writers queue for the one
+    /// connection of `writes` in the pool's fair async queue, holding nothing, and the
+    /// WAL lets `reads` go on beside them. Other processes on the same file (`gateway
+    /// device add` beside `serve`) still meet the busy handler, which waits.
+    Sqlite {
+        /// Reads (WAL readers never wait for the writer).
+        reads: SqlitePool,
+        /// Every write: one connection.
+        writes: SqlitePool,
+    },
     /// A PostgreSQL server, for several gateway nodes sharing one database.
     Postgres(PgPool),
 }

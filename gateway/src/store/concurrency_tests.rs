@@ -266,3 +266,41 @@ async fn replacements_in_parallel(store: Store) {
     assert_eq!(tags[0].1, tags[1].1, "one replacement's tags, not a mix");
     assert_eq!(store.env("device", device.as_str()).await.unwrap().len(), 1);
 }
+
+/// Reads go on while writers queue: a write transaction is held open and more writers
+/// than SQLite's pool has connections wait behind it, yet a request that only reads
+/// answers at once (during a reconnect storm every connect writes its route, and the
+/// management API must stay responsive). Before the readers had a pool of their own,
+/// the waiting writers held every pooled connection inside SQLite's busy handler and the
+/// read waited for them.
+#[tokio::test]
+async fn reads_answer_while_writers_queue_behind_a_held_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).await.unwrap();
+    let d = uuid(9, 0);
+    store.add_device(d, false).await.unwrap();
+    let held = store.write_tx(&[]).await.unwrap();
+    let writers: Vec<_> = (0..8)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move { store.set_online(uuid(9, 0), i % 2 == 0).await })
+        })
+        .collect();
+    // Let the writers reach their queue (a yield is not enough for the spawned tasks on
+    // a multi-threaded runtime; a short bounded wait for none of them to finish is).
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert!(
+        writers.iter().all(|w| !w.is_finished()),
+        "a writer finished while a write transaction was held"
+    );
+    let read = tokio::time::timeout(std::time::Duration::from_secs(3), store.device(d)).await;
+    let record = read
+        .expect("a read waited behind queued writers")
+        .unwrap()
+        .expect("device");
+    assert_eq!(record.uuid, d);
+    held.commit().await.unwrap();
+    for w in writers {
+        w.await.unwrap().unwrap();
+    }
+}

@@ -31,7 +31,7 @@ pub struct DeviceRecord {
 impl Store {
     /// Registers a new device.
     pub async fn add_device(&self, uuid: DeviceUuid, public_url: bool) -> Result<(), StoreError> {
-        let res = on_pool!(self, |p| sqlx::query(
+        let res = on_write!(self, |p| sqlx::query(
             "INSERT INTO devices (uuid, public_url, created_at) VALUES ($1, $2, $3)"
         )
         .bind(uuid.as_str())
@@ -75,7 +75,7 @@ impl Store {
 
     /// Records a tunnel coming up or going down.
     pub async fn set_online(&self, uuid: DeviceUuid, online: bool) -> Result<(), StoreError> {
-        on_pool!(self, |p| sqlx::query(
+        on_write!(self, |p| sqlx::query(
             "UPDATE devices SET online = $1, last_seen = $2 WHERE uuid = $3"
         )
         .bind(online)
@@ -199,7 +199,7 @@ impl Store {
         uuid: DeviceUuid,
         state: &serde_json::Value,
     ) -> Result<(), StoreError> {
-        on_pool!(self, |p| sqlx::query(
+        on_write!(self, |p| sqlx::query(
             "UPDATE devices SET state = $1 WHERE uuid = $2"
         )
         .bind(state.to_string())
@@ -212,7 +212,7 @@ impl Store {
 
     /// Records the address a device connected from.
     pub async fn set_public_address(&self, uuid: DeviceUuid, addr: &str) -> Result<(), StoreError> {
-        on_pool!(self, |p| sqlx::query(
+        on_write!(self, |p| sqlx::query(
             "UPDATE devices SET public_address = $1 WHERE uuid = $2"
         )
         .bind(addr)
@@ -225,7 +225,7 @@ impl Store {
 
     /// Marks every device offline (at start-up, before any tunnel is accepted).
     pub async fn mark_all_offline(&self) -> Result<(), StoreError> {
-        on_pool!(self, |p| sqlx::query(
+        on_write!(self, |p| sqlx::query(
             "UPDATE devices SET online = FALSE WHERE online"
         )
         .execute(p)
@@ -282,7 +282,7 @@ impl Store {
 
     /// Sets a device's public-URL flag. Returns `false` if the device does not exist.
     pub async fn set_public_url(&self, uuid: DeviceUuid, on: bool) -> Result<bool, StoreError> {
-        let n = on_pool!(self, |p| sqlx::query(
+        let n = on_write!(self, |p| sqlx::query(
             "UPDATE devices SET public_url = $1 WHERE uuid = $2 AND NOT revoked"
         )
         .bind(on)
@@ -348,7 +348,7 @@ impl Store {
     /// Revokes a device: its certificate is refused from now on and it leaves every
     /// listing. Returns `false` if the device does not exist.
     pub async fn revoke_device(&self, uuid: DeviceUuid) -> Result<bool, StoreError> {
-        let n = on_pool!(self, |p| {
+        let n = on_write!(self, |p| {
             sqlx::query(
             "UPDATE devices SET revoked = TRUE, online = FALSE, public_url = FALSE WHERE uuid = $1 AND NOT revoked",
         )

@@ -49,7 +49,7 @@ impl Store {
         public_url_default: bool,
     ) -> Result<FleetRecord, StoreError> {
         let created_at = now_unix();
-        let res = on_pool!(self, |p| sqlx::query(
+        let res = on_write!(self, |p| sqlx::query(
             "INSERT INTO fleets (name, public_url_default, created_at) VALUES ($1, $2, $3)",
         )
         .bind(name)

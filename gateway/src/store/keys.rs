@@ -95,7 +95,7 @@ impl Store {
 
     /// Revokes a provisioning key. Returns `false` if it does not exist.
     pub async fn revoke_key(&self, id: &str) -> Result<bool, StoreError> {
-        let n = on_pool!(self, |p| sqlx::query(
+        let n = on_write!(self, |p| sqlx::query(
             "UPDATE provisioning_keys SET revoked = TRUE WHERE id = $1"
         )
         .bind(id)

@@ -315,7 +315,7 @@ impl Store {
         // everything (a config of -5 once did): the config refuses it, and here it means
         // "keep at least the newest line" whatever a caller passes.
         let per_device_cap = per_device_cap.max(1);
-        on_pool!(self, |p| {
+        on_write!(self, |p| {
             let mut n = sqlx::query("DELETE FROM logs WHERE ts < $1")
                 .bind(older_than_ms)
                 .execute(p)

@@ -180,9 +180,9 @@ impl Store {
     /// Several processes may open the same file (e.g. `gateway device add` beside a
     /// running `gateway serve`): WAL mode and a busy timeout make that safe.
     pub async fn open(data_dir: &Path) -> Result<Self, StoreError> {
-        let (pool, _open_lock) = sqlite::open(data_dir).await?;
+        let (reads, writes, _open_lock) = sqlite::open(data_dir).await?;
         let store = Self {
-            pool: Pool::Sqlite(pool),
+            pool: Pool::Sqlite { reads, writes },
         };
         store.migrate().await?;
         Ok(store)
@@ -252,7 +252,7 @@ impl Store {
     /// later with [`Tx::lock`], in the order [`Lock`] gives.
     async fn write_tx(&self, locks: &[Lock<'_>]) -> Result<Tx, StoreError> {
         let mut tx = match &self.pool {
-            Pool::Sqlite(p) => Tx::Sqlite(sqlite::begin_write(p).await?),
+            Pool::Sqlite { writes, .. } => Tx::Sqlite(sqlite::begin_write(writes).await?),
             Pool::Postgres(p) => Tx::Postgres(postgres::begin_write(p).await?),
         };
         for lock in locks {
@@ -279,7 +279,7 @@ impl Store {
     /// waits for a concurrent insert of the key and then does nothing, and the read after
     /// it sees the fingerprint that won.
     pub async fn record_ca_fingerprint(&self, fingerprint: &str) -> Result<String, StoreError> {
-        on_pool!(self, |p| {
+        on_write!(self, |p| {
             sqlx::query(
             "INSERT INTO gateway_meta (key, value) VALUES ('ca_fingerprint', $1) ON CONFLICT (key) DO NOTHING",
         )
@@ -350,7 +350,13 @@ impl Store {
 
     /// Closes the pool (on SQLite, flushing the WAL).
     pub async fn close(&self) {
-        on_pool!(self, |p| p.close().await)
+        match &self.pool {
+            Pool::Sqlite { reads, writes } => {
+                reads.close().await;
+                writes.close().await;
+            }
+            Pool::Postgres(p) => p.close().await,
+        }
     }
 }
 

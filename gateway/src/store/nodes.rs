@@ -75,7 +75,7 @@ impl Store {
              ON CONFLICT (id) DO UPDATE SET peer_addr = excluded.peer_addr, lease_until = excluded.lease_until \
              RETURNING lease_until"
         );
-        on_pool!(self, |p| {
+        on_write!(self, |p| {
             let r = sqlx::query(&q)
                 .bind(node)
                 .bind(peer_addr)
@@ -90,7 +90,7 @@ impl Store {
     /// those devices offline.
     pub async fn drop_lease(&self, node: &str) -> Result<(), StoreError> {
         self.clear_routes_where("node = $1", Some(node)).await?;
-        on_pool!(self, |p| sqlx::query("DELETE FROM nodes WHERE id = $1")
+        on_write!(self, |p| sqlx::query("DELETE FROM nodes WHERE id = $1")
             .bind(node)
             .execute(p)
             .await
@@ -104,7 +104,7 @@ impl Store {
     pub async fn reset_single_node(&self) -> Result<(), StoreError> {
         self.mark_all_offline().await?;
         self.clear_routes_where("node IS NOT NULL", None).await?;
-        on_pool!(self, |p| sqlx::query("DELETE FROM nodes")
+        on_write!(self, |p| sqlx::query("DELETE FROM nodes")
             .execute(p)
             .await
             .map(drop))?;
@@ -244,7 +244,7 @@ impl Store {
             .await?;
         let forget_ms = i64::try_from(forget_after.as_millis()).unwrap_or(i64::MAX / 2);
         let q = format!("DELETE FROM nodes WHERE lease_until < {now} - $1");
-        on_pool!(self, |p| sqlx::query(&q)
+        on_write!(self, |p| sqlx::query(&q)
             .bind(forget_ms)
             .execute(p)
             .await
@@ -263,7 +263,7 @@ impl Store {
             "UPDATE devices SET online = FALSE WHERE uuid IN (SELECT device FROM device_routes WHERE {condition})"
         );
         let clear = format!("UPDATE device_routes SET node = NULL WHERE {condition}");
-        on_pool!(self, |p| {
+        on_write!(self, |p| {
             let mut q = sqlx::query(&offline);
             if let Some(a) = arg {
                 q = q.bind(a);

@@ -159,7 +159,7 @@ impl Store {
 
     /// Pins a fleet to a release (or back to tracking its latest with `None`).
     pub async fn pin_fleet(&self, fleet: &str, release: Option<&str>) -> Result<bool, StoreError> {
-        let n = on_pool!(self, |p| sqlx::query(
+        let n = on_write!(self, |p| sqlx::query(
             "UPDATE fleets SET pinned_release = $1 WHERE name = $2"
         )
         .bind(release)
@@ -176,7 +176,7 @@ impl Store {
         uuid: DeviceUuid,
         release: Option<&str>,
     ) -> Result<bool, StoreError> {
-        let n = on_pool!(self, |p| sqlx::query(
+        let n = on_write!(self, |p| sqlx::query(
             "UPDATE devices SET pinned_release = $1 WHERE uuid = $2"
         )
         .bind(release)

@@ -9,9 +9,15 @@ use sqlx::SqlitePool;
 
 use super::{database_is_empty, StoreError, DB_FILE};
 
-/// Opens (creating if needed) `data_dir/gateway.db`. Returns the pool and the open lock,
-/// which the caller holds until the schema is current.
-pub(super) async fn open(data_dir: &Path) -> Result<(SqlitePool, std::fs::File), StoreError> {
+/// Connections that read, at most. Each can cache up to 2 MiB of pages.
+const READERS: u32 = 4;
+
+/// Opens (creating if needed) `data_dir/gateway.db`. Returns the readers' pool, the
+/// writer's (one connection; see [`Pool::Sqlite`](super::backend::Pool::Sqlite)) and the
+/// open lock, which the caller holds until the schema is current.
+pub(super) async fn open(
+    data_dir: &Path,
+) -> Result<(SqlitePool, SqlitePool, std::fs::File), StoreError> {
     std::fs::create_dir_all(data_dir).map_err(|e| StoreError::Db(sqlx::Error::Io(e)))?;
     // Creating the file, switching it to WAL and migrating take locks SQLite's busy
     // handler does not wait for: two processes opening a fresh data dir at once (say
@@ -43,11 +49,16 @@ pub(super) async fn open(data_dir: &Path) -> Result<(SqlitePool, std::fs::File),
         .synchronous(SqliteSynchronous::Normal)
         .busy_timeout(Duration::from_secs(10))
         .foreign_keys(true);
-    let pool = SqlitePoolOptions::new()
-        .max_connections(4)
-        .connect_with(opts)
+    // The writer first: it creates the file and switches it to WAL.
+    let writes = SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(opts.clone())
         .await?;
-    Ok((pool, open_lock))
+    let reads = SqlitePoolOptions::new()
+        .max_connections(READERS)
+        .connect_with(opts.create_if_missing(false))
+        .await?;
+    Ok((reads, writes, open_lock))
 }
 
 /// Opens a transaction that writes.

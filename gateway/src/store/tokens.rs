@@ -26,7 +26,7 @@ impl Store {
         role: &str,
         secret_hash: &str,
     ) -> Result<(), StoreError> {
-        on_pool!(self, |p| {
+        on_write!(self, |p| {
             sqlx::query(
             "INSERT INTO api_tokens (id, name, role, secret_hash, created_at) VALUES ($1, $2, $3, $4, $5)",
         )
@@ -79,7 +79,7 @@ impl Store {
 
     /// Deletes a token. Returns `false` if it does not exist.
     pub async fn delete_token(&self, id: &str) -> Result<bool, StoreError> {
-        let n = on_pool!(self, |p| sqlx::query(
+        let n = on_write!(self, |p| sqlx::query(
             "DELETE FROM api_tokens WHERE id = $1"
         )
         .bind(id)
