@@ -133,19 +133,17 @@ pub(super) async fn run(cmd: DeviceCommand) -> anyhow::Result<()> {
         }
         DeviceCommand::List { store: at } => {
             let (_, store) = crate::datadir::open_existing_in(&at.data_dir, at.database()).await?;
-            println!(
-                "{:<32}  {:<7}  {:<10}  LAST SEEN",
-                "UUID", "ONLINE", "PUBLIC URL"
-            );
+            let mut t = Table::new(["UUID", "ONLINE", "PUBLIC URL", "FLEET", "LAST SEEN"]);
             for d in store.devices().await? {
-                println!(
-                    "{:<32}  {:<7}  {:<10}  {}",
-                    d.uuid,
-                    if d.online { "yes" } else { "no" },
-                    if d.public_url { "on" } else { "off" },
-                    d.last_seen.map(ago).unwrap_or_else(|| "never".into())
-                );
+                t.row([
+                    d.uuid.to_string(),
+                    if d.online { "yes" } else { "no" }.into(),
+                    if d.public_url { "on" } else { "off" }.into(),
+                    d.fleet.unwrap_or_else(|| "-".into()),
+                    d.last_seen.map(ago).unwrap_or_else(|| "never".into()),
+                ]);
             }
+            t.print();
         }
         DeviceCommand::Show {
             api,
@@ -228,22 +226,27 @@ pub(super) async fn run(cmd: DeviceCommand) -> anyhow::Result<()> {
 }
 
 pub(super) fn print_devices(devices: &[types::Device]) {
-    println!(
-        "{:<32}  {:<16}  {:<16}  {:<6}  {:<14}  {:<10}  PUBLIC URL",
-        "UUID", "NAME", "FLEET", "ONLINE", "TRANSPORT/RTT", "LAST SEEN"
-    );
+    let mut t = Table::new([
+        "UUID",
+        "NAME",
+        "FLEET",
+        "ONLINE",
+        "TRANSPORT/RTT",
+        "LAST SEEN",
+        "PUBLIC URL",
+    ]);
     for d in devices {
-        println!(
-            "{:<32}  {:<16}  {:<16}  {:<6}  {:<14}  {:<10}  {}",
-            d.uuid,
-            d.name,
-            d.fleet.as_deref().unwrap_or("-"),
-            if d.online { "yes" } else { "no" },
+        t.row([
+            d.uuid.clone(),
+            d.name.clone(),
+            d.fleet.clone().unwrap_or_else(|| "-".into()),
+            if d.online { "yes" } else { "no" }.into(),
             transport_cell(d),
             d.last_seen.map(ago).unwrap_or_else(|| "never".into()),
-            d.url.as_deref().unwrap_or("off")
-        );
+            d.url.clone().unwrap_or_else(|| "off".into()),
+        ]);
     }
+    t.print();
 }
 
 /// `quic 1.2ms` for an online device, `-` otherwise.
@@ -268,9 +271,12 @@ pub(super) fn print_device(d: &types::Device) {
         ("last_seen", json_text(&d.last_seen)),
         ("created_at", json_text(&d.created_at)),
     ];
+    // Key and value, no header: `fleet       lobby`.
+    let mut t = Table::bare();
     for (key, text) in rows {
-        println!("{key:<11} {text}");
+        t.row([key.to_string(), text]);
     }
+    t.print();
 }
 
 /// A field as the table shows it: text as is, null as `-`, anything else as JSON (so a

@@ -62,15 +62,16 @@ pub(super) async fn run(cmd: FleetCommand) -> anyhow::Result<()> {
         }
         FleetCommand::List { api } => {
             let fleets: Vec<types::Fleet> = api.client().get("/v1/fleets").await?;
-            println!("{:<24}  {:>7}  PUBLIC URL DEFAULT", "NAME", "DEVICES");
+            let mut t = Table::new(["NAME", "DEVICES", "PUBLIC URL DEFAULT"]);
+            t.right(1);
             for f in fleets {
-                println!(
-                    "{:<24}  {:>7}  {}",
+                t.row([
                     f.name,
-                    f.devices,
-                    if f.public_url_default { "on" } else { "off" }
-                );
+                    f.devices.to_string(),
+                    if f.public_url_default { "on" } else { "off" }.into(),
+                ]);
             }
+            t.print();
         }
         FleetCommand::Create {
             api,

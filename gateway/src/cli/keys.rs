@@ -65,10 +65,8 @@ pub(super) async fn run(cmd: KeyCommand) -> anyhow::Result<()> {
                 .client()
                 .get(&format!("/v1/fleets/{fleet}/keys"))
                 .await?;
-            println!(
-                "{:<10}  {:>5}  {:>8}  {:<10}  STATE",
-                "ID", "USES", "LIMIT", "EXPIRES"
-            );
+            let mut t = Table::new(["ID", "USES", "LIMIT", "EXPIRES", "STATE"]);
+            t.right(1).right(2);
             let now = crate::store::now_unix();
             for k in keys {
                 let state = if k.revoked {
@@ -80,22 +78,25 @@ pub(super) async fn run(cmd: KeyCommand) -> anyhow::Result<()> {
                 } else {
                     "active"
                 };
-                println!(
-                    "{:<10}  {:>5}  {:>8}  {:<10}  {state}",
+                t.row([
                     k.id,
-                    k.uses,
+                    k.uses.to_string(),
                     k.max_uses
                         .map(|m| m.to_string())
                         .unwrap_or_else(|| "-".into()),
                     k.expires_at
-                        .map(|e| if e > now {
-                            format!("in {}s", e - now)
-                        } else {
-                            "past".into()
+                        .map(|e| {
+                            if e > now {
+                                format!("in {}s", e - now)
+                            } else {
+                                "past".into()
+                            }
                         })
                         .unwrap_or_else(|| "never".into()),
-                );
+                    state.into(),
+                ]);
             }
+            t.print();
         }
         KeyCommand::Revoke { api, id } => {
             api.client().delete(&format!("/v1/keys/{id}")).await?;

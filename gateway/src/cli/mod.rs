@@ -32,7 +32,7 @@ use bundles::BundleCommand;
 use device::{print_devices, DeviceCommand};
 use fleet::FleetCommand;
 use keys::KeyCommand;
-use output::{ago, human_secs};
+use output::{ago, human_secs, Table};
 use releases::ReleaseCommand;
 use serve::ServeArgs;
 use tokens::TokenCommand;
@@ -313,18 +313,23 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("{id}");
                 return Ok(());
             }
-            let frames = ['|', '/', '-', '\\'];
-            let mut i = 0;
+            // On stderr, and only on a terminal: indicatif draws nothing into a pipe.
+            let spinner = indicatif::ProgressBar::new_spinner();
+            spinner.set_style(
+                indicatif::ProgressStyle::with_template("{spinner} {msg}")
+                    .expect("a valid template")
+                    .tick_chars("|/-\\ "),
+            );
             let result = loop {
                 let v: types::Action = client.get(&format!("/v1/actions/{id}")).await?;
                 if v.is_finished() {
                     break v;
                 }
-                eprint!("\r{} {action} on {uuid}: {}", frames[i % 4], v.status);
-                i += 1;
+                spinner.set_message(format!("{action} on {uuid}: {}", v.status));
+                spinner.tick();
                 tokio::time::sleep(std::time::Duration::from_millis(200)).await;
             };
-            eprint!("\r\x1b[K");
+            spinner.finish_and_clear();
             let detail = match &result.detail {
                 None | Some(serde_json::Value::Null) => String::new(),
                 Some(serde_json::Value::String(s)) => format!(": {s}"),
@@ -399,17 +404,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     },
                 )
                 .await?;
+            let mut t = Table::new(["SEQ", "WHEN", "ACTOR", "ACTION", "TARGET", "DETAIL"]);
+            t.right(0);
             for e in entries {
-                println!(
-                    "{:>8}  {:<10}  {:<18}  {:<20}  {}  {}",
-                    e.seq,
+                t.row([
+                    e.seq.to_string(),
                     ago(e.at),
                     e.actor,
                     e.action,
                     e.target,
-                    e.detail
-                );
+                    e.detail.to_string(),
+                ]);
             }
+            t.print();
         }
         #[cfg(feature = "demo")]
         Command::Demo { http_listen } => {

@@ -1,16 +1,19 @@
 //! Operator commands for releases and device update progress: `gateway release ...`,
 //! `gateway fleet pin`, `gateway device pin`, `gateway device show --watch`.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context;
 use http::Method;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use protocol::DeviceUuid;
 
 use crate::api::types::{DeviceState, NewRelease, Pin, Release, ReleaseList};
 use crate::client::ApiClient;
+
+use super::output::Table;
 
 /// `gateway release create --fleet F FILE`.
 pub(super) async fn create(client: &ApiClient, fleet: &str, file: &Path) -> anyhow::Result<()> {
@@ -46,10 +49,8 @@ pub(super) async fn create(client: &ApiClient, fleet: &str, file: &Path) -> anyh
 pub(super) async fn list(client: &ApiClient, fleet: &str) -> anyhow::Result<()> {
     let list: ReleaseList = client.get(&format!("/v1/fleets/{fleet}/releases")).await?;
     let pinned = list.pinned_release.as_deref();
-    println!(
-        "{:<14} {:>4}  {:<20}  {:<10}  NOTE",
-        "RELEASE", "#", "CREATED BY", "HASH"
-    );
+    let mut t = Table::new(["RELEASE", "#", "CREATED BY", "HASH", "NOTE"]);
+    t.right(1);
     for (i, r) in list.releases.iter().enumerate() {
         let mut note = Vec::new();
         if i == 0 {
@@ -58,15 +59,15 @@ pub(super) async fn list(client: &ApiClient, fleet: &str) -> anyhow::Result<()> 
         if Some(r.id.as_str()) == pinned {
             note.push("pinned");
         }
-        println!(
-            "{:<14} {:>4}  {:<20}  {:<10}  {}",
-            r.id,
-            r.seq,
-            r.created_by,
-            r.hash.get(..10).unwrap_or(&r.hash),
-            note.join(", ")
-        );
+        t.row([
+            r.id.clone(),
+            r.seq.to_string(),
+            r.created_by.clone(),
+            r.hash.get(..10).unwrap_or(&r.hash).to_string(),
+            note.join(", "),
+        ]);
     }
+    t.print();
     Ok(())
 }
 
@@ -91,24 +92,37 @@ pub(super) async fn watch(
     uuid: DeviceUuid,
     forever: bool,
 ) -> anyhow::Result<()> {
-    let mut drawn = 0usize;
+    // On a terminal the block is redrawn in place (indicatif); into a pipe or a file each
+    // state that differs from the last is printed once, plain text, no escapes.
+    let live = std::io::stdout().is_terminal().then(|| {
+        let view = ProgressBar::with_draw_target(None, ProgressDrawTarget::stdout());
+        view.set_style(ProgressStyle::with_template("{msg}").expect("a valid template"));
+        view
+    });
+    let mut last = String::new();
     loop {
         let v: DeviceState = client.get(&format!("/v1/devices/{uuid}/state")).await?;
         let text = render_state(&v);
-        // Redraw in place.
-        let mut out = std::io::stdout().lock();
-        if drawn > 0 {
-            write!(out, "\x1b[{drawn}A\x1b[J")?;
+        match &live {
+            Some(view) => view.set_message(text.trim_end().to_string()),
+            None if text != last => {
+                let mut out = std::io::stdout().lock();
+                write!(out, "{text}")?;
+                out.flush()?;
+            }
+            None => {}
         }
-        write!(out, "{text}")?;
-        out.flush()?;
-        drawn = text.lines().count();
+        last = text;
         let r = v.update();
         let status = r.update_status.as_deref();
         let done =
             v.target_release.is_some() && r.release == v.target_release && status == Some("idle");
         let failed = status == Some("failed");
         if !forever && (done || failed) {
+            if let Some(view) = &live {
+                // Leaves the last state on the screen.
+                view.finish();
+            }
             if failed {
                 anyhow::bail!(
                     "update failed: {}",

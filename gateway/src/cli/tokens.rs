@@ -46,16 +46,16 @@ pub(super) async fn run(cmd: TokenCommand) -> anyhow::Result<()> {
         }
         TokenCommand::List { api } => {
             let tokens: Vec<types::Token> = api.client().get("/v1/tokens").await?;
-            println!("{:<10}  {:<9}  {:<20}  LAST USED", "ID", "ROLE", "NAME");
+            let mut table = Table::new(["ID", "ROLE", "NAME", "LAST USED"]);
             for t in tokens {
-                println!(
-                    "{:<10}  {:<9}  {:<20}  {}",
+                table.row([
                     t.id,
                     t.role,
                     t.name,
-                    t.last_used.map(ago).unwrap_or_else(|| "never".into())
-                );
+                    t.last_used.map(ago).unwrap_or_else(|| "never".into()),
+                ]);
             }
+            table.print();
         }
         TokenCommand::Revoke { api, id } => {
             api.client().delete(&format!("/v1/tokens/{id}")).await?;
