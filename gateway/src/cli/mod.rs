@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 #[cfg(feature = "bundle-create")]
 mod bundles;
 mod device;
+mod env;
 mod fleet;
 mod keys;
 mod logs;
@@ -30,6 +31,7 @@ mod tokens;
 #[cfg(feature = "bundle-create")]
 use bundles::BundleCommand;
 use device::{print_devices, DeviceCommand};
+use env::EnvCommand;
 use fleet::FleetCommand;
 use keys::KeyCommand;
 use output::{ago, human_secs, Table};
@@ -75,6 +77,11 @@ enum Command {
     /// Manage fleets (via the management API).
     #[command(subcommand)]
     Fleet(FleetCommand),
+    /// Environment variables of a fleet or a device, for every service or one (via the
+    /// management API): `env set --fleet F NAME=VALUE`, `env unset --device U NAME`,
+    /// `env list --fleet F [--service S]`.
+    #[command(subcommand)]
+    Env(EnvCommand),
     /// Manage API tokens.
     #[command(subcommand)]
     Token(TokenCommand),
@@ -237,6 +244,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Device(cmd) => device::run(cmd).await?,
         Command::Fleet(cmd) => fleet::run(cmd).await?,
+        Command::Env(cmd) => env::run(cmd).await?,
         #[cfg(feature = "bundle-create")]
         Command::Bundle(cmd) => bundles::run(cmd).await?,
         Command::Release(cmd) => releases::run(cmd).await?,
