@@ -1,6 +1,8 @@
 //! The operator CLI against a running gateway: `gateway env list|set|unset` for a fleet,
-//! a device and one service. The `gateway` binary runs as its own process; what it did is
-//! checked through the management API.
+//! a device and one service, and `gateway device add --fleet`. The `gateway` binary runs
+//! as its own process; what it did is checked through the management API.
+
+use std::path::Path;
 
 use e2e_tests::*;
 use http::StatusCode;
@@ -293,4 +295,90 @@ async fn env_on_a_device_and_on_one_service() {
     assert!(err.contains("operator"), "{err}");
     let v = get(&api, &viewer, &path).await;
     assert_eq!(v["vars"], json!({"LEVEL": "debug"}));
+}
+
+/// `gateway device add ... --out FILE` against the running gateway's data dir.
+async fn device_add(gw: &TestGateway, out: &Path, extra: &[&str]) -> Out {
+    let o = tokio::process::Command::new(bin("gateway"))
+        .args(["device", "add", "--data-dir"])
+        .arg(&gw.data_dir)
+        .args(["--gateway", &gw.tunnel_addr.to_string(), "--out"])
+        .arg(out)
+        .args(extra)
+        .env_remove("EDGE_GATEWAY_DATABASE")
+        .output()
+        .await
+        .unwrap();
+    Out {
+        ok: o.status.success(),
+        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_add_with_a_fleet() {
+    let gw = TestGateway::spawn().await;
+    let api = Api::new(&gw);
+    let (viewer, _, admin) = tokens(&gw).await;
+    create_fleet(&api, &admin, "kiosks", true).await;
+    let tmp = tempfile::tempdir().unwrap();
+
+    // An unknown fleet: refused with the fleets there are, and nothing written (no
+    // device, no agent file).
+    let refused = tmp.path().join("refused.toml");
+    let o = device_add(&gw, &refused, &["--fleet", "nosuch"]).await;
+    assert!(!o.ok, "{}", o.stdout);
+    assert!(
+        o.stderr.contains("no fleet \"nosuch\"")
+            && o.stderr.contains("fleets: kiosks")
+            && o.stderr.contains("nothing was written"),
+        "{}",
+        o.stderr
+    );
+    assert!(!refused.exists());
+    let devices = get(&api, &viewer, "/v1/devices").await;
+    assert_eq!(devices, json!([]));
+
+    // A known fleet: the device is in it from the start, with the fleet's public-URL
+    // default, as a provisioned device would be.
+    let file = tmp.path().join("device.toml");
+    let o = device_add(&gw, &file, &["--fleet", "kiosks"]).await;
+    assert!(o.ok, "{}", o.stderr);
+    let uuid = o.stdout.trim().to_string();
+    assert_eq!(uuid.len(), 32, "{}", o.stdout);
+    assert!(file.exists());
+    let d = get(&api, &viewer, &format!("/v1/devices/{uuid}")).await;
+    assert_eq!(d["fleet"], "kiosks", "{d}");
+    assert_eq!(d["public_url"], true, "{d}");
+
+    // The lists show it: `gateway devices --fleet`, and the offline `device list`.
+    let o = gateway(&gw, &viewer, &["devices", "--fleet", "kiosks"]).await;
+    assert!(o.ok, "{}", o.stderr);
+    let line = o
+        .stdout
+        .lines()
+        .find(|l| l.starts_with(&uuid))
+        .unwrap_or_else(|| panic!("no row for {uuid}: {}", o.stdout));
+    assert_eq!(cells(line)[2], "kiosks", "{line}");
+    let o = tokio::process::Command::new(bin("gateway"))
+        .args(["device", "list", "--data-dir"])
+        .arg(&gw.data_dir)
+        .output()
+        .await
+        .unwrap();
+    let listed = String::from_utf8_lossy(&o.stdout);
+    let mut lines = listed.lines();
+    let header = cells(lines.next().unwrap());
+    let fleet_col = header.iter().position(|h| h == "FLEET").expect("FLEET");
+    let line = lines.find(|l| l.starts_with(&uuid)).expect("device row");
+    assert_eq!(cells(line)[fleet_col], "kiosks", "{listed}");
+
+    // Without --fleet: no fleet, as before.
+    let o = device_add(&gw, &tmp.path().join("loose.toml"), &[]).await;
+    assert!(o.ok, "{}", o.stderr);
+    let loose = o.stdout.trim().to_string();
+    let d = get(&api, &viewer, &format!("/v1/devices/{loose}")).await;
+    assert_eq!(d["fleet"], serde_json::Value::Null, "{d}");
+    assert_eq!(d["public_url"], false, "{d}");
 }

@@ -16,6 +16,10 @@ pub(super) enum DeviceCommand {
         /// Serve this device's web UI at its public URL.
         #[arg(long)]
         public_url: bool,
+        /// Put it in this fleet (which must exist), so it runs the fleet's release from
+        /// its first connect; the fleet's public-URL default applies too.
+        #[arg(long)]
+        fleet: Option<String>,
         /// Tunnel address the agent dials, HOST:PORT (as reachable from the device); or
         /// several, comma-separated (`a.example:443,b.example:443`), for a gateway with
         /// several nodes: the agent tries them in order and moves to the next when one
@@ -105,6 +109,7 @@ pub(super) async fn run(cmd: DeviceCommand) -> anyhow::Result<()> {
             store,
             uuid,
             public_url,
+            fleet,
             gateway,
             out,
         } => {
@@ -112,6 +117,12 @@ pub(super) async fn run(cmd: DeviceCommand) -> anyhow::Result<()> {
             let gateway = protocol::host::gateway_addresses(&gateway)
                 .map_err(|e| anyhow::anyhow!("--gateway must be HOST:PORT[,HOST:PORT...]: {e}"))?
                 .join(",");
+            let joins = match &fleet {
+                Some(f) => Some(existing_fleet(&store, f).await?),
+                None => None,
+            };
+            let public_url =
+                public_url || joins.as_ref().is_some_and(|(_, f)| f.public_url_default);
             let cfg = crate::add_device(
                 &store.data_dir,
                 store.database(),
@@ -120,6 +131,21 @@ pub(super) async fn run(cmd: DeviceCommand) -> anyhow::Result<()> {
                 &gateway,
             )
             .await?;
+            if let Some((db, f)) = joins {
+                let uuid: DeviceUuid = cfg.uuid.parse()?;
+                let moved = db.update_device(uuid, None, Some(Some(&f.name))).await;
+                if !matches!(moved, Ok(true)) {
+                    // The fleet went away since the check (deleted meanwhile): take the
+                    // device back rather than leave one the operator did not ask for.
+                    let _ = db.revoke_device(uuid).await;
+                    db.close().await;
+                    match moved {
+                        Err(e) => anyhow::bail!("device {uuid} not added: fleet {}: {e}", f.name),
+                        Ok(_) => anyhow::bail!("device {uuid} not added: it vanished meanwhile"),
+                    }
+                }
+                db.close().await;
+            }
             certs::write_atomic(&out, cfg.to_toml().as_bytes(), true)
                 .with_context(|| format!("writing {}", out.display()))?;
             eprintln!(
@@ -223,6 +249,33 @@ pub(super) async fn run(cmd: DeviceCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The fleet `name` of the data dir's store, with the store open (to put the new device
+/// in it); an error naming the fleets that exist when there is no such fleet.
+async fn existing_fleet(
+    at: &StoreArgs,
+    name: &str,
+) -> anyhow::Result<(crate::store::Store, crate::store::FleetRecord)> {
+    let (_, db) = crate::datadir::open_existing_in(&at.data_dir, at.database()).await?;
+    if let Some(f) = db.fleet(name).await? {
+        return Ok((db, f));
+    }
+    let fleets: Vec<String> = db
+        .fleets()
+        .await?
+        .into_iter()
+        .map(|(f, _)| f.name)
+        .collect();
+    db.close().await;
+    let known = if fleets.is_empty() {
+        "there are no fleets yet".to_string()
+    } else {
+        format!("fleets: {}", fleets.join(", "))
+    };
+    anyhow::bail!(
+        "no fleet {name:?} ({known}); create it with `gateway fleet create {name}`; nothing was written"
+    )
 }
 
 pub(super) fn print_devices(devices: &[types::Device]) {
