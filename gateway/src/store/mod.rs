@@ -142,6 +142,7 @@ mod fleets;
 mod keys;
 mod logs;
 mod nodes;
+mod notify;
 mod releases;
 #[cfg(any(test, feature = "test-pg"))]
 #[doc(hidden)]
@@ -155,6 +156,7 @@ pub use fleets::{FleetDeletion, FleetRecord};
 pub use keys::{KeyRecord, Refusal};
 pub use logs::{LogQuery, StoredLine};
 pub use nodes::{NodeRecord, Route};
+pub use notify::{Wake, WakeListener, WAKE_CHANNEL};
 pub use releases::{ReleaseRecord, TargetSource};
 pub use tokens::TokenRecord;
 
