@@ -23,6 +23,7 @@ pub mod ssh;
 pub mod store;
 pub mod targets;
 mod tunnel;
+pub mod wake;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -342,6 +343,13 @@ impl Gateway {
                 self.store.clone(),
                 Arc::clone(&self.sessions),
                 node::LEASE_TTL,
+                shutdown.clone(),
+            ));
+            // Changes made through the other nodes, for the tunnels this one holds.
+            tasks.spawn(wake::run(
+                self.store.clone(),
+                Arc::clone(&self.sessions),
+                self.node.id().to_string(),
                 shutdown.clone(),
             ));
         }

@@ -92,6 +92,8 @@ pub(super) async fn create_action(
         )
         .await?;
     let online = st.sessions.kick(&uuid);
+    // The node that holds the tunnel, if another, delivers it.
+    crate::wake::tell(&st.store, crate::store::Wake::Action(uuid)).await;
     let mut v = action_view(a);
     v.device_online = Some(online);
     Ok((StatusCode::ACCEPTED, Json(v)))

@@ -67,6 +67,7 @@ pub(super) async fn update_device(
         // A pin to the old fleet's release means nothing in the new fleet.
         st.store.pin_device(uuid, None).await?;
         crate::targets::retarget(&st.sessions, uuid);
+        crate::wake::tell(&st.store, crate::store::Wake::Target(uuid)).await;
     }
     st.store
         .audit(
@@ -92,6 +93,7 @@ pub(super) async fn delete_device(
     // Revocation is immediate: the live tunnel goes now, the next handshake is refused.
     st.sessions
         .disconnect(&uuid, AppErrorCode::UnknownDevice, b"device deleted");
+    crate::wake::tell(&st.store, crate::store::Wake::Deleted(uuid)).await;
     st.store
         .audit(&caller.actor(), "device.delete", uuid.as_str(), "{}")
         .await?;
@@ -110,6 +112,7 @@ pub(super) async fn set_device_public_url(
         return Err(ApiError::not_found(format!("no device {uuid}")));
     }
     st.sessions.set_public_url(&uuid, body.enabled);
+    crate::wake::tell(&st.store, crate::store::Wake::PublicUrl(uuid)).await;
     st.store
         .audit(
             &caller.actor(),

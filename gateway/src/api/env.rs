@@ -109,6 +109,7 @@ pub(super) async fn put_device_env(
     let rows = env_rows(body)?;
     st.store.set_env("device", uuid.as_str(), &rows).await?;
     crate::targets::retarget(&st.sessions, uuid);
+    crate::wake::tell(&st.store, crate::store::Wake::Target(uuid)).await;
     st.store
         .audit(
             &caller.actor(),
@@ -144,6 +145,7 @@ pub(super) async fn put_fleet_env(
     let rows = env_rows(body)?;
     st.store.set_env("fleet", &name, &rows).await?;
     crate::targets::retarget_fleet(&st.store, &st.sessions, &name).await;
+    crate::wake::tell(&st.store, crate::store::Wake::Fleet(name.clone())).await;
     st.store
         .audit(
             &caller.actor(),

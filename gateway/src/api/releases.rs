@@ -92,6 +92,7 @@ async fn create_release(
             )
             .await?;
         targets::retarget_fleet(&st.store, &st.sessions, &fleet).await;
+        crate::wake::tell(&st.store, crate::store::Wake::Fleet(fleet.clone())).await;
     }
     let mut v = release_view(rel, false);
     v.created = Some(created);
@@ -178,6 +179,7 @@ async fn pin_fleet(
         )
         .await?;
     targets::retarget_fleet(&st.store, &st.sessions, &fleet).await;
+    crate::wake::tell(&st.store, crate::store::Wake::Fleet(fleet.clone())).await;
     Ok(Json(FleetPin {
         fleet,
         pinned_release: pin.release,
@@ -213,6 +215,7 @@ async fn pin_device(
         )
         .await?;
     targets::retarget(&st.sessions, uuid);
+    crate::wake::tell(&st.store, crate::store::Wake::Target(uuid)).await;
     Ok(Json(DevicePin {
         uuid: uuid.as_str().to_string(),
         pinned_release: pin.release,
