@@ -4,13 +4,16 @@
 //! dir (`gateway::store::test_pg`); without PostgreSQL installed the test is skipped,
 //! and under `CI=true` it fails.
 
+use std::io::BufRead;
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use e2e_tests::procs::{self, api_json, try_get, wait_status};
 use e2e_tests::*;
 use http::StatusCode;
+use serde_json::json;
 
 /// `gateway ARGS --data-dir DATA --database URL`, which must succeed; its stdout.
 fn offline(data: &Path, database: &str, args: &[&str]) -> String {
@@ -135,6 +138,16 @@ fn psql(url: &str, sql: &str) {
         .output()
         .expect("psql (apt-get install postgresql-client)");
     assert!(o.status.success(), "psql {sql:?}: {o:?}");
+}
+
+/// Runs `sql` on `url` with psql; its one value.
+fn psql_value(url: &str, sql: &str) -> String {
+    let o = Command::new("psql")
+        .args([url, "-v", "ON_ERROR_STOP=1", "-q", "-t", "-A", "-c", sql])
+        .output()
+        .expect("psql (apt-get install postgresql-client)");
+    assert!(o.status.success(), "psql {sql:?}: {o:?}");
+    String::from_utf8(o.stdout).unwrap().trim().to_string()
 }
 
 /// The device's `online` as the API at `api` reports it; `None` when it does not answer.
@@ -384,5 +397,232 @@ async fn any_node_serves_a_device_whose_tunnel_another_node_holds() {
         )
         .await,
         "node b does not report the device offline once it left node a"
+    );
+}
+
+/// An agent process (`--engine none`) logging at info, its log lines (on stdout)
+/// collected as they come.
+fn logged_agent(cfg: &Path, target: std::net::SocketAddr) -> (Proc, Arc<Mutex<Vec<String>>>) {
+    let mut cmd = procs::agent_command(cfg, target, &["--engine", "none"]);
+    cmd.env("RUST_LOG", "edge_agent=info")
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::piped());
+    let mut proc = Proc::spawn(&mut cmd);
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let stdout = proc.0.stdout.take().unwrap();
+    let sink = Arc::clone(&lines);
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            sink.lock().unwrap().push(line);
+        }
+    });
+    (proc, lines)
+}
+
+/// How many of `log`'s lines contain every one of `words`.
+fn count(log: &Mutex<Vec<String>>, words: &[&str]) -> usize {
+    let log = log.lock().unwrap();
+    log.iter()
+        .filter(|l| words.iter().all(|w| l.contains(w)))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_made_through_another_node_reaches_the_device_at_once() {
+    let Some(url) = gateway::store::test_pg::database_url().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (data_a, data_b) = (dir.path().join("a"), dir.path().join("b"));
+    let backend = Backend::spawn("woken-on-node-a").await;
+    // Node a logs in as a role of its own, so that the test can keep only a's listener
+    // from reconnecting.
+    let role = format!("r_{}", url.rsplit('/').next().unwrap());
+    psql(&url, &format!("CREATE ROLE {role} LOGIN SUPERUSER"));
+    let url_a = url.replacen("postgres://postgres@", &format!("postgres://{role}@"), 1);
+    let node = |data: &Path, url: &str, id: &str, http: u16, tunnel: u16, api: u16| {
+        let api = format!("127.0.0.1:{api}");
+        procs::serve(
+            data,
+            http,
+            tunnel,
+            &["--database", url, "--node-id", id, "--api-listen", &api],
+        )
+    };
+    let (http_a, tunnel_a, api_a) = (free_port_tcp(), free_port_udp(), free_port_tcp());
+    let _a = node(&data_a, &url_a, "a", http_a, tunnel_a, api_a);
+    assert!(serving(http_a).await, "node a did not start");
+    let out = dir.path().join("device.toml");
+    let (token, uuid) = token_and_device(&data_a, &url, tunnel_a, &out);
+    let token = token.as_str();
+    let host = device_host(&uuid);
+    let (_agent, log) = logged_agent(&out, backend.addr);
+    assert!(wait_status(http_a, &host, StatusCode::OK, Duration::from_secs(30)).await);
+
+    std::fs::create_dir_all(&data_b).unwrap();
+    for f in ["ca.pem", "ca.key"] {
+        std::fs::copy(data_a.join(f), data_b.join(f)).unwrap();
+    }
+    let (http_b, api_b) = (free_port_tcp(), free_port_tcp());
+    let _b = node(&data_b, &url, "b", http_b, free_port_udp(), api_b);
+    assert!(serving(http_b).await, "node b did not start");
+    let api_a: std::net::SocketAddr = format!("127.0.0.1:{api_a}").parse().unwrap();
+    let api_b: std::net::SocketAddr = format!("127.0.0.1:{api_b}").parse().unwrap();
+    let call = |api, method: &'static str, path: String, body| async move {
+        api_json(api, token, method, &path, Some(body))
+            .await
+            .expect("the API answers")
+    };
+
+    // The fleet and the device's move into it go through node a; no release yet, so no
+    // target either.
+    let (s, v) = call(api_a, "POST", "/v1/fleets".into(), json!({"name": "wake"})).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let (s, v) = call(
+        api_a,
+        "PATCH",
+        format!("/v1/devices/{uuid}"),
+        json!({"fleet": "wake"}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let sessions = || count(&log, &[": connected"]);
+    assert_eq!(sessions(), 1, "{:?}", log.lock().unwrap());
+    let received = |release: &str| count(&log, &["target state received", release]);
+
+    // A release published through node b (a fleet-wide wake-up) reaches the device on
+    // node a over its open tunnel. Before wake-ups, it came only with the next reconnect.
+    let publish = |compose: &'static str| async move {
+        let (s, r) = call(
+            api_b,
+            "POST",
+            "/v1/fleets/wake/releases".into(),
+            json!({ "compose": compose }),
+        )
+        .await;
+        assert_eq!(s, StatusCode::CREATED, "{r}");
+        r["id"].as_str().unwrap().to_string()
+    };
+    let wait_for = |release: String, times: usize, what: &'static str| {
+        let log = Arc::clone(&log);
+        async move {
+            let start = std::time::Instant::now();
+            let got = eventually(Duration::from_secs(15), || async {
+                (received(&release) >= times).then_some(())
+            })
+            .await;
+            assert!(
+                got.is_some(),
+                "{what} through node b never reached the device on node a; agent log:\n{}",
+                log.lock().unwrap().join("\n")
+            );
+            println!(
+                "{what} through node b reached the device in {:?}",
+                start.elapsed()
+            );
+        }
+    };
+    let r1 = publish("services:\n  web:\n    image: edge-test/web:v1\n").await;
+    wait_for(r1.clone(), 1, "a release published").await;
+    let r2 = publish("services:\n  web:\n    image: edge-test/web:v2\n").await;
+    wait_for(r2.clone(), 1, "a second release").await;
+
+    // A device pin through node b (a wake-up for one device): back to r1.
+    let (s, v) = call(
+        api_b,
+        "PUT",
+        format!("/v1/devices/{uuid}/pin"),
+        json!({"release": r1}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    wait_for(r1, 2, "a device pin").await;
+
+    // Node a's listener is cut and cannot come back for a while: the unpin through node
+    // b is notified to nobody on a. PostgreSQL does not replay it; a's catch-up after
+    // the listener reconnects delivers it.
+    psql(&url, &format!("ALTER ROLE {role} NOLOGIN"));
+    let listener = format!(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+         WHERE usename = '{role}' AND query LIKE 'LISTEN %'"
+    );
+    assert_eq!(
+        psql_value(&url, &listener),
+        "1",
+        "node a's listener connection"
+    );
+    let (s, v) = call(
+        api_b,
+        "PUT",
+        format!("/v1/devices/{uuid}/pin"),
+        json!({ "release": null }),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        received(&r2),
+        1,
+        "the unpin arrived while node a could not listen"
+    );
+    psql(&url, &format!("ALTER ROLE {role} LOGIN"));
+    wait_for(r2.clone(), 2, "an unpin missed by a's listener").await;
+
+    // The public URL switched off through node b: node a, which holds the tunnel, stops
+    // serving it.
+    let (s, v) = call(
+        api_b,
+        "PUT",
+        format!("/v1/devices/{uuid}/public-url"),
+        json!({"enabled": false}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let start = std::time::Instant::now();
+    assert!(
+        eventually(Duration::from_secs(15), || async {
+            match try_get(http_a, &host).await {
+                Some((s, _)) if s == StatusCode::NOT_FOUND => Some(()),
+                _ => None,
+            }
+        })
+        .await
+        .is_some(),
+        "node a still serves a public URL switched off through node b"
+    );
+    println!(
+        "the public-URL switch through node b reached node a in {:?}",
+        start.elapsed()
+    );
+
+    // An action queued through node b is delivered by node a.
+    let (s, v) = call(
+        api_b,
+        "POST",
+        format!("/v1/devices/{uuid}/actions"),
+        json!({"action": "blink"}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    let id = v["id"].as_str().unwrap().to_string();
+    let done = eventually(Duration::from_secs(15), || async {
+        let (_, v) = api_json(api_b, token, "GET", &format!("/v1/actions/{id}"), None).await?;
+        (v["status"] != "pending").then_some(v)
+    })
+    .await;
+    assert!(
+        done.is_some(),
+        "the action queued through node b stayed pending"
+    );
+
+    // All of it over the tunnel the device opened first: no reconnect carried it.
+    assert_eq!(
+        sessions(),
+        1,
+        "the device reconnected; agent log:\n{}",
+        log.lock().unwrap().join("\n")
     );
 }
