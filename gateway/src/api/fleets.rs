@@ -131,6 +131,8 @@ pub(super) async fn set_fleet_public_url(
     for uuid in &switched {
         st.sessions.set_public_url(uuid, body.enabled);
     }
+    // The devices whose tunnels other nodes hold: their nodes re-read the switch.
+    crate::wake::tell(&st.store, crate::store::Wake::FleetPublicUrl(name.clone())).await;
     st.store
         .audit(
             &caller.actor(),
