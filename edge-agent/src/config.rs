@@ -95,6 +95,9 @@ pub struct AgentOptions {
     /// Which transports to dial, and how TCP gets out. Default: QUIC, falling back to
     /// TLS over TCP on the same `host:port` when UDP is blocked, with no proxy.
     pub route: crate::dial::Route,
+    /// The QUIC congestion controller of the agent's side (what the device sends:
+    /// responses, logs, terminal output). Default is CUBIC; BBR for lossy radio links.
+    pub congestion: transport::quic::Congestion,
 }
 
 impl AgentOptions {
@@ -122,6 +125,7 @@ impl Default for AgentOptions {
             logs: None,
             reconciler: None,
             route: Default::default(),
+            congestion: Default::default(),
         }
     }
 }

@@ -106,11 +106,15 @@ fn count_connects(agent: &TestAgent) -> tokio::task::JoinHandle<u32> {
 
 // ---- 30 % loss ----
 
-async fn loss(mode: TransportMode) {
+async fn loss(mode: TransportMode, congestion: transport::quic::Congestion) {
     let len = length(Duration::from_secs(5), Duration::from_secs(60));
     // A device that stays silent this long gets its visitors a 504.
     let l = link(|c| c.upstream_timeout = Duration::from_secs(10)).await;
-    let mut agent = TestAgent::spawn_with(l.cfg.clone(), shipped(l.backend.addr, mode));
+    let opts = edge_agent::AgentOptions {
+        congestion,
+        ..shipped(l.backend.addr, mode)
+    };
+    let mut agent = TestAgent::spawn_with(l.cfg.clone(), opts);
     let connects = count_connects(&agent);
     agent.connected().await;
     assert!(wait_serving(&l.gw, &l.host, Duration::from_secs(10))
@@ -138,7 +142,7 @@ async fn loss(mode: TransportMode) {
     let (tally, ()) = tokio::join!(load, lift);
     let (lost_up, lost_down) = l.relay.lost();
     eprintln!(
-        "30% loss over {mode} for {len:?}, 64 KiB GET and POST-echo bodies, 4 visitors: {}; the relay dropped {lost_up} datagrams (chunks on TCP) agent-to-gateway, {lost_down} back",
+        "30% loss over {mode} (agent's congestion control {congestion}) for {len:?}, 64 KiB GET and POST-echo bodies, 4 visitors: {}; the relay dropped {lost_up} datagrams (chunks on TCP) agent-to-gateway, {lost_down} back",
         tally.line()
     );
     assert!(
@@ -171,12 +175,19 @@ async fn loss(mode: TransportMode) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thirty_percent_loss_over_quic_corrupts_nothing_and_fails_cleanly() {
-    loss(TransportMode::Quic).await;
+    loss(TransportMode::Quic, transport::quic::Congestion::Cubic).await;
+}
+
+/// The agent's `--congestion bbr`, for lossy radio links: the same guarantees. (How much
+/// more gets through is a figure of the full-length run, in docs/reliability.md.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thirty_percent_loss_over_quic_with_bbr_corrupts_nothing_and_fails_cleanly() {
+    loss(TransportMode::Quic, transport::quic::Congestion::Bbr).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thirty_percent_loss_over_tcp_corrupts_nothing_and_fails_cleanly() {
-    loss(TransportMode::Tcp).await;
+    loss(TransportMode::Tcp, transport::quic::Congestion::Cubic).await;
 }
 
 // ---- 300 ms delay with jitter ----

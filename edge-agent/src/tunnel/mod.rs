@@ -574,6 +574,7 @@ pub fn transport_config(opts: &AgentOptions) -> quinn::TransportConfig {
     t.stream_receive_window(quinn::VarInt::from_u32(4 * 1024 * 1024));
     t.receive_window(quinn::VarInt::from_u32(32 * 1024 * 1024));
     t.send_window(32 * 1024 * 1024);
+    opts.congestion.apply(&mut t);
     t
 }
 

@@ -64,3 +64,72 @@ pub async fn connect(
 pub async fn accept(incoming: quinn::Incoming) -> Result<Connection, ConnectError> {
     Ok(Connection::Quic(incoming.await?))
 }
+
+/// The congestion controller of a QUIC connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Congestion {
+    /// CUBIC (RFC 9438), quinn's default: backs off on every loss, as TCP does.
+    #[default]
+    Cubic,
+    /// BBR (quinn's implementation, which quinn calls experimental): paces to the
+    /// measured bottleneck rate and does not read random loss as congestion. On a link
+    /// losing 30 % of datagrams both ways, BBR on the device's side finished 113 requests
+    /// in 60 s where CUBIC finished 12 (docs/reliability.md); for lossy radio links.
+    Bbr,
+}
+
+impl Congestion {
+    /// Sets this controller on `t`.
+    pub fn apply(self, t: &mut quinn::TransportConfig) {
+        match self {
+            Congestion::Cubic => {
+                t.congestion_controller_factory(
+                    Arc::new(quinn::congestion::CubicConfig::default()),
+                );
+            }
+            Congestion::Bbr => {
+                t.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()));
+            }
+        }
+    }
+}
+
+/// A controller name other than `cubic` or `bbr`.
+#[derive(Debug, thiserror::Error)]
+#[error("unknown congestion controller {0:?}: use cubic or bbr")]
+pub struct UnknownCongestion(String);
+
+impl std::str::FromStr for Congestion {
+    type Err = UnknownCongestion;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "cubic" => Ok(Congestion::Cubic),
+            "bbr" => Ok(Congestion::Bbr),
+            other => Err(UnknownCongestion(other.to_string())),
+        }
+    }
+}
+
+impl std::fmt::Display for Congestion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Congestion::Cubic => "cubic",
+            Congestion::Bbr => "bbr",
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Congestion;
+
+    #[test]
+    fn congestion_names_round_trip_and_others_are_refused() {
+        for c in [Congestion::Cubic, Congestion::Bbr] {
+            assert_eq!(c.to_string().parse::<Congestion>().unwrap(), c);
+        }
+        let e = "reno".parse::<Congestion>().unwrap_err().to_string();
+        assert!(e.contains("reno") && e.contains("cubic or bbr"), "{e}");
+    }
+}
