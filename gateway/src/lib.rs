@@ -15,6 +15,7 @@ pub mod datadir;
 pub mod demo;
 mod listener;
 pub mod logs;
+pub mod metrics;
 pub mod node;
 mod peer;
 mod proxy;
@@ -82,6 +83,8 @@ pub struct Gateway {
     http: TcpListener,
     api: TcpListener,
     api_tls: Option<Arc<rustls::ServerConfig>>,
+    /// `--metrics-listen`: `/metrics` without a token.
+    metrics: Option<TcpListener>,
     ca: Arc<certs::Ca>,
     fingerprint: String,
     /// The peer link: this node's QUIC endpoint for other nodes (with `--peer-listen`),
@@ -195,6 +198,12 @@ impl Gateway {
             addr: cfg.api_listen,
             source,
         })?;
+        let metrics = match cfg.metrics_listen {
+            Some(addr) => {
+                Some(tcp_listener(addr).map_err(|source| GatewayError::Bind { addr, source })?)
+            }
+            None => None,
+        };
         let api_tls = match (&cfg.api_tls_cert, &cfg.api_tls_key) {
             (Some(c), Some(k)) => {
                 let read = |p: &Path| {
@@ -223,6 +232,7 @@ impl Gateway {
             tunnel_tls,
             http,
             api,
+            metrics,
         })
     }
 
@@ -243,6 +253,13 @@ impl Gateway {
         self.api
             .local_addr()
             .expect("bound listener has an address")
+    }
+
+    /// The bound `--metrics-listen` address, if there is one.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics
+            .as_ref()
+            .map(|l| l.local_addr().expect("bound listener has an address"))
     }
 
     /// The bound tunnel (UDP) address.
@@ -296,6 +313,7 @@ impl Gateway {
             tunnel = %self.tunnel_addr(),
             tunnel_tcp = %self.tunnel_tcp_addr(),
             api = %self.api_addr(),
+            metrics = %self.metrics_addr().map_or("-".into(), |a| a.to_string()),
             %domain,
             data_dir = %self.cfg.data_dir.display(),
             ca_fingerprint = %self.fingerprint,
@@ -320,11 +338,14 @@ impl Gateway {
             request_body_idle_timeout: self.cfg.request_body_idle_timeout,
             max_streams_per_device: self.cfg.max_streams_per_device,
         };
+        // Counted by every part below; one set per gateway (see `metrics`).
+        let metrics = Arc::new(metrics::Metrics::new());
         let router = Arc::new(proxy::router::Router::new(
             &router_cfg,
             Arc::clone(&self.sessions),
             self.peers.clone(),
             self.store.clone(),
+            Arc::clone(&metrics),
             tasks.clone(),
             shutdown.clone(),
         ));
@@ -334,6 +355,7 @@ impl Gateway {
             self.cfg.log_retention,
             self.cfg.log_max_lines_per_device,
             self.cfg.log_prune_interval,
+            Arc::clone(&metrics),
             shutdown.clone(),
         ));
         // A lease means something only where other nodes share the database; the single
@@ -361,9 +383,26 @@ impl Gateway {
             keep_alive: self.cfg.keep_alive,
             idle_timeout: self.cfg.idle_timeout,
             logs: Arc::clone(&log_hub),
+            metrics: Arc::clone(&metrics),
             tasks: tasks.clone(),
         });
         let (public_limits, api_limits) = self.listener_configs();
+        let metrics_server = self.metrics.map(|listener| {
+            let limits = listener::ListenerConfig {
+                name: "metrics",
+                max_connections: metrics::MAX_CONNECTIONS,
+                max_connections_per_ip: metrics::MAX_CONNECTIONS,
+                tls: None,
+                json_errors: false,
+                ..api_limits.clone()
+            };
+            let source = metrics::Source {
+                metrics: Arc::clone(&metrics),
+                store: self.store.clone(),
+                sessions: Arc::clone(&self.sessions),
+            };
+            tokio::spawn(metrics::serve(listener, limits, source, shutdown.clone()))
+        });
         let http = tokio::spawn(proxy::router::serve(
             self.http,
             router,
@@ -391,6 +430,7 @@ impl Gateway {
                 shutdown: shutdown.clone(),
                 tasks: tasks.clone(),
                 allowed_origins: Arc::new(self.cfg.allowed_origins.clone()),
+                metrics: Arc::clone(&metrics),
             },
             shutdown.clone(),
         ));
@@ -415,6 +455,9 @@ impl Gateway {
             .close_all(AppErrorCode::Shutdown, b"gateway shutting down");
         let _ = http.await;
         let _ = api.await;
+        if let Some(m) = metrics_server {
+            let _ = m.await;
+        }
         tasks.close();
         if tokio::time::timeout(Duration::from_secs(5), tasks.wait())
             .await

@@ -68,6 +68,7 @@ pub(crate) async fn serve_stream(
     device: DeviceUuid,
     store: Store,
     hub: Arc<LogHub>,
+    metrics: Arc<crate::metrics::Metrics>,
 ) {
     let mut reader = FrameReader::new(recv, MAX_LOGS_FRAME);
     let result: Result<(), IngestError> = async {
@@ -88,6 +89,7 @@ pub(crate) async fn serve_stream(
                         let _order = hub.in_order(device).await;
                         let (upto, stored) =
                             store.insert_logs(device, &header.epoch, &lines).await?;
+                        metrics.log_lines(lines.len(), stored.len());
                         hub.publish(stored);
                         upto
                     };
@@ -131,6 +133,7 @@ pub(crate) async fn retention_loop(
     retention: Duration,
     max_per_device: i64,
     every: Duration,
+    metrics: Arc<crate::metrics::Metrics>,
     shutdown: CancellationToken,
 ) {
     loop {
@@ -141,7 +144,10 @@ pub(crate) async fn retention_loop(
         let cutoff = crate::store::now_ms().saturating_sub(retention_ms);
         match store.prune_logs(cutoff, max_per_device).await {
             Ok(0) => {}
-            Ok(n) => info!(lines = n, "pruned old log lines"),
+            Ok(n) => {
+                metrics.log_lines_pruned(n);
+                info!(lines = n, "pruned old log lines")
+            }
             Err(e) => warn!(error = %e, "cannot prune log lines"),
         }
         tokio::select! {

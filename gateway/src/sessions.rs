@@ -295,6 +295,17 @@ impl Sessions {
         self.map.len()
     }
 
+    /// Live sessions on each transport, `(quic, tcp)`: one pass over the map, for a
+    /// metrics scrape (no per-session bookkeeping on connect and disconnect).
+    pub fn count_by_transport(&self) -> (usize, usize) {
+        self.map
+            .iter()
+            .fold((0, 0), |(quic, tcp), s| match s.conn.kind() {
+                transport::TransportKind::Quic => (quic + 1, tcp),
+                transport::TransportKind::Tcp => (quic, tcp + 1),
+            })
+    }
+
     /// Whether no device is connected.
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()

@@ -75,6 +75,8 @@ pub(crate) struct ApiState {
     /// Browser origins besides the API's own that may open the terminal and log
     /// WebSockets (`allowed_origins`), normalized by [`crate::config::normalize_origin`].
     pub(crate) allowed_origins: Arc<Vec<String>>,
+    /// The gateway's metrics: served at `/metrics`, and terminals are counted.
+    pub(crate) metrics: Arc<crate::metrics::Metrics>,
 }
 
 type ApiResult<T> = Result<Json<T>, ApiError>;
@@ -83,6 +85,7 @@ type ApiResult<T> = Result<Json<T>, ApiError>;
 pub(crate) fn router(state: ApiState) -> Router {
     Router::new()
         .route("/openapi.json", get(|| async { Json(openapi::document()) }))
+        .route("/metrics", get(metrics))
         .route("/v1/fleets", get(list_fleets).post(create_fleet))
         .route("/v1/fleets/{name}", get(show_fleet).delete(delete_fleet))
         .route("/v1/fleets/{name}/public-url", put(set_fleet_public_url))
@@ -184,6 +187,26 @@ pub(crate) async fn serve(
         })
     };
     crate::listener::serve(listener, limits, make_service, shutdown).await;
+}
+
+/// `GET /metrics`: the Prometheus scrape, for any valid token (viewer and up). The
+/// management listener is loopback by default, but it is the API: a scraper sends a
+/// viewer token (`authorization: credentials_file:` in Prometheus). For a scraper without
+/// one, `--metrics-listen` serves the same text on a listener of its own, without a token.
+async fn metrics(
+    _caller: Caller,
+    State(st): State<ApiState>,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
+    let body = st.metrics.render(&st.store, &st.sessions).await?;
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            axum::http::HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
+        )],
+        body,
+    )
+        .into_response())
 }
 
 /// The `{uuid}` path parameter, parsed (400 `invalid_uuid` when malformed).

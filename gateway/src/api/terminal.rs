@@ -226,6 +226,8 @@ async fn open(
     Ok(ws
         .max_message_size(MAX_WS_MESSAGE)
         .on_upgrade(move |socket| async move {
+            // Counted open until the relay ends.
+            let _open = st.metrics.terminal_opened();
             relay(st, caller, uuid, header, idle, socket).await;
             drop(running);
         }))

@@ -51,6 +51,11 @@ pub(super) struct ServeArgs {
     /// PEM private key for --api-tls-cert.
     #[arg(long, requires = "api_tls_cert")]
     api_tls_key: Option<PathBuf>,
+    /// Listener (TCP) serving only GET /metrics (Prometheus text format), with no token:
+    /// bind it where only the scraper reaches (docs/metrics.md). [default: none; the
+    /// management API serves /metrics to any valid token]
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
     /// Tunnel address devices dial, written into provisioning keys. [default: the bound
     /// tunnel address]
     #[arg(long)]
@@ -151,6 +156,9 @@ impl ServeArgs {
         }
         if self.tunnel_tcp_listen.is_some() {
             cfg.tunnel_tcp_listen = self.tunnel_tcp_listen;
+        }
+        if self.metrics_listen.is_some() {
+            cfg.metrics_listen = self.metrics_listen;
         }
         if self.api_tls_cert.is_some() {
             cfg.api_tls_cert = self.api_tls_cert;

@@ -125,6 +125,11 @@ pub struct ServeConfig {
     pub api_tls_cert: Option<PathBuf>,
     /// PEM private key for `api_tls_cert`.
     pub api_tls_key: Option<PathBuf>,
+    /// A listener of its own (TCP, plain HTTP) serving only `GET /metrics`, with no
+    /// token: for a Prometheus server that scrapes without one (docs/metrics.md). Bind it
+    /// where only the scraper reaches. Default is none (`/metrics` is then on the
+    /// management API only, for any valid token).
+    pub metrics_listen: Option<SocketAddr>,
     /// Tunnel address devices dial, `HOST:PORT`, written into provisioning keys. Default is
     /// the bound tunnel address (with this machine's hostname when bound to all
     /// interfaces).
@@ -222,6 +227,7 @@ impl Default for ServeConfig {
             advertise_tunnel: None,
             api_tls_cert: None,
             api_tls_key: None,
+            metrics_listen: None,
             idle_timeout: Duration::from_secs(15),
             keep_alive: Duration::from_secs(5),
             upstream_timeout: Duration::from_secs(60),

@@ -18,6 +18,9 @@ fn file_keys_and_errors() {
     assert_eq!(cfg.domain, "example.com");
     assert_eq!(cfg.idle_timeout, Duration::from_secs(3));
     assert_eq!(cfg.http_listen, "0.0.0.0:80".parse().unwrap());
+    assert_eq!(cfg.metrics_listen, None);
+    let cfg: ServeConfig = toml::from_str("metrics_listen = \"127.0.0.1:9464\"\n").unwrap();
+    assert_eq!(cfg.metrics_listen, Some("127.0.0.1:9464".parse().unwrap()));
     let err = toml::from_str::<ServeConfig>("domian = \"x\"").unwrap_err();
     assert!(err.to_string().contains("unknown field `domian`"), "{err}");
     let bad = ServeConfig {

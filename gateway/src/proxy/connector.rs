@@ -25,6 +25,7 @@ use protocol::{DeviceUuid, HttpHeader, StreamHeader, TargetStatus};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use transport::BiStream;
 
+use crate::metrics::Metrics;
 use crate::peer::{PeerError, Peers};
 use crate::sessions::{HttpStreamGuard, Sessions};
 
@@ -67,6 +68,8 @@ pub(crate) struct TunnelConnector {
     pub(crate) peers: Option<Arc<Peers>>,
     /// Most `Http` streams open at once per device session.
     pub(crate) max_streams: usize,
+    /// Bytes each way are counted here.
+    pub(crate) metrics: Arc<Metrics>,
 }
 
 impl tower_service::Service<Uri> for TunnelConnector {
@@ -82,6 +85,7 @@ impl tower_service::Service<Uri> for TunnelConnector {
         let sessions = Arc::clone(&self.sessions);
         let peers = self.peers.clone();
         let limit = self.max_streams;
+        let metrics = Arc::clone(&self.metrics);
         Box::pin(async move {
             let host = uri.host().unwrap_or_default();
             let (uuid, id) = host
@@ -104,6 +108,7 @@ impl tower_service::Service<Uri> for TunnelConnector {
                     status_seen: false,
                     shut_down: false,
                     _counted: None,
+                    metrics,
                 }));
             }
             let id: u64 = id
@@ -132,6 +137,7 @@ impl tower_service::Service<Uri> for TunnelConnector {
                 status_seen: false,
                 shut_down: false,
                 _counted: Some(guard),
+                metrics,
             }))
         })
     }
@@ -146,6 +152,8 @@ pub(crate) struct TunnelStream {
     /// Keeps the stream counted against the device's limit while it lives (on the
     /// holding node, for a stream through the peer link).
     _counted: Option<HttpStreamGuard>,
+    /// Bytes read and written are added here (one relaxed add per poll that moved some).
+    metrics: Arc<Metrics>,
 }
 
 impl Drop for TunnelStream {
@@ -189,7 +197,13 @@ impl AsyncRead for TunnelStream {
                 }
             }
         }
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        let before = buf.filled().len();
+        ready!(Pin::new(&mut self.inner).poll_read(cx, buf))?;
+        let n = buf.filled().len() - before;
+        if n > 0 {
+            self.metrics.bytes_from_device(n);
+        }
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -199,7 +213,9 @@ impl AsyncWrite for TunnelStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let n = ready!(Pin::new(&mut self.inner).poll_write(cx, buf))?;
+        self.metrics.bytes_to_device(n);
+        Poll::Ready(Ok(n))
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

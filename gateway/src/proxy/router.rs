@@ -35,6 +35,7 @@ use super::connector::{TunnelConnector, UpstreamError, REMOTE_KEY};
 use super::pages::error_page;
 use super::pages::Body;
 use crate::listener::ListenerConfig;
+use crate::metrics::Metrics;
 use crate::peer::Peers;
 use crate::sessions::Sessions;
 use crate::store::Store;
@@ -78,6 +79,9 @@ pub(crate) struct Router {
     /// Devices whose tunnel another node holds are served through it.
     peers: Option<Arc<Peers>>,
     store: Store,
+    /// Responses by status class, upstream latency, WebSocket upgrades (relaxed atomic
+    /// adds).
+    metrics: Arc<Metrics>,
     client: Client<TunnelConnector, IdleBody>,
     upstream_timeout: Duration,
     body_idle_timeout: Duration,
@@ -93,6 +97,7 @@ impl Router {
         sessions: Arc<Sessions>,
         peers: Option<Arc<Peers>>,
         store: Store,
+        metrics: Arc<Metrics>,
         tasks: TaskTracker,
         shutdown: CancellationToken,
     ) -> Self {
@@ -106,12 +111,14 @@ impl Router {
                 sessions: Arc::clone(&sessions),
                 peers: peers.clone(),
                 max_streams: cfg.max_streams_per_device,
+                metrics: Arc::clone(&metrics),
             });
         Self {
             domain: DeviceDomain::new(&cfg.domain),
             sessions,
             peers,
             store,
+            metrics,
             client,
             upstream_timeout: cfg.upstream_timeout,
             body_idle_timeout: cfg.request_body_idle_timeout,
@@ -220,10 +227,14 @@ impl Router {
         let has_body = !req.body().is_end_stream();
         let req = req.map(|b| IdleBody::new(b, self.body_idle_timeout));
 
+        let forwarded = std::time::Instant::now();
         let mut resp = match tokio::time::timeout(self.upstream_timeout, self.client.request(req))
             .await
         {
-            Ok(Ok(resp)) => resp,
+            Ok(Ok(resp)) => {
+                self.metrics.upstream_latency(forwarded.elapsed());
+                resp
+            }
             Ok(Err(e)) => {
                 let failure = classify(&e);
                 debug!(device = %uuid, error = %e, status = %failure.status, "upstream request failed");
@@ -253,6 +264,7 @@ impl Router {
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             if let Some(visitor_upgrade) = visitor_upgrade {
                 let device_upgrade = hyper::upgrade::on(&mut resp);
+                self.metrics.public_websocket();
                 let shutdown = self.shutdown.clone();
                 self.tasks.spawn(async move {
                     let splice = async {
@@ -621,7 +633,11 @@ pub(crate) async fn serve(
         let router = Arc::clone(&router);
         service_fn(move |req| {
             let router = Arc::clone(&router);
-            async move { Ok::<_, Infallible>(router.handle(req, peer).await) }
+            async move {
+                let resp = router.handle(req, peer).await;
+                router.metrics.public_response(resp.status());
+                Ok::<_, Infallible>(resp)
+            }
         })
     };
     crate::listener::serve(listener, limits, make_service, shutdown).await;

@@ -181,6 +181,19 @@ impl Store {
         });
         Ok(n == 1)
     }
+
+    /// How many actions have each status (`pending`, `delivered`, ...), over all devices:
+    /// one `GROUP BY`, for a metrics scrape.
+    pub async fn action_counts(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        on_pool!(self, |p| {
+            sqlx::query("SELECT status, COUNT(*) AS n FROM actions GROUP BY status")
+                .fetch_all(p)
+                .await?
+                .iter()
+                .map(|r| Ok((r.col("status")?, r.col("n")?)))
+                .collect()
+        })
+    }
 }
 
 pub(super) const ACTION_COLUMNS: &str = "SELECT id, device, name, params, status, detail, actor, created_at, expires_at, delivered_at, finished_at FROM actions";

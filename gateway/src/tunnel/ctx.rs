@@ -21,6 +21,8 @@ pub(crate) struct TunnelCtx {
     /// How long an agent that does not announce its keep-alive may be silent.
     pub(crate) idle_timeout: Duration,
     pub(crate) logs: Arc<crate::logs::LogHub>,
+    /// Handshakes, provisioning outcomes and log lines are counted here.
+    pub(crate) metrics: Arc<crate::metrics::Metrics>,
     /// Every task a session spawns (log ingest streams) runs here, so that the gateway's
     /// shutdown waits for them.
     pub(crate) tasks: TaskTracker,

@@ -16,6 +16,7 @@ use transport::wire::{self, FrameReader, WireError};
 use transport::Connection;
 
 use crate::listener::{ConnLimiter, LogEvery};
+use crate::metrics::HandshakeFailure;
 use crate::sessions::{Admission, Session};
 
 mod ctx;
@@ -111,6 +112,7 @@ pub(crate) async fn accept_tcp_loop(
             Ok(slot) => slot,
             Err(over) => {
                 drop(tcp);
+                ctx.metrics.handshake_failed(HandshakeFailure::Limit);
                 if let Some(count) = refused.hit(tokio::time::Instant::now()) {
                     warn!(
                         %remote,
@@ -150,8 +152,14 @@ async fn serve_incoming(
 ) {
     let ended = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
         Ok(Ok(conn)) => handle_connection(conn, ctx).await,
-        Ok(Err(e)) => Err(ConnError::Handshake(e)),
-        Err(_) => Err(ConnError::Timeout),
+        Ok(Err(e)) => {
+            ctx.metrics.handshake_failed(HandshakeFailure::Tls);
+            Err(ConnError::Handshake(e))
+        }
+        Err(_) => {
+            ctx.metrics.handshake_failed(HandshakeFailure::Timeout);
+            Err(ConnError::Timeout)
+        }
     };
     if let Err(e) = ended {
         debug!(%remote, error = %e, "device connection ended");
@@ -166,20 +174,26 @@ async fn handle_connection(conn: Connection, ctx: Arc<TunnelCtx>) -> Result<(), 
     let uuid = match peer_uuid(&conn) {
         Ok(u) => u,
         Err(e) => {
+            ctx.metrics.handshake_failed(HandshakeFailure::Tls);
             conn.close(AppErrorCode::UnknownDevice, b"no device identity");
             return Err(e);
         }
     };
     // The CA vouches for the certificate; the store says whether the device still exists.
-    let record = ctx.store.device(uuid).await?;
+    let record = ctx.store.device(uuid).await.inspect_err(|_| {
+        ctx.metrics.handshake_failed(HandshakeFailure::Other);
+    })?;
     let record = match record {
         Some(r) if !r.revoked => r,
         Some(_) => {
+            ctx.metrics.handshake_failed(HandshakeFailure::Revoked);
             warn!(device = %uuid, "refusing revoked device");
             conn.close(AppErrorCode::UnknownDevice, b"device revoked");
             return Err(ConnError::Revoked(uuid));
         }
         None => {
+            ctx.metrics
+                .handshake_failed(HandshakeFailure::UnknownDevice);
             warn!(device = %uuid, "refusing unregistered device");
             conn.close(
                 AppErrorCode::UnknownDevice,
@@ -209,6 +223,7 @@ async fn serve_session(
     ctx: Arc<TunnelCtx>,
 ) -> Result<(), ConnError> {
     // Hello/welcome on the first agent-opened stream.
+    let mut no_common_version = false;
     let handshake = async {
         let (mut send, mut recv) = conn.accept_bi().await?;
         match wire::read_header(&mut recv).await? {
@@ -245,6 +260,7 @@ async fn serve_session(
                 version,
             )),
             Err(e) => {
+                no_common_version = true;
                 let msg = ControlMessage::Error {
                     code: ErrorCode::VersionMismatch,
                     message: e.to_string(),
@@ -258,10 +274,16 @@ async fn serve_session(
             }
         }
     };
+    let hello = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await;
     let (mut control_send, mut control_recv, agent_version, instance, keep_alive_ms, version) =
-        match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+        match hello {
             Ok(Ok(v)) => v,
             Ok(Err(e)) => {
+                ctx.metrics.handshake_failed(if no_common_version {
+                    HandshakeFailure::Version
+                } else {
+                    HandshakeFailure::Other
+                });
                 let code = match &e {
                     ConnError::Wire(w) => w.code(),
                     _ => AppErrorCode::ProtocolError,
@@ -270,6 +292,7 @@ async fn serve_session(
                 return Err(e);
             }
             Err(_) => {
+                ctx.metrics.handshake_failed(HandshakeFailure::Timeout);
                 conn.close(AppErrorCode::HandshakeTimeout, b"no hello in time");
                 return Err(ConnError::Timeout);
             }
@@ -278,6 +301,7 @@ async fn serve_session(
     // A node that lost its database lease cannot record the device: refuse, so that the
     // agent tries again (through the load balancer, another node).
     if ctx.node.is_fenced() {
+        ctx.metrics.handshake_failed(HandshakeFailure::Fenced);
         conn.close(
             AppErrorCode::Shutdown,
             b"this gateway node lost its database lease",
@@ -333,6 +357,7 @@ async fn serve_session(
                 .close(AppErrorCode::Replaced, b"replaced by a newer connection");
         }
         Admission::Duplicate(old) => {
+            ctx.metrics.handshake_failed(HandshakeFailure::Duplicate);
             warn!(
                 live_session = old.id,
                 live_remote = %old.remote,
@@ -358,6 +383,7 @@ async fn serve_session(
         heartbeat_interval_ms: ctx.keep_alive.as_millis() as u64,
     };
     if let Err(e) = wire::write_frame(&mut control_send, &welcome.to_frame()).await {
+        ctx.metrics.handshake_failed(HandshakeFailure::Other);
         // Not recorded online yet: nothing to clear in the store.
         ctx.sessions.remove_if_current(&uuid, session.id);
         conn.close(e.code(), e.to_string().as_bytes());
@@ -379,6 +405,7 @@ async fn serve_session(
             None
         }
     };
+    ctx.metrics.handshake(conn.kind());
     info!(session = session.id, %agent_version, "device connected");
 
     let control = async {
@@ -429,13 +456,15 @@ async fn serve_session(
             let (mut send, mut recv) = conn.accept_bi().await?;
             let store = ctx.store.clone();
             let hub = Arc::clone(&ctx.logs);
+            let metrics = Arc::clone(&ctx.metrics);
             ctx.tasks.spawn(async move {
                 let code =
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, wire::read_header(&mut recv))
                         .await
                     {
                         Ok(Ok(StreamHeader::Logs(h))) => {
-                            crate::logs::serve_stream(send, recv, h, uuid, store, hub).await;
+                            crate::logs::serve_stream(send, recv, h, uuid, store, hub, metrics)
+                                .await;
                             return;
                         }
                         Ok(Ok(h)) => {

@@ -29,6 +29,7 @@ pub(crate) async fn serve(conn: transport::Connection, ctx: &TunnelCtx) -> Resul
                 format!("malformed request: {e}"),
             ),
         };
+        ctx.metrics.provisioned(&response);
         if let ProvisionResponse::Error { code, message } = &response {
             warn!(%remote, ?code, %message, "provisioning refused");
         }
