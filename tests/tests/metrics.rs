@@ -13,8 +13,11 @@ use std::time::Duration;
 
 use e2e_tests::*;
 use edge_agent::logs::{LogPipeline, LogRecord};
+use futures_util::{SinkExt, StreamExt};
 use http::StatusCode;
 use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
 
 /// Reads a scrape from stdin with `prometheus_client`'s parser and prints every sample
 /// (`name{k="v",...}`, labels sorted) and every family's type as JSON.
@@ -339,6 +342,39 @@ async fn metrics_count_sessions_requests_actions_and_logs() {
     let nobody = device_host("0123456789abcdef0123456789abcdef");
     let (s, _, _) = request(&c, http_port_addr(http_port), &nobody, "GET", "/", empty()).await;
     assert_eq!(s, StatusCode::NOT_FOUND);
+    // A WebSocket through the public URL: a 101, then spliced.
+    let tcp = tokio::net::TcpStream::connect(http_port_addr(http_port))
+        .await
+        .unwrap();
+    let req = format!("ws://{host}/ws").into_client_request().unwrap();
+    let (mut ws, resp) = tokio_tungstenite::client_async(req, tcp).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
+    ws.send(Message::text("ping")).await.unwrap();
+    let back = ws.next().await.unwrap().unwrap();
+    assert_eq!(back.into_text().unwrap().as_str(), "ping");
+    ws.close(None).await.unwrap();
+
+    // A terminal on the device: counted open while it is.
+    let url = format!("ws://{api}/v1/devices/{uuid}/terminal?cols=80&rows=24");
+    let mut req = url.into_client_request().unwrap();
+    req.headers_mut()
+        .insert("authorization", format!("Bearer {admin}").parse().unwrap());
+    let (mut term, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    term.send(Message::Binary(b"echo metrics-$((6*7))\r".to_vec().into()))
+        .await
+        .unwrap();
+    e2e_tests::terminal::read_until(&mut term, Duration::from_secs(20), |s| {
+        s.output.contains("metrics-42")
+    })
+    .await;
+    let (open, _) = scrape(&api, &metrics, &viewer).await;
+    assert_eq!(open.get("gateway_terminal_sessions_total{}"), 1.0);
+    assert_eq!(open.get("gateway_terminal_sessions_open{}"), 1.0);
+    term.send(Message::Binary(b"exit\r".to_vec().into()))
+        .await
+        .unwrap();
+    e2e_tests::terminal::read_until(&mut term, Duration::from_secs(20), |s| s.close.is_some())
+        .await;
 
     // Actions: one for the connected device, one queued for a device that is offline.
     let offline = gateway::add_device(&data, None, None, false, &tunnel)
@@ -383,7 +419,8 @@ async fn metrics_count_sessions_requests_actions_and_logs() {
         let revoked = a.get("gateway_tunnel_handshake_failures_total{reason=\"revoked\"}");
         let done = stored >= before.get("gateway_log_lines_stored_total{}") + 25.0
             && stored == stored_lines(&api, &viewer, &uuid).await as f64
-            && revoked >= 1.0;
+            && revoked >= 1.0
+            && a.get("gateway_terminal_sessions_open{}") == 0.0;
         done.then_some((a, m))
     })
     .await
@@ -393,18 +430,21 @@ async fn metrics_count_sessions_requests_actions_and_logs() {
     let class = |c: &str| format!("gateway_public_requests_total{{class=\"{c}\"}}");
     assert_eq!(delta(&class("2xx")), 4.0);
     assert_eq!(delta(&class("4xx")), 3.0);
-    for c in ["1xx", "3xx", "5xx", "other"] {
+    assert_eq!(delta(&class("1xx")), 1.0);
+    for c in ["3xx", "5xx", "other"] {
         assert_eq!(delta(&class(c)), 0.0, "{c}");
     }
-    // Six were forwarded and answered by the device.
+    // Seven were forwarded and answered by the device (the 101 included).
     assert_eq!(
         delta("gateway_public_upstream_duration_seconds_count{}"),
-        6.0
+        7.0
     );
     assert_eq!(
         delta("gateway_public_upstream_duration_seconds_bucket{le=\"+Inf\"}"),
-        6.0
+        7.0
     );
+    assert_eq!(delta("gateway_public_websocket_upgrades_total{}"), 1.0);
+    assert_eq!(after.get("gateway_terminal_sessions_total{}"), 1.0);
     assert!(delta("gateway_public_upstream_duration_seconds_sum{}") > 0.0);
     assert!(delta("gateway_public_bytes_total{direction=\"to_device\"}") >= 10_000.0);
     assert!(delta("gateway_public_bytes_total{direction=\"from_device\"}") >= 10_000.0);
