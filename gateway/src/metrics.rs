@@ -11,7 +11,7 @@
 //! The hot paths (every public request, every read and write of a proxied stream) cost
 //! one relaxed atomic add per counter: the labelled children are made once here and kept,
 //! so no map is looked up, nothing is allocated and no lock is taken per request. The
-//! upstream latency histogram is this module's own [`LatencyHistogram`] of atomic
+//! upstream latency histogram is this module's own `LatencyHistogram` of atomic
 //! buckets for the same reason (the crate's `Histogram` takes a mutex per observation).
 //! Sessions and actions are counted when scraped: from the session registry and with one
 //! `GROUP BY` on the store.
