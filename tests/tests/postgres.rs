@@ -626,3 +626,153 @@ async fn a_change_made_through_another_node_reaches_the_device_at_once() {
         log.lock().unwrap().join("\n")
     );
 }
+
+/// Three nodes on one database, six devices spread over them (each device file lists all
+/// three nodes, starting at a different one). Every node serves every device's URL, each
+/// with its own backend. Node a is killed with SIGKILL: its devices move to the
+/// survivors, and every device is served again through both of them. Then node b is
+/// stopped the way a rolling restart stops a node (SIGTERM): its devices move to c, and
+/// node a, started again on its data dir, serves them all once more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_keep_every_device_served_through_a_kill_and_a_rolling_restart() {
+    let Some(url) = gateway::store::test_pg::database_url().await else {
+        return;
+    };
+    const DEVICES: usize = 6;
+    let dir = tempfile::tempdir().unwrap();
+    struct NodePorts {
+        data: std::path::PathBuf,
+        id: &'static str,
+        http: u16,
+        tunnel: u16,
+        peer: u16,
+    }
+    let ports: Vec<NodePorts> = ["a", "b", "c"]
+        .into_iter()
+        .map(|id| NodePorts {
+            data: dir.path().join(id),
+            id,
+            http: free_port_tcp(),
+            tunnel: free_port_udp(),
+            peer: free_port_udp(),
+        })
+        .collect();
+    let start = |n: &NodePorts| {
+        let peer = format!("127.0.0.1:{}", n.peer);
+        procs::serve(
+            &n.data,
+            n.http,
+            n.tunnel,
+            &[
+                "--database",
+                &url,
+                "--node-id",
+                n.id,
+                "--peer-listen",
+                &peer,
+            ],
+        )
+    };
+    let mut nodes = vec![start(&ports[0])];
+    assert!(serving(ports[0].http).await, "node a did not start");
+    for n in &ports[1..] {
+        std::fs::create_dir_all(&n.data).unwrap();
+        for f in ["ca.pem", "ca.key"] {
+            std::fs::copy(ports[0].data.join(f), n.data.join(f)).unwrap();
+        }
+        nodes.push(start(n));
+    }
+    for n in &ports[1..] {
+        assert!(serving(n.http).await, "node {} did not start", n.id);
+    }
+
+    // Device i lists the nodes starting at node i % 3.
+    let mut devices = Vec::new();
+    for i in 0..DEVICES {
+        let list: Vec<String> = (0..3)
+            .map(|k| format!("127.0.0.1:{}", ports[(i + k) % 3].tunnel))
+            .collect();
+        // One dir per device: an agent keeps its state beside its device file.
+        let out = dir.path().join(format!("device-{i}")).join("device.toml");
+        std::fs::create_dir_all(out.parent().unwrap()).unwrap();
+        let added = offline(
+            &ports[0].data,
+            &url,
+            &[
+                "device",
+                "add",
+                "--public-url",
+                "--gateway",
+                &list.join(","),
+                "--out",
+                out.to_str().unwrap(),
+            ],
+        );
+        let uuid = added.lines().last().unwrap().trim().to_string();
+        let name = format!("device-{i}-page");
+        let backend = Backend::spawn(&name).await;
+        let agent = procs::agent(&out, backend.addr, &["--engine", "none"]);
+        devices.push((device_host(&uuid), name, backend, agent));
+    }
+
+    // Every device answers with its own page through `http`, within `limit`.
+    async fn all_served(
+        devices: &[(String, String, Backend, Proc)],
+        http: u16,
+        limit: Duration,
+    ) -> Result<(), String> {
+        for (host, name, _, _) in devices {
+            let got = eventually(limit, || async {
+                let (s, body) = try_get(http, host).await?;
+                (s == StatusCode::OK && String::from_utf8_lossy(&body).contains(name.as_str()))
+                    .then_some(())
+            })
+            .await;
+            if got.is_none() {
+                let last = try_get(http, host).await.map(|(s, _)| s);
+                return Err(format!(
+                    "{host} ({name}) through port {http}: last answer {last:?}"
+                ));
+            }
+        }
+        Ok(())
+    }
+    let limit = Duration::from_secs(60);
+    for n in &ports {
+        if let Err(e) = all_served(&devices, n.http, limit).await {
+            let listed = offline(&ports[0].data, &url, &["device", "list"]);
+            panic!("before any failure, node {}: {e}\n{listed}", n.id);
+        }
+    }
+
+    // kill -9 of node a: the survivors serve every device (a's devices reconnect to the
+    // next node in their list once a's silence is noticed; its routes are cleared when
+    // its lease runs out).
+    nodes[0].proc.kill9();
+    for n in &ports[1..] {
+        all_served(&devices, n.http, limit)
+            .await
+            .unwrap_or_else(|e| panic!("after kill -9 of node a, node {}: {e}", n.id));
+    }
+
+    // Rolling restart: a comes back on its data dir and ports, then b is stopped
+    // gracefully. c and a serve every device.
+    nodes[0] = start(&ports[0]);
+    assert!(serving(ports[0].http).await, "node a did not start again");
+    // SIGTERM, as a service manager stops a node.
+    let pid = nodes[1].proc.0.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let _ = nodes[1].proc.0.wait();
+    for n in [&ports[2], &ports[0]] {
+        all_served(&devices, n.http, limit)
+            .await
+            .unwrap_or_else(|e| panic!("with node b stopped, node {}: {e}", n.id));
+    }
+    for (_, _, _, agent) in &mut devices {
+        agent.kill9();
+    }
+}

@@ -33,6 +33,10 @@ use crate::store::Store;
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a peer link's handshake may take.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
+/// After a failed dial, how long a node counts as unreachable: requests for its devices
+/// get "offline" at once instead of each waiting out a dial (a killed node's lease, and
+/// so its routes, lasts up to `LEASE_TTL` longer than the node).
+const DOWN_FOR: Duration = Duration::from_secs(5);
 
 /// Why a stream to a device on another node could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +80,25 @@ pub(crate) struct Peers {
     links: DashMap<String, Connection>,
     dialing: tokio::sync::Mutex<()>,
     routes: DashMap<DeviceUuid, Holder>,
+    /// Nodes whose last dial failed, until when they count as unreachable.
+    down: DashMap<String, std::time::Instant>,
+}
+
+/// Forgets a device's cached route unless disarmed: an open that fails, or whose visitor
+/// gives up while it waits (the future is dropped mid-dial), leaves no stale route behind
+/// for the next request to wait on again.
+struct ForgetUnlessOk<'a> {
+    peers: &'a Peers,
+    uuid: DeviceUuid,
+    armed: bool,
+}
+
+impl Drop for ForgetUnlessOk<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.peers.forget(self.uuid);
+        }
+    }
 }
 
 impl Peers {
@@ -100,6 +123,7 @@ impl Peers {
             links: DashMap::new(),
             dialing: tokio::sync::Mutex::new(()),
             routes: DashMap::new(),
+            down: DashMap::new(),
         })
     }
 
@@ -158,8 +182,16 @@ impl Peers {
             let Some(holder) = self.holder(uuid, attempt > 0).await else {
                 return Err(PeerError::Offline);
             };
+            let mut forget = ForgetUnlessOk {
+                peers: self,
+                uuid,
+                armed: true,
+            };
             match self.open_on(&holder, uuid, &header).await {
-                Ok(s) => return Ok(s),
+                Ok(s) => {
+                    forget.armed = false;
+                    return Ok(s);
+                }
                 Err(PeerError::Offline) => {
                     self.forget(uuid);
                     last = PeerError::Offline;
@@ -220,10 +252,42 @@ impl Peers {
         if let Some(c) = self.live_link(&holder.node) {
             return Ok(c);
         }
+        let err = |detail: String| PeerError::Link {
+            node: holder.node.clone(),
+            detail,
+        };
+        if self.is_down(&holder.node) {
+            return Err(err("unreachable at its last dial".into()));
+        }
         let _one = self.dialing.lock().await;
         if let Some(c) = self.live_link(&holder.node) {
             return Ok(c);
         }
+        // Requests that queued behind a dial that failed fail with it.
+        if self.is_down(&holder.node) {
+            return Err(err("unreachable at its last dial".into()));
+        }
+        let dialled = self.dial(holder).await;
+        if dialled.is_err() {
+            self.down
+                .insert(holder.node.clone(), std::time::Instant::now() + DOWN_FOR);
+        }
+        dialled
+    }
+
+    /// Whether `node`'s last dial failed less than [`DOWN_FOR`] ago.
+    fn is_down(&self, node: &str) -> bool {
+        match self.down.get(node).map(|t| *t) {
+            Some(until) if std::time::Instant::now() < until => true,
+            Some(_) => {
+                self.down.remove(node);
+                false
+            }
+            None => false,
+        }
+    }
+
+    async fn dial(&self, holder: &Holder) -> Result<Connection, PeerError> {
         let err = |detail: String| PeerError::Link {
             node: holder.node.clone(),
             detail,
@@ -246,6 +310,7 @@ impl Peers {
         .map_err(|_| err(format!("no handshake with {addr} in {DIAL_TIMEOUT:?}")))?
         .map_err(|e| err(format!("{addr}: {e}")))?;
         info!(node = %holder.node, %addr, "peer link up");
+        self.down.remove(&holder.node);
         self.links.insert(holder.node.clone(), conn.clone());
         Ok(conn)
     }
