@@ -32,6 +32,8 @@ use crate::store::{Store, StoreError, DB_FILE};
 
 /// The lock file `gateway serve` holds for its lifetime.
 pub const SERVE_LOCK_FILE: &str = "serve.lock";
+/// Held by `serve` while it creates a new data dir; offline commands wait for it.
+const CREATE_LOCK_FILE: &str = ".create.lock";
 
 /// The secret behind the tunnel endpoint's QUIC stateless resets. Kept across restarts so
 /// that a device whose connection the previous run held learns at its next packet that
@@ -229,6 +231,10 @@ pub(crate) async fn open_for_serve(
     })?;
     // First, so that two `serve` processes starting on a fresh dir cannot both create it.
     let lock = lock_for_serve(dir)?;
+    // Held while a new data dir is being created (the database first, then the CA), so
+    // that an offline command looking at the dir meanwhile waits for the whole of it
+    // instead of seeing a partial dir.
+    let creating = creation_lock(dir).await?;
     let survey = Survey::of(dir, database);
     if survey.present.is_empty() {
         let store = Store::open_database(database, dir).await?;
@@ -243,6 +249,7 @@ pub(crate) async fn open_for_serve(
         let ca = Ca::create_new(dir)?;
         let server = ca.create_server(dir)?;
         adopt_ca(&store, dir, &ca, database).await?;
+        drop(creating);
         info!(
             data_dir = %dir.display(),
             ca_fingerprint = %ca.fingerprint(),
@@ -256,6 +263,7 @@ pub(crate) async fn open_for_serve(
             lock,
         });
     }
+    drop(creating);
     let ca = load_ca(dir, &survey, database)?;
     // The database before the tunnel certificate: a swapped CA is best told as such,
     // not as a tunnel certificate it did not sign.
@@ -326,13 +334,41 @@ pub async fn open_existing_in(
     dir: &Path,
     database: Option<&str>,
 ) -> Result<(Ca, Store), DataDirError> {
+    // Waits for a `serve` that is creating this dir right now. Only a dir whose serve
+    // made the lock file has one: nothing is written into a dir that is not a gateway's.
+    let creating = if dir.join(CREATE_LOCK_FILE).exists() {
+        Some(creation_lock(dir).await?)
+    } else {
+        None
+    };
     let survey = Survey::of(dir, database);
     if survey.present.is_empty() {
         return Err(DataDirError::NotFound(dir.to_path_buf()));
     }
     let ca = load_ca(dir, &survey, database)?;
+    drop(creating);
     let store = open_store(dir, &ca, database).await?;
     Ok((ca, store))
+}
+
+/// Takes the data dir's creation lock (`.create.lock`, an flock), waiting on a blocking
+/// thread while another process holds it.
+async fn creation_lock(dir: &Path) -> Result<fs::File, DataDirError> {
+    let path = dir.join(CREATE_LOCK_FILE);
+    let p = path.clone();
+    let locked = tokio::task::spawn_blocking(move || -> std::io::Result<fs::File> {
+        let f = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&p)?;
+        f.lock()?;
+        Ok(f)
+    })
+    .await
+    .map_err(|e| std::io::Error::other(e.to_string()))
+    .and_then(|r| r);
+    locked.map_err(|source| DataDirError::Io { path, source })
 }
 
 /// Loads the CA of a data dir that must hold the CA (and, on SQLite, the database).

@@ -626,3 +626,40 @@ fn a_toml_error_on_a_key_line_does_not_print_the_key() {
     assert!(err.contains("gateway.toml: line 2"), "{err}");
     assert!(!err.contains(pem_lines[0]), "{err}");
 }
+
+/// An offline command run while `serve` is creating a fresh data dir either finds no
+/// gateway there yet or waits for the whole dir: never "incomplete" (serve writes the
+/// database before the CA, and a `token create` in between was refused as a partial dir,
+/// which failed a test started right after `serve`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_commands_never_see_a_data_dir_half_created() {
+    for round in 0..3 {
+        let root = tempfile::tempdir().unwrap();
+        let data = root.path().join("gw");
+        let api = free_port_tcp();
+        let _gw = Proc::spawn(&mut serve_cmd(&data, api));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let o = Command::new(bin("gateway"))
+                .args(["token", "create", "--role", "viewer", "--data-dir"])
+                .arg(&data)
+                .output()
+                .unwrap();
+            if o.status.success() {
+                break;
+            }
+            let err = stderr(&o);
+            assert!(
+                err.contains("no gateway data dir"),
+                "round {round}, try {tries}: an offline command beside a serve creating the dir: {err}"
+            );
+            assert!(
+                Instant::now() < deadline,
+                "the data dir was never created: {err}"
+            );
+        }
+        assert!(data.join("ca.key").exists());
+    }
+}
