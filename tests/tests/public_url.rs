@@ -233,11 +233,13 @@ async fn error_statuses_are_pages() {
     assert_eq!(s, StatusCode::NOT_FOUND);
     assert!(String::from_utf8_lossy(&b).contains("disabled"), "{b:?}");
 
-    // Online, nothing listening on the device port: 502.
-    let closed_port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
+    // Online, nothing listening on the device port: 502. The port is held by a socket
+    // bound but not listening, so connections to it are refused and no other test can
+    // take it meanwhile (a listener dropped at once freed the port, and a parallel
+    // test's server that took it made this a "closed without an answer" 502).
+    let held = tokio::net::TcpSocket::new_v4().unwrap();
+    held.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let closed_port = held.local_addr().unwrap();
     let refused = gw.add_device(true).await;
     let refused_host = device_host(&refused.uuid);
     let mut a = TestAgent::spawn(refused, closed_port);
