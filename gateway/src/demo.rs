@@ -25,6 +25,9 @@ pub async fn run(http_listen: SocketAddr, shutdown: CancellationToken) -> anyhow
         data_dir: data.clone(),
         http_listen,
         tunnel_listen: "127.0.0.1:0".parse()?,
+        // A port of its own: by default the TCP tunnel takes the UDP port's number, which
+        // another process may hold on TCP ("address already in use" at random).
+        tunnel_tcp_listen: Some("127.0.0.1:0".parse()?),
         api_listen: "127.0.0.1:0".parse()?,
         ..ServeConfig::default()
     };
@@ -41,6 +44,10 @@ pub async fn run(http_listen: SocketAddr, shutdown: CancellationToken) -> anyhow
     let uuid = agent_cfg.uuid.clone();
     let opts = edge_agent::AgentOptions {
         target: app_addr.to_string(),
+        route: edge_agent::dial::Route {
+            gateway_tcp: Some(gateway.tunnel_tcp_addr().to_string()),
+            ..Default::default()
+        },
         ..Default::default()
     };
     let agent = edge_agent::Agent::new(agent_cfg, opts)?;
