@@ -163,3 +163,29 @@ pub async fn api_json(
     let (status, bytes) = send(req).await?;
     Some((status, serde_json::from_slice(&bytes).unwrap_or_default()))
 }
+
+/// An agent process (`--engine none`) logging at info, its log lines (on stdout)
+/// collected as they come.
+pub fn logged_agent(
+    cfg: &Path,
+    target: std::net::SocketAddr,
+) -> (Proc, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::BufRead;
+    let mut cmd = agent_command(cfg, target, &["--engine", "none"]);
+    cmd.env("RUST_LOG", "edge_agent=info")
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::piped());
+    let mut proc = Proc::spawn(&mut cmd);
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let stdout = proc.0.stdout.take().unwrap();
+    let sink = std::sync::Arc::clone(&lines);
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            sink.lock().unwrap().push(line);
+        }
+    });
+    (proc, lines)
+}

@@ -5,10 +5,9 @@
 //! provisioning key that lists a dead address first still provisions, writing the whole
 //! list into the device file.
 
-use std::io::BufRead;
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
+use std::sync::Arc;
 use std::time::Duration;
 
 use e2e_tests::procs::{self, try_get, wait_for_data_dir, wait_status};
@@ -32,27 +31,6 @@ fn device_add_list(data: &Path, list: &str, out: &Path) -> Result<String, String
     let uuid = String::from_utf8(o.stdout).unwrap().trim().to_string();
     assert_eq!(uuid.len(), 32, "{uuid}");
     Ok(uuid)
-}
-
-/// An agent process logging at info, its log lines (on stdout) collected as they come.
-fn logged_agent(cfg: &Path, target: std::net::SocketAddr) -> (Proc, Arc<Mutex<Vec<String>>>) {
-    let mut cmd = procs::agent_command(cfg, target, &["--engine", "none"]);
-    cmd.env("RUST_LOG", "edge_agent=info")
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::piped());
-    let mut proc = Proc::spawn(&mut cmd);
-    let lines = Arc::new(Mutex::new(Vec::new()));
-    let stdout = proc.0.stdout.take().unwrap();
-    let sink = Arc::clone(&lines);
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-        {
-            sink.lock().unwrap().push(line);
-        }
-    });
-    (proc, lines)
 }
 
 /// Waits until `serve` answers HTTP at all (its data dir is then complete).
@@ -95,7 +73,7 @@ async fn a_device_whose_first_gateway_address_is_dead_comes_online_on_the_next()
     assert!(text.contains(&format!("gateway = \"{list}\"")), "{text}");
 
     let backend = Backend::spawn("second-address").await;
-    let (_agent, log) = logged_agent(&cfg, backend.addr);
+    let (_agent, log) = procs::logged_agent(&cfg, backend.addr);
     // One failed dial of the dead address (QUIC waits its 10 s handshake timeout), then
     // the live one at once.
     assert!(
@@ -168,7 +146,7 @@ async fn a_device_moves_to_its_second_gateway_when_the_first_is_killed() {
 
     let host = device_host(&uuid);
     let backend = Backend::spawn("failover").await;
-    let (_agent, log) = logged_agent(&cfg, backend.addr);
+    let (_agent, log) = procs::logged_agent(&cfg, backend.addr);
     let dump = || log.lock().unwrap().join("\n");
     assert!(
         wait_status(http_a, &host, StatusCode::OK, Duration::from_secs(30)).await,

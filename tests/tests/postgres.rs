@@ -4,9 +4,8 @@
 //! dir (`gateway::store::test_pg`); without PostgreSQL installed the test is skipped,
 //! and under `CI=true` it fails.
 
-use std::io::BufRead;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -400,28 +399,6 @@ async fn any_node_serves_a_device_whose_tunnel_another_node_holds() {
     );
 }
 
-/// An agent process (`--engine none`) logging at info, its log lines (on stdout)
-/// collected as they come.
-fn logged_agent(cfg: &Path, target: std::net::SocketAddr) -> (Proc, Arc<Mutex<Vec<String>>>) {
-    let mut cmd = procs::agent_command(cfg, target, &["--engine", "none"]);
-    cmd.env("RUST_LOG", "edge_agent=info")
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::piped());
-    let mut proc = Proc::spawn(&mut cmd);
-    let lines = Arc::new(Mutex::new(Vec::new()));
-    let stdout = proc.0.stdout.take().unwrap();
-    let sink = Arc::clone(&lines);
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-        {
-            sink.lock().unwrap().push(line);
-        }
-    });
-    (proc, lines)
-}
-
 /// How many of `log`'s lines contain every one of `words`.
 fn count(log: &Mutex<Vec<String>>, words: &[&str]) -> usize {
     let log = log.lock().unwrap();
@@ -459,7 +436,7 @@ async fn a_change_made_through_another_node_reaches_the_device_at_once() {
     let (token, uuid) = token_and_device(&data_a, &url, tunnel_a, &out);
     let token = token.as_str();
     let host = device_host(&uuid);
-    let (_agent, log) = logged_agent(&out, backend.addr);
+    let (_agent, log) = procs::logged_agent(&out, backend.addr);
     assert!(wait_status(http_a, &host, StatusCode::OK, Duration::from_secs(30)).await);
 
     std::fs::create_dir_all(&data_b).unwrap();
