@@ -4,7 +4,10 @@
 //! handed out for the new one. Each stream starts with the `Http` stream header; the first
 //! byte the agent sends back is a [`TargetStatus`]. Reading it is folded into the first
 //! read, so a request costs no extra round trip; an error status surfaces as an
-//! [`UpstreamError`] inside the client's error.
+//! [`UpstreamError`] inside the client's error, and is kept in the stream's [`Refusal`]
+//! as well: the device answers as soon as it has the stream header, and a refusal that
+//! arrives before hyper queued the request on the new connection ends that connection
+//! with the request only "canceled".
 //!
 //! Each stream counts against its session's per-device limit for as long as it lives
 //! (in flight or idle in the pool), so one device's visitors can never take all the
@@ -60,6 +63,20 @@ pub(crate) enum UpstreamError {
     BadKey(String),
 }
 
+/// The status a device refused a stream with, once it did: readable from the client
+/// error's connect info ([`Refusal::of`]) whatever hyper made of the error itself.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Refusal(Arc<std::sync::OnceLock<TargetStatus>>);
+
+impl Refusal {
+    /// The refusal recorded on the connection a client error came from, if any.
+    pub(crate) fn of(err: &hyper_util::client::legacy::Error) -> Option<TargetStatus> {
+        let mut extensions = http::Extensions::new();
+        err.connect_info()?.get_extras(&mut extensions);
+        extensions.get::<Refusal>()?.0.get().copied()
+    }
+}
+
 /// Opens `Http` streams on device sessions.
 #[derive(Clone)]
 pub(crate) struct TunnelConnector {
@@ -106,6 +123,7 @@ impl tower_service::Service<Uri> for TunnelConnector {
                 return Ok(TokioIo::new(TunnelStream {
                     inner: BiStream { send, recv },
                     status_seen: false,
+                    refusal: Refusal::default(),
                     shut_down: false,
                     _counted: None,
                     metrics,
@@ -135,6 +153,7 @@ impl tower_service::Service<Uri> for TunnelConnector {
             Ok(TokioIo::new(TunnelStream {
                 inner: BiStream { send, recv },
                 status_seen: false,
+                refusal: Refusal::default(),
                 shut_down: false,
                 _counted: Some(guard),
                 metrics,
@@ -147,6 +166,8 @@ impl tower_service::Service<Uri> for TunnelConnector {
 pub(crate) struct TunnelStream {
     inner: BiStream,
     status_seen: bool,
+    /// Set when the device refuses the stream (see [`Refusal`]).
+    refusal: Refusal,
     /// Whether the client shut the stream down (finished our side) itself.
     shut_down: bool,
     /// Keeps the stream counted against the device's limit while it lives (on the
@@ -170,7 +191,7 @@ impl Drop for TunnelStream {
 
 impl Connection for TunnelStream {
     fn connected(&self) -> Connected {
-        Connected::new()
+        Connected::new().extra(self.refusal.clone())
     }
 }
 
@@ -193,6 +214,7 @@ impl AsyncRead for TunnelStream {
             match TargetStatus::from_u8(status[0]) {
                 TargetStatus::Connected => self.status_seen = true,
                 other => {
+                    let _ = self.refusal.0.set(other);
                     return Poll::Ready(Err(io::Error::other(UpstreamError::Target(other))));
                 }
             }
@@ -207,23 +229,177 @@ impl AsyncRead for TunnelStream {
     }
 }
 
+impl TunnelStream {
+    /// After a failed write: a device that refuses a stream also stops our side of it,
+    /// so a write can fail before the refusal was read. The status it sent says why,
+    /// and is what the visitor is told; it is read here (waiting for it, if the stop
+    /// came first). Any other failure is `err` as it was.
+    fn poll_refusal(&mut self, cx: &mut Context<'_>, err: io::Error) -> Poll<io::Error> {
+        if self.status_seen {
+            return Poll::Ready(err);
+        }
+        let mut status = [0u8; 1];
+        let mut sb = ReadBuf::new(&mut status);
+        match ready!(Pin::new(&mut self.inner).poll_read(cx, &mut sb)) {
+            Ok(()) if !sb.filled().is_empty() => match TargetStatus::from_u8(status[0]) {
+                TargetStatus::Connected => {
+                    self.status_seen = true;
+                    Poll::Ready(err)
+                }
+                other => {
+                    let _ = self.refusal.0.set(other);
+                    Poll::Ready(io::Error::other(UpstreamError::Target(other)))
+                }
+            },
+            _ => Poll::Ready(err),
+        }
+    }
+}
+
 impl AsyncWrite for TunnelStream {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let n = ready!(Pin::new(&mut self.inner).poll_write(cx, buf))?;
-        self.metrics.bytes_to_device(n);
-        Poll::Ready(Ok(n))
+        match ready!(Pin::new(&mut self.inner).poll_write(cx, buf)) {
+            Ok(n) => {
+                self.metrics.bytes_to_device(n);
+                Poll::Ready(Ok(n))
+            }
+            Err(e) => self.poll_refusal(cx, e).map(Err),
+        }
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        match ready!(Pin::new(&mut self.inner).poll_flush(cx)) {
+            Ok(()) => Poll::Ready(Ok(())),
+            Err(e) => self.poll_refusal(cx, e).map(Err),
+        }
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.shut_down = true;
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        match ready!(Pin::new(&mut self.inner).poll_shutdown(cx)) {
+            Ok(()) => Poll::Ready(Ok(())),
+            Err(e) => self.poll_refusal(cx, e).map(Err),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use http_body_util::Empty;
+
+    use super::*;
+
+    /// A gateway-side and a device-side connection over QUIC on loopback (the transport
+    /// with a stop of its own; on TLS/TCP a stop before the end is a reset).
+    async fn tunnel() -> (transport::Connection, transport::Connection) {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = certs::Ca::load_or_create(dir.path()).unwrap();
+        let server = ca.issue_server(&[]).unwrap();
+        let device = ca.issue_device(certs::random_uuid()).unwrap();
+        let server_tls = certs::server_config(ca.cert_pem(), &server).unwrap();
+        let client_tls = certs::client_config(ca.cert_pem(), &device).unwrap();
+        let quic = quinn::crypto::rustls::QuicServerConfig::try_from(server_tls).unwrap();
+        let sc = quinn::ServerConfig::with_crypto(Arc::new(quic));
+        let sock = transport::net::udp_socket("127.0.0.1:0".parse().unwrap()).unwrap();
+        let server = transport::quic::endpoint(sock, Some(sc), Some(&[7u8; 32])).unwrap();
+        let addr = server.local_addr().unwrap();
+        let csock = transport::net::udp_socket("127.0.0.1:0".parse().unwrap()).unwrap();
+        let client = transport::quic::endpoint(csock, None, None).unwrap();
+        let quic = quinn::crypto::rustls::QuicClientConfig::try_from(client_tls).unwrap();
+        let cc = quinn::ClientConfig::new(Arc::new(quic));
+        tokio::join!(
+            async {
+                transport::quic::accept(server.accept().await.unwrap())
+                    .await
+                    .unwrap()
+            },
+            async {
+                transport::quic::connect(&client, cc, addr, certs::TUNNEL_SERVER_NAME)
+                    .await
+                    .unwrap()
+            }
+        )
+    }
+
+    /// Whether `err`'s chain holds the device's refusal with `want`.
+    fn says_refused(err: &(dyn std::error::Error + 'static), want: TargetStatus) -> bool {
+        let mut cur = Some(err);
+        while let Some(e) = cur {
+            let upstream = e.downcast_ref::<UpstreamError>().or_else(|| {
+                e.downcast_ref::<io::Error>()
+                    .and_then(|io| io.get_ref())
+                    .and_then(|inner| inner.downcast_ref::<UpstreamError>())
+            });
+            if let Some(UpstreamError::Target(s)) = upstream {
+                return *s == want;
+            }
+            cur = e.source();
+        }
+        false
+    }
+
+    /// The device stops the stream before its refusal arrives (two packets, stop first):
+    /// the request's write fails, and the visitor must still hear "refused", not "the
+    /// web server closed the connection".
+    #[tokio::test]
+    async fn a_refusal_that_comes_after_the_stop_is_what_the_request_fails_with() {
+        let (gateway, device) = tunnel().await;
+        let (mut send, recv) = gateway.open_bi().await.unwrap();
+        // The stream exists on the device's side once something was sent on it.
+        tokio::io::AsyncWriteExt::write_all(&mut send, b"x")
+            .await
+            .unwrap();
+        let (mut ds, mut dr) = device.accept_bi().await.unwrap();
+        dr.stop(protocol::AppErrorCode::NoError);
+        // The stop has reached the gateway before hyper writes the request.
+        let stopped = tokio::time::timeout(Duration::from_secs(10), send.stopped())
+            .await
+            .expect("the stop never arrived");
+        assert!(matches!(stopped, Ok(Some(_))), "{stopped:?}");
+        let stream = TunnelStream {
+            inner: BiStream { send, recv },
+            status_seen: false,
+            refusal: Refusal::default(),
+            shut_down: false,
+            _counted: None,
+            metrics: Arc::new(Metrics::new()),
+        };
+        let refusal = stream.refusal.clone();
+        let (mut client, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .unwrap();
+        let conn = tokio::spawn(conn);
+        let answer = tokio::spawn(async move {
+            let req = http::Request::get("/")
+                .header("host", "device")
+                .body(Empty::<Bytes>::new())
+                .unwrap();
+            client.ready().await?;
+            client.send_request(req).await
+        });
+        // The refusal comes after the stop, as a second packet would bring it.
+        tokio::io::AsyncWriteExt::write_all(&mut ds, &[TargetStatus::Refused as u8])
+            .await
+            .unwrap();
+        let _ = ds.finish();
+        let err = tokio::time::timeout(Duration::from_secs(10), answer)
+            .await
+            .expect("the request never ended")
+            .unwrap()
+            .expect_err("a refused stream cannot answer");
+        assert!(
+            says_refused(&err, TargetStatus::Refused),
+            "the request failed without the device's refusal: {err:?}"
+        );
+        assert_eq!(refusal.0.get(), Some(&TargetStatus::Refused));
+        drop(conn);
+        drop(gateway);
     }
 }

@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
-use super::connector::{TunnelConnector, UpstreamError, REMOTE_KEY};
+use super::connector::{Refusal, TunnelConnector, UpstreamError, REMOTE_KEY};
 use super::pages::error_page;
 use super::pages::Body;
 use crate::listener::ListenerConfig;
@@ -236,7 +236,10 @@ impl Router {
                 resp
             }
             Ok(Err(e)) => {
-                let failure = classify(&e);
+                let failure = match Refusal::of(&e) {
+                    Some(status) => target_failure(status),
+                    None => classify(&e),
+                };
                 debug!(device = %uuid, error = %e, status = %failure.status, "upstream request failed");
                 let mut page = error_page(failure.status, &failure.detail, &request_headers);
                 if let Some(secs) = failure.retry_after {
@@ -535,6 +538,29 @@ fn remote_authority(uuid: DeviceUuid) -> http::uri::Authority {
         .expect("hex uuid, dash and a letter form a valid authority")
 }
 
+/// What a visitor is told when the device could not connect to its web server.
+fn target_failure(status: TargetStatus) -> Failure {
+    let (status, detail) = match status {
+        TargetStatus::Timeout => (
+            StatusCode::GATEWAY_TIMEOUT,
+            "The device's web server did not accept the connection in time.",
+        ),
+        TargetStatus::Refused => (
+            StatusCode::BAD_GATEWAY,
+            "The device is online, but nothing is listening on its web port.",
+        ),
+        _ => (
+            StatusCode::BAD_GATEWAY,
+            "The device could not reach its web server.",
+        ),
+    };
+    Failure {
+        status,
+        detail: detail.to_string(),
+        retry_after: None,
+    }
+}
+
 /// Maps a client error to the status and page a visitor sees.
 fn classify(err: &(dyn StdError + 'static)) -> Failure {
     let page = |status, detail: &str| Failure {
@@ -577,14 +603,7 @@ fn classify(err: &(dyn StdError + 'static)) -> Failure {
                     StatusCode::SERVICE_UNAVAILABLE,
                     "The device is offline. It is reachable again as soon as it reconnects.",
                 ),
-                UpstreamError::Target(TargetStatus::Timeout) => page(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "The device's web server did not accept the connection in time.",
-                ),
-                UpstreamError::Target(TargetStatus::Refused) => page(
-                    StatusCode::BAD_GATEWAY,
-                    "The device is online, but nothing is listening on its web port.",
-                ),
+                UpstreamError::Target(status) => target_failure(*status),
                 UpstreamError::PublicUrlOff => page(
                     StatusCode::NOT_FOUND,
                     "The public URL of this device is disabled.",
@@ -593,7 +612,7 @@ fn classify(err: &(dyn StdError + 'static)) -> Failure {
                     StatusCode::BAD_GATEWAY,
                     &format!("The gateway node holding this device's tunnel cannot be reached: {detail}."),
                 ),
-                UpstreamError::Target(_) | UpstreamError::BadKey(_) => page(
+                UpstreamError::BadKey(_) => page(
                     StatusCode::BAD_GATEWAY,
                     "The device could not reach its web server.",
                 ),
