@@ -294,33 +294,46 @@ async fn per_address_caps_refuse_extras_and_serve_everyone_else() {
     let public = ("public", s.gw.http_addr, CAP, "/");
     let api = ("api", s.gw.api_addr, API_CAP, "/v1/devices");
     for ((listener, addr, cap, path), (_, other, _, other_path)) in [(public, api), (api, public)] {
-        let mut held = Vec::new();
-        for _ in 0..cap + EXTRA {
-            held.push(connect_from(a, addr).await);
-        }
-        // The extras are closed at once, after a one-line 429; the others are kept.
-        let mut refused = 0;
-        for tcp in &mut held[cap..] {
-            let (answer, _) = closed_within(tcp, Duration::from_secs(10))
-                .await
-                .unwrap_or_else(|| panic!("{listener}: a connection over the cap was kept"));
-            assert!(answer.starts_with("HTTP/1.1 429"), "{listener}: {answer:?}");
-            if listener == "api" {
-                // The API's one error shape, even here.
-                assert!(
-                    answer.contains(r#"{"error":{"code":"too_many_connections""#),
-                    "{answer:?}"
-                );
+        // A connection an earlier step made from `a` (the check of the other listener
+        // below, in the previous round) may still be counted for a moment after its
+        // client closed it; then one more is refused. Such a round starts again, a few
+        // times at most; a connection within the cap closed for any other reason fails.
+        let mut attempts = 0;
+        let held = loop {
+            attempts += 1;
+            let mut held = Vec::new();
+            for _ in 0..cap + EXTRA {
+                held.push(connect_from(a, addr).await);
             }
-            refused += 1;
-        }
-        assert_eq!(refused, EXTRA);
-        for tcp in &held[..cap] {
+            // The extras are closed at once, after a one-line 429; the others are kept.
+            let mut refused = 0;
+            for tcp in &mut held[cap..] {
+                let (answer, _) = closed_within(tcp, Duration::from_secs(10))
+                    .await
+                    .unwrap_or_else(|| panic!("{listener}: a connection over the cap was kept"));
+                assert!(answer.starts_with("HTTP/1.1 429"), "{listener}: {answer:?}");
+                if listener == "api" {
+                    // The API's one error shape, even here.
+                    assert!(
+                        answer.contains(r#"{"error":{"code":"too_many_connections""#),
+                        "{answer:?}"
+                    );
+                }
+                refused += 1;
+            }
+            assert_eq!(refused, EXTRA);
+            let closed = held[..cap].iter().filter(|t| !still_open(t)).count();
+            if closed == 0 {
+                break held;
+            }
             assert!(
-                still_open(tcp),
-                "{listener}: a connection within the cap was closed"
+                closed == 1 && attempts < 5,
+                "{listener}: {closed} connection(s) within the cap were closed (attempt {attempts})"
             );
-        }
+            drop(held);
+            // Until the earlier connection is gone, one of a new round is refused again.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
         // Another address is served: the device's page and the API.
         let (st, _, body) = get_from(b, s.gw.http_addr, &s.host, "/", None)
             .await
