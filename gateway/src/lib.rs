@@ -349,7 +349,7 @@ impl Gateway {
             tasks.clone(),
             shutdown.clone(),
         ));
-        let log_hub = Arc::new(logs::LogHub::default());
+        let log_hub = Arc::new(logs::LogHub::new(self.node.id()));
         tasks.spawn(logs::retention_loop(
             self.store.clone(),
             self.cfg.log_retention,
@@ -371,6 +371,7 @@ impl Gateway {
             tasks.spawn(wake::run(
                 self.store.clone(),
                 Arc::clone(&self.sessions),
+                Arc::clone(&log_hub),
                 self.node.id().to_string(),
                 shutdown.clone(),
             ));

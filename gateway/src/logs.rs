@@ -1,8 +1,14 @@
 //! Device logs at the gateway: ingest from `Logs` streams (store, then acknowledge, then
 //! publish to live subscribers) and retention.
+//!
+//! In a cluster, a live tail may run on a node other than the one holding the device's
+//! tunnel. The tailing node tells the others (`tail:<uuid>`, again every
+//! [`TAIL_RENEW`]); the holder then follows each batch it stores with `logs:<uuid>`
+//! for as long as the tail keeps telling ([`TAIL_TTL`]), and the tail reads the new lines
+//! from the database (`docs/cluster.md`).
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use protocol::{AppErrorCode, DeviceUuid, LogsHeader, LogsMessage, MAX_LOGS_FRAME};
 use tokio::sync::broadcast;
@@ -17,10 +23,22 @@ pub const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Default cap on stored lines per device.
 pub const DEFAULT_MAX_LINES_PER_DEVICE: i64 = 1_000_000;
 
+/// How often a live tail on a cluster node tells the others it is still following a
+/// device (and, as a backstop for a missed notification, reads the store once).
+pub const TAIL_RENEW: Duration = Duration::from_secs(5);
+/// How long a node keeps telling `logs:<uuid>` after the last `tail:<uuid>` it heard.
+pub const TAIL_TTL: Duration = Duration::from_secs(15);
+
 /// Fans newly stored lines out to live subscribers (WebSocket and SSE tails).
 #[derive(Debug)]
 pub struct LogHub {
+    /// This node's id (its own tails' `tail:` wake-ups are not for it).
+    node: String,
     tx: broadcast::Sender<Arc<StoredLine>>,
+    /// Devices that a tail on another node follows, until when (see [`TAIL_TTL`]).
+    tailed_elsewhere: dashmap::DashMap<DeviceUuid, Instant>,
+    /// Devices whose lines another node stored: the tails here read them from the store.
+    stored_elsewhere: broadcast::Sender<DeviceUuid>,
     /// Per device: held from storing a batch to publishing it. A device can have two
     /// log streams at once (its old and new session during a transport move); without
     /// this, the later batch could be published first, and a tail, which skips ids at or
@@ -28,16 +46,25 @@ pub struct LogHub {
     order: dashmap::DashMap<DeviceUuid, Arc<tokio::sync::Mutex<()>>>,
 }
 
-impl Default for LogHub {
-    fn default() -> Self {
+impl LogHub {
+    /// The hub of node `node`.
+    pub fn new(node: &str) -> Self {
         Self {
+            node: node.to_string(),
             tx: broadcast::channel(8192).0,
+            tailed_elsewhere: dashmap::DashMap::new(),
+            stored_elsewhere: broadcast::channel(1024).0,
             order: dashmap::DashMap::new(),
         }
     }
 }
 
 impl LogHub {
+    /// This node's id.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
     /// Taken around storing and publishing one batch of `device`'s lines.
     async fn in_order(&self, device: DeviceUuid) -> tokio::sync::OwnedMutexGuard<()> {
         let lock = Arc::clone(self.order.entry(device).or_default().value());
@@ -48,6 +75,43 @@ impl LogHub {
     /// `RecvError::Lagged` and should catch up from the store by id.
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<StoredLine>> {
         self.tx.subscribe()
+    }
+
+    /// The devices whose lines another node stored (from `logs:<uuid>` wake-ups). A
+    /// receiver that lags should read the store for its device anyway.
+    pub fn subscribe_elsewhere(&self) -> broadcast::Receiver<DeviceUuid> {
+        self.stored_elsewhere.subscribe()
+    }
+
+    /// A node said it tails `device` live (`tail:<uuid>`).
+    pub(crate) fn tailed_elsewhere(&self, device: DeviceUuid) {
+        self.tailed_elsewhere
+            .insert(device, Instant::now() + TAIL_TTL);
+    }
+
+    /// A node said it stored lines of `device` (`logs:<uuid>`).
+    pub(crate) fn stored_elsewhere(&self, device: DeviceUuid) {
+        if self.stored_elsewhere.receiver_count() > 0 {
+            let _ = self.stored_elsewhere.send(device);
+        }
+    }
+
+    /// Whether a tail on another node still follows `device`; forgets one that stopped
+    /// telling.
+    fn followed_elsewhere(&self, device: &DeviceUuid) -> bool {
+        if self.tailed_elsewhere.is_empty() {
+            return false;
+        }
+        let now = Instant::now();
+        let live = self
+            .tailed_elsewhere
+            .get(device)
+            .is_some_and(|until| *until > now);
+        if !live {
+            self.tailed_elsewhere
+                .remove_if(device, |_, until| *until <= now);
+        }
+        live
     }
 
     fn publish(&self, lines: Vec<StoredLine>) {
@@ -95,6 +159,10 @@ pub(crate) async fn serve_stream(
                     };
                     // Acknowledge only what is committed.
                     wire::write_frame(&mut send, &LogsMessage::Ack { upto }.to_frame()).await?;
+                    // A tail on another node reads them from the database.
+                    if !lines.is_empty() && hub.followed_elsewhere(&device) {
+                        crate::wake::tell(&store, crate::store::Wake::Logs(device)).await;
+                    }
                 }
                 other => debug!(?other, "ignoring logs message"),
             }

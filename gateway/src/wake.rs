@@ -2,6 +2,7 @@
 //! the others (PostgreSQL `NOTIFY`, see [`crate::store::Wake`]), and each node acts on
 //! what concerns the tunnels it holds: it delivers queued actions, re-sends targets,
 //! switches public URLs and closes the tunnels of deleted devices (`docs/cluster.md`).
+//! Live log tails use the channel too (`tail:` and `logs:`, see [`crate::logs`]).
 //!
 //! The API handlers act locally first (the fast path) and then call [`tell`]; a node
 //! hears its own notifications too, which is harmless, as every step here is idempotent.
@@ -23,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 use tracing::{debug, info, warn};
 
+use crate::logs::LogHub;
 use crate::sessions::Sessions;
 use crate::store::{Store, StoreError, Wake};
 use crate::targets;
@@ -47,7 +49,13 @@ pub async fn tell(store: &Store, wake: Wake) {
 
 /// Listens for wake-ups until `shutdown` and acts on them for the sessions this node
 /// (`node`) holds; returns at once on SQLite.
-pub async fn run(store: Store, sessions: Arc<Sessions>, node: String, shutdown: CancellationToken) {
+pub async fn run(
+    store: Store,
+    sessions: Arc<Sessions>,
+    logs: Arc<LogHub>,
+    node: String,
+    shutdown: CancellationToken,
+) {
     let mut lost: Option<String> = None;
     let mut wait = RECONNECT_FIRST;
     loop {
@@ -85,7 +93,7 @@ pub async fn run(store: Store, sessions: Arc<Sessions>, node: String, shutdown: 
             Some(why) => info!(was = %why, "listening for wake-ups again; caught up"),
             None => debug!("listening for wake-ups from the other gateway nodes"),
         }
-        let why = listen(&store, &sessions, &node, listener, &shutdown).await;
+        let why = listen(&store, &sessions, &logs, &node, listener, &shutdown).await;
         let Some(why) = why else { return };
         warn!(
             reason = %why,
@@ -100,6 +108,7 @@ pub async fn run(store: Store, sessions: Arc<Sessions>, node: String, shutdown: 
 async fn listen(
     store: &Store,
     sessions: &Sessions,
+    logs: &LogHub,
     node: &str,
     mut listener: crate::store::WakeListener,
     shutdown: &CancellationToken,
@@ -132,7 +141,7 @@ async fn listen(
                             awaiting = None;
                         }
                     }
-                    Some(wake) => act(store, sessions, wake).await,
+                    Some(wake) => act(store, sessions, logs, wake).await,
                     None => debug!(%payload, "ignoring a wake-up payload that is not one"),
                 },
                 Some(Err(e)) => return Some(e.to_string()),
@@ -158,9 +167,17 @@ async fn listen(
 }
 
 /// Does what `wake` asks, for the sessions this node holds.
-async fn act(store: &Store, sessions: &Sessions, wake: Wake) {
+async fn act(store: &Store, sessions: &Sessions, logs: &LogHub, wake: Wake) {
     debug!(%wake, "wake-up");
     match wake {
+        // Kept whether or not the device is here now: it may connect here while the
+        // tail runs.
+        Wake::Tail { device, node: from } => {
+            if from != logs.node() {
+                logs.tailed_elsewhere(device)
+            }
+        }
+        Wake::Logs(uuid) => logs.stored_elsewhere(uuid),
         Wake::Action(uuid) => {
             sessions.kick(&uuid);
         }

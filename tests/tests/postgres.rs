@@ -9,55 +9,11 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use e2e_tests::cluster::{offline, serving, share_ca, token_and_device};
 use e2e_tests::procs::{self, api_json, try_get, wait_status};
 use e2e_tests::*;
 use http::StatusCode;
 use serde_json::json;
-
-/// `gateway ARGS --data-dir DATA --database URL`, which must succeed; its stdout.
-fn offline(data: &Path, database: &str, args: &[&str]) -> String {
-    let o = Command::new(bin("gateway"))
-        .args(args)
-        .arg("--data-dir")
-        .arg(data)
-        .args(["--database", database])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "gateway {args:?}: {o:?}");
-    String::from_utf8(o.stdout).unwrap()
-}
-
-/// Whether a `serve` answers on its public port within 30 s (any answer: it is up).
-async fn serving(http: u16) -> bool {
-    eventually(Duration::from_secs(30), || {
-        try_get(http, "nobody.devices.localhost")
-    })
-    .await
-    .is_some()
-}
-
-/// `token create --role admin` and `device add --public-url` with `--database`, offline:
-/// the admin token and the new device's uuid (its agent configuration written to `out`).
-fn token_and_device(data: &Path, url: &str, tunnel: u16, out: &Path) -> (String, String) {
-    let token = offline(data, url, &["token", "create", "--role", "admin"]);
-    let gateway = format!("127.0.0.1:{tunnel}");
-    let added = offline(
-        data,
-        url,
-        &[
-            "device",
-            "add",
-            "--public-url",
-            "--gateway",
-            &gateway,
-            "--out",
-            out.to_str().unwrap(),
-        ],
-    );
-    let uuid = added.lines().last().unwrap().trim().to_string();
-    assert_eq!(uuid.len(), 32, "{added}");
-    (token.trim().to_string(), uuid)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_and_offline_commands_share_one_postgres_database() {
@@ -207,10 +163,7 @@ async fn two_nodes_share_device_state_and_a_node_cut_off_from_the_database_fence
     assert!(wait_status(http_a, &host, StatusCode::OK, Duration::from_secs(30)).await);
 
     // Node b joins with a copy of the fleet CA (docs/cluster.md).
-    std::fs::create_dir_all(&data_b).unwrap();
-    for f in ["ca.pem", "ca.key"] {
-        std::fs::copy(data_a.join(f), data_b.join(f)).unwrap();
-    }
+    share_ca(&data_a, &data_b);
     let (http_b, tunnel_b, api_b) = (free_port_tcp(), free_port_udp(), free_port_tcp());
     let api_b_listen = format!("127.0.0.1:{api_b}");
     let _b = procs::serve(
@@ -332,10 +285,7 @@ async fn any_node_serves_a_device_whose_tunnel_another_node_holds() {
     let mut agent = procs::agent(&out, backend.addr, &[]);
     assert!(wait_status(http_a, &host, StatusCode::OK, Duration::from_secs(30)).await);
 
-    std::fs::create_dir_all(&data_b).unwrap();
-    for f in ["ca.pem", "ca.key"] {
-        std::fs::copy(data_a.join(f), data_b.join(f)).unwrap();
-    }
+    share_ca(&data_a, &data_b);
     let (http_b, api_b) = (free_port_tcp(), free_port_tcp());
     let _b = node(&data_b, "b", http_b, free_port_udp(), api_b);
     let api_b: std::net::SocketAddr = format!("127.0.0.1:{api_b}").parse().unwrap();
@@ -439,10 +389,7 @@ async fn a_change_made_through_another_node_reaches_the_device_at_once() {
     let (_agent, log) = procs::logged_agent(&out, backend.addr);
     assert!(wait_status(http_a, &host, StatusCode::OK, Duration::from_secs(30)).await);
 
-    std::fs::create_dir_all(&data_b).unwrap();
-    for f in ["ca.pem", "ca.key"] {
-        std::fs::copy(data_a.join(f), data_b.join(f)).unwrap();
-    }
+    share_ca(&data_a, &data_b);
     let (http_b, api_b) = (free_port_tcp(), free_port_tcp());
     let _b = node(&data_b, &url, "b", http_b, free_port_udp(), api_b);
     assert!(serving(http_b).await, "node b did not start");
@@ -653,10 +600,7 @@ async fn three_nodes_keep_every_device_served_through_a_kill_and_a_rolling_resta
     let mut nodes = vec![start(&ports[0])];
     assert!(serving(ports[0].http).await, "node a did not start");
     for n in &ports[1..] {
-        std::fs::create_dir_all(&n.data).unwrap();
-        for f in ["ca.pem", "ca.key"] {
-            std::fs::copy(ports[0].data.join(f), n.data.join(f)).unwrap();
-        }
+        share_ca(&ports[0].data, &n.data);
         nodes.push(start(n));
     }
     for n in &ports[1..] {

@@ -271,80 +271,124 @@ async fn relay_ws(mut socket: WebSocket, mut rx: mpsc::Receiver<Arc<StoredLine>>
 
 /// Backlog (matching lines after `q.after_id`, or the newest `tail`), then every new line
 /// as it is stored. Subscribes before reading the backlog, so nothing falls in between;
-/// a subscriber that lags behind the hub catches up from the store.
+/// a subscriber that lags behind the hub catches up from the store. In a cluster, the
+/// lines stored by the node holding the device's tunnel are read from the store when it
+/// says so (`tail:`/`logs:` wake-ups, see [`crate::logs`]), and once every
+/// [`crate::logs::TAIL_RENEW`] in case a wake-up was missed.
 fn live(st: &ApiState, uuid: DeviceUuid, q: LogQuery) -> mpsc::Receiver<Arc<StoredLine>> {
     let (tx, rx) = mpsc::channel(1024);
-    let mut sub = st.logs.subscribe();
+    let sub = st.logs.subscribe();
+    let elsewhere = st
+        .store
+        .is_postgres()
+        .then(|| (st.logs.subscribe_elsewhere(), st.logs.node().to_string()));
     let store = st.store.clone();
     let shutdown = st.shutdown.clone();
     st.tasks.spawn(async move {
         // The tail ends with the gateway (the client reconnects to the next one).
         tokio::select! {
             _ = shutdown.cancelled() => {}
-            _ = follow(store, &mut sub, uuid, q, tx) => {}
+            _ = follow(store, sub, elsewhere, uuid, q, tx) => {}
         }
     });
     rx
 }
 
+/// Sends the matching lines stored after `*last` (1,000 per query), advancing `*last`.
+/// `false` once the receiver is gone or the store fails (the tail ends; the client
+/// reconnects with `after_id`).
+async fn drain(
+    store: &crate::store::Store,
+    uuid: DeviceUuid,
+    q: &LogQuery,
+    last: &mut i64,
+    tx: &mpsc::Sender<Arc<StoredLine>>,
+) -> bool {
+    const PAGE: usize = 1000;
+    loop {
+        let mut page = q.clone();
+        page.after_id = Some(*last);
+        page.newest = false;
+        page.limit = Some(PAGE as i64);
+        let Ok(lines) = store.query_logs(uuid, &page).await else {
+            return false;
+        };
+        let done = lines.len() < PAGE;
+        for l in lines {
+            *last = l.id;
+            if tx.send(Arc::new(l)).await.is_err() {
+                return false;
+            }
+        }
+        if done {
+            return true;
+        }
+    }
+}
+
+/// The next device named by `rx`, or never without one (a single node).
+async fn next_elsewhere(
+    rx: &mut Option<(broadcast::Receiver<DeviceUuid>, String)>,
+) -> Result<DeviceUuid, broadcast::error::RecvError> {
+    match rx {
+        Some((rx, _)) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn follow(
     store: crate::store::Store,
-    sub: &mut broadcast::Receiver<Arc<StoredLine>>,
+    mut sub: broadcast::Receiver<Arc<StoredLine>>,
+    mut elsewhere: Option<(broadcast::Receiver<DeviceUuid>, String)>,
     uuid: DeviceUuid,
     q: LogQuery,
     tx: mpsc::Sender<Arc<StoredLine>>,
 ) {
-    {
-        let tail = q.newest;
-        let mut last = q.after_id.unwrap_or(0);
-        if q.after_id.is_none() && !tail {
-            // A plain live tail starts now.
-            last = match store
-                .query_logs(
-                    uuid,
-                    &LogQuery {
-                        newest: true,
-                        limit: Some(1),
-                        ..Default::default()
-                    },
-                )
-                .await
-            {
-                Ok(l) => l.last().map(|l| l.id).unwrap_or(0),
-                Err(_) => 0,
-            };
-        }
-        let catch_up = |after: i64, first: bool| {
-            let mut page = q.clone();
-            if !(first && tail) {
-                page.after_id = Some(after);
-                page.newest = false;
-                page.limit = Some(1000);
-            }
-            let store = store.clone();
-            async move { store.query_logs(uuid, &page).await }
+    // Told before the start is read: a line stored after that is either notified or
+    // read by the next renewal.
+    let tail = elsewhere
+        .as_ref()
+        .map(|(_, node)| crate::store::Wake::Tail {
+            device: uuid,
+            node: node.clone(),
+        });
+    if let Some(t) = &tail {
+        crate::wake::tell(&store, t.clone()).await;
+    }
+    let mut last = q.after_id.unwrap_or(0);
+    if q.newest {
+        // The newest `limit` lines first, oldest first.
+        let Ok(page) = store.query_logs(uuid, &q).await else {
+            return;
         };
-        if q.after_id.is_some() || tail {
-            let mut first = true;
-            loop {
-                let Ok(page) = catch_up(last, first).await else {
-                    return;
-                };
-                let done = page.len() < 1000 || (first && tail);
-                first = false;
-                for l in page {
-                    last = l.id;
-                    if tx.send(Arc::new(l)).await.is_err() {
-                        return;
-                    }
-                }
-                if done {
-                    break;
-                }
+        for l in page {
+            last = l.id;
+            if tx.send(Arc::new(l)).await.is_err() {
+                return;
             }
         }
-        loop {
-            match sub.recv().await {
+    } else if q.after_id.is_some() {
+        if !drain(&store, uuid, &q, &mut last, &tx).await {
+            return;
+        }
+    } else {
+        // A plain live tail starts now.
+        let newest = LogQuery {
+            newest: true,
+            limit: Some(1),
+            ..Default::default()
+        };
+        last = match store.query_logs(uuid, &newest).await {
+            Ok(l) => l.last().map(|l| l.id).unwrap_or(0),
+            Err(_) => 0,
+        };
+    }
+    let mut renew = tokio::time::interval(crate::logs::TAIL_RENEW);
+    renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    renew.tick().await;
+    loop {
+        tokio::select! {
+            r = sub.recv() => match r {
                 Ok(l) => {
                     if l.device != uuid.as_str() || l.id <= last || !q.matches(&l) {
                         continue;
@@ -354,22 +398,30 @@ async fn follow(
                         return;
                     }
                 }
-                Err(broadcast::error::RecvError::Lagged(_)) => loop {
-                    let Ok(page) = catch_up(last, false).await else {
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    if !drain(&store, uuid, &q, &mut last, &tx).await {
                         return;
-                    };
-                    let done = page.len() < 1000;
-                    for l in page {
-                        last = l.id;
-                        if tx.send(Arc::new(l)).await.is_err() {
-                            return;
-                        }
                     }
-                    if done {
-                        break;
-                    }
-                },
+                }
                 Err(broadcast::error::RecvError::Closed) => return,
+            },
+            d = next_elsewhere(&mut elsewhere) => match d {
+                Ok(d) if d != uuid => {}
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                    if !drain(&store, uuid, &q, &mut last, &tx).await {
+                        return;
+                    }
+                }
+                // Never while the hub lives; the renewal still reads the store.
+                Err(broadcast::error::RecvError::Closed) => elsewhere = None,
+            },
+            _ = renew.tick(), if tail.is_some() => {
+                if let Some(t) = &tail {
+                    crate::wake::tell(&store, t.clone()).await;
+                }
+                if !drain(&store, uuid, &q, &mut last, &tx).await {
+                    return;
+                }
             }
         }
     }

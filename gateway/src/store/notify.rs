@@ -44,6 +44,17 @@ pub enum Wake {
     /// The device was deleted (`deleted:<uuid>`): close its tunnel, once the database
     /// confirms it.
     Deleted(DeviceUuid),
+    /// A node follows the device's logs live (`tail:<uuid>:<node id>`), told again while
+    /// it does: the node that stores its lines says so with [`Wake::Logs`] for a while.
+    Tail {
+        /// The device followed.
+        device: DeviceUuid,
+        /// The node whose tail follows it (its own lines it publishes itself).
+        node: String,
+    },
+    /// Lines of the device were stored (`logs:<uuid>`): live tails on every node read
+    /// them from the database.
+    Logs(DeviceUuid),
     /// A node checking that its own listener still hears the channel
     /// (`ping:<nonce>:<node id>`); the other nodes ignore it.
     Ping {
@@ -68,6 +79,17 @@ impl Wake {
             "url" => Wake::PublicUrl(uuid()?),
             "fleet-url" => Wake::FleetPublicUrl(name()?),
             "deleted" => Wake::Deleted(uuid()?),
+            "tail" => {
+                let (device, node) = rest.split_once(':')?;
+                if node.is_empty() {
+                    return None;
+                }
+                Wake::Tail {
+                    device: device.parse().ok()?,
+                    node: node.to_string(),
+                }
+            }
+            "logs" => Wake::Logs(uuid()?),
             "ping" => {
                 let (nonce, node) = rest.split_once(':')?;
                 if node.is_empty() {
@@ -93,6 +115,8 @@ impl fmt::Display for Wake {
             Wake::PublicUrl(u) => write!(f, "url:{u}"),
             Wake::FleetPublicUrl(n) => write!(f, "fleet-url:{n}"),
             Wake::Deleted(u) => write!(f, "deleted:{u}"),
+            Wake::Tail { device, node } => write!(f, "tail:{device}:{node}"),
+            Wake::Logs(u) => write!(f, "logs:{u}"),
             Wake::Ping { nonce, node } => write!(f, "ping:{nonce}:{node}"),
         }
     }
@@ -206,6 +230,11 @@ mod tests {
             Wake::PublicUrl(uuid()),
             Wake::FleetPublicUrl("kiosks".into()),
             Wake::Deleted(uuid()),
+            Wake::Tail {
+                device: uuid(),
+                node: "node:b".into(),
+            },
+            Wake::Logs(uuid()),
             Wake::Ping {
                 nonce: 7,
                 node: "node:a".into(),
@@ -234,6 +263,9 @@ mod tests {
             "fleet-url:",
             "url:x",
             "deleted:",
+            "tail:0123456789abcdef0123456789abcdef",
+            "tail:0123456789abcdef0123456789abcdef:",
+            "logs:",
             "ping:",
             "ping:x:a",
             "ping:1:",
