@@ -81,3 +81,22 @@ pub fn node(
     }
     procs::serve(data, http, tunnel, &args)
 }
+
+/// Runs `sql` on `url` with psql (Debian's `postgresql-client`, installed with the server).
+pub fn psql(url: &str, sql: &str) {
+    let o = Command::new("psql")
+        .args([url, "-v", "ON_ERROR_STOP=1", "-q", "-c", sql])
+        .output()
+        .expect("psql (apt-get install postgresql-client)");
+    assert!(o.status.success(), "psql {sql:?}: {o:?}");
+}
+
+/// Runs `sql` on `url` with psql; its one value.
+pub fn psql_value(url: &str, sql: &str) -> String {
+    let o = Command::new("psql")
+        .args([url, "-v", "ON_ERROR_STOP=1", "-q", "-t", "-A", "-c", sql])
+        .output()
+        .expect("psql (apt-get install postgresql-client)");
+    assert!(o.status.success(), "psql {sql:?}: {o:?}");
+    String::from_utf8(o.stdout).unwrap().trim().to_string()
+}

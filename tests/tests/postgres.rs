@@ -9,7 +9,7 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use e2e_tests::cluster::{offline, serving, share_ca, token_and_device};
+use e2e_tests::cluster::{offline, psql, psql_value, serving, share_ca, token_and_device};
 use e2e_tests::procs::{self, api_json, try_get, wait_status};
 use e2e_tests::*;
 use http::StatusCode;
@@ -84,25 +84,6 @@ async fn serve_and_offline_commands_share_one_postgres_database() {
         StatusCode::OK,
         "the token stored in PostgreSQL still works"
     );
-}
-
-/// Runs `sql` on `url` with psql (Debian's `postgresql-client`, installed with the server).
-fn psql(url: &str, sql: &str) {
-    let o = Command::new("psql")
-        .args([url, "-v", "ON_ERROR_STOP=1", "-q", "-c", sql])
-        .output()
-        .expect("psql (apt-get install postgresql-client)");
-    assert!(o.status.success(), "psql {sql:?}: {o:?}");
-}
-
-/// Runs `sql` on `url` with psql; its one value.
-fn psql_value(url: &str, sql: &str) -> String {
-    let o = Command::new("psql")
-        .args([url, "-v", "ON_ERROR_STOP=1", "-q", "-t", "-A", "-c", sql])
-        .output()
-        .expect("psql (apt-get install postgresql-client)");
-    assert!(o.status.success(), "psql {sql:?}: {o:?}");
-    String::from_utf8(o.stdout).unwrap().trim().to_string()
 }
 
 /// The device's `online` as the API at `api` reports it; `None` when it does not answer.

@@ -62,6 +62,20 @@ pub(super) async fn connect(url: &str) -> Result<PgPool, StoreError> {
 /// A connect failure, saying which server (and never the password).
 fn connect_error(target: &str, e: sqlx::Error) -> sqlx::Error {
     match e {
+        // A certificate that does not verify reaches here as I/O; it is not "unreachable".
+        sqlx::Error::Io(io)
+            if io
+                .get_ref()
+                .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some()) =>
+        {
+            sqlx::Error::Configuration(
+                format!(
+                    "cannot open the PostgreSQL database at {target}: its TLS certificate does \
+                     not verify ({io}); check sslmode and sslrootcert in the database URL"
+                )
+                .into(),
+            )
+        }
         sqlx::Error::Io(io) => sqlx::Error::Io(std::io::Error::new(
             io.kind(),
             format!("cannot reach PostgreSQL at {target}: {io}"),

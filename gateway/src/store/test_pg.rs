@@ -168,50 +168,108 @@ fn pg_command(bin: &Path, program: &str, as_postgres: bool) -> Command {
 }
 
 fn start() -> Result<PgServer, String> {
-    let bin = bin_dir()
-        .filter(|b| b.join("initdb").exists())
-        .ok_or("not installed (no initdb in $PG_BIN or /usr/lib/postgresql/*/bin)")?;
-    reap_stale();
-    let as_postgres = rustix::process::geteuid().is_root();
-    let dir = std::env::temp_dir().join(format!(
-        "{DIR_PREFIX}{}-{:08x}",
-        std::process::id(),
-        rand::random::<u32>()
-    ));
-    std::fs::create_dir(&dir).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
-    std::fs::write(dir.join("owner.pid"), std::process::id().to_string())
-        .map_err(|e| format!("write owner.pid: {e}"))?;
-    // Before anything else can fail: the dir goes when this process does.
-    spawn_watchdog(&dir)?;
-    if as_postgres {
-        run(Command::new("chown").arg("postgres:postgres").arg(&dir))?;
-    }
-    let data = dir.join("data");
-    run(pg_command(&bin, "initdb", as_postgres)
-        .arg("-D")
-        .arg(&data)
-        .args(["-A", "trust", "-U", "postgres", "-E", "UTF8", "--locale=C"])
-        .args(["--no-sync", "--no-instructions"]))?;
-    let mut last_err = String::new();
-    // A free port can be taken between finding it and the server binding it: try again.
-    for _ in 0..3 {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map_err(|e| format!("find a free port: {e}"))?
-            .port();
-        let log = std::fs::File::create(dir.join("server.log"))
-            .map_err(|e| format!("create server.log: {e}"))?;
-        let mut child = pg_command(&bin, "postgres", as_postgres)
+    let cluster = Cluster::init(&[])?;
+    // Left running: the watchdog stops it with the process.
+    let (port, _child) = cluster.launch_on_a_free_port()?;
+    Ok(PgServer { port })
+}
+
+/// A data dir made by `initdb` (as `postgres` when we are root), cleaned up with the
+/// process by the watchdog, and the settings its server runs with.
+struct Cluster {
+    bin: PathBuf,
+    dir: PathBuf,
+    as_postgres: bool,
+    settings: Vec<String>,
+}
+
+impl Cluster {
+    /// `initdb` in a new dir; `files` (name, contents) are written beside the data dir
+    /// first, owned by the server's user with mode 0600 (a TLS key must be), and
+    /// `settings` are `-c` settings of every start, where `{dir}` stands for that dir.
+    fn init(files: &[(&str, &[u8])]) -> Result<Self, String> {
+        let bin = bin_dir()
+            .filter(|b| b.join("initdb").exists())
+            .ok_or("not installed (no initdb in $PG_BIN or /usr/lib/postgresql/*/bin)")?;
+        reap_stale();
+        let as_postgres = rustix::process::geteuid().is_root();
+        let dir = std::env::temp_dir().join(format!(
+            "{DIR_PREFIX}{}-{:08x}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        std::fs::create_dir(&dir).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
+        std::fs::write(dir.join("owner.pid"), std::process::id().to_string())
+            .map_err(|e| format!("write owner.pid: {e}"))?;
+        // Before anything else can fail: the dir goes when this process does.
+        spawn_watchdog(&dir)?;
+        for (name, contents) in files {
+            let path = dir.join(name);
+            std::fs::write(&path, contents).map_err(|e| format!("write {name}: {e}"))?;
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| format!("chmod {name}: {e}"))?;
+        }
+        if as_postgres {
+            run(Command::new("chown")
+                .arg("-R")
+                .arg("postgres:postgres")
+                .arg(&dir))?;
+        }
+        run(pg_command(&bin, "initdb", as_postgres)
             .arg("-D")
-            .arg(&data)
+            .arg(dir.join("data"))
+            .args(["-A", "trust", "-U", "postgres", "-E", "UTF8", "--locale=C"])
+            .args(["--no-sync", "--no-instructions"]))?;
+        Ok(Self {
+            bin,
+            dir,
+            as_postgres,
+            settings: Vec::new(),
+        })
+    }
+
+    /// Starts the server on a free port (trying again if another process takes the
+    /// port first).
+    fn launch_on_a_free_port(&self) -> Result<(u16, std::process::Child), String> {
+        let mut last_err = String::new();
+        for _ in 0..3 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .map_err(|e| format!("find a free port: {e}"))?
+                .port();
+            match self.launch(port) {
+                Ok(child) => return Ok((port, child)),
+                Err(e) => last_err = e,
+            }
+        }
+        Err(last_err)
+    }
+
+    /// Starts the server on `port` and waits until it accepts connections.
+    fn launch(&self, port: u16) -> Result<std::process::Child, String> {
+        let dir = &self.dir;
+        let log = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(dir.join("server.log"))
+            .map_err(|e| format!("open server.log: {e}"))?;
+        let mut cmd = pg_command(&self.bin, "postgres", self.as_postgres);
+        cmd.arg("-D")
+            .arg(dir.join("data"))
             .arg("-p")
             .arg(port.to_string())
             .arg("-k")
-            .arg(&dir)
+            .arg(dir)
             .args(["-c", "listen_addresses=127.0.0.1"])
             // A test server: durability buys nothing, and many tests run at once.
             .args(["-c", "fsync=off", "-c", "synchronous_commit=off"])
-            .args(["-c", "full_page_writes=off", "-c", "max_connections=300"])
+            .args(["-c", "full_page_writes=off", "-c", "max_connections=300"]);
+        for setting in &self.settings {
+            cmd.arg("-c")
+                .arg(setting.replace("{dir}", &dir.to_string_lossy()));
+        }
+        let mut child = cmd
             .stdin(Stdio::null())
             .stdout(log.try_clone().map_err(|e| e.to_string())?)
             .stderr(log)
@@ -220,18 +278,17 @@ fn start() -> Result<PgServer, String> {
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             if let Ok(Some(status)) = child.try_wait() {
-                last_err = format!(
+                return Err(format!(
                     "postgres exited ({status}): {}",
                     std::fs::read_to_string(dir.join("server.log")).unwrap_or_default()
-                );
-                break;
+                ));
             }
-            let ready = pg_command(&bin, "pg_isready", false)
+            let ready = pg_command(&self.bin, "pg_isready", false)
                 .args(["-q", "-h", "127.0.0.1", "-p", &port.to_string()])
                 .status()
                 .is_ok_and(|s| s.success());
             if ready {
-                return Ok(PgServer { port });
+                return Ok(child);
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
@@ -243,7 +300,88 @@ fn start() -> Result<PgServer, String> {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
-    Err(last_err)
+}
+
+/// A PostgreSQL server of one test's own, for what the shared one must not see: a
+/// restart, TLS. Stopped when dropped (and with the process, by the watchdog).
+pub struct OwnServer {
+    cluster: Cluster,
+    /// The port on 127.0.0.1, the same across [`OwnServer::start`]s.
+    pub port: u16,
+    child: std::sync::Mutex<Option<std::process::Child>>,
+}
+
+impl OwnServer {
+    /// Starts a server of its own: `files` (name, contents) are written beside its data
+    /// dir (mode 0600, owned by the server's user), `settings` are its `-c` settings,
+    /// where `{dir}` stands for that dir (`ssl_cert_file={dir}/server.crt`). `None`
+    /// when PostgreSQL is not installed (after saying so; a failure under `CI=true`).
+    pub async fn new(settings: &[&str], files: &[(&str, &[u8])]) -> Option<Self> {
+        // The shared server's start says whether PostgreSQL is here, the same way.
+        server().await?;
+        let settings: Vec<String> = settings.iter().map(|s| s.to_string()).collect();
+        let files: Vec<(String, Vec<u8>)> = files
+            .iter()
+            .map(|(n, c)| (n.to_string(), c.to_vec()))
+            .collect();
+        let started = tokio::task::spawn_blocking(move || {
+            let files: Vec<(&str, &[u8])> =
+                files.iter().map(|(n, c)| (n.as_str(), &c[..])).collect();
+            let mut cluster = Cluster::init(&files)?;
+            cluster.settings = settings;
+            let (port, child) = cluster.launch_on_a_free_port()?;
+            Ok::<_, String>(OwnServer {
+                cluster,
+                port,
+                child: std::sync::Mutex::new(Some(child)),
+            })
+        })
+        .await
+        .expect("PostgreSQL start-up thread panicked");
+        Some(started.unwrap_or_else(|e| panic!("could not start a PostgreSQL server: {e}")))
+    }
+
+    /// The URL of database `name` as the superuser (`postgres` always exists).
+    pub fn url(&self, name: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{name}", self.port)
+    }
+
+    /// Stops the server (a fast shutdown: sessions are ended) and waits until it is gone.
+    pub fn stop(&self) {
+        let Some(mut child) = self.child.lock().unwrap().take() else {
+            return;
+        };
+        let _ = run(
+            pg_command(&self.cluster.bin, "pg_ctl", self.cluster.as_postgres)
+                .arg("stop")
+                .arg("-D")
+                .arg(self.cluster.dir.join("data"))
+                .args(["-m", "fast", "-w", "-s"]),
+        );
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// Starts the stopped server again, on the same port and with the same settings.
+    pub fn start(&self) -> Result<(), String> {
+        let mut child = self.child.lock().unwrap();
+        if child.is_none() {
+            *child = Some(self.cluster.launch(self.port)?);
+        }
+        Ok(())
+    }
+
+    /// The server's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.cluster.dir.join("server.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for OwnServer {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.cluster.dir);
+    }
 }
 
 fn run(cmd: &mut Command) -> Result<(), String> {
