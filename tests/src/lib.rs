@@ -269,13 +269,18 @@ impl TestAgent {
 
     /// Waits until the agent is connected (panics after 20 s).
     pub async fn connected(&mut self) {
+        self.connected_within(Duration::from_secs(20)).await
+    }
+
+    /// Waits until the agent is connected (panics after `limit`).
+    pub async fn connected_within(&mut self, limit: Duration) {
         tokio::time::timeout(
-            Duration::from_secs(20),
+            limit,
             self.state
                 .wait_for(|s| *s == edge_agent::ConnState::Connected),
         )
         .await
-        .expect("agent did not connect within 20 s")
+        .unwrap_or_else(|_| panic!("agent did not connect within {limit:?}"))
         .unwrap();
     }
 
