@@ -92,6 +92,36 @@ pub fn https_server_config(
     Ok(cfg)
 }
 
+/// A certificate chain and its key, checked to belong together, for a certificate
+/// resolver (the public HTTPS listener, whose files are read again when they change).
+pub fn certified_key(
+    cert_pem: &str,
+    key_pem: &str,
+) -> Result<Arc<rustls::sign::CertifiedKey>, CertError> {
+    let chain = parse_certs(cert_pem, "HTTPS certificate")?;
+    let key = parse_key(key_pem, "HTTPS key")?;
+    let signing = provider()
+        .key_provider
+        .load_private_key(key)
+        .map_err(CertError::Tls)?;
+    let ck = rustls::sign::CertifiedKey::new(chain, signing);
+    ck.keys_match().map_err(CertError::Tls)?;
+    Ok(Arc::new(ck))
+}
+
+/// TLS server config for public HTTPS: the certificate `resolver` picks (reloadable), and
+/// HTTP/1.1 and h2 offered by ALPN, h2 first.
+pub fn https_server_config_with(
+    resolver: Arc<dyn rustls::server::ResolvesServerCert>,
+) -> Result<rustls::ServerConfig, CertError> {
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_cert_resolver(resolver);
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(cfg)
+}
+
 /// TLS client config for an agent: trusts only `ca_pem`, presents the device identity.
 pub fn client_config(
     ca_pem: &str,

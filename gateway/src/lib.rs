@@ -81,6 +81,8 @@ pub struct Gateway {
     /// The tunnel's TLS configuration, for TCP (QUIC holds its own copy).
     tunnel_tls: Arc<rustls::ServerConfig>,
     http: TcpListener,
+    /// `--https-listen`, and the certificate it serves (reloaded as its files change).
+    https: Option<(TcpListener, Arc<proxy::https::CertFiles>)>,
     api: TcpListener,
     api_tls: Option<Arc<rustls::ServerConfig>>,
     /// `--metrics-listen`: `/metrics` without a token.
@@ -194,6 +196,15 @@ impl Gateway {
             addr: cfg.http_listen,
             source,
         })?;
+        let https = match (cfg.https_listen, &cfg.https_cert, &cfg.https_key) {
+            (Some(addr), Some(cert), Some(key)) => {
+                // Read first: a bad certificate stops the start before anything binds.
+                let files = proxy::https::CertFiles::load(cert, key)?;
+                let l = tcp_listener(addr).map_err(|source| GatewayError::Bind { addr, source })?;
+                Some((l, files))
+            }
+            _ => None,
+        };
         let api = tcp_listener(cfg.api_listen).map_err(|source| GatewayError::Bind {
             addr: cfg.api_listen,
             source,
@@ -231,6 +242,7 @@ impl Gateway {
             tunnel_tcp,
             tunnel_tls,
             http,
+            https,
             api,
             metrics,
         })
@@ -246,6 +258,13 @@ impl Gateway {
         self.http
             .local_addr()
             .expect("bound listener has an address")
+    }
+
+    /// The bound public HTTPS address, if there is one.
+    pub fn https_addr(&self) -> Option<SocketAddr> {
+        self.https
+            .as_ref()
+            .map(|(l, _)| l.local_addr().expect("bound listener has an address"))
     }
 
     /// The bound management API address.
@@ -305,11 +324,13 @@ impl Gateway {
     /// Serves until `shutdown` is cancelled, then closes tunnels and drains visitors.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), GatewayError> {
         let tasks = TaskTracker::new();
+        let https_port = self.https_addr().map(|a| a.port());
         let tunnel_addr = self.tunnel_addr();
         let domain = self.cfg.normalized_domain();
         let advertise = self.advertised_tunnel();
         info!(
             http = %self.http_addr(),
+            https = %self.https_addr().map_or("-".into(), |a| a.to_string()),
             tunnel = %self.tunnel_addr(),
             tunnel_tcp = %self.tunnel_tcp_addr(),
             api = %self.api_addr(),
@@ -404,11 +425,38 @@ impl Gateway {
             };
             tokio::spawn(metrics::serve(listener, limits, source, shutdown.clone()))
         });
+        let https = match self.https {
+            Some((listener, files)) => {
+                let tls = certs::https_server_config_with(files.clone())?;
+                tasks.spawn(files.watch(shutdown.clone()));
+                let limits = listener::ListenerConfig {
+                    name: "https",
+                    tls: Some(tokio_rustls::TlsAcceptor::from(Arc::new(tls))),
+                    ..public_limits.clone()
+                };
+                Some(tokio::spawn(proxy::router::serve(
+                    listener,
+                    Arc::clone(&router),
+                    router_cfg.clone(),
+                    limits,
+                    proxy::router::Serving {
+                        scheme: proxy::router::Scheme::Https,
+                        redirect_to_https: None,
+                    },
+                    shutdown.clone(),
+                )))
+            }
+            None => None,
+        };
         let http = tokio::spawn(proxy::router::serve(
             self.http,
             router,
             router_cfg,
             public_limits,
+            proxy::router::Serving {
+                scheme: proxy::router::Scheme::Http,
+                redirect_to_https: https_port.filter(|_| self.cfg.https_redirect),
+            },
             shutdown.clone(),
         ));
         let api = tokio::spawn(api::serve(
@@ -455,6 +503,9 @@ impl Gateway {
         self.sessions
             .close_all(AppErrorCode::Shutdown, b"gateway shutting down");
         let _ = http.await;
+        if let Some(h) = https {
+            let _ = h.await;
+        }
         let _ = api.await;
         if let Some(m) = metrics_server {
             let _ = m.await;

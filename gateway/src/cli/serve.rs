@@ -35,6 +35,20 @@ pub(super) struct ServeArgs {
     /// Public HTTP listener (TCP). [default: 0.0.0.0:80]
     #[arg(long)]
     http_listen: Option<SocketAddr>,
+    /// Public HTTPS listener (TCP; HTTP/1.1 and h2 by ALPN), serving
+    /// https://<uuid>.<domain>/ with --https-cert and --https-key. [default: none]
+    #[arg(long, requires_all = ["https_cert", "https_key"])]
+    https_listen: Option<SocketAddr>,
+    /// PEM certificate chain for --https-listen, a wildcard for *.<domain> (read again
+    /// when the file changes, and on SIGHUP).
+    #[arg(long, requires = "https_listen")]
+    https_cert: Option<PathBuf>,
+    /// PEM private key for --https-cert.
+    #[arg(long, requires = "https_listen")]
+    https_key: Option<PathBuf>,
+    /// Answer plain HTTP visitors with a 308 redirect to the same URL over HTTPS.
+    #[arg(long, requires = "https_listen")]
+    https_redirect: bool,
     /// Tunnel listener (UDP, QUIC). [default: 0.0.0.0:443]
     #[arg(long)]
     tunnel_listen: Option<SocketAddr>,
@@ -159,6 +173,14 @@ impl ServeArgs {
         }
         if self.metrics_listen.is_some() {
             cfg.metrics_listen = self.metrics_listen;
+        }
+        if self.https_listen.is_some() {
+            cfg.https_listen = self.https_listen;
+            cfg.https_cert = self.https_cert;
+            cfg.https_key = self.https_key;
+        }
+        if self.https_redirect {
+            cfg.https_redirect = true;
         }
         if self.api_tls_cert.is_some() {
             cfg.api_tls_cert = self.api_tls_cert;

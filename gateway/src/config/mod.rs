@@ -113,6 +113,17 @@ pub struct ServeConfig {
     pub domain: String,
     /// Public HTTP listener (TCP). Default is `0.0.0.0:80`.
     pub http_listen: SocketAddr,
+    /// Public HTTPS listener (TCP; HTTP/1.1 and h2 by ALPN), with the certificate in
+    /// `https_cert` and `https_key` (a wildcard for `*.<domain>`). Default is none.
+    pub https_listen: Option<SocketAddr>,
+    /// PEM certificate chain for `https_listen`; read again when the file changes and on
+    /// SIGHUP.
+    pub https_cert: Option<PathBuf>,
+    /// PEM private key for `https_cert`.
+    pub https_key: Option<PathBuf>,
+    /// Answer plain HTTP visitors with a permanent redirect (308) to the same URL on
+    /// `https_listen`. Default is false.
+    pub https_redirect: bool,
     /// Tunnel listener (UDP). Default is `0.0.0.0:443`.
     pub tunnel_listen: SocketAddr,
     /// Tunnel listener over TLS on TCP, for devices whose network blocks UDP. Default is
@@ -221,6 +232,10 @@ impl Default for ServeConfig {
             peer_advertise: None,
             domain: "devices.localhost".into(),
             http_listen: "0.0.0.0:80".parse().expect("addr"),
+            https_listen: None,
+            https_cert: None,
+            https_key: None,
+            https_redirect: false,
             tunnel_listen: "0.0.0.0:443".parse().expect("addr"),
             tunnel_tcp_listen: None,
             api_listen: "127.0.0.1:8081".parse().expect("addr"),
@@ -406,6 +421,23 @@ impl ServeConfig {
                     duration::display(self.keep_alive),
                     duration::display(self.idle_timeout)
                 ),
+            });
+        }
+        let https = [
+            self.https_listen.is_some(),
+            self.https_cert.is_some(),
+            self.https_key.is_some(),
+        ];
+        if https.iter().any(|&b| b) && !https.iter().all(|&b| b) {
+            return Err(ConfigError::Invalid {
+                key: "https_listen",
+                reason: "https_listen, https_cert and https_key go together".into(),
+            });
+        }
+        if self.https_redirect && self.https_listen.is_none() {
+            return Err(ConfigError::Invalid {
+                key: "https_redirect",
+                reason: "redirecting to HTTPS needs https_listen".into(),
             });
         }
         if self.api_tls_cert.is_some() != self.api_tls_key.is_some() {

@@ -5,5 +5,8 @@
 //! streams opened by [`connector`]. [`pages`] renders the small error pages visitors see.
 
 pub(crate) mod connector;
+mod failure;
+mod forwarding;
+pub(crate) mod https;
 pub(crate) mod pages;
 pub(crate) mod router;
