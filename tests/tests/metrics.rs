@@ -129,28 +129,12 @@ async fn get(addr: &str, path: &str, token: Option<&str>) -> (StatusCode, String
     (status, ct, String::from_utf8(body.to_vec()).unwrap())
 }
 
-/// A JSON call on the management API.
+/// A JSON call on the management API (`api` is `host:port`), which must succeed.
 async fn call(api: &str, method: &str, path: &str, token: &str, body: Option<Value>) -> Value {
-    let req = http::Request::builder()
-        .method(method)
-        .uri(format!("http://{api}{path}"))
-        .header("authorization", format!("Bearer {token}"))
-        .header("content-type", "application/json");
-    let body = body.map_or_else(empty, |b| e2e_tests::body(b.to_string()));
-    let resp = http_client()
-        .request(req.body(body).unwrap())
+    let addr = api.parse().expect("the API address");
+    let (status, v) = e2e_tests::procs::api_json(addr, token, method, path, body)
         .await
-        .unwrap();
-    let status = resp.status();
-    let bytes = http_body_util::BodyExt::collect(resp.into_body())
-        .await
-        .unwrap()
-        .to_bytes();
-    let v = if bytes.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_slice(&bytes).unwrap()
-    };
+        .unwrap_or_else(|| panic!("{method} {path}: no answer"));
     assert!(status.is_success(), "{method} {path}: {status} {v}");
     v
 }
