@@ -187,6 +187,10 @@ struct HookArgs {
     /// Local supervisor API (balena-compatible) listener.
     #[arg(long, default_value = crate::local_api::DEFAULT_LISTEN)]
     local_api: std::net::SocketAddr,
+    /// Also serve GET /metrics (Prometheus text: sessions and transport, log spool,
+    /// reconciler passes) on the local API, with its API key (docs/metrics.md).
+    #[arg(long, env = "EDGE_AGENT_METRICS")]
+    metrics: bool,
     /// Command run for the reboot action (split on spaces).
     #[arg(long, default_value = "reboot")]
     reboot_command: String,
@@ -313,6 +317,7 @@ pub async fn run(cli: Cli, warn_layer: crate::logs::WarnLayer) -> anyhow::Result
             opts.hooks = Some(hooks.hooks(&state_dir));
             opts.route = route;
             opts.local_api = Some(hooks.local_api);
+            opts.metrics = hooks.metrics;
             opts.terminal.shell = shell;
             opts.terminal.max_sessions = max_terminals;
             opts.terminal.engine_socket = engine_socket.clone().map(PathBuf::from);

@@ -84,6 +84,9 @@ pub struct AgentOptions {
     /// Local supervisor API listener. Default is none here; the binary serves it on
     /// `127.0.0.1:48484` unless told otherwise.
     pub local_api: Option<std::net::SocketAddr>,
+    /// Serve `GET /metrics` (Prometheus text, with the API key) on the local API.
+    /// Default is false.
+    pub metrics: bool,
     /// Terminal sessions (shell, cap, engine socket). Default is
     /// [`crate::handlers::terminal::TerminalOptions::default`].
     pub terminal: crate::handlers::terminal::TerminalOptions,
@@ -121,6 +124,7 @@ impl Default for AgentOptions {
             data_dir: None,
             hooks: None,
             local_api: None,
+            metrics: false,
             terminal: Default::default(),
             logs: None,
             reconciler: None,

@@ -32,3 +32,4 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 pub mod local_api;
 pub mod locks;
 pub mod logs;
+pub mod metrics;

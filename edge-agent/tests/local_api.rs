@@ -1424,6 +1424,7 @@ async fn spawn_real() -> (TestApi, tempfile::TempDir) {
         api_key: Arc::clone(&key),
         device: device.clone(),
         control: device,
+        metrics: None,
     };
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(serve(listener, state, shutdown.clone()));

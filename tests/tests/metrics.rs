@@ -470,3 +470,97 @@ async fn metrics_count_sessions_requests_actions_and_logs() {
 fn http_port_addr(port: u16) -> std::net::SocketAddr {
     ([127, 0, 0, 1], port).into()
 }
+
+/// The agent's own `/metrics` on its local API (`edge-agent run --metrics`), scraped with
+/// its API key and read by the real parser: the session and its transport, the log spool,
+/// and a reconnect after the gateway restarts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_serves_its_own_metrics_with_its_api_key() {
+    if !parser_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("gw");
+    let (http, tunnel) = (free_port_tcp(), free_port_udp());
+    let gw = e2e_tests::procs::serve(&data, http, tunnel, &[]);
+    e2e_tests::procs::wait_for_data_dir(&data).await;
+    let out = dir.path().join("device").join("device.toml");
+    std::fs::create_dir_all(out.parent().unwrap()).unwrap();
+    e2e_tests::procs::device_add(&data, tunnel, &out);
+    let local = format!("127.0.0.1:{}", free_port_tcp());
+    let _agent = Proc::spawn(
+        Command::new(bin("edge-agent"))
+            .args(["run", "--config", out.to_str().unwrap()])
+            .args(["--local-api", &local, "--metrics", "--engine", "none"])
+            .args(["--target", "127.0.0.1:9"])
+            .env("RUST_LOG", "warn"),
+    );
+    let listening = eventually(Duration::from_secs(30), || async {
+        tokio::net::TcpStream::connect(&local).await.ok()
+    })
+    .await;
+    assert!(listening.is_some(), "the agent's local API never listened");
+    // Without the key: refused, as every endpoint but /ping.
+    let (s, _, _) = get(&local, "/metrics", None).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "/metrics answered without the API key");
+    let key = Command::new(bin("edge-agent"))
+        .args(["api-key", "--config", out.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(key.status.success(), "{key:?}");
+    let key = String::from_utf8(key.stdout).unwrap().trim().to_string();
+    let scrape = || {
+        let (local, key) = (local.clone(), key.clone());
+        async move {
+            let (s, ct, body) = get(&local, "/metrics", Some(&key)).await;
+            assert_eq!(s, StatusCode::OK, "{body}");
+            assert!(ct.starts_with("text/plain; version=0.0.4"), "{ct}");
+            Scrape::parse(&body)
+        }
+    };
+    let connected = eventually(Duration::from_secs(30), || async {
+        let m = scrape().await;
+        (m.get(r#"edge_agent_connected{transport="quic"}"#) == 1.0).then_some(m)
+    })
+    .await
+    .expect("the agent's metrics never showed its QUIC session");
+    assert_eq!(connected.types["edge_agent_connects"], "counter");
+    assert_eq!(connected.get("edge_agent_connects_total{}"), 1.0);
+    assert_eq!(
+        connected.get(r#"edge_agent_connected{transport="tcp"}"#),
+        0.0
+    );
+    // Its own "Connected to the gateway" line is in the spool.
+    assert!(connected.get("edge_agent_log_lines_total{}") >= 1.0);
+    for series in [
+        "edge_agent_log_spool_bytes{}",
+        "edge_agent_log_spool_unacked_lines{}",
+        "edge_agent_log_lines_dropped_total{}",
+    ] {
+        connected.get(series);
+    }
+    // No reconciler runs (--engine none): no reconciler series.
+    assert!(
+        !connected.types.contains_key("edge_agent_reconciler_passes"),
+        "{:?}",
+        connected.types
+    );
+
+    // The gateway goes away: not connected; back on the same ports: a second session.
+    drop(gw);
+    let gone = eventually(Duration::from_secs(30), || async {
+        let m = scrape().await;
+        (m.get(r#"edge_agent_connected{transport="quic"}"#) == 0.0).then_some(())
+    })
+    .await;
+    assert!(gone.is_some(), "the agent's metrics still show a session");
+    let _gw = e2e_tests::procs::serve(&data, http, tunnel, &[]);
+    let back = eventually(Duration::from_secs(60), || async {
+        let m = scrape().await;
+        (m.get("edge_agent_connects_total{}") >= 2.0
+            && m.get(r#"edge_agent_connected{transport="quic"}"#) == 1.0)
+            .then_some(())
+    })
+    .await;
+    assert!(back.is_some(), "the reconnect is not counted: {:?}", scrape().await.samples);
+}

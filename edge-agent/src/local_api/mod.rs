@@ -60,6 +60,9 @@ const MAX_TARGET_STATE: usize = 10 * 1024 * 1024;
 #[derive(Debug, Clone, Copy)]
 struct BoundPort(u16);
 
+/// Renders the agent's `/metrics` (Prometheus text) at each scrape.
+pub type MetricsFn = Arc<dyn Fn() -> String + Send + Sync>;
+
 /// What the handlers share. Cheap to clone.
 #[derive(Clone)]
 pub struct LocalApiState {
@@ -70,6 +73,8 @@ pub struct LocalApiState {
     pub device: Arc<dyn DeviceInfo>,
     /// Device actions.
     pub control: Arc<dyn DeviceControl>,
+    /// `GET /metrics`, when the agent runs with `--metrics` (else a 404).
+    pub metrics: Option<MetricsFn>,
 }
 
 impl LocalApiState {
@@ -83,6 +88,7 @@ impl LocalApiState {
             api_key: Arc::new(RwLock::new(api_key.into())),
             device,
             control,
+            metrics: None,
         }
     }
 }
@@ -93,14 +99,14 @@ pub fn router(state: LocalApiState) -> Router {
     let open = Router::new()
         .route("/ping", get(ping))
         .route("/v1/healthy", get(healthy));
-    let keyed =
-        v1::routes()
-            .merge(v2::routes())
-            .fallback(not_found)
-            .layer(middleware::from_fn_with_state(
-                state.clone(),
-                auth::require_key,
-            ));
+    let keyed = v1::routes()
+        .merge(v2::routes())
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_key,
+        ));
     open.merge(keyed)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
@@ -121,6 +127,21 @@ pub async fn serve(listener: TcpListener, state: LocalApiState, shutdown: Cancel
         .await
     {
         tracing::error!(error = %e, "local API stopped");
+    }
+}
+
+/// `GET /metrics`: the agent's metrics, when enabled.
+async fn metrics(State(s): State<LocalApiState>) -> Response {
+    match &s.metrics {
+        Some(render) => {
+            let mut r = text(StatusCode::OK, render());
+            r.headers_mut().insert(
+                axum::http::header::CONTENT_TYPE,
+                axum::http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            r
+        }
+        None => not_found().await,
     }
 }
 

@@ -53,6 +53,9 @@ impl Inner {
             };
             self.status.send_modify(|s| {
                 s.passes += 1;
+                if matches!(outcome, Outcome::Failed) {
+                    s.failed_passes += 1;
+                }
                 if !matches!(outcome, Outcome::Again) {
                     s.generation = generation;
                 }

@@ -87,6 +87,9 @@ pub struct ReconcilerStatus {
     pub services: Vec<ServiceStatus>,
     /// Number of completed passes (for tests and diagnostics).
     pub passes: u64,
+    /// How many of them ended in an error (the agent's `/metrics`).
+    #[serde(skip)]
+    pub failed_passes: u64,
     /// Target generation the last completed pass worked on.
     #[serde(skip)]
     pub generation: u64,

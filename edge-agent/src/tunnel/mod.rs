@@ -141,6 +141,8 @@ pub struct Agent {
     gateway_target: Arc<std::sync::Mutex<Option<protocol::release::TargetState>>>,
     /// Random id of this agent process, sent in every hello (see `ControlMessage::Hello`).
     instance: String,
+    /// Sessions and transport, for `/metrics`.
+    metrics: Arc<crate::metrics::AgentMetrics>,
 }
 
 impl Agent {
@@ -206,6 +208,7 @@ impl Agent {
             device,
             gateway_target: Arc::new(std::sync::Mutex::new(None)),
             instance: format!("{:016x}", rand::random::<u64>()),
+            metrics: Arc::default(),
         })
     }
 
@@ -226,10 +229,29 @@ impl Agent {
                 .await
                 .map_err(|source| AgentError::LocalApi { addr, source })?;
             info!(%addr, "local supervisor API listening");
+            let metrics = self.opts.metrics.then(|| {
+                let (metrics, logs, device) = (
+                    Arc::clone(&self.metrics),
+                    self.opts.logs.clone(),
+                    Arc::clone(device),
+                );
+                Arc::new(move || {
+                    let reconciler = device.reconciler().map(|r| {
+                        let s = r.status();
+                        let s = s.borrow();
+                        crate::metrics::ReconcilerCounts {
+                            passes: s.passes,
+                            failed: s.failed_passes,
+                        }
+                    });
+                    metrics.render(logs.as_ref().map(|l| l.stats()), reconciler)
+                }) as crate::local_api::MetricsFn
+            });
             let state = crate::local_api::LocalApiState {
                 api_key: device.api_key(),
                 device: Arc::clone(device) as Arc<dyn crate::local_api::DeviceInfo>,
                 control: Arc::clone(device) as Arc<dyn crate::local_api::DeviceControl>,
+                metrics,
             };
             tasks.spawn(crate::local_api::serve(
                 listener,
@@ -305,6 +327,7 @@ impl Agent {
                     }
                     last_kind = Some(kind);
                     self.log_event(format!("Connected to the gateway {gateway}"));
+                    self.metrics.connected(kind);
                     self.state.send_replace(ConnState::Connected);
                     if let Some(f) = &connected_flag {
                         f.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -385,6 +408,7 @@ impl Agent {
             } else {
                 debug!(?delay, "backing off");
             }
+            self.metrics.disconnected();
             self.state.send_replace(ConnState::BackingOff { reason });
             tokio::select! {
                 _ = shutdown.cancelled() => break,
