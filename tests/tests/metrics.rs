@@ -502,7 +502,11 @@ async fn the_agent_serves_its_own_metrics_with_its_api_key() {
     assert!(listening.is_some(), "the agent's local API never listened");
     // Without the key: refused, as every endpoint but /ping.
     let (s, _, _) = get(&local, "/metrics", None).await;
-    assert_eq!(s, StatusCode::UNAUTHORIZED, "/metrics answered without the API key");
+    assert_eq!(
+        s,
+        StatusCode::UNAUTHORIZED,
+        "/metrics answered without the API key"
+    );
     let key = Command::new(bin("edge-agent"))
         .args(["api-key", "--config", out.to_str().unwrap()])
         .output()
@@ -562,5 +566,9 @@ async fn the_agent_serves_its_own_metrics_with_its_api_key() {
             .then_some(())
     })
     .await;
-    assert!(back.is_some(), "the reconnect is not counted: {:?}", scrape().await.samples);
+    assert!(
+        back.is_some(),
+        "the reconnect is not counted: {:?}",
+        scrape().await.samples
+    );
 }
