@@ -13,6 +13,7 @@ pub mod config;
 pub mod datadir;
 #[cfg(feature = "demo")]
 pub mod demo;
+mod histogram;
 mod listener;
 pub mod logs;
 pub mod metrics;

@@ -11,23 +11,23 @@
 //! The hot paths (every public request, every read and write of a proxied stream) cost
 //! one relaxed atomic add per counter: the labelled children are made once here and kept,
 //! so no map is looked up, nothing is allocated and no lock is taken per request. The
-//! upstream latency histogram is this module's own `LatencyHistogram` of atomic
-//! buckets for the same reason (the crate's `Histogram` takes a mutex per observation).
+//! upstream latency and store query histograms are the gateway's own `LatencyHistogram`
+//! (`histogram.rs`) of atomic buckets for the same reason (the crate's `Histogram` takes a mutex per observation).
 //! Sessions and actions are counted when scraped: from the session registry and with one
 //! `GROUP BY` on the store.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::StatusCode;
-use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
+use prometheus_client::encoding::EncodeMetric;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::{MetricType, TypedMetric};
+use prometheus_client::metrics::TypedMetric;
 use prometheus_client::registry::Registry;
 
+use crate::histogram::LatencyHistogram;
 use crate::sessions::Sessions;
 use crate::store::{Store, StoreError};
 
@@ -111,7 +111,7 @@ const ACTION_STATUSES: [&str; 5] = ["pending", "delivered", "succeeded", "failed
 
 /// Upper bounds (seconds) of the upstream latency buckets: 1 ms to 60 s (the default
 /// upstream timeout).
-const LATENCY_BUCKETS: [f64; 14] = [
+const LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0,
 ];
 
@@ -205,7 +205,7 @@ impl Metrics {
             "class",
             STATUS_CLASSES,
         );
-        let upstream_latency = LatencyHistogram::default();
+        let upstream_latency = LatencyHistogram::new(LATENCY_BUCKETS);
         r.register(
             "public_upstream_duration_seconds",
             "Time from forwarding a public request to the device's response head",
@@ -284,6 +284,18 @@ impl Metrics {
             actions,
             action_queue,
         }
+    }
+
+    /// The metrics of a gateway on `store`: also its query times
+    /// (`gateway_store_query_duration_seconds`).
+    pub(crate) fn with_store(store: &Store) -> Self {
+        let mut m = Self::new();
+        m.registry.register(
+            "store_query_duration_seconds",
+            "Time of each single store statement, and the wait for a write transaction to begin (both backends)",
+            store.query_times().clone(),
+        );
+        m
     }
 
     /// A device session was admitted over `kind`.
@@ -486,56 +498,6 @@ pub(crate) struct TerminalOpen(Arc<Metrics>);
 impl Drop for TerminalOpen {
     fn drop(&mut self) {
         self.0.terminals_open.dec();
-    }
-}
-
-/// A histogram of durations in [`LATENCY_BUCKETS`], lock-free: one relaxed add for the
-/// bucket hit, one for the sum (whole microseconds). A scrape that races an observation
-/// may see the bucket and the sum of slightly different moments, which Prometheus
-/// tolerates (the count is derived from the buckets, so those two always agree). Clones
-/// share the counts (the registry holds one).
-#[derive(Debug, Clone, Default)]
-pub(crate) struct LatencyHistogram(Arc<HistogramState>);
-
-#[derive(Debug, Default)]
-struct HistogramState {
-    /// Observations per bucket, not cumulative; the last is `+Inf`.
-    buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
-    sum_micros: AtomicU64,
-}
-
-impl LatencyHistogram {
-    fn observe(&self, took: Duration) {
-        let secs = took.as_secs_f64();
-        let i = LATENCY_BUCKETS
-            .iter()
-            .position(|le| secs <= *le)
-            .unwrap_or(LATENCY_BUCKETS.len());
-        self.0.buckets[i].fetch_add(1, Ordering::Relaxed);
-        let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
-        self.0.sum_micros.fetch_add(micros, Ordering::Relaxed);
-    }
-}
-
-impl TypedMetric for LatencyHistogram {
-    const TYPE: MetricType = MetricType::Histogram;
-}
-
-impl EncodeMetric for LatencyHistogram {
-    fn encode(&self, mut encoder: MetricEncoder<'_>) -> Result<(), std::fmt::Error> {
-        let mut buckets = [(0.0, 0u64); LATENCY_BUCKETS.len() + 1];
-        let mut count = 0;
-        for (i, slot) in buckets.iter_mut().enumerate() {
-            let n = self.0.buckets[i].load(Ordering::Relaxed);
-            count += n;
-            *slot = (LATENCY_BUCKETS.get(i).copied().unwrap_or(f64::INFINITY), n);
-        }
-        let sum = self.0.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
-        encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
-    }
-
-    fn metric_type(&self) -> MetricType {
-        Self::TYPE
     }
 }
 

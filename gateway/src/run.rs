@@ -54,7 +54,7 @@ impl Gateway {
             max_streams_per_device: self.cfg.max_streams_per_device,
         };
         // Counted by every part below; one set per gateway (see `metrics`).
-        let metrics = Arc::new(metrics::Metrics::new());
+        let metrics = Arc::new(metrics::Metrics::with_store(&self.store));
         let router = Arc::new(proxy::router::Router::new(
             &router_cfg,
             Arc::clone(&self.sessions),

@@ -285,6 +285,7 @@ async fn metrics_count_sessions_requests_actions_and_logs() {
         ("gateway_log_lines_pruned", "counter"),
         ("gateway_actions", "gauge"),
         ("gateway_action_queue_depth", "gauge"),
+        ("gateway_store_query_duration_seconds", "histogram"),
     ] {
         assert_eq!(
             before.types.get(family).map(String::as_str),
@@ -430,6 +431,9 @@ async fn metrics_count_sessions_requests_actions_and_logs() {
     assert_eq!(delta("gateway_public_websocket_upgrades_total{}"), 1.0);
     assert_eq!(after.get("gateway_terminal_sessions_total{}"), 1.0);
     assert!(delta("gateway_public_upstream_duration_seconds_sum{}") > 0.0);
+    // Actions, log batches, API reads and the scrapes themselves ran store statements.
+    assert!(delta("gateway_store_query_duration_seconds_count{}") > 10.0);
+    assert!(delta("gateway_store_query_duration_seconds_sum{}") > 0.0);
     assert!(delta("gateway_public_bytes_total{direction=\"to_device\"}") >= 10_000.0);
     assert!(delta("gateway_public_bytes_total{direction=\"from_device\"}") >= 10_000.0);
     // Still the one session.

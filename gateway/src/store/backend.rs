@@ -20,24 +20,31 @@ use super::StoreError;
 /// it decodes rows itself (through [`DbRow`]).
 ///
 /// On SQLite this is the pool of readers: use [`on_write!`] for a statement that writes.
+/// The time it takes goes into the store's query-time histogram.
 macro_rules! on_pool {
-    ($store:expr, |$p:ident| $body:expr) => {
-        match &$store.pool {
+    ($store:expr, |$p:ident| $body:expr) => {{
+        let started = std::time::Instant::now();
+        let done = match &$store.pool {
             $crate::store::backend::Pool::Sqlite { reads: $p, .. } => $body,
             $crate::store::backend::Pool::Postgres($p) => $body,
-        }
-    };
+        };
+        $store.query_times.observe(started.elapsed());
+        done
+    }};
 }
 
 /// As [`on_pool!`], for one statement that writes outside a [`Tx`]: on SQLite it runs on
 /// the single writer connection (see [`Pool::Sqlite`]), on PostgreSQL on the pool.
 macro_rules! on_write {
-    ($store:expr, |$p:ident| $body:expr) => {
-        match &$store.pool {
+    ($store:expr, |$p:ident| $body:expr) => {{
+        let started = std::time::Instant::now();
+        let done = match &$store.pool {
             $crate::store::backend::Pool::Sqlite { writes: $p, .. } => $body,
             $crate::store::backend::Pool::Postgres($p) => $body,
-        }
-    };
+        };
+        $store.query_times.observe(started.elapsed());
+        done
+    }};
 }
 
 /// Runs `$body` with `$c` bound to the transaction's connection (`&mut SqliteConnection`

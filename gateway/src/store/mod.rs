@@ -131,7 +131,16 @@ const MIGRATIONS: &[Migration] = &[
 #[derive(Clone)]
 pub struct Store {
     pool: Pool,
+    /// How long single statements take, and the wait for a write transaction
+    /// (`gateway_store_query_duration_seconds`); shared by the clones.
+    query_times: crate::histogram::LatencyHistogram,
 }
+
+/// Upper bounds (seconds) of the store's query-time buckets: 100 µs to 10 s.
+const QUERY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    10.0,
+];
 
 mod actions;
 mod audit;
@@ -185,6 +194,7 @@ impl Store {
         let (reads, writes, _open_lock) = sqlite::open(data_dir).await?;
         let store = Self {
             pool: Pool::Sqlite { reads, writes },
+            query_times: crate::histogram::LatencyHistogram::new(QUERY_BUCKETS),
         };
         store.migrate().await?;
         Ok(store)
@@ -212,6 +222,7 @@ impl Store {
         }
         let store = Self {
             pool: Pool::Postgres(postgres::connect(url).await?),
+            query_times: crate::histogram::LatencyHistogram::new(QUERY_BUCKETS),
         };
         store.migrate().await?;
         Ok(store)
@@ -253,6 +264,7 @@ impl Store {
     /// the advisory `locks` (see [`Lock`]) its read-then-write needs; more can be taken
     /// later with [`Tx::lock`], in the order [`Lock`] gives.
     async fn write_tx(&self, locks: &[Lock<'_>]) -> Result<Tx, StoreError> {
+        let waited = std::time::Instant::now();
         let mut tx = match &self.pool {
             Pool::Sqlite { writes, .. } => Tx::Sqlite(sqlite::begin_write(writes).await?),
             Pool::Postgres(p) => Tx::Postgres(postgres::begin_write(p).await?),
@@ -260,7 +272,13 @@ impl Store {
         for lock in locks {
             tx.lock(*lock).await?;
         }
+        self.query_times.observe(waited.elapsed());
         Ok(tx)
+    }
+
+    /// The store's query-time histogram, for the metrics registry.
+    pub(crate) fn query_times(&self) -> &crate::histogram::LatencyHistogram {
+        &self.query_times
     }
 
     /// The fingerprint of the CA this database was created with, if recorded.
