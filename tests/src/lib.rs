@@ -601,6 +601,20 @@ impl Drop for Proc {
     }
 }
 
+/// A log line of service `service` (id 1, stdout) stamped now, as a device's container
+/// would write it.
+pub fn log_line(service: &str, message: String) -> edge_agent::logs::LogRecord {
+    edge_agent::logs::LogRecord {
+        timestamp_ms: edge_agent::logs::now_ms(),
+        service: Some(service.into()),
+        service_id: Some(1),
+        is_stderr: false,
+        is_system: false,
+        message,
+        source: None,
+    }
+}
+
 /// A free local port (bound and released; good enough for tests that restart a server on
 /// the same port).
 pub fn free_port_tcp() -> u16 {

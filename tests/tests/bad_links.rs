@@ -21,7 +21,7 @@ use e2e_tests::relay::UdpRelay;
 use e2e_tests::terminal::{open, read_until, type_line};
 use e2e_tests::*;
 use edge_agent::dial::TransportMode;
-use edge_agent::logs::{LogPipeline, LogRecord};
+use edge_agent::logs::LogPipeline;
 use http::StatusCode;
 use serde_json::{json, Value};
 
@@ -253,18 +253,6 @@ async fn terminal_works_over_300ms_delay_with_jitter_on_tcp() {
 
 // ---- blackhole ----
 
-fn line(i: u64) -> LogRecord {
-    LogRecord {
-        timestamp_ms: edge_agent::logs::now_ms(),
-        service: Some("printer".into()),
-        service_id: Some(1),
-        is_stderr: false,
-        is_system: false,
-        message: format!("line {i}"),
-        source: None,
-    }
-}
-
 /// Every stored line of `uuid` for service `printer`, oldest first.
 async fn all_lines(api: &Api, token: &str, uuid: &str) -> Vec<Value> {
     all_log_lines(api, token, uuid, "printer").await
@@ -310,7 +298,7 @@ async fn blackhole(outage: Duration, grown: bool) {
             let mut i = 0;
             while !stop.load(Ordering::Relaxed) {
                 i += 1;
-                sink.push(line(i));
+                sink.push(log_line("printer", format!("line {i}")));
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             i

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use e2e_tests::cluster::{node, serving, share_ca, token_and_device};
 use e2e_tests::*;
-use edge_agent::logs::{LogPipeline, LogRecord};
+use edge_agent::logs::LogPipeline;
 
 /// The messages the CLI printed, without their `[time service]` prefix.
 fn messages(printed: &Mutex<Vec<String>>) -> Vec<String> {
@@ -83,17 +83,7 @@ async fn logs_f_through_one_node_follows_a_device_on_another() {
     // Lines go in one every 20 ms until the tail shows one (a plain tail starts when it
     // is opened, so the first lines may come before it), then 100 more.
     let sink = pipeline.sink();
-    let push = |i: usize| {
-        sink.push(LogRecord {
-            timestamp_ms: edge_agent::logs::now_ms(),
-            service: Some("printer".into()),
-            service_id: Some(1),
-            is_stderr: false,
-            is_system: false,
-            message: format!("line {i}"),
-            source: None,
-        })
-    };
+    let push = |i: usize| sink.push(log_line("printer", format!("line {i}")));
     let mut i = 0;
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while printed.lock().unwrap().is_empty() {

@@ -10,22 +10,10 @@ use std::time::{Duration, Instant};
 use e2e_tests::engine::{build_test_images, engine_available, Container};
 use e2e_tests::relay::UdpRelay;
 use e2e_tests::*;
-use edge_agent::logs::{LogPipeline, LogRecord, LogSink};
+use edge_agent::logs::{LogPipeline, LogSink};
 use futures_util::StreamExt;
 use http_body_util::BodyExt;
 use serde_json::Value;
-
-fn line(service: &str, message: String) -> LogRecord {
-    LogRecord {
-        timestamp_ms: edge_agent::logs::now_ms(),
-        service: Some(service.into()),
-        service_id: Some(1),
-        is_stderr: false,
-        is_system: false,
-        message,
-        source: None,
-    }
-}
 
 /// An agent with a log spool in `dir`, dialling `gateway` (the tunnel or a relay).
 fn agent_with_logs(
@@ -88,7 +76,7 @@ async fn wait_for_count(api: &Api, token: &str, uuid: &str, service: &str, n: us
 fn produce(sink: LogSink, from: usize, to: usize, every: Duration) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         for i in from..=to {
-            sink.push(line("printer", format!("line {i}")));
+            sink.push(log_line("printer", format!("line {i}")));
             tokio::time::sleep(every).await;
         }
     })
@@ -274,7 +262,7 @@ async fn a_full_spool_drops_the_oldest_and_says_how_many() {
     let sink = pipeline.sink();
     let pad = "x".repeat(100);
     for i in 1..=3000 {
-        sink.push(line("printer", format!("line {i} {pad}")));
+        sink.push(log_line("printer", format!("line {i} {pad}")));
     }
     eventually(Duration::from_secs(10), || async {
         (pipeline.stats().last_seq >= 3000).then_some(())
@@ -335,12 +323,12 @@ async fn retention_prunes_old_lines_and_caps_each_device() {
     let sink = pipeline.sink();
     // Ten lines from two hours ago, then 150 fresh ones.
     for i in 1..=10 {
-        let mut l = line("old", format!("old {i}"));
+        let mut l = log_line("old", format!("old {i}"));
         l.timestamp_ms -= 2 * 3600 * 1000;
         sink.push(l);
     }
     for i in 1..=150 {
-        sink.push(line("printer", format!("line {i}")));
+        sink.push(log_line("printer", format!("line {i}")));
     }
     let v = eventually(Duration::from_secs(20), || async {
         let (_, v) = api
@@ -378,7 +366,7 @@ async fn queries_filter_and_export_ndjson_and_tails_see_new_lines_within_a_secon
     agent.connected().await;
     let sink = pipeline.sink();
     for i in 1..=20 {
-        let mut l = line(if i % 2 == 0 { "web" } else { "db" }, format!("msg {i}"));
+        let mut l = log_line(if i % 2 == 0 { "web" } else { "db" }, format!("msg {i}"));
         l.is_stderr = i % 5 == 0;
         sink.push(l);
     }
@@ -523,7 +511,7 @@ async fn queries_filter_and_export_ndjson_and_tails_see_new_lines_within_a_secon
     for attempt in 0..3 {
         let msg = format!("live {attempt}");
         let t0 = Instant::now();
-        sink.push(line("web", msg.clone()));
+        sink.push(log_line("web", msg.clone()));
         let mut buf = String::new();
         let sse_latency = tokio::time::timeout(Duration::from_secs(10), async {
             while let Some(chunk) = body.next().await {

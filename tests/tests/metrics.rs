@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use e2e_tests::*;
-use edge_agent::logs::{LogPipeline, LogRecord};
+use edge_agent::logs::LogPipeline;
 use futures_util::{SinkExt, StreamExt};
 use http::StatusCode;
 use serde_json::{json, Value};
@@ -172,18 +172,6 @@ async fn stored_lines(api: &str, token: &str, uuid: &str) -> usize {
         if v["next_after"].is_null() {
             return n;
         }
-    }
-}
-
-fn line(i: usize) -> LogRecord {
-    LogRecord {
-        timestamp_ms: edge_agent::logs::now_ms(),
-        service: Some("printer".into()),
-        service_id: Some(1),
-        is_stderr: false,
-        is_system: false,
-        message: format!("line {i}"),
-        source: None,
     }
 }
 
@@ -393,7 +381,7 @@ async fn metrics_count_sessions_requests_actions_and_logs() {
     // Log lines.
     let sink = pipeline.sink();
     for i in 1..=25 {
-        sink.push(line(i));
+        sink.push(log_line("printer", format!("line {i}")));
     }
 
     // Every count moves by what happened. The log counter is compared with what the store
