@@ -9,17 +9,29 @@ use std::time::Duration;
 use crate::procs::{self, try_get, ServeProc};
 use crate::{bin, eventually};
 
-/// `gateway ARGS --data-dir DATA --database URL`, which must succeed; its stdout.
-pub fn offline(data: &Path, database: &str, args: &[&str]) -> String {
-    let o = Command::new(bin("gateway"))
+/// `gateway ARGS --data-dir DATA --database URL`, run to its end.
+fn run_offline(data: &Path, database: &str, args: &[&str]) -> std::process::Output {
+    Command::new(bin("gateway"))
         .args(args)
         .arg("--data-dir")
         .arg(data)
         .args(["--database", database])
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+/// `gateway ARGS --data-dir DATA --database URL`, which must succeed; its stdout.
+pub fn offline(data: &Path, database: &str, args: &[&str]) -> String {
+    let o = run_offline(data, database, args);
     assert!(o.status.success(), "gateway {args:?}: {o:?}");
     String::from_utf8(o.stdout).unwrap()
+}
+
+/// `gateway ARGS --data-dir DATA --database URL`, which must fail; its stderr.
+pub fn offline_fails(data: &Path, database: &str, args: &[&str]) -> String {
+    let o = run_offline(data, database, args);
+    assert!(!o.status.success(), "gateway {args:?} succeeded: {o:?}");
+    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 /// Whether a `serve` answers on its public port within 30 s (any answer: it is up).

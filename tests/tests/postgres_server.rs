@@ -4,27 +4,15 @@
 //! failure.
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
-use e2e_tests::cluster::{node, offline, psql_value, serving, share_ca, token_and_device};
+use e2e_tests::cluster::{
+    node, offline, offline_fails, psql_value, serving, share_ca, token_and_device,
+};
 use e2e_tests::procs::{self, api_json, try_get, wait_status};
 use e2e_tests::*;
 use gateway::store::test_pg::OwnServer;
 use http::StatusCode;
-
-/// `gateway ARGS --data-dir DATA --database URL`, which must fail; its stderr.
-fn offline_fails(data: &Path, database: &str, args: &[&str]) -> String {
-    let o = Command::new(bin("gateway"))
-        .args(args)
-        .arg("--data-dir")
-        .arg(data)
-        .args(["--database", database])
-        .output()
-        .unwrap();
-    assert!(!o.status.success(), "gateway {args:?} succeeded: {o:?}");
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
 
 /// A server that takes TLS connections only (`hostssl`), with a certificate for
 /// 127.0.0.1 from a CA whose certificate is written to `ca_pem`.
