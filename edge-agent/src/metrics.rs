@@ -64,12 +64,10 @@ impl AgentMetrics {
         reconciler: Option<ReconcilerCounts>,
     ) -> String {
         let mut r = Registry::default();
-        let connects = Counter::<u64>::default();
-        connects.inc_by(self.connects.load(Ordering::Relaxed));
         r.register(
             "edge_agent_connects",
             "Sessions established with the gateway since the agent started (reconnects are this minus one)",
-            connects,
+            counter(self.connects.load(Ordering::Relaxed)),
         );
         let connected = Family::<TransportLabel, Gauge>::default();
         let now = self.transport.load(Ordering::Relaxed);
@@ -84,52 +82,37 @@ impl AgentMetrics {
             connected,
         );
         if let Some(s) = spool {
-            let g = |v: u64| {
-                let g = Gauge::<i64>::default();
-                g.set(i64::try_from(v).unwrap_or(i64::MAX));
-                g
-            };
             r.register(
                 "edge_agent_log_spool_bytes",
                 "Bytes of log lines on disk in the spool",
-                g(s.bytes),
+                gauge(s.bytes),
             );
             r.register(
                 "edge_agent_log_spool_unacked_lines",
                 "Log lines in the spool the gateway has not acknowledged yet",
-                g(s.last_seq.saturating_sub(s.acked)),
+                gauge(s.last_seq.saturating_sub(s.acked)),
             );
-            let c = |v: u64| {
-                let c = Counter::<u64>::default();
-                c.inc_by(v);
-                c
-            };
             r.register(
                 "edge_agent_log_lines",
                 "Log lines spooled since the spool was created",
-                c(s.last_seq),
+                counter(s.last_seq),
             );
             r.register(
                 "edge_agent_log_lines_dropped",
                 "Log lines evicted unshipped from a full spool since the agent started",
-                c(s.suppressed_total),
+                counter(s.suppressed_total),
             );
         }
         if let Some(rc) = reconciler {
-            let c = |v: u64| {
-                let c = Counter::<u64>::default();
-                c.inc_by(v);
-                c
-            };
             r.register(
                 "edge_agent_reconciler_passes",
                 "Reconciler passes completed",
-                c(rc.passes),
+                counter(rc.passes),
             );
             r.register(
                 "edge_agent_reconciler_failed_passes",
                 "Reconciler passes that ended in an error",
-                c(rc.failed),
+                counter(rc.failed),
             );
         }
         let mut out = String::new();
@@ -137,6 +120,20 @@ impl AgentMetrics {
             .expect("writing to a String does not fail");
         out
     }
+}
+
+/// A counter holding `v`, for a scrape.
+fn counter(v: u64) -> Counter<u64> {
+    let c = Counter::default();
+    c.inc_by(v);
+    c
+}
+
+/// A gauge holding `v` (saturated at `i64::MAX`), for a scrape.
+fn gauge(v: u64) -> Gauge {
+    let g = Gauge::default();
+    g.set(i64::try_from(v).unwrap_or(i64::MAX));
+    g
 }
 
 #[cfg(test)]
