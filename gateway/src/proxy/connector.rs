@@ -305,27 +305,14 @@ mod tests {
         let device = ca.issue_device(certs::random_uuid()).unwrap();
         let server_tls = certs::server_config(ca.cert_pem(), &server).unwrap();
         let client_tls = certs::client_config(ca.cert_pem(), &device).unwrap();
-        let quic = quinn::crypto::rustls::QuicServerConfig::try_from(server_tls).unwrap();
-        let sc = quinn::ServerConfig::with_crypto(Arc::new(quic));
-        let sock = transport::net::udp_socket("127.0.0.1:0".parse().unwrap()).unwrap();
-        let server = transport::quic::endpoint(sock, Some(sc), Some(&[7u8; 32])).unwrap();
-        let addr = server.local_addr().unwrap();
-        let csock = transport::net::udp_socket("127.0.0.1:0".parse().unwrap()).unwrap();
-        let client = transport::quic::endpoint(csock, None, None).unwrap();
-        let quic = quinn::crypto::rustls::QuicClientConfig::try_from(client_tls).unwrap();
-        let cc = quinn::ClientConfig::new(Arc::new(quic));
-        tokio::join!(
-            async {
-                transport::quic::accept(server.accept().await.unwrap())
-                    .await
-                    .unwrap()
-            },
-            async {
-                transport::quic::connect(&client, cc, addr, certs::TUNNEL_SERVER_NAME)
-                    .await
-                    .unwrap()
-            }
+        transport::quic::loopback_pair(
+            server_tls,
+            client_tls,
+            certs::TUNNEL_SERVER_NAME,
+            quinn::TransportConfig::default(),
         )
+        .await
+        .unwrap()
     }
 
     /// Whether `err`'s chain holds the device's refusal with `want`.

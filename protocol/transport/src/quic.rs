@@ -65,6 +65,40 @@ pub async fn accept(incoming: quinn::Incoming) -> Result<Connection, ConnectErro
     Ok(Connection::Quic(incoming.await?))
 }
 
+/// A server side and a client side of one QUIC connection on loopback, with these TLS
+/// configurations and `transport` on both: for tests and benchmarks of what runs over
+/// the abstraction.
+pub async fn loopback_pair(
+    server_tls: rustls::ServerConfig,
+    client_tls: rustls::ClientConfig,
+    server_name: &str,
+    transport: quinn::TransportConfig,
+) -> Result<(Connection, Connection), ConnectError> {
+    let tls_error =
+        |e: quinn::crypto::rustls::NoInitialCipherSuite| ConnectError::Tls(e.to_string());
+    let transport = Arc::new(transport);
+    let quic = quinn::crypto::rustls::QuicServerConfig::try_from(server_tls).map_err(tls_error)?;
+    let mut sc = quinn::ServerConfig::with_crypto(Arc::new(quic));
+    sc.transport_config(Arc::clone(&transport));
+    let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+    let server = endpoint(crate::net::udp_socket(loopback)?, Some(sc), None)?;
+    let addr = server.local_addr()?;
+    let client = endpoint(crate::net::udp_socket(loopback)?, None, None)?;
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(client_tls).map_err(tls_error)?;
+    let mut cc = quinn::ClientConfig::new(Arc::new(quic));
+    cc.transport_config(transport);
+    let (server_side, client_side) = tokio::join!(
+        async {
+            let incoming = server.accept().await.ok_or_else(|| {
+                ConnectError::Io(std::io::Error::other("the loopback endpoint closed"))
+            })?;
+            accept(incoming).await
+        },
+        connect(&client, cc, addr, server_name)
+    );
+    Ok((server_side?, client_side?))
+}
+
 /// The congestion controller of a QUIC connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Congestion {

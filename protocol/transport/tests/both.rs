@@ -43,32 +43,12 @@ async fn connect(
     let client_tls = certs::client_config(pki.ca.cert_pem(), device).unwrap();
     match kind {
         TransportKind::Quic => {
-            let quic = quinn::crypto::rustls::QuicServerConfig::try_from(server_tls).unwrap();
-            let mut sc = quinn::ServerConfig::with_crypto(Arc::new(quic));
             let mut t = quinn::TransportConfig::default();
             t.keep_alive_interval(Some(Duration::from_millis(200)));
             t.max_idle_timeout(Some(Duration::from_secs(2).try_into().unwrap()));
-            sc.transport_config(Arc::new(t));
-            let sock = transport::net::udp_socket("127.0.0.1:0".parse().unwrap()).unwrap();
-            let server = transport::quic::endpoint(sock, Some(sc), Some(&[7u8; 32])).unwrap();
-            let addr = server.local_addr().unwrap();
-            let csock = transport::net::udp_socket("127.0.0.1:0".parse().unwrap()).unwrap();
-            let client = transport::quic::endpoint(csock, None, None).unwrap();
-            let quic = quinn::crypto::rustls::QuicClientConfig::try_from(client_tls).unwrap();
-            let cc = quinn::ClientConfig::new(Arc::new(quic));
-            let (g, a) = tokio::join!(
-                async {
-                    transport::quic::accept(server.accept().await.unwrap())
-                        .await
-                        .unwrap()
-                },
-                async {
-                    transport::quic::connect(&client, cc, addr, certs::TUNNEL_SERVER_NAME)
-                        .await
-                        .unwrap()
-                }
-            );
-            (g, a)
+            transport::quic::loopback_pair(server_tls, client_tls, certs::TUNNEL_SERVER_NAME, t)
+                .await
+                .unwrap()
         }
         TransportKind::Tcp => {
             let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
