@@ -9,7 +9,7 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use e2e_tests::cluster::{offline, psql, psql_value, serving, share_ca, token_and_device};
+use e2e_tests::cluster::{node, offline, psql, psql_value, serving, share_ca, token_and_device};
 use e2e_tests::procs::{self, api_json, try_get, wait_status};
 use e2e_tests::*;
 use http::StatusCode;
@@ -238,27 +238,14 @@ async fn any_node_serves_a_device_whose_tunnel_another_node_holds() {
     let dir = tempfile::tempdir().unwrap();
     let (data_a, data_b) = (dir.path().join("a"), dir.path().join("b"));
     let backend = Backend::spawn("held-by-node-a").await;
-    let node = |data: &Path, id: &str, http: u16, tunnel: u16, api: u16| {
-        let peer = format!("127.0.0.1:{}", free_port_udp());
-        let api = format!("127.0.0.1:{api}");
-        procs::serve(
-            data,
-            http,
-            tunnel,
-            &[
-                "--database",
-                &url,
-                "--node-id",
-                id,
-                "--peer-listen",
-                &peer,
-                "--api-listen",
-                &api,
-            ],
-        )
-    };
     let (http_a, tunnel_a) = (free_port_tcp(), free_port_udp());
-    let _a = node(&data_a, "a", http_a, tunnel_a, free_port_tcp());
+    let _a = node(
+        &data_a,
+        &url,
+        "a",
+        (http_a, tunnel_a, free_port_udp()),
+        Some(free_port_tcp()),
+    );
     assert!(serving(http_a).await, "node a did not start");
     let out = dir.path().join("device.toml");
     let (token, uuid) = token_and_device(&data_a, &url, tunnel_a, &out);
@@ -268,7 +255,13 @@ async fn any_node_serves_a_device_whose_tunnel_another_node_holds() {
 
     share_ca(&data_a, &data_b);
     let (http_b, api_b) = (free_port_tcp(), free_port_tcp());
-    let _b = node(&data_b, "b", http_b, free_port_udp(), api_b);
+    let _b = node(
+        &data_b,
+        &url,
+        "b",
+        (http_b, free_port_udp(), free_port_udp()),
+        Some(api_b),
+    );
     let api_b: std::net::SocketAddr = format!("127.0.0.1:{api_b}").parse().unwrap();
     // Node b holds no tunnel of the device, yet its URL answers there, through a's peer
     // link, with the device's own page.
@@ -562,22 +555,7 @@ async fn three_nodes_keep_every_device_served_through_a_kill_and_a_rolling_resta
             peer: free_port_udp(),
         })
         .collect();
-    let start = |n: &NodePorts| {
-        let peer = format!("127.0.0.1:{}", n.peer);
-        procs::serve(
-            &n.data,
-            n.http,
-            n.tunnel,
-            &[
-                "--database",
-                &url,
-                "--node-id",
-                n.id,
-                "--peer-listen",
-                &peer,
-            ],
-        )
-    };
+    let start = |n: &NodePorts| node(&n.data, &url, n.id, (n.http, n.tunnel, n.peer), None);
     let mut nodes = vec![start(&ports[0])];
     assert!(serving(ports[0].http).await, "node a did not start");
     for n in &ports[1..] {
