@@ -81,8 +81,10 @@ pub struct Gateway {
     /// The tunnel's TLS configuration, for TCP (QUIC holds its own copy).
     tunnel_tls: Arc<rustls::ServerConfig>,
     http: TcpListener,
-    /// `--https-listen`, and the certificate it serves (reloaded as its files change).
-    https: Option<(TcpListener, Arc<proxy::https::CertFiles>)>,
+    /// `--https-listen`, and the certificate it serves (reloaded as its files change). No
+    /// listener of its own when it is the tunnel's TCP address: the port is shared, told
+    /// apart by ALPN (`listener::demux`).
+    https: Option<(Option<TcpListener>, Arc<proxy::https::CertFiles>)>,
     api: TcpListener,
     api_tls: Option<Arc<rustls::ServerConfig>>,
     /// `--metrics-listen`: `/metrics` without a token.
@@ -200,8 +202,13 @@ impl Gateway {
             (Some(addr), Some(cert), Some(key)) => {
                 // Read first: a bad certificate stops the start before anything binds.
                 let files = proxy::https::CertFiles::load(cert, key)?;
-                let l = tcp_listener(addr).map_err(|source| GatewayError::Bind { addr, source })?;
-                Some((l, files))
+                if addr.port() != 0 && addr == tcp_addr {
+                    Some((None, files))
+                } else {
+                    let l =
+                        tcp_listener(addr).map_err(|source| GatewayError::Bind { addr, source })?;
+                    Some((Some(l), files))
+                }
             }
             _ => None,
         };
@@ -262,9 +269,10 @@ impl Gateway {
 
     /// The bound public HTTPS address, if there is one.
     pub fn https_addr(&self) -> Option<SocketAddr> {
-        self.https
-            .as_ref()
-            .map(|(l, _)| l.local_addr().expect("bound listener has an address"))
+        self.https.as_ref().map(|(l, _)| match l {
+            Some(l) => l.local_addr().expect("bound listener has an address"),
+            None => self.tunnel_tcp_addr(),
+        })
     }
 
     /// The bound management API address.

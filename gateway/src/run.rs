@@ -20,6 +20,7 @@ impl Gateway {
         let tasks = TaskTracker::new();
         let https_port = self.https_addr().map(|a| a.port());
         let tunnel_addr = self.tunnel_addr();
+        let tunnel_tcp_addr = self.tunnel_tcp_addr();
         let domain = self.cfg.normalized_domain();
         let advertise = self.advertised_tunnel();
         info!(
@@ -119,7 +120,22 @@ impl Gateway {
             };
             tokio::spawn(metrics::serve(listener, limits, source, shutdown.clone()))
         });
-        let https = match self.https {
+        // One TCP port for the tunnel's fallback and HTTPS visitors when both were given
+        // the same address: the ClientHello's ALPN says whose a connection is.
+        let (tunnel_tcp, https_socket): (listener::AcceptFrom, _) = match self.https {
+            Some((Some(l), files)) => (self.tunnel_tcp.into(), Some((l.into(), files))),
+            Some((None, files)) => {
+                let split = listener::demux(self.tunnel_tcp, shutdown.clone(), &tasks).map_err(
+                    |source| GatewayError::Bind {
+                        addr: tunnel_tcp_addr,
+                        source,
+                    },
+                )?;
+                (split.tunnel, Some((split.https, files)))
+            }
+            None => (self.tunnel_tcp.into(), None),
+        };
+        let https = match https_socket {
             Some((listener, files)) => {
                 let tls = certs::https_server_config_with(files.clone())?;
                 tasks.spawn(files.watch(shutdown.clone()));
@@ -178,7 +194,7 @@ impl Gateway {
             shutdown.clone(),
         ));
         let tcp = tokio::spawn(tunnel::accept_tcp_loop(
-            self.tunnel_tcp,
+            tunnel_tcp,
             Arc::clone(&self.tunnel_tls),
             transport::tls_tcp::MuxConfig {
                 keep_alive: self.cfg.keep_alive,

@@ -225,3 +225,73 @@ fn https_flags_go_together_and_a_bad_certificate_stops_the_start() {
     assert!(!err.contains("panicked"), "{err}");
     assert!(err.to_lowercase().contains("key"), "{err}");
 }
+
+/// `--https-listen` on the tunnel's TCP address: one port serves visitors over HTTPS and a
+/// device whose tunnel runs over TLS on TCP (UDP not used), told apart by ALPN. Bytes
+/// that are not TLS are closed, and both keep serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tunnels_tcp_fallback_and_https_share_one_port() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("wild.pem"), dir.path().join("wild.key"));
+    let ca = issue(&dir.path().join("ca"), &cert, &key);
+    let data = dir.path().join("gw");
+    let (http, port) = (free_port_tcp(), free_port_udp());
+    let shared = format!("127.0.0.1:{port}");
+    let _gw = procs::serve(
+        &data,
+        http,
+        port,
+        &[
+            "--tunnel-tcp-listen",
+            &shared,
+            "--https-listen",
+            &shared,
+            "--https-cert",
+            cert.to_str().unwrap(),
+            "--https-key",
+            key.to_str().unwrap(),
+        ],
+    );
+    procs::wait_for_data_dir(&data).await;
+    let out = dir.path().join("device").join("device.toml");
+    std::fs::create_dir_all(out.parent().unwrap()).unwrap();
+    let uuid = procs::device_add(&data, port, &out);
+    let host = device_host(&uuid);
+    let backend = Backend::spawn("one-port").await;
+    // TCP only: the tunnel reaches the gateway through the shared port or not at all.
+    let _agent = procs::agent(
+        &out,
+        backend.addr,
+        &["--engine", "none", "--transport", "tcp"],
+    );
+
+    let page = eventually(Duration::from_secs(30), || async {
+        curl(&ca, &host, port, "/", &["--http1.1"]).filter(|(m, _)| m == "1.1 200")
+    })
+    .await
+    .expect("the device was never served over HTTPS on the shared port");
+    assert_eq!(page.1, "hello from one-port");
+    let (meta, body) = curl(&ca, &host, port, "/", &["--http2"]).expect("h2 on the shared port");
+    assert_eq!(
+        (meta.as_str(), body.as_str()),
+        ("2 200", "hello from one-port")
+    );
+
+    // Plain HTTP and garbage on the port get no answer: the connection is closed.
+    for junk in [&b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"[..], &[0u8; 64][..]] {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        s.write_all(junk).await.unwrap();
+        let mut buf = [0u8; 16];
+        let read = tokio::time::timeout(Duration::from_secs(15), s.read(&mut buf))
+            .await
+            .expect("a connection sending no TLS was left open");
+        assert!(matches!(read, Ok(0) | Err(_)), "it was answered: {read:?}");
+    }
+    // The device's tunnel and HTTPS visitors are unaffected.
+    let (meta, body) = curl(&ca, &host, port, "/", &[]).expect("HTTPS after the junk");
+    assert!(meta.ends_with(" 200"), "{meta}");
+    assert_eq!(body, "hello from one-port");
+}

@@ -36,7 +36,8 @@ pub(super) struct ServeArgs {
     #[arg(long)]
     http_listen: Option<SocketAddr>,
     /// Public HTTPS listener (TCP; HTTP/1.1 and h2 by ALPN), serving
-    /// https://<uuid>.<domain>/ with --https-cert and --https-key. [default: none]
+    /// https://<uuid>.<domain>/ with --https-cert and --https-key. The same address as
+    /// the tunnel's TCP listener shares that port, told apart by ALPN. [default: none]
     #[arg(long, requires_all = ["https_cert", "https_key"])]
     https_listen: Option<SocketAddr>,
     /// PEM certificate chain for --https-listen, a wildcard for *.<domain> (read again

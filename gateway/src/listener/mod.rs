@@ -37,7 +37,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use pin_project_lite::pin_project;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::time::{sleep, sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
@@ -46,9 +46,11 @@ use tracing::{debug, info, warn};
 
 mod activity;
 mod limits;
+mod shared_port;
 
 use activity::*;
 pub(crate) use limits::*;
+pub(crate) use shared_port::{demux, AcceptFrom};
 
 /// Fds kept free for the gateway's own files (database, WAL, engine calls, logs) when
 /// the total connection cap is derived from the fd limit.
@@ -143,7 +145,7 @@ pub(crate) fn client_key(ip: IpAddr) -> IpAddr {
 /// service `make_service(peer)`. Returns when every connection has ended, at most
 /// `grace` after `shutdown` (the rest are closed then).
 pub(crate) async fn serve<F, S, B>(
-    listener: TcpListener,
+    listener: impl Into<AcceptFrom>,
     cfg: ListenerConfig,
     make_service: F,
     shutdown: CancellationToken,
@@ -156,6 +158,7 @@ pub(crate) async fn serve<F, S, B>(
     B::Data: Send,
     B::Error: Into<Box<dyn StdError + Send + Sync>>,
 {
+    let mut listener = listener.into();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()

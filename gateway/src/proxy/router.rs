@@ -25,7 +25,6 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use protocol::host::DeviceDomain;
 use protocol::DeviceUuid;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
@@ -372,7 +371,7 @@ pub(crate) struct Serving {
 /// header timeout and size come from `cfg`; the rest of `limits` is used as given (its
 /// `tls` for the HTTPS listener).
 pub(crate) async fn serve(
-    listener: TcpListener,
+    listener: impl Into<crate::listener::AcceptFrom>,
     router: Arc<Router>,
     cfg: RouterConfig,
     limits: ListenerConfig,

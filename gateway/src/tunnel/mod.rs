@@ -75,16 +75,17 @@ pub(crate) async fn accept_loop(
 
 /// Accepts device connections over TLS on TCP until `shutdown`. The TLS configuration
 /// is the QUIC one: the same certificates, verification and ALPNs (tunnel and
-/// provisioning); a ClientHello offering neither is refused, which leaves room for
-/// HTTPS visitors on the same port later.
+/// provisioning); a ClientHello offering neither is refused. When HTTPS visitors share
+/// the port, `listener` is fed by `listener::demux`, which sends them elsewhere.
 pub(crate) async fn accept_tcp_loop(
-    listener: tokio::net::TcpListener,
+    listener: impl Into<crate::listener::AcceptFrom>,
     tls: Arc<rustls::ServerConfig>,
     mux: transport::tls_tcp::MuxConfig,
     ctx: Arc<TunnelCtx>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 ) {
+    let mut listener = listener.into();
     let mux = Arc::new(mux);
     let pending = Arc::new(ConnLimiter::new(
         MAX_PENDING_TCP_HANDSHAKES,
