@@ -109,6 +109,31 @@ pub fn certified_key(
     Ok(Arc::new(ck))
 }
 
+/// When the first certificate of `cert_pem` (a chain, leaf first) stops being valid.
+pub fn not_after(cert_pem: &str) -> Result<std::time::SystemTime, CertError> {
+    Ok(validity(cert_pem)?.1)
+}
+
+/// The validity period (not before, not after) of the first certificate of `cert_pem`.
+pub fn validity(
+    cert_pem: &str,
+) -> Result<(std::time::SystemTime, std::time::SystemTime), CertError> {
+    let chain = parse_certs(cert_pem, "certificate")?;
+    let leaf = chain.first().ok_or_else(|| CertError::Pem {
+        what: "certificate",
+        detail: "no certificate found".into(),
+    })?;
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf).map_err(|e| CertError::Pem {
+        what: "certificate",
+        detail: e.to_string(),
+    })?;
+    let at = |secs: i64| {
+        std::time::UNIX_EPOCH + std::time::Duration::from_secs(u64::try_from(secs).unwrap_or(0))
+    };
+    let v = cert.validity();
+    Ok((at(v.not_before.timestamp()), at(v.not_after.timestamp())))
+}
+
 /// TLS server config for public HTTPS: the certificate `resolver` picks (reloadable), and
 /// HTTP/1.1 and h2 offered by ALPN, h2 first.
 pub fn https_server_config_with(

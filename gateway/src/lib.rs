@@ -199,9 +199,19 @@ impl Gateway {
             source,
         })?;
         let https = match (cfg.https_listen, &cfg.https_cert, &cfg.https_key) {
-            (Some(addr), Some(cert), Some(key)) => {
-                // Read first: a bad certificate stops the start before anything binds.
-                let files = proxy::https::CertFiles::load(cert, key)?;
+            (Some(addr), cert, key) if cert.is_some() || cfg.acme_directory.is_some() => {
+                let files = match (cert, key) {
+                    // Read first: a bad certificate stops the start before anything binds.
+                    (Some(cert), Some(key)) => proxy::https::CertFiles::load(cert, key)?,
+                    // ACME's files, which the first order writes.
+                    _ => {
+                        let dir = cfg.data_dir.join(ACME_DIR);
+                        proxy::https::CertFiles::pending(
+                            &proxy::acme::AcmeConfig::cert_path(&dir),
+                            &proxy::acme::AcmeConfig::key_path(&dir),
+                        )
+                    }
+                };
                 if addr.port() != 0 && addr == tcp_addr {
                     Some((None, files))
                 } else {
@@ -335,6 +345,9 @@ impl Gateway {
 /// without free fds, fills at once; beyond it the kernel drops SYNs and clients stall on
 /// retransmits.
 const LISTEN_BACKLOG: u32 = 1024;
+
+/// The data dir's folder for the ACME account, certificate and key.
+const ACME_DIR: &str = "acme";
 
 /// Binds a TCP listener with [`LISTEN_BACKLOG`].
 fn tcp_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {

@@ -138,7 +138,21 @@ impl Gateway {
         let https = match https_socket {
             Some((listener, files)) => {
                 let tls = certs::https_server_config_with(files.clone())?;
-                tasks.spawn(files.watch(shutdown.clone()));
+                tasks.spawn(Arc::clone(&files).watch(shutdown.clone()));
+                if let (Some(directory), Some(dns_hook)) =
+                    (&self.cfg.acme_directory, &self.cfg.acme_dns_hook)
+                {
+                    let acme = proxy::acme::AcmeConfig {
+                        directory: directory.clone(),
+                        dns_hook: dns_hook.clone(),
+                        email: self.cfg.acme_email.clone(),
+                        root: self.cfg.acme_root.clone(),
+                        renew_before: self.cfg.acme_renew_before,
+                        domain: self.cfg.normalized_domain(),
+                        dir: self.cfg.data_dir.join(crate::ACME_DIR),
+                    };
+                    tasks.spawn(proxy::acme::run(acme, Arc::clone(&files), shutdown.clone()));
+                }
                 let limits = listener::ListenerConfig {
                     name: "https",
                     tls: Some(tokio_rustls::TlsAcceptor::from(Arc::new(tls))),

@@ -196,7 +196,7 @@ fn https_flags_go_together_and_a_bad_certificate_stops_the_start() {
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
-        err.contains("--https-cert") && err.contains("--https-key"),
+        err.contains("--https-cert") && err.contains("--acme-directory"),
         "{err}"
     );
 

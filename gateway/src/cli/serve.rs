@@ -38,11 +38,11 @@ pub(super) struct ServeArgs {
     /// Public HTTPS listener (TCP; HTTP/1.1 and h2 by ALPN), serving
     /// https://<uuid>.<domain>/ with --https-cert and --https-key. The same address as
     /// the tunnel's TCP listener shares that port, told apart by ALPN. [default: none]
-    #[arg(long, requires_all = ["https_cert", "https_key"])]
+    #[arg(long, requires = "https_source")]
     https_listen: Option<SocketAddr>,
     /// PEM certificate chain for --https-listen, a wildcard for *.<domain> (read again
     /// when the file changes, and on SIGHUP).
-    #[arg(long, requires = "https_listen")]
+    #[arg(long, group = "https_source", requires_all = ["https_listen", "https_key"])]
     https_cert: Option<PathBuf>,
     /// PEM private key for --https-cert.
     #[arg(long, requires = "https_listen")]
@@ -50,6 +50,26 @@ pub(super) struct ServeArgs {
     /// Answer plain HTTP visitors with a 308 redirect to the same URL over HTTPS.
     #[arg(long, requires = "https_listen")]
     https_redirect: bool,
+    /// Get and renew the --https-listen certificate (a wildcard for *.<domain>) from this
+    /// ACME directory, by DNS-01 through --acme-dns-hook, instead of --https-cert; kept in
+    /// <data-dir>/acme/ (docs/https.md). Let's Encrypt:
+    /// https://acme-v02.api.letsencrypt.org/directory [default: none]
+    #[arg(long, value_name = "URL", group = "https_source", requires_all = ["https_listen", "acme_dns_hook"])]
+    acme_directory: Option<String>,
+    /// Program run as `HOOK set NAME VALUE` to publish the DNS-01 TXT record NAME
+    /// (_acme-challenge.<domain>.) and `HOOK clear NAME VALUE` to remove it.
+    #[arg(long, requires = "acme_directory")]
+    acme_dns_hook: Option<PathBuf>,
+    /// Contact e-mail for the ACME account. [default: none]
+    #[arg(long, requires = "acme_directory")]
+    acme_email: Option<String>,
+    /// PEM root to trust for the ACME server's HTTPS (a private or test CA). [default:
+    /// the system's roots]
+    #[arg(long, requires = "acme_directory")]
+    acme_root: Option<PathBuf>,
+    /// Renew the ACME certificate this long before it expires (1m..=365d). [default: 30d]
+    #[arg(long, requires = "acme_directory", value_parser = duration_within(bounds::ACME_RENEW_BEFORE))]
+    acme_renew_before: Option<std::time::Duration>,
     /// Tunnel listener (UDP, QUIC). [default: 0.0.0.0:443]
     #[arg(long)]
     tunnel_listen: Option<SocketAddr>,
@@ -183,6 +203,12 @@ impl ServeArgs {
         if self.https_redirect {
             cfg.https_redirect = true;
         }
+        if self.acme_directory.is_some() {
+            cfg.acme_directory = self.acme_directory;
+            cfg.acme_dns_hook = self.acme_dns_hook;
+            cfg.acme_email = self.acme_email;
+            cfg.acme_root = self.acme_root;
+        }
         if self.api_tls_cert.is_some() {
             cfg.api_tls_cert = self.api_tls_cert;
             cfg.api_tls_key = self.api_tls_key;
@@ -202,6 +228,7 @@ impl ServeArgs {
             header_read_timeout,
             max_header_bytes,
             terminal_idle_timeout,
+            acme_renew_before,
             request_body_idle_timeout,
             max_streams_per_device,
             max_connections_per_ip,

@@ -30,6 +30,8 @@ pub mod bounds {
     pub const AUTH_BACKOFF: Bounds = Bounds::new(Duration::from_millis(1), DAY);
     /// `terminal_idle_timeout`.
     pub const TERMINAL_IDLE_TIMEOUT: Bounds = Bounds::new(SECOND, Duration::from_secs(7 * 86_400));
+    /// `acme_renew_before`: renew the ACME certificate this long before it expires.
+    pub const ACME_RENEW_BEFORE: Bounds = Bounds::new(MINUTE, Duration::from_secs(365 * 86_400));
     /// `log_retention`: at least a minute, so a bare number meant as days (`30`) cannot
     /// delete every line within seconds.
     pub const LOG_RETENTION: Bounds = Bounds::new(MINUTE, TEN_YEARS);
@@ -124,6 +126,23 @@ pub struct ServeConfig {
     /// Answer plain HTTP visitors with a permanent redirect (308) to the same URL on
     /// `https_listen`. Default is false.
     pub https_redirect: bool,
+    /// ACME directory URL (e.g. `https://acme-v02.api.letsencrypt.org/directory`): the
+    /// gateway gets and renews the wildcard certificate for `*.<domain>` itself, by DNS-01
+    /// through `acme_dns_hook`, instead of reading `https_cert` and `https_key`. Needs
+    /// `https_listen`. Default is none.
+    pub acme_directory: Option<String>,
+    /// Program run as `HOOK set NAME VALUE` to publish the DNS-01 TXT record (`NAME` is
+    /// `_acme-challenge.<domain>.`) and `HOOK clear NAME VALUE` to remove it; exit status 0
+    /// means done. Needed with `acme_directory`.
+    pub acme_dns_hook: Option<PathBuf>,
+    /// Contact address given to the ACME server for the account. Default is none.
+    pub acme_email: Option<String>,
+    /// PEM root to trust for the ACME server's own HTTPS (a private or test CA). Default
+    /// is the system's roots.
+    pub acme_root: Option<PathBuf>,
+    /// Renew the ACME certificate this long before it expires. Default is 30 days.
+    #[serde(deserialize_with = "de_duration")]
+    pub acme_renew_before: Duration,
     /// Tunnel listener (UDP). Default is `0.0.0.0:443`.
     pub tunnel_listen: SocketAddr,
     /// Tunnel listener over TLS on TCP, for devices whose network blocks UDP. Default is
@@ -236,6 +255,11 @@ impl Default for ServeConfig {
             https_cert: None,
             https_key: None,
             https_redirect: false,
+            acme_directory: None,
+            acme_dns_hook: None,
+            acme_email: None,
+            acme_root: None,
+            acme_renew_before: Duration::from_secs(30 * 86_400),
             tunnel_listen: "0.0.0.0:443".parse().expect("addr"),
             tunnel_tcp_listen: None,
             api_listen: "127.0.0.1:8081".parse().expect("addr"),

@@ -88,6 +88,11 @@ impl ServeConfig {
             ),
             ("log_retention", self.log_retention, bounds::LOG_RETENTION),
             (
+                "acme_renew_before",
+                self.acme_renew_before,
+                bounds::ACME_RENEW_BEFORE,
+            ),
+            (
                 "log_prune_interval",
                 self.log_prune_interval,
                 bounds::LOG_PRUNE_INTERVAL,
@@ -124,16 +129,44 @@ impl ServeConfig {
                 ),
             });
         }
-        let https = [
-            self.https_listen.is_some(),
-            self.https_cert.is_some(),
-            self.https_key.is_some(),
-        ];
-        if https.iter().any(|&b| b) && !https.iter().all(|&b| b) {
-            return Err(ConfigError::Invalid {
-                key: "https_listen",
-                reason: "https_listen, https_cert and https_key go together".into(),
-            });
+        if let Some(dir) = &self.acme_directory {
+            let reason = if self.https_listen.is_none() {
+                Some("ACME certificates are for https_listen, which is not set".to_string())
+            } else if self.https_cert.is_some() || self.https_key.is_some() {
+                Some("use either acme_directory or https_cert and https_key, not both".into())
+            } else if self.acme_dns_hook.is_none() {
+                Some("the wildcard certificate needs DNS-01: set acme_dns_hook".into())
+            } else if !(dir.starts_with("https://") || dir.starts_with("http://")) {
+                Some(format!("{dir:?} is not an http(s):// URL"))
+            } else {
+                None
+            };
+            if let Some(reason) = reason {
+                return Err(ConfigError::Invalid {
+                    key: "acme_directory",
+                    reason,
+                });
+            }
+        } else {
+            let https = [
+                self.https_listen.is_some(),
+                self.https_cert.is_some(),
+                self.https_key.is_some(),
+            ];
+            if https.iter().any(|&b| b) && !https.iter().all(|&b| b) {
+                return Err(ConfigError::Invalid {
+                    key: "https_listen",
+                    reason:
+                        "https_listen, https_cert and https_key go together (or set acme_directory)"
+                            .into(),
+                });
+            }
+            if self.acme_dns_hook.is_some() {
+                return Err(ConfigError::Invalid {
+                    key: "acme_dns_hook",
+                    reason: "the hook is for ACME: set acme_directory too".into(),
+                });
+            }
         }
         if self.https_redirect && self.https_listen.is_none() {
             return Err(ConfigError::Invalid {

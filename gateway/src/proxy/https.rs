@@ -29,7 +29,8 @@ type Stamp = Option<(SystemTime, u64)>;
 pub(crate) struct CertFiles {
     cert: PathBuf,
     key: PathBuf,
-    current: RwLock<Arc<CertifiedKey>>,
+    /// `None` until an ACME certificate was first issued: handshakes then fail.
+    current: RwLock<Option<Arc<CertifiedKey>>>,
     seen: Mutex<(Stamp, Stamp)>,
 }
 
@@ -62,9 +63,34 @@ impl CertFiles {
         Ok(Arc::new(Self {
             cert: cert.to_path_buf(),
             key: key.to_path_buf(),
-            current: RwLock::new(ck),
+            current: RwLock::new(Some(ck)),
             seen: Mutex::new(seen),
         }))
+    }
+
+    /// Files that may not exist yet (ACME's, before the first certificate): served once
+    /// they do and form a valid pair.
+    pub(crate) fn pending(cert: &Path, key: &Path) -> Arc<Self> {
+        let files = Arc::new(Self {
+            cert: cert.to_path_buf(),
+            key: key.to_path_buf(),
+            current: RwLock::new(None),
+            seen: Mutex::new((None, None)),
+        });
+        if stamp(cert).is_some() {
+            files.reload_and_say("the gateway started");
+        }
+        files
+    }
+
+    /// Whether a certificate is being served.
+    pub(crate) fn has_certificate(&self) -> bool {
+        self.current.read().expect("cert lock").is_some()
+    }
+
+    /// The certificate file.
+    pub(crate) fn cert_path(&self) -> &Path {
+        &self.cert
     }
 
     /// Reads the files again and uses what they hold from the next handshake on.
@@ -73,7 +99,7 @@ impl CertFiles {
         // Marked as seen whatever happens: a bad file is reported once, not every check.
         *self.seen.lock().expect("cert stamp lock") = seen;
         let ck = certs::certified_key(&read(&self.cert)?, &read(&self.key)?)?;
-        *self.current.write().expect("cert lock") = ck;
+        *self.current.write().expect("cert lock") = Some(ck);
         Ok(())
     }
 
@@ -83,7 +109,7 @@ impl CertFiles {
         *self.seen.lock().expect("cert stamp lock") != now
     }
 
-    fn reload_and_say(&self, why: &str) {
+    pub(crate) fn reload_and_say(&self, why: &str) {
         match self.reload() {
             Ok(()) => info!(cert = %self.cert.display(), why, "reloaded the HTTPS certificate"),
             Err(e) => warn!(
@@ -127,7 +153,7 @@ impl CertFiles {
 
 impl ResolvesServerCert for CertFiles {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(Arc::clone(&self.current.read().expect("cert lock")))
+        self.current.read().expect("cert lock").clone()
     }
 }
 

@@ -4,6 +4,7 @@
 //! forwards each request as HTTP/1.1 through a pooled client whose "connections" are QUIC
 //! streams opened by [`connector`]. [`pages`] renders the small error pages visitors see.
 
+pub(crate) mod acme;
 pub(crate) mod connector;
 mod failure;
 mod forwarding;
