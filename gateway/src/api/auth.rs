@@ -131,11 +131,77 @@ impl FromRequestParts<ApiState> for Caller {
                 "token has an unknown role",
             )
         })?;
+        let reach = match &record.scope {
+            Some(scope) => check_scope(state, scope, parts.uri.path()).await,
+            None => Ok(()),
+        };
+        if record.expires_at.is_some() {
+            // Every use of a support grant is audited, refused or not.
+            let detail = serde_json::json!({
+                "method": parts.method.as_str(),
+                "refused": reach.is_err(),
+            });
+            state
+                .store
+                .audit(
+                    &format!("token:{}", record.id),
+                    "support.use",
+                    parts.uri.path(),
+                    &detail.to_string(),
+                )
+                .await?;
+        }
+        reach?;
         Ok(Caller {
             token_id: record.id,
             role,
         })
     }
+}
+
+/// Refuses `path` to a support grant that does not reach it: a device grant reaches
+/// `/v1/devices/<its uuid>[/…]`, a fleet grant `/v1/fleets/<its name>[/…]` and the paths
+/// of that fleet's devices. Lists and everything else are refused.
+async fn check_scope(
+    state: &ApiState,
+    scope: &crate::store::TokenScope,
+    path: &str,
+) -> Result<(), ApiError> {
+    use crate::store::TokenScope;
+    let under = |prefix: &str| -> Option<String> {
+        let rest = path.strip_prefix(prefix)?;
+        let first = rest.split('/').next().filter(|s| !s.is_empty())?;
+        Some(first.to_string())
+    };
+    let device = under("/v1/devices/");
+    let reached = match scope {
+        TokenScope::Device(uuid) => device.as_deref() == Some(uuid.as_str()),
+        TokenScope::Fleet(fleet) => {
+            if let Some(name) = under("/v1/fleets/") {
+                &name == fleet
+            } else if let Some(d) = device.and_then(|d| d.parse::<protocol::DeviceUuid>().ok()) {
+                state
+                    .store
+                    .device(d)
+                    .await?
+                    .is_some_and(|r| r.fleet.as_deref() == Some(fleet.as_str()))
+            } else {
+                false
+            }
+        }
+    };
+    if reached {
+        return Ok(());
+    }
+    let what = match scope {
+        TokenScope::Device(d) => format!("device {d} (/v1/devices/{d}/…)"),
+        TokenScope::Fleet(f) => format!("fleet {f} and its devices"),
+    };
+    Err(ApiError::new(
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        format!("this support grant reaches only {what}"),
+    ))
 }
 
 /// Addresses tracked at most by [`AuthBackoff`]; past this, expired entries are pruned, and

@@ -54,6 +54,11 @@ pub(super) async fn list_tokens(
                 role: t.role,
                 created_at: t.created_at,
                 last_used: t.last_used,
+                expires_at: t.expires_at,
+                scope: t.scope.map(|s| match s {
+                    crate::store::TokenScope::Fleet(f) => format!("fleet:{f}"),
+                    crate::store::TokenScope::Device(d) => format!("device:{d}"),
+                }),
             })
             .collect(),
     ))

@@ -331,6 +331,11 @@ pub struct Token {
     pub created_at: i64,
     /// Unix seconds.
     pub last_used: Option<i64>,
+    /// A support grant's expiry (unix seconds); null: never.
+    pub expires_at: Option<i64>,
+    /// What a support grant reaches: `fleet:<name>` or `device:<uuid>`; null: everything
+    /// its role allows.
+    pub scope: Option<String>,
 }
 
 /// From `POST /v1/tokens`: the token itself, shown once.

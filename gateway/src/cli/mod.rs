@@ -26,6 +26,7 @@ mod output;
 mod releases;
 mod rollout;
 mod serve;
+mod support;
 mod tokens;
 
 #[cfg(feature = "bundle-create")]
@@ -37,6 +38,7 @@ use keys::KeyCommand;
 use output::{ago, human_secs, Table};
 use releases::ReleaseCommand;
 use serve::ServeArgs;
+use support::SupportCommand;
 use tokens::TokenCommand;
 
 /// Gateway for fleets of devices behind NAT: devices dial in over one mutually
@@ -85,6 +87,10 @@ enum Command {
     /// Manage API tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Time-limited support access: a token for one fleet or device that expires by
+    /// itself, every use audited (docs/support.md).
+    #[command(subcommand)]
+    Support(SupportCommand),
     /// Manage fleet provisioning keys (via the management API).
     #[command(subcommand)]
     Key(KeyCommand),
@@ -250,6 +256,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Release(cmd) => releases::run(cmd).await?,
         Command::Key(cmd) => keys::run(cmd).await?,
         Command::Token(cmd) => tokens::run(cmd).await?,
+        Command::Support(cmd) => support::run(cmd).await?,
         Command::Serve(args) => {
             // Before binding: every visitor and API connection costs a file descriptor.
             transport::net::raise_fd_limit();

@@ -41,6 +41,8 @@ pub mod bounds {
     pub const ACTION_TTL: Bounds = Bounds::new(SECOND, TEN_YEARS);
     /// `gateway key create --expires`.
     pub const KEY_EXPIRY: Bounds = Bounds::new(SECOND, TEN_YEARS);
+    /// `gateway support grant --for`: support access is for hours or days, not for good.
+    pub const SUPPORT_GRANT: Bounds = Bounds::new(SECOND, Duration::from_secs(30 * 86_400));
     /// `since`/`until` of the logs API and `gateway logs --since`: how long ago.
     pub const LOGS_AGO: Bounds = Bounds::new(Duration::ZERO, duration::MAX);
     /// `max_header_bytes`: hyper needs 8 KiB; more than 1 MiB of headers is an attack.

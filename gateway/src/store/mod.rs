@@ -125,6 +125,10 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("migrations/0011_gateway_nodes_and_which_node_holds_each.sql"),
         postgres: None,
     },
+    Migration {
+        sqlite: include_str!("migrations/0014_support_grants_tokens_that_expire_and_reac.sql"),
+        postgres: None,
+    },
 ];
 
 /// Handle to the database; cheap to clone.
@@ -167,7 +171,7 @@ pub use logs::{LogQuery, StoredLine};
 pub use nodes::{NodeRecord, Route};
 pub use notify::{Wake, WakeListener, WAKE_CHANNEL};
 pub use releases::{ReleaseRecord, TargetSource};
-pub use tokens::TokenRecord;
+pub use tokens::{TokenRecord, TokenScope};
 
 /// Current time as milliseconds since the Unix epoch (log timestamps).
 pub fn now_ms() -> i64 {
