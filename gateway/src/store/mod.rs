@@ -125,6 +125,10 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("migrations/0011_gateway_nodes_and_which_node_holds_each.sql"),
         postgres: None,
     },
+    Migration {
+        sqlite: include_str!("migrations/0013_dashboard_users_and_sessions.sql"),
+        postgres: None,
+    },
 ];
 
 /// Handle to the database; cheap to clone.
@@ -146,6 +150,7 @@ mod actions;
 mod audit;
 #[cfg(test)]
 mod concurrency_tests;
+mod device_pages;
 mod devices;
 mod fleets;
 mod keys;
@@ -157,9 +162,11 @@ mod releases;
 #[doc(hidden)]
 pub mod test_pg;
 mod tokens;
+mod users;
 
 pub use actions::ActionRecord;
 pub use audit::AuditRecord;
+pub use device_pages::{DeviceListFilter, DeviceListRow};
 pub use devices::DeviceRecord;
 pub use fleets::{FleetDeletion, FleetRecord};
 pub use keys::{KeyRecord, Refusal};
@@ -168,6 +175,7 @@ pub use nodes::{NodeRecord, Route};
 pub use notify::{Wake, WakeListener, WAKE_CHANNEL};
 pub use releases::{ReleaseRecord, TargetSource};
 pub use tokens::TokenRecord;
+pub use users::{DashboardSession, Principal, UserRecord};
 
 /// Current time as milliseconds since the Unix epoch (log timestamps).
 pub fn now_ms() -> i64 {
