@@ -27,6 +27,7 @@ mod releases;
 mod rollout;
 mod serve;
 mod tokens;
+mod users;
 
 #[cfg(feature = "bundle-create")]
 use bundles::BundleCommand;
@@ -38,6 +39,7 @@ use output::{ago, human_secs, Table};
 use releases::ReleaseCommand;
 use serve::ServeArgs;
 use tokens::TokenCommand;
+use users::UserCommand;
 
 /// Gateway for fleets of devices behind NAT: devices dial in over one mutually
 /// authenticated QUIC tunnel each, and their web UIs are served at
@@ -85,6 +87,10 @@ enum Command {
     /// Manage API tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Manage dashboard users (offline, in the data dir or database): `user add NAME
+    /// --role R`, `user list`, `user remove NAME`.
+    #[command(subcommand)]
+    User(UserCommand),
     /// Manage fleet provisioning keys (via the management API).
     #[command(subcommand)]
     Key(KeyCommand),
@@ -250,6 +256,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Release(cmd) => releases::run(cmd).await?,
         Command::Key(cmd) => keys::run(cmd).await?,
         Command::Token(cmd) => tokens::run(cmd).await?,
+        Command::User(cmd) => users::run(cmd).await?,
         Command::Serve(args) => {
             // Before binding: every visitor and API connection costs a file descriptor.
             transport::net::raise_fd_limit();
