@@ -23,7 +23,7 @@ pub(super) fn page(title: &str, signed: &Signed, nav: Nav, body: Markup) -> Html
         title,
         html! {
             header.topbar {
-                a.brand href="/devices" { span.brand-mark {} "Fleet gateway" }
+                a.brand href="/devices" { span.brand-mark {} span.brand-text { "Fleet gateway" } }
                 nav.nav {
                     (item(Nav::Devices, "/devices", "Devices"))
                     (item(Nav::Fleets, "/fleets", "Fleets"))

@@ -193,7 +193,8 @@ impl Store {
         &self,
         id_hash: &str,
     ) -> Result<Option<DashboardSession>, StoreError> {
-        let row = on_pool!(self, |p| sqlx::query(
+        let row = on_pool!(self, |p| {
+            sqlx::query(
             "SELECT s.user_name, s.token_id, s.csrf, s.expires_at, COALESCE(u.role, t.role) AS role
              FROM dashboard_sessions s
              LEFT JOIN dashboard_users u ON u.name = s.user_name
@@ -204,32 +205,21 @@ impl Store {
         .bind(now_unix())
         .fetch_optional(p)
         .await?
-        .map(
-            |r| -> Result<
-                (Option<String>, Option<String>, String, i64, Option<String>),
-                StoreError,
-            > {
-                Ok((
-                    r.col("user_name")?,
-                    r.col("token_id")?,
-                    r.col("csrf")?,
-                    r.col("expires_at")?,
-                    r.col("role")?,
-                ))
-            }
-        )
-        .transpose()?);
-        let Some((user, token, csrf, expires_at, role)) = row else {
-            return Ok(None);
-        };
-        // The user was removed or the token revoked: the session is gone with them.
-        let Some(role) = role else { return Ok(None) };
-        Ok(Some(DashboardSession {
-            principal: Principal::from_columns(user, token)?,
-            role,
-            csrf,
-            expires_at,
-        }))
+        .map(|r| -> Result<Option<DashboardSession>, StoreError> {
+            // The user was removed or the token revoked: the session is gone with them.
+            let Some(role) = r.col::<Option<String>>("role")? else {
+                return Ok(None);
+            };
+            Ok(Some(DashboardSession {
+                principal: Principal::from_columns(r.col("user_name")?, r.col("token_id")?)?,
+                role,
+                csrf: r.col("csrf")?,
+                expires_at: r.col("expires_at")?,
+            }))
+        })
+        .transpose()?
+        });
+        Ok(row.flatten())
     }
 
     /// Ends a session. Returns whether it existed.
