@@ -76,9 +76,7 @@ impl Browser {
             .method(method)
             .uri(format!("{}{}", self.base, path))
             .header("content-type", "application/json")
-            .body(crate::body(
-                body.map(|b| b.to_string()).unwrap_or_default(),
-            ))
+            .body(crate::body(body.map(|b| b.to_string()).unwrap_or_default()))
             .unwrap();
         let resp = tokio::time::timeout(Duration::from_secs(60), http_client().request(req))
             .await
@@ -128,8 +126,12 @@ impl Browser {
 
     /// Types `text` into the element `id`.
     pub async fn type_into(&self, id: &str, text: &str) {
-        self.session_call("POST", &format!("/element/{id}/value"), json!({"text": text}))
-            .await;
+        self.session_call(
+            "POST",
+            &format!("/element/{id}/value"),
+            json!({"text": text}),
+        )
+        .await;
     }
 
     /// Clicks the element `id`.
@@ -150,18 +152,28 @@ impl Browser {
 
     /// Resizes the window.
     pub async fn resize(&self, width: u32, height: u32) {
-        self.session_call("POST", "/window/rect", json!({"width": width, "height": height}))
-            .await;
+        self.session_call(
+            "POST",
+            "/window/rect",
+            json!({"width": width, "height": height}),
+        )
+        .await;
     }
 
     /// Writes a screenshot of the viewport to `path` (PNG).
     pub async fn screenshot(&self, path: &std::path::Path) {
         use base64_png::decode;
         let v = self
-            .call("GET", &format!("/session/{}/screenshot", self.session), None)
+            .call(
+                "GET",
+                &format!("/session/{}/screenshot", self.session),
+                None,
+            )
             .await
             .expect("webdriver screenshot");
-        let b64 = v["value"].as_str().unwrap_or_else(|| panic!("no screenshot: {v}"));
+        let b64 = v["value"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no screenshot: {v}"));
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).unwrap();
         }
@@ -174,7 +186,6 @@ impl Drop for Browser {
         self.driver.kill9();
     }
 }
-
 
 /// Standard base64 (what WebDriver screenshots are), decoded; no crate needed for it.
 mod base64_png {

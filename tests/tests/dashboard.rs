@@ -627,6 +627,55 @@ async fn api_tokens_sign_in_too_and_removed_users_lose_their_sessions() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_https_the_session_cookie_is_secure() {
+    let pki = tempfile::tempdir().unwrap();
+    let ca = certs::Ca::load_or_create(pki.path()).unwrap();
+    let server = ca.issue_server(&["localhost".to_string()]).unwrap();
+    let (cert, key) = (pki.path().join("api.pem"), pki.path().join("api.key"));
+    std::fs::write(&cert, &server.cert_pem).unwrap();
+    std::fs::write(&key, &server.key_pem).unwrap();
+    let gw = TestGateway::spawn_custom(|c| {
+        c.api_tls_cert = Some(cert.clone());
+        c.api_tls_key = Some(key.clone());
+    })
+    .await;
+    user_add(&gw, "ann", "operator", "over-tls-password");
+    let jar = pki.path().join("jar");
+    let curl = |args: &[&str]| {
+        let out = Command::new("curl")
+            .args(["-sS", "-i", "--max-time", "10", "--cacert"])
+            .arg(pki.path().join("ca.pem"))
+            .arg("-c")
+            .arg(&jar)
+            .arg("-b")
+            .arg(&jar)
+            .args(args)
+            .output()
+            .expect("curl (apt-get install curl)");
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let base = format!("https://localhost:{}", gw.api_addr.port());
+    let form = curl(&[&format!("{base}/login")]);
+    let nonce = csrf_in(&form);
+    let signed = curl(&[
+        "-d",
+        &format!("csrf={nonce}&user=ann&password=over-tls-password"),
+        &format!("{base}/login"),
+    ]);
+    let session = signed
+        .lines()
+        .find(|l| {
+            l.to_ascii_lowercase()
+                .starts_with("set-cookie: gw_session=")
+        })
+        .unwrap_or_else(|| panic!("no session cookie: {signed}"));
+    for attr in ["HttpOnly", "SameSite=Strict", "Path=/", "Secure"] {
+        assert!(session.contains(attr), "{attr} missing: {session}");
+    }
+}
+
 #[tokio::test]
 async fn repeated_wrong_passwords_get_429() {
     let gw = TestGateway::spawn_custom(|c| c.auth_failures_before_backoff = 3).await;
