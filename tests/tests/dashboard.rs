@@ -551,6 +551,39 @@ async fn viewers_see_no_forms_and_posts_need_the_role_and_the_csrf_token() {
         .await;
     assert_eq!(actions[0]["requested_by"], "user:ann", "{actions}");
     assert_eq!(actions[0]["status"], "pending", "{actions}");
+    // Tags: edited by the operator (through the API's handler), refused to the viewer.
+    let (s, _, _) = http(
+        &gw,
+        "POST",
+        &format!("/devices/{uuid}/tags"),
+        Some(&vcookie),
+        Some(&format!("csrf={vcsrf}&tags=room%3Da1")),
+    )
+    .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let (s, _, _) = http(
+        &gw,
+        "POST",
+        &format!("/devices/{uuid}/tags"),
+        Some(&ocookie),
+        Some(&format!("csrf={ocsrf}&tags=room%3Da1%0D%0Afloor+%3D+2%0D%0A")),
+    )
+    .await;
+    assert_eq!(s, StatusCode::SEE_OTHER);
+    let (_, tags) = api
+        .call("GET", &format!("/v1/devices/{uuid}/tags"), Some(&admin), None)
+        .await;
+    assert_eq!(tags, json!({"room": "a1", "floor": "2"}));
+    let (s, _, page) = http(
+        &gw,
+        "POST",
+        &format!("/devices/{uuid}/tags"),
+        Some(&ocookie),
+        Some(&format!("csrf={ocsrf}&tags=no-equals-sign")),
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert!(page.contains("is not name=value"), "{page}");
     // Logging out needs the token too, and then the cookie is worthless.
     let (s, _, _) = http(&gw, "POST", "/logout", Some(&ocookie), Some("")).await;
     assert_eq!(s, StatusCode::FORBIDDEN);

@@ -246,6 +246,19 @@ pub(crate) async fn switch_public_url(
     .map(drop)
 }
 
+/// Replaces a device's tags for the dashboard through the API's own handler (as `PUT
+/// /v1/devices/{uuid}/tags`).
+pub(crate) async fn replace_tags(
+    st: ApiState,
+    caller: Caller,
+    uuid: DeviceUuid,
+    tags: Tags,
+) -> Result<(), ApiError> {
+    put_tags(caller, State(st), DeviceParam(uuid), Ok(JsonObject(tags)))
+        .await
+        .map(drop)
+}
+
 /// The `{uuid}` path parameter, parsed (400 `invalid_uuid` when malformed).
 struct DeviceParam(DeviceUuid);
 

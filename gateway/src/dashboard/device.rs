@@ -135,6 +135,20 @@ pub(super) async fn page(
                 @if tags.is_empty() { p.muted { "No tags." } } @else {
                     ul.tags { @for (k, v) in &tags { li { a href={ "/devices?tag=" (urlencode(&format!("{k}={v}"))) } { code { (k) "=" (v) } } } } }
                 }
+                @if signed.can_act() {
+                    details.edit-tags {
+                        summary { "Edit tags" }
+                        form.act method="post" action={ "/devices/" (uuid_s) "/tags" } {
+                            input type="hidden" name="csrf" value=(csrf);
+                            label { span.muted { "One " code { "name=value" } " a line" }
+                                textarea name="tags" rows="4" spellcheck="false" {
+                                    @for (k, v) in &tags { (k) "=" (v) "\n" }
+                                }
+                            }
+                            button.btn type="submit" data-action="tags" { "Save tags" }
+                        }
+                    }
+                }
                 h2 { "Environment" }
                 @if env.is_empty() { p.muted { "No device variables." } } @else {
                     table.compact { tbody { @for (svc, k, v) in &env {
@@ -278,6 +292,41 @@ pub(super) async fn run_action(
     Ok(Redirect::to(&format!("/devices/{uuid}#actions")).into_response())
 }
 
+/// `POST /devices/{uuid}/tags`: `tags` (one `name=value` a line; blank lines ignored)
+/// and `csrf`, replacing the device's tags through the API's handler (operator and up).
+pub(super) async fn tags(
+    signed: Signed,
+    State(st): St,
+    Path(uuid): Path<String>,
+    body: Bytes,
+) -> Result<Response, DashError> {
+    let f = form(&body)?;
+    signed.check_post(&f, Role::Operator)?;
+    let uuid = parse_uuid(&uuid)?;
+    let tags = parse_tags(f.get("tags").map_or("", String::as_str))?;
+    crate::api::replace_tags(st, signed.caller(), uuid, tags).await?;
+    Ok(Redirect::to(&format!("/devices/{uuid}")).into_response())
+}
+
+/// `name=value` lines into tags; a line without `=` is an error that names it.
+fn parse_tags(text: &str) -> Result<crate::api::types::Tags, DashError> {
+    let mut tags = crate::api::types::Tags::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        let Some((k, v)) = line.split_once('=') else {
+            return Err(DashError::bad_request(format!(
+                "tag line {} ({line:?}) is not name=value",
+                i + 1
+            )));
+        };
+        tags.insert(k.trim().to_string(), v.trim().to_string());
+    }
+    Ok(tags)
+}
+
 /// `POST /devices/{uuid}/public-url`: `enabled=on|off` and `csrf`, through the API's
 /// handler (operator and up).
 pub(super) async fn public_url(
@@ -300,4 +349,20 @@ pub(super) async fn public_url(
     };
     crate::api::switch_public_url(st, signed.caller(), uuid, enabled).await?;
     Ok(Redirect::to(&format!("/devices/{uuid}")).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tag_lines_parse_and_a_bad_line_is_named() {
+        let t = parse_tags("room = a1\n\nfloor=2\r\n").unwrap();
+        assert_eq!(t.get("room").map(String::as_str), Some("a1"));
+        assert_eq!(t.get("floor").map(String::as_str), Some("2"));
+        match parse_tags("ok=1\nnonsense") {
+            Err(DashError::Page(_, m)) => assert!(m.contains("line 2"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+    }
 }

@@ -56,6 +56,7 @@ pub(crate) fn routes() -> Router<ApiState> {
             get(device::actions_rows).post(device::run_action),
         )
         .route("/devices/{uuid}/public-url", post(device::public_url))
+        .route("/devices/{uuid}/tags", post(device::tags))
         .route("/devices/{uuid}/logs", get(events::logs))
         .route("/fleets", get(fleets::page))
         .route("/events", get(events::presence))
