@@ -1,5 +1,5 @@
--- dashboard users and sessions, one-time login links, and the index the devices page
--- pages along.
+-- dashboard users and sessions, one-time login links, and the indexes the dashboard
+-- pages and counts along.
 CREATE TABLE dashboard_users (
     name TEXT PRIMARY KEY NOT NULL,
     role TEXT NOT NULL,
@@ -27,4 +27,6 @@ CREATE TABLE dashboard_login_links (
     expires_at BIGINT NOT NULL
 );
 CREATE INDEX devices_listing ON devices (created_at, uuid);
+-- Per-fleet device and online counts (fleets page, the devices page's fleet list).
+CREATE INDEX devices_fleet ON devices (fleet);
 CREATE INDEX audit_log_target ON audit_log (target, seq);
