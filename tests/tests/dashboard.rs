@@ -566,12 +566,19 @@ async fn viewers_see_no_forms_and_posts_need_the_role_and_the_csrf_token() {
         "POST",
         &format!("/devices/{uuid}/tags"),
         Some(&ocookie),
-        Some(&format!("csrf={ocsrf}&tags=room%3Da1%0D%0Afloor+%3D+2%0D%0A")),
+        Some(&format!(
+            "csrf={ocsrf}&tags=room%3Da1%0D%0Afloor+%3D+2%0D%0A"
+        )),
     )
     .await;
     assert_eq!(s, StatusCode::SEE_OTHER);
     let (_, tags) = api
-        .call("GET", &format!("/v1/devices/{uuid}/tags"), Some(&admin), None)
+        .call(
+            "GET",
+            &format!("/v1/devices/{uuid}/tags"),
+            Some(&admin),
+            None,
+        )
         .await;
     assert_eq!(tags, json!({"room": "a1", "floor": "2"}));
     let (s, _, page) = http(
