@@ -70,12 +70,28 @@ pub async fn run(http_listen: SocketAddr, shutdown: CancellationToken) -> anyhow
         "management API: http://{api_addr}/ (create a token: gateway token create --data-dir {} --role admin)",
         data.display()
     );
+    match dashboard_link(&data, api_addr).await {
+        Ok(link) => println!("dashboard: {link} (signs you in as admin once, within 10 minutes)"),
+        Err(e) => println!("dashboard: http://{api_addr}/ (no sign-in link: {e})"),
+    }
     println!("press Ctrl-C to stop");
     let (g, a, _) = tokio::join!(gw, ag, web);
     g??;
     a??;
     let _ = std::fs::remove_dir_all(&data);
     Ok(())
+}
+
+/// A one-time sign-in link to the dashboard (`/login/once?t=…`) for an admin token made for
+/// the demo.
+async fn dashboard_link(data: &std::path::Path, api: SocketAddr) -> anyhow::Result<String> {
+    let (id, _) =
+        crate::create_token(data, None, crate::api::auth::Role::Admin, "demo dashboard").await?;
+    let (_, store) = crate::datadir::open_existing_in(data, None).await?;
+    let principal = crate::store::Principal::Token(id);
+    let t = crate::dashboard::create_login_link(&store, &principal).await;
+    store.close().await;
+    Ok(format!("http://{api}/login/once?t={}", t?))
 }
 
 fn tempfile_dir() -> std::io::Result<std::path::PathBuf> {

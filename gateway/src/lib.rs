@@ -10,6 +10,7 @@ pub mod api;
 pub mod cli;
 pub mod client;
 pub mod config;
+mod dashboard;
 pub mod datadir;
 #[cfg(feature = "demo")]
 pub mod demo;

@@ -160,6 +160,41 @@ pub struct Sessions {
     next_id: AtomicU64,
     /// Per device: how often sessions of other agent instances replaced a live one lately.
     flaps: DashMap<DeviceUuid, Flaps>,
+    /// Devices coming online and going offline, for the dashboard's live view.
+    presence: PresenceFeed,
+}
+
+/// A device came online (its first session) or went offline (its last one ended).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Presence {
+    /// The device.
+    pub uuid: DeviceUuid,
+    /// Whether it is online now.
+    pub online: bool,
+}
+
+/// How many presence changes a slow subscriber may fall behind before it misses some
+/// (and is told so, by `RecvError::Lagged`).
+const PRESENCE_BACKLOG: usize = 1024;
+
+/// The sender of presence changes. Sending costs a lock and a clone into a ring buffer,
+/// and nothing but a counter check while no one subscribes.
+#[derive(Debug)]
+struct PresenceFeed(tokio::sync::broadcast::Sender<Presence>);
+
+impl Default for PresenceFeed {
+    fn default() -> Self {
+        Self(tokio::sync::broadcast::channel(PRESENCE_BACKLOG).0)
+    }
+}
+
+impl PresenceFeed {
+    fn send(&self, uuid: DeviceUuid, online: bool) {
+        if self.0.receiver_count() > 0 {
+            // Only fails without receivers: then no one is watching.
+            let _ = self.0.send(Presence { uuid, online });
+        }
+    }
 }
 
 /// Recent replacements of one device's live session by another agent instance.
@@ -216,7 +251,9 @@ impl Sessions {
         use dashmap::mapref::entry::Entry;
         match self.map.entry(session.uuid) {
             Entry::Vacant(v) => {
+                let uuid = session.uuid;
                 v.insert(session);
+                self.presence.send(uuid, true);
                 Admission::First
             }
             Entry::Occupied(mut o) => {
@@ -256,7 +293,16 @@ impl Sessions {
     /// Removes the session of `uuid` only if it is still session `id` (a newer one may
     /// have replaced it). Returns whether it was removed.
     pub fn remove_if_current(&self, uuid: &DeviceUuid, id: u64) -> bool {
-        self.map.remove_if(uuid, |_, s| s.id == id).is_some()
+        let removed = self.map.remove_if(uuid, |_, s| s.id == id).is_some();
+        if removed {
+            self.presence.send(*uuid, false);
+        }
+        removed
+    }
+
+    /// Devices coming online and going offline on this node, from now on.
+    pub fn subscribe_presence(&self) -> tokio::sync::broadcast::Receiver<Presence> {
+        self.presence.0.subscribe()
     }
 
     /// Switches the live public-URL flag of `uuid`'s session, if it is connected.

@@ -5,6 +5,7 @@
 use std::process::Command;
 use std::time::Duration;
 
+use e2e_tests::browser::Browser;
 use e2e_tests::terminal::{open, read_until, type_line};
 use e2e_tests::*;
 use futures_util::{SinkExt, StreamExt};
@@ -594,100 +595,6 @@ async fn cli_under_a_real_terminal_raw_mode_resize_ctrl_c_exit_and_restore() {
 }
 
 // ---- the web page in headless Chromium ----
-
-/// A chromedriver process and one headless Chromium session, driven with WebDriver JSON.
-struct Browser {
-    driver: Proc,
-    base: String,
-    session: String,
-    _profile: tempfile::TempDir,
-}
-
-impl Browser {
-    async fn start() -> Option<Self> {
-        let driver_bin = ["chromedriver", "/usr/lib/chromium/chromedriver"]
-            .into_iter()
-            .find(|b| Command::new(b).arg("--version").output().is_ok())?;
-        let port = free_port_tcp();
-        let driver = Proc::spawn(
-            Command::new(driver_bin)
-                .arg(format!("--port={port}"))
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null()),
-        );
-        let base = format!("http://127.0.0.1:{port}");
-        let profile = tempfile::tempdir().unwrap();
-        let mut b = Self {
-            driver,
-            base,
-            session: String::new(),
-            _profile: profile,
-        };
-        eventually(Duration::from_secs(10), || async {
-            b.call("GET", "/status", None)
-                .await
-                .filter(|v| v["value"]["ready"] == true)
-        })
-        .await
-        .expect("chromedriver ready");
-        let caps = json!({"capabilities": {"alwaysMatch": {
-            "browserName": "chrome",
-            "goog:chromeOptions": {"args": [
-                "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--window-size=1000,700",
-                format!("--user-data-dir={}", b._profile.path().display()),
-            ]}
-        }}});
-        let v = b
-            .call("POST", "/session", Some(caps))
-            .await
-            .expect("new session");
-        b.session = v["value"]["sessionId"]
-            .as_str()
-            .unwrap_or_else(|| panic!("no session: {v}"))
-            .to_string();
-        Some(b)
-    }
-
-    async fn call(&self, method: &str, path: &str, body: Option<Value>) -> Option<Value> {
-        let req = http::Request::builder()
-            .method(method)
-            .uri(format!("{}{}", self.base, path))
-            .header("content-type", "application/json")
-            .body(e2e_tests::body(
-                body.map(|b| b.to_string()).unwrap_or_default(),
-            ))
-            .unwrap();
-        let resp = tokio::time::timeout(Duration::from_secs(60), http_client().request(req))
-            .await
-            .ok()?
-            .ok()?;
-        let bytes = http_body_util::BodyExt::collect(resp.into_body())
-            .await
-            .ok()?
-            .to_bytes();
-        serde_json::from_slice(&bytes).ok()
-    }
-
-    async fn session_call(&self, method: &str, path: &str, body: Value) -> Value {
-        let path = format!("/session/{}{}", self.session, path);
-        self.call(method, &path, Some(body))
-            .await
-            .unwrap_or_else(|| panic!("webdriver {path} failed"))
-    }
-
-    async fn script(&self, js: &str) -> Value {
-        self.session_call("POST", "/execute/sync", json!({"script": js, "args": []}))
-            .await["value"]
-            .clone()
-    }
-}
-
-impl Drop for Browser {
-    fn drop(&mut self) {
-        self.driver.kill9();
-    }
-}
 
 #[tokio::test]
 async fn web_page_in_headless_chromium() {

@@ -78,6 +78,9 @@ pub fn generate_token() -> NewToken {
 pub(crate) struct Caller {
     pub(crate) token_id: String,
     pub(crate) role: Role,
+    /// The dashboard user acting, when the caller is a dashboard session of a user
+    /// (then `token_id` is empty).
+    pub(crate) user: Option<String>,
 }
 
 impl Caller {
@@ -100,7 +103,10 @@ impl Caller {
 
     /// The audit-log actor name.
     pub(crate) fn actor(&self) -> String {
-        format!("token:{}", self.token_id)
+        match &self.user {
+            Some(name) => format!("user:{name}"),
+            None => format!("token:{}", self.token_id),
+        }
     }
 }
 
@@ -155,6 +161,7 @@ impl FromRequestParts<ApiState> for Caller {
         Ok(Caller {
             token_id: record.id,
             role,
+            user: None,
         })
     }
 }
@@ -343,8 +350,10 @@ pub(crate) async fn backoff_gate(
     if let Some(wait) = backoff.refused_for(ip, Instant::now()) {
         return too_many_failures(wait);
     }
-    // Only a presented token is a guess; a request without one learns nothing.
+    // Only a presented token is a guess; a request without one learns nothing. A sign-in
+    // form sent to the dashboard (`POST /login`) is a guess of a password or token.
     let presented = req.headers().contains_key(header::AUTHORIZATION)
+        || (req.method() == axum::http::Method::POST && req.uri().path() == "/login")
         || req
             .uri()
             .query()

@@ -43,7 +43,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use auth::{Caller, Role};
-use error::{ApiError, JsonObject};
+pub(crate) use error::ApiError;
+use error::JsonObject;
 
 use crate::sessions::Sessions;
 use crate::store::{DeviceRecord, Store};
@@ -117,6 +118,7 @@ pub(crate) fn router(state: ApiState) -> Router {
         .merge(terminal::routes())
         .merge(logs::routes())
         .merge(releases::routes())
+        .merge(crate::dashboard::routes())
         .fallback(|| async { ApiError::not_found("no such endpoint; see /openapi.json") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -171,6 +173,8 @@ pub(crate) async fn serve(
     shutdown: CancellationToken,
 ) {
     let backoff = Arc::new(auth::AuthBackoff::new(backoff));
+    // The dashboard marks its session cookie `Secure` when the browser reached it by HTTPS.
+    let secure = crate::dashboard::Secure(limits.tls.is_some());
     let app = router(state).layer(axum::middleware::from_fn_with_state(
         backoff,
         auth::backoff_gate,
@@ -182,6 +186,7 @@ pub(crate) async fn serve(
             // that asks for `ConnectInfo`).
             req.extensions_mut()
                 .insert(axum::extract::ConnectInfo(peer));
+            req.extensions_mut().insert(secure);
             // `Router` is always ready; `call` on a clone needs no `poll_ready`.
             tower_service::Service::call(&mut app.clone(), req)
         })
@@ -207,6 +212,51 @@ async fn metrics(
         body,
     )
         .into_response())
+}
+
+/// Queues an action for the dashboard through the API's own handler: the same checks
+/// (role, action name, TTL, device), audit entry and wake-up as `POST
+/// /v1/devices/{uuid}/actions`.
+pub(crate) async fn queue_action(
+    st: ApiState,
+    caller: Caller,
+    uuid: DeviceUuid,
+    body: NewAction,
+) -> Result<Action, ApiError> {
+    let (_, Json(a)) =
+        create_action(caller, State(st), DeviceParam(uuid), Ok(JsonObject(body))).await?;
+    Ok(a)
+}
+
+/// Switches a device's public URL for the dashboard through the API's own handler (as
+/// `PUT /v1/devices/{uuid}/public-url`).
+pub(crate) async fn switch_public_url(
+    st: ApiState,
+    caller: Caller,
+    uuid: DeviceUuid,
+    enabled: bool,
+) -> Result<(), ApiError> {
+    set_device_public_url(
+        caller,
+        State(st),
+        DeviceParam(uuid),
+        Ok(JsonObject(Switch { enabled })),
+    )
+    .await
+    .map(drop)
+}
+
+/// Replaces a device's tags for the dashboard through the API's own handler (as `PUT
+/// /v1/devices/{uuid}/tags`).
+pub(crate) async fn replace_tags(
+    st: ApiState,
+    caller: Caller,
+    uuid: DeviceUuid,
+    tags: Tags,
+) -> Result<(), ApiError> {
+    put_tags(caller, State(st), DeviceParam(uuid), Ok(JsonObject(tags)))
+        .await
+        .map(drop)
 }
 
 /// The `{uuid}` path parameter, parsed (400 `invalid_uuid` when malformed).

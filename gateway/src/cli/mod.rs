@@ -28,6 +28,7 @@ mod rollout;
 mod serve;
 mod support;
 mod tokens;
+mod users;
 
 #[cfg(feature = "bundle-create")]
 use bundles::BundleCommand;
@@ -40,6 +41,7 @@ use releases::ReleaseCommand;
 use serve::ServeArgs;
 use support::SupportCommand;
 use tokens::TokenCommand;
+use users::UserCommand;
 
 /// Gateway for fleets of devices behind NAT: devices dial in over one mutually
 /// authenticated QUIC tunnel each, and their web UIs are served at
@@ -91,6 +93,10 @@ enum Command {
     /// itself, every use audited (docs/support.md).
     #[command(subcommand)]
     Support(SupportCommand),
+    /// Manage dashboard users (offline, in the data dir or database): `user add NAME
+    /// --role R`, `user list`, `user remove NAME`.
+    #[command(subcommand)]
+    User(UserCommand),
     /// Manage fleet provisioning keys (via the management API).
     #[command(subcommand)]
     Key(KeyCommand),
@@ -257,6 +263,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Key(cmd) => keys::run(cmd).await?,
         Command::Token(cmd) => tokens::run(cmd).await?,
         Command::Support(cmd) => support::run(cmd).await?,
+        Command::User(cmd) => users::run(cmd).await?,
         Command::Serve(args) => {
             // Before binding: every visitor and API connection costs a file descriptor.
             transport::net::raise_fd_limit();

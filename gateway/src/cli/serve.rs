@@ -151,7 +151,8 @@ pub(super) struct ServeArgs {
     /// (1ms..=1d). [default: 60s]
     #[arg(long, value_parser = duration_within(bounds::CONNECTION_IDLE_TIMEOUT))]
     connection_idle_timeout: Option<std::time::Duration>,
-    /// Failed API token checks from one address before it gets 429 for a while (0: off).
+    /// Failed API token checks (and dashboard sign-ins) from one address before it gets 429
+    /// for a while (0: off).
     /// [default: 10]
     #[arg(long)]
     auth_failures_before_backoff: Option<u32>,

@@ -126,6 +126,10 @@ const MIGRATIONS: &[Migration] = &[
         postgres: None,
     },
     Migration {
+        sqlite: include_str!("migrations/0013_dashboard_users_and_sessions.sql"),
+        postgres: None,
+    },
+    Migration {
         sqlite: include_str!("migrations/0014_support_grants_tokens_that_expire_and_reac.sql"),
         postgres: None,
     },
@@ -150,6 +154,7 @@ mod actions;
 mod audit;
 #[cfg(test)]
 mod concurrency_tests;
+mod device_pages;
 mod devices;
 mod fleets;
 mod keys;
@@ -161,9 +166,11 @@ mod releases;
 #[doc(hidden)]
 pub mod test_pg;
 mod tokens;
+mod users;
 
 pub use actions::ActionRecord;
 pub use audit::AuditRecord;
+pub use device_pages::{DeviceListFilter, DeviceListRow};
 pub use devices::DeviceRecord;
 pub use fleets::{FleetDeletion, FleetRecord};
 pub use keys::{KeyRecord, Refusal};
@@ -172,6 +179,7 @@ pub use nodes::{NodeRecord, Route};
 pub use notify::{Wake, WakeListener, WAKE_CHANNEL};
 pub use releases::{ReleaseRecord, TargetSource};
 pub use tokens::{TokenRecord, TokenScope};
+pub use users::{DashboardSession, Principal, UserRecord};
 
 /// Current time as milliseconds since the Unix epoch (log timestamps).
 pub fn now_ms() -> i64 {

@@ -1,0 +1,175 @@
+//! `gateway user ...`: dashboard users, managed offline in the data dir (or the
+//! PostgreSQL database), like `gateway token create`; works beside a running `serve`.
+
+use std::io::{BufRead, IsTerminal, Write};
+
+use super::*;
+
+/// Shortest password `user add` accepts.
+const MIN_PASSWORD: usize = 8;
+
+#[derive(Subcommand)]
+pub(super) enum UserCommand {
+    /// Add a dashboard user. The password comes from --password-file, else from stdin
+    /// (its first line), else it is asked for when stdin is a terminal.
+    Add {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// The user's name (letters, digits, `.`, `_`, `-`, `@`; at most 64).
+        name: String,
+        /// viewer (read), operator (act on devices) or admin (everything).
+        #[arg(long)]
+        role: String,
+        /// A file whose first line is the password.
+        #[arg(long)]
+        password_file: Option<PathBuf>,
+    },
+    /// List dashboard users (never their password hashes).
+    List {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Remove a dashboard user; their dashboard sessions end at once.
+    Remove {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// The user's name.
+        name: String,
+    },
+}
+
+pub(super) async fn run(cmd: UserCommand) -> anyhow::Result<()> {
+    let cli_actor = format!(
+        "cli:{}",
+        std::env::var("USER").unwrap_or_else(|_| "unknown".into())
+    );
+    match cmd {
+        UserCommand::Add {
+            store,
+            name,
+            role,
+            password_file,
+        } => {
+            valid_user_name(&name)?;
+            let role = Role::parse(&role).with_context(|| {
+                format!("--role must be viewer, operator or admin, not {role:?}")
+            })?;
+            let password = read_password(password_file.as_deref())?;
+            if password.chars().count() < MIN_PASSWORD {
+                anyhow::bail!("the password must be at least {MIN_PASSWORD} characters long");
+            }
+            let hash = crate::dashboard::hash_password(&password)
+                .map_err(|e| anyhow::anyhow!("cannot hash the password: {e}"))?;
+            let (_, db) =
+                crate::datadir::open_existing_in(&store.data_dir, store.database()).await?;
+            let added = db.create_user(&name, role.as_str(), &hash).await?;
+            if added {
+                db.audit(
+                    &cli_actor,
+                    "user.add",
+                    &name,
+                    &serde_json::json!({"role": role.as_str()}).to_string(),
+                )
+                .await?;
+            }
+            db.close().await;
+            if !added {
+                anyhow::bail!("user {name:?} exists already (remove it first to change it)");
+            }
+            println!("user {name} ({}) added", role.as_str());
+        }
+        UserCommand::List { store } => {
+            let (_, db) =
+                crate::datadir::open_existing_in(&store.data_dir, store.database()).await?;
+            let users = db.users().await?;
+            db.close().await;
+            let mut table = Table::new(["NAME", "ROLE", "CREATED", "LAST SIGN-IN"]);
+            for u in users {
+                table.row([
+                    u.name,
+                    u.role,
+                    ago(u.created_at),
+                    u.last_login.map(ago).unwrap_or_else(|| "never".into()),
+                ]);
+            }
+            table.print();
+        }
+        UserCommand::Remove { store, name } => {
+            let (_, db) =
+                crate::datadir::open_existing_in(&store.data_dir, store.database()).await?;
+            let removed = db.remove_user(&name).await?;
+            if removed {
+                db.audit(&cli_actor, "user.remove", &name, "{}").await?;
+            }
+            db.close().await;
+            if !removed {
+                anyhow::bail!("there is no user {name:?}");
+            }
+            println!("user {name} removed");
+        }
+    }
+    Ok(())
+}
+
+fn valid_user_name(name: &str) -> anyhow::Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '@'));
+    if !ok {
+        anyhow::bail!(
+            "user name {name:?} is not valid: 1 to 64 of letters, digits, `.`, `_`, `-` and `@`"
+        );
+    }
+    Ok(())
+}
+
+/// The password: the first line of `file`, else of stdin; asked for twice, without echo,
+/// when stdin is a terminal.
+fn read_password(file: Option<&std::path::Path>) -> anyhow::Result<String> {
+    if let Some(f) = file {
+        let text = std::fs::read_to_string(f)
+            .with_context(|| format!("cannot read --password-file {}", f.display()))?;
+        return Ok(first_line(&text));
+    }
+    let stdin = std::io::stdin();
+    if !stdin.is_terminal() {
+        let mut line = String::new();
+        stdin
+            .lock()
+            .read_line(&mut line)
+            .context("cannot read the password from stdin")?;
+        return Ok(first_line(&line));
+    }
+    let first = prompt("Password: ")?;
+    let again = prompt("Again: ")?;
+    if first != again {
+        anyhow::bail!("the two passwords differ");
+    }
+    Ok(first)
+}
+
+fn first_line(text: &str) -> String {
+    text.lines().next().unwrap_or("").to_string()
+}
+
+/// Reads one line from the terminal on stdin with echo off (restored afterwards).
+fn prompt(label: &str) -> anyhow::Result<String> {
+    use std::os::fd::AsFd;
+    let stdin = std::io::stdin();
+    let fd = stdin.as_fd();
+    eprint!("{label}");
+    std::io::stderr().flush().ok();
+    let saved = rustix::termios::tcgetattr(fd).context("cannot read the terminal's settings")?;
+    let mut quiet = saved.clone();
+    quiet.local_modes.remove(rustix::termios::LocalModes::ECHO);
+    rustix::termios::tcsetattr(fd, rustix::termios::OptionalActions::Flush, &quiet)
+        .context("cannot turn off echo")?;
+    let mut line = String::new();
+    let read = stdin.lock().read_line(&mut line);
+    let _ = rustix::termios::tcsetattr(fd, rustix::termios::OptionalActions::Now, &saved);
+    eprintln!();
+    read.context("cannot read the password")?;
+    Ok(first_line(&line))
+}
