@@ -1,7 +1,7 @@
 //! The dashboard end to end: a real gateway and agents, users made with the `gateway user`
 //! CLI, hyper as the browser where headers and cookies are asserted, and headless Chromium
 //! over WebDriver for what a person sees (sign-in, live presence, filters, blink, the
-//! screenshots in docs/dashboard/).
+//! screenshots, kept in docs/dashboard/ when run with `DASHBOARD_SCREENSHOTS=docs`).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -164,8 +164,17 @@ impl Device {
     }
 }
 
+/// Where the screenshots go: `docs/dashboard/` when `DASHBOARD_SCREENSHOTS=docs` (to
+/// refresh the ones in the docs), else a temporary folder, so that a test run leaves the
+/// checkout as it was.
 fn docs_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/dashboard")
+    let dir = if std::env::var("DASHBOARD_SCREENSHOTS").as_deref() == Ok("docs") {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/dashboard")
+    } else {
+        std::env::temp_dir().join(format!("dashboard-screenshots-{}", std::process::id()))
+    };
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
