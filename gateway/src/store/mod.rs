@@ -125,6 +125,10 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("migrations/0011_gateway_nodes_and_which_node_holds_each.sql"),
         postgres: None,
     },
+    Migration {
+        sqlite: include_str!("migrations/0012_public_url_access_modes.sql"),
+        postgres: None,
+    },
 ];
 
 /// Handle to the database; cheap to clone.
@@ -142,6 +146,7 @@ const QUERY_BUCKETS: &[f64] = &[
     10.0,
 ];
 
+mod access;
 mod actions;
 mod audit;
 #[cfg(test)]
@@ -158,6 +163,7 @@ mod releases;
 pub mod test_pg;
 mod tokens;
 
+pub use access::{AccessRecord, AccessScope, EffectiveAccess};
 pub use actions::ActionRecord;
 pub use audit::AuditRecord;
 pub use devices::DeviceRecord;
