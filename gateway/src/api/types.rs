@@ -620,6 +620,61 @@ pub struct TerminalQuery {
 }
 
 // ---------------------------------------------------------------------------------------
+// Access to public URLs
+
+/// `PUT /v1/devices/{uuid}/access` and `PUT /v1/fleets/{name}/access`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AccessSettings {
+    /// `public`, `basic` or `link`; for a device also `inherit` (follow its fleet again).
+    /// `login` is reserved and refused for now.
+    pub mode: String,
+    /// `basic`: the user name (no `:`).
+    #[serde(default)]
+    pub user: Option<String>,
+    /// `basic`: the password, stored hashed and never shown.
+    #[serde(default)]
+    pub password: Option<String>,
+    /// Client addresses allowed (`10.0.0.0/8`, `2001:db8::/32`, `::1`), checked before
+    /// the mode; empty: any address.
+    #[serde(default)]
+    pub allow: Vec<String>,
+}
+
+/// The access setting of a device's public URL (the one in force) or of a fleet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Access {
+    /// `public`, `basic` or `link`.
+    pub mode: String,
+    /// Where it comes from: `device` (its own), `fleet` (its fleet's default) or
+    /// `default` (nobody set one: public).
+    pub source: String,
+    /// The fleet whose default it is, when `source` is `fleet`.
+    pub fleet: Option<String>,
+    /// `basic`'s user name (the password is never shown).
+    pub user: Option<String>,
+    /// Allowed client addresses; empty: any.
+    pub allow: Vec<String>,
+}
+
+/// `POST /v1/devices/{uuid}/share-links`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewShareLink {
+    /// How long the link (and the cookie it leaves) is valid, in seconds: 1 to 31536000.
+    pub for_secs: i64,
+}
+
+/// From `POST /v1/devices/{uuid}/share-links`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct ShareLink {
+    /// `http://<uuid>.<domain>/?gw_share=<token>`.
+    pub url: String,
+    /// Unix seconds.
+    pub expires_at: i64,
+}
+
+// ---------------------------------------------------------------------------------------
 // Field helpers
 
 /// A field that is present is `Some`, even when `null` (with `#[serde(default)]` for
