@@ -205,7 +205,7 @@ fn access_from_row(r: &impl DbRow) -> Result<AccessRecord, StoreError> {
 }
 
 fn unhex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 || s.is_empty() {
+    if !s.len().is_multiple_of(2) || s.is_empty() {
         return None;
     }
     (0..s.len())
