@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use e2e_tests::procs;
 use e2e_tests::*;
 use http::{HeaderMap, StatusCode};
 use http_body_util::BodyExt;
@@ -76,8 +77,18 @@ async fn visit(
     path: &str,
     headers: &[(&str, &str)],
 ) -> (StatusCode, HeaderMap, String) {
+    visit_at(gw.http_addr, host, path, headers).await
+}
+
+/// [`visit`] to the public listener at `addr`.
+async fn visit_at(
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (StatusCode, HeaderMap, String) {
     let mut req = http::Request::builder()
-        .uri(gw.url(path))
+        .uri(format!("http://{addr}{path}"))
         .header("host", host);
     for (k, v) in headers {
         req = req.header(*k, *v);
@@ -104,7 +115,12 @@ struct Setup {
 
 impl Setup {
     async fn new(devices: usize) -> Self {
-        let gw = TestGateway::spawn().await;
+        Self::with(devices, |_| {}).await
+    }
+
+    /// As [`Setup::new`], with the gateway's configuration adjusted by `f`.
+    async fn with(devices: usize, f: impl FnOnce(&mut gateway::ServeConfig)) -> Self {
+        let gw = TestGateway::spawn_custom(f).await;
         let (viewer, operator, admin) = tokens(&gw).await;
         let api = Api::new(&gw);
         let mut out = Vec::new();
@@ -416,6 +432,25 @@ async fn the_allow_list_is_checked_against_the_tcp_peer() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_allow_list_matches_ipv6_visitors() {
+    // A public listener on ::1: its visitors come from ::1.
+    let s = Setup::with(1, |c| c.http_listen = "[::1]:0".parse().unwrap()).await;
+    let host = s.host(0);
+    let (st, _) = s
+        .set_device(0, json!({"mode": "public", "allow": ["127.0.0.0/8"]}))
+        .await;
+    assert_eq!(st, StatusCode::OK);
+    let (st, _, _) = visit(&s.gw, &host, "/", &[]).await;
+    assert_eq!(st, StatusCode::FORBIDDEN, "::1 is not in 127.0.0.0/8");
+    let (st, _) = s
+        .set_device(0, json!({"mode": "public", "allow": ["::1/128"]}))
+        .await;
+    assert_eq!(st, StatusCode::OK);
+    let (st, _, _) = visit(&s.gw, &host, "/", &[]).await;
+    assert_eq!(st, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_fleet_default_applies_until_the_device_has_its_own() {
     let s = Setup::new(1).await;
     let host = s.host(0);
@@ -716,4 +751,135 @@ async fn the_cli_sets_modes_and_prints_share_links() {
     let (ok, out, err) = cli(&s, &["device", "access", &uuid]);
     assert!(ok, "{err}");
     assert!(out.contains("link (its own setting)"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_change_through_one_node_applies_on_every_node() {
+    use e2e_tests::cluster::{node, serving, share_ca, token_and_device};
+    let Some(url) = gateway::store::test_pg::database_url().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (data_a, data_b) = (dir.path().join("a"), dir.path().join("b"));
+    let (backend, seen) = recording_backend().await;
+    let (http_a, tunnel_a, api_a) = (free_port_tcp(), free_port_udp(), free_port_tcp());
+    let _a = node(
+        &data_a,
+        &url,
+        "a",
+        (http_a, tunnel_a, free_port_udp()),
+        Some(api_a),
+    );
+    assert!(serving(http_a).await, "node a did not start");
+    let out = dir.path().join("device.toml");
+    let (token, uuid) = token_and_device(&data_a, &url, tunnel_a, &out);
+    let host = device_host(&uuid);
+    let _agent = procs::agent(&out, backend, &[]);
+    share_ca(&data_a, &data_b);
+    let (http_b, api_b) = (free_port_tcp(), free_port_tcp());
+    let _b = node(
+        &data_b,
+        &url,
+        "b",
+        (http_b, free_port_udp(), free_port_udp()),
+        Some(api_b),
+    );
+    assert!(serving(http_b).await, "node b did not start");
+    let a: SocketAddr = format!("127.0.0.1:{http_a}").parse().unwrap();
+    let b: SocketAddr = format!("127.0.0.1:{http_b}").parse().unwrap();
+    let (api_a, api_b): (SocketAddr, SocketAddr) = (
+        format!("127.0.0.1:{api_a}").parse().unwrap(),
+        format!("127.0.0.1:{api_b}").parse().unwrap(),
+    );
+    // Both nodes serve it (b over the peer link) and have its setting (public) cached.
+    for at in [a, b] {
+        let up = eventually(Duration::from_secs(30), || {
+            let host = host.clone();
+            async move { (visit_at(at, &host, "/", &[]).await.0 == StatusCode::OK).then_some(()) }
+        })
+        .await;
+        assert!(up.is_some(), "{at} does not serve the device");
+    }
+    // Applied within 10 s: the wake-up, not the 30 s re-read.
+    let within = Duration::from_secs(10);
+    let refuses = |at: SocketAddr, want: StatusCode| {
+        let host = host.clone();
+        async move {
+            eventually(within, || {
+                let host = host.clone();
+                async move { (visit_at(at, &host, "/", &[]).await.0 == want).then_some(()) }
+            })
+            .await
+            .is_some()
+        }
+    };
+
+    // Link mode set through node b: node a (which holds the tunnel) applies it.
+    let (st, v) = procs::api_json(
+        api_b,
+        &token,
+        "PUT",
+        &format!("/v1/devices/{uuid}/access"),
+        Some(json!({"mode": "link"})),
+    )
+    .await
+    .unwrap();
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert!(
+        refuses(a, StatusCode::UNAUTHORIZED).await,
+        "node a still lets visitors in"
+    );
+    // A link made through b works on a (one secret for the cluster), and its cookie on b.
+    let (st, link) = procs::api_json(
+        api_b,
+        &token,
+        "POST",
+        &format!("/v1/devices/{uuid}/share-links"),
+        Some(json!({"for_secs": 600})),
+    )
+    .await
+    .unwrap();
+    assert_eq!(st, StatusCode::CREATED, "{link}");
+    let (st, h, _) = visit_at(a, &host, &path_of(link["url"].as_str().unwrap()), &[]).await;
+    assert_eq!(st, StatusCode::SEE_OTHER);
+    let cookie = h["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let (st, _, _) = visit_at(b, &host, "/", &[("cookie", &cookie)]).await;
+    assert_eq!(st, StatusCode::OK, "the cookie through the peer link");
+    assert!(!seen.last().1.contains_key("cookie"), "{:?}", seen.last());
+
+    // Basic set through node a: node b, which admits its own visitors, applies it.
+    let (st, _) = procs::api_json(
+        api_a,
+        &token,
+        "PUT",
+        &format!("/v1/devices/{uuid}/access"),
+        Some(json!({"mode": "basic", "user": "u", "password": "p"})),
+    )
+    .await
+    .unwrap();
+    assert_eq!(st, StatusCode::OK);
+    let challenged = eventually(within, || {
+        let host = host.clone();
+        async move {
+            let (st, h, _) = visit_at(b, &host, "/", &[]).await;
+            (st == StatusCode::UNAUTHORIZED && h.contains_key("www-authenticate")).then_some(())
+        }
+    })
+    .await;
+    assert!(challenged.is_some(), "node b does not ask for the password");
+    let (st, _, _) = visit_at(b, &host, "/", &[("cookie", &cookie)]).await;
+    assert_eq!(
+        st,
+        StatusCode::UNAUTHORIZED,
+        "the share cookie is no password"
+    );
+    let (st, _, _) = visit_at(b, &host, "/", &[("authorization", &basic("u", "p"))]).await;
+    assert_eq!(st, StatusCode::OK);
+    assert!(!seen.last().1.contains_key("authorization"));
 }

@@ -81,7 +81,7 @@ async fn record_of(body: AccessSettings, device: bool) -> Result<Option<AccessRe
                 ));
             };
             let user_ok = !user.is_empty()
-                && user.len() <= 128
+                && user.chars().count() <= 128
                 && !user.contains(':')
                 && !user.chars().any(char::is_control);
             if !user_ok {
