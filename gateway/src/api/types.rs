@@ -662,7 +662,13 @@ pub struct Access {
 #[serde(deny_unknown_fields)]
 pub struct NewShareLink {
     /// How long the link (and the cookie it leaves) is valid, in seconds: 1 to 31536000.
+    #[serde(deserialize_with = "whole_seconds")]
     pub for_secs: i64,
+}
+
+/// A required integer that may be written as a whole float, as [`whole_number`].
+fn whole_seconds<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+    whole_number(d)?.ok_or_else(|| serde::de::Error::custom("expected an integer, got null"))
 }
 
 /// From `POST /v1/devices/{uuid}/share-links`.
