@@ -113,7 +113,11 @@ pub(super) enum DeviceCommand {
         /// Device uuid.
         uuid: DeviceUuid,
         /// How long the link is valid (`90s`, `2h`, `7d`; up to a year).
-        #[arg(long = "for", value_parser = duration_within(access::SHARE_FOR))]
+        #[arg(
+            long = "for",
+            value_name = "DURATION",
+            value_parser = duration_within(access::SHARE_FOR)
+        )]
         valid_for: std::time::Duration,
     },
     /// Delete a device: its tunnel is closed now and its certificate refused from now on.
