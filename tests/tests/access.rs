@@ -291,6 +291,48 @@ async fn basic_needs_the_password_and_the_device_never_sees_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn wrong_passwords_from_one_address_are_refused_for_a_while() {
+    let s = Setup::new(1).await;
+    let host = s.host(0);
+    let (st, _) = s
+        .set_device(
+            0,
+            json!({"mode": "basic", "user": "u", "password": "right"}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK);
+    let wrong = basic("u", "wrong");
+    // Ten are answered (and verified); from then on the address is refused for a
+    // window that doubles per failure, without any argon2 work.
+    for i in 1..=10 {
+        let (st, _, _) = visit(&s.gw, &host, "/", &[("authorization", &wrong)]).await;
+        assert_eq!(st, StatusCode::UNAUTHORIZED, "attempt {i}");
+    }
+    let mut refused = None;
+    for i in 11..=15 {
+        let (st, h, _) = visit(&s.gw, &host, "/", &[("authorization", &wrong)]).await;
+        if st == StatusCode::TOO_MANY_REQUESTS {
+            refused = Some(h);
+            break;
+        }
+        assert_eq!(st, StatusCode::UNAUTHORIZED, "attempt {i}");
+    }
+    let h = refused.expect("no 429 after 15 wrong passwords");
+    assert!(h.contains_key("retry-after"), "{h:?}");
+    // Once the window is over, the right password gets in again.
+    let right = basic("u", "right");
+    let ok = eventually(Duration::from_secs(60), || {
+        let (gw, host, right) = (&s.gw, host.clone(), right.clone());
+        async move {
+            let (st, _, _) = visit(gw, &host, "/", &[("authorization", &right)]).await;
+            (st == StatusCode::OK).then_some(())
+        }
+    })
+    .await;
+    assert!(ok.is_some(), "the address stays refused");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn share_links_leave_a_cookie_for_their_device_only() {
     let s = Setup::new(2).await;
     let (a, b) = (s.host(0), s.host(1));
