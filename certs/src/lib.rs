@@ -161,6 +161,29 @@ pub fn sha256_hex(data: &[u8]) -> String {
     hex(ring::digest::digest(&ring::digest::SHA256, data).as_ref())
 }
 
+/// SHA-256 of `data`.
+pub fn sha256(data: &[u8]) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, data).as_ref());
+    out
+}
+
+/// HMAC-SHA256 of `data` keyed with `key` (signed share links and cookies of public
+/// URLs). Compare tags with [`hmac_sha256_verify`], which takes constant time.
+pub fn hmac_sha256(key: &[u8], data: &[u8]) -> [u8; 32] {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key);
+    let tag = ring::hmac::sign(&key, data);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(tag.as_ref());
+    out
+}
+
+/// Whether `tag` is the HMAC-SHA256 of `data` keyed with `key`, in constant time.
+pub fn hmac_sha256_verify(key: &[u8], data: &[u8], tag: &[u8]) -> bool {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key);
+    ring::hmac::verify(&key, data, tag).is_ok()
+}
+
 /// `n` random bytes as lowercase hex (ids, secrets, API keys).
 pub fn random_hex(n: usize) -> String {
     let mut bytes = vec![0u8; n];
@@ -195,6 +218,31 @@ pub fn random_uuid() -> DeviceUuid {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hmac_sha256_matches_rfc_4231_and_verifies() {
+        // RFC 4231 test case 2.
+        let tag = hmac_sha256(b"Jefe", b"what do ya want for nothing?");
+        assert_eq!(
+            hex(&tag),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+        assert!(hmac_sha256_verify(
+            b"Jefe",
+            b"what do ya want for nothing?",
+            &tag
+        ));
+        assert!(!hmac_sha256_verify(
+            b"Jefe",
+            b"what do ya want for nothing!",
+            &tag
+        ));
+        assert!(!hmac_sha256_verify(
+            b"Jeff",
+            b"what do ya want for nothing?",
+            &tag
+        ));
+    }
 
     #[test]
     fn ca_is_created_once_and_reloaded() {

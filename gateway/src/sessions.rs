@@ -160,6 +160,10 @@ pub struct Sessions {
     next_id: AtomicU64,
     /// Per device: how often sessions of other agent instances replaced a live one lately.
     flaps: DashMap<DeviceUuid, Flaps>,
+    /// Who may visit each device's public URL, as this node applies it: cached here
+    /// beside the public-URL switch (for devices held by other nodes too, whose visitors
+    /// this node admits), dropped by the API and by wake-ups when a setting changes.
+    pub(crate) access: crate::proxy::access::AccessCache,
     /// Devices coming online and going offline, for the dashboard's live view.
     presence: PresenceFeed,
 }

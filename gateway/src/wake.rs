@@ -2,6 +2,8 @@
 //! the others (PostgreSQL `NOTIFY`, see [`crate::store::Wake`]), and each node acts on
 //! what concerns the tunnels it holds: it delivers queued actions, re-sends targets,
 //! switches public URLs and closes the tunnels of deleted devices (`docs/cluster.md`).
+//! Every node drops its cached access settings of public URLs on `access:` and
+//! `fleet-access:`, whoever holds the tunnel (`docs/access.md`).
 //! Live log tails use the channel too (`tail:` and `logs:`, see [`crate::logs`]).
 //!
 //! The API handlers act locally first (the fast path) and then call [`tell`]; a node
@@ -181,7 +183,13 @@ async fn act(store: &Store, sessions: &Sessions, logs: &LogHub, wake: Wake) {
         Wake::Action(uuid) => {
             sessions.kick(&uuid);
         }
-        Wake::Target(uuid) => targets::retarget(sessions, uuid),
+        Wake::Target(uuid) => {
+            // Its fleet may have changed, and with it the access default it follows.
+            sessions.access.forget(&uuid);
+            targets::retarget(sessions, uuid)
+        }
+        Wake::Access(uuid) => sessions.access.forget(&uuid),
+        Wake::FleetAccess(_) => sessions.access.forget_all(),
         Wake::Fleet(fleet) => targets::retarget_fleet(store, sessions, &fleet).await,
         Wake::PublicUrl(uuid) => {
             if sessions.get(&uuid).is_none() {
@@ -207,6 +215,7 @@ async fn act(store: &Store, sessions: &Sessions, logs: &LogHub, wake: Wake) {
             Err(e) => warn!(error = %e, %fleet, "cannot read the fleet's public-URL switches"),
         },
         Wake::Deleted(uuid) => {
+            sessions.access.forget(&uuid);
             if sessions.get(&uuid).is_none() {
                 return;
             }
@@ -224,6 +233,8 @@ async fn act(store: &Store, sessions: &Sessions, logs: &LogHub, wake: Wake) {
 /// What the listener may have missed while it was away: pending actions, targets,
 /// public-URL switches and deletions of the devices routed to `node`.
 async fn catch_up(store: &Store, sessions: &Sessions, node: &str) {
+    // Access settings may have changed unheard: read again at the next visit.
+    sessions.access.forget_all();
     match store.devices_with_pending_actions(node).await {
         Ok(devices) => {
             for d in devices {

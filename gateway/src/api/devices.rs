@@ -66,6 +66,8 @@ pub(super) async fn update_device(
     if patch.fleet.is_some() {
         // A pin to the old fleet's release means nothing in the new fleet.
         st.store.pin_device(uuid, None).await?;
+        // Its public URL follows the new fleet's access default (if it has none of its own).
+        st.sessions.access.forget(&uuid);
         crate::targets::retarget(&st.sessions, uuid);
         crate::wake::tell(&st.store, crate::store::Wake::Target(uuid)).await;
     }

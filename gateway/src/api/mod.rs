@@ -6,6 +6,7 @@
 //! affect live tunnels (public URL switches, device deletion) act on the session registry
 //! at once.
 
+mod access;
 mod actions;
 mod audit;
 pub mod auth;
@@ -21,6 +22,7 @@ mod terminal;
 mod tokens;
 pub mod types;
 
+use access::*;
 use actions::*;
 use audit::*;
 use devices::*;
@@ -90,6 +92,10 @@ pub(crate) fn router(state: ApiState) -> Router {
         .route("/v1/fleets", get(list_fleets).post(create_fleet))
         .route("/v1/fleets/{name}", get(show_fleet).delete(delete_fleet))
         .route("/v1/fleets/{name}/public-url", put(set_fleet_public_url))
+        .route(
+            "/v1/fleets/{name}/access",
+            get(get_fleet_access).put(put_fleet_access),
+        )
         .route("/v1/fleets/{name}/keys", get(list_keys).post(create_key))
         .route("/v1/keys/{id}", axum::routing::delete(revoke_key))
         .route("/v1/devices", get(list_devices).post(register_device))
@@ -98,6 +104,14 @@ pub(crate) fn router(state: ApiState) -> Router {
             get(show_device).patch(update_device).delete(delete_device),
         )
         .route("/v1/devices/{uuid}/public-url", put(set_device_public_url))
+        .route(
+            "/v1/devices/{uuid}/access",
+            get(get_device_access).put(put_device_access),
+        )
+        .route(
+            "/v1/devices/{uuid}/share-links",
+            axum::routing::post(create_share_link),
+        )
         .route(
             "/v1/devices/{uuid}/actions",
             get(list_actions).post(create_action),

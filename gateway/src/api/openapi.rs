@@ -175,6 +175,10 @@ mod drift {
             Response "DeviceState" DeviceState,
             Response "LogLine" LogLine,
             Response "LogPage" LogPage,
+            Request "AccessSettings" AccessSettings,
+            Response "Access" Access,
+            Request "NewShareLink" NewShareLink,
+            Response "ShareLink" ShareLink,
         ]
     }
 

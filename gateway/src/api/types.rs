@@ -625,6 +625,67 @@ pub struct TerminalQuery {
 }
 
 // ---------------------------------------------------------------------------------------
+// Access to public URLs
+
+/// `PUT /v1/devices/{uuid}/access` and `PUT /v1/fleets/{name}/access`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AccessSettings {
+    /// `public`, `basic` or `link`; for a device also `inherit` (follow its fleet again).
+    /// `login` is reserved and refused for now.
+    pub mode: String,
+    /// `basic`: the user name (no `:`).
+    #[serde(default)]
+    pub user: Option<String>,
+    /// `basic`: the password, stored hashed and never shown.
+    #[serde(default)]
+    pub password: Option<String>,
+    /// Client addresses allowed (`10.0.0.0/8`, `2001:db8::/32`, `::1`), checked before
+    /// the mode; empty: any address.
+    #[serde(default)]
+    pub allow: Vec<String>,
+}
+
+/// The access setting of a device's public URL (the one in force) or of a fleet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Access {
+    /// `public`, `basic` or `link`.
+    pub mode: String,
+    /// Where it comes from: `device` (its own), `fleet` (its fleet's default) or
+    /// `default` (nobody set one: public).
+    pub source: String,
+    /// The fleet whose default it is, when `source` is `fleet`.
+    pub fleet: Option<String>,
+    /// `basic`'s user name (the password is never shown).
+    pub user: Option<String>,
+    /// Allowed client addresses; empty: any.
+    pub allow: Vec<String>,
+}
+
+/// `POST /v1/devices/{uuid}/share-links`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewShareLink {
+    /// How long the link (and the cookie it leaves) is valid, in seconds: 1 to 31536000.
+    #[serde(deserialize_with = "whole_seconds")]
+    pub for_secs: i64,
+}
+
+/// A required integer that may be written as a whole float, as [`whole_number`].
+fn whole_seconds<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+    whole_number(d)?.ok_or_else(|| serde::de::Error::custom("expected an integer, got null"))
+}
+
+/// From `POST /v1/devices/{uuid}/share-links`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct ShareLink {
+    /// `http://<uuid>.<domain>/?gw_share=<token>`.
+    pub url: String,
+    /// Unix seconds.
+    pub expires_at: i64,
+}
+
+// ---------------------------------------------------------------------------------------
 // Field helpers
 
 /// A field that is present is `Some`, even when `null` (with `#[serde(default)]` for

@@ -94,6 +94,32 @@ pub(super) enum DeviceCommand {
         /// on or off.
         state: OnOff,
     },
+    /// Who may visit the device's public URL: `public`, `basic --user U --password-file
+    /// P`, `link` (share links, see `device share`) or `inherit` (its fleet's default),
+    /// each with an optional `--allow` list of addresses. Without MODE, shows the setting.
+    Access {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Device uuid.
+        uuid: DeviceUuid,
+        #[command(flatten)]
+        access: access::AccessArgs,
+    },
+    /// Print a signed link to the device's public URL that lets its holder in until it
+    /// expires (the device's access mode must be `link`).
+    Share {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Device uuid.
+        uuid: DeviceUuid,
+        /// How long the link is valid (`90s`, `2h`, `7d`; up to a year).
+        #[arg(
+            long = "for",
+            value_name = "DURATION",
+            value_parser = duration_within(access::SHARE_FOR)
+        )]
+        valid_for: std::time::Duration,
+    },
     /// Delete a device: its tunnel is closed now and its certificate refused from now on.
     Delete {
         #[command(flatten)]
@@ -228,6 +254,16 @@ pub(super) async fn run(cmd: DeviceCommand) -> anyhow::Result<()> {
                 )
                 .await?;
             print_device(&d);
+        }
+        DeviceCommand::Access { api, uuid, access } => {
+            access::device(&api, uuid, access).await?;
+        }
+        DeviceCommand::Share {
+            api,
+            uuid,
+            valid_for,
+        } => {
+            access::share(&api, uuid, valid_for).await?;
         }
         DeviceCommand::Delete { api, uuid } => {
             api.client().delete(&format!("/v1/devices/{uuid}")).await?;

@@ -35,6 +35,17 @@ pub(super) enum FleetCommand {
         /// Release id.
         release: Option<String>,
     },
+    /// The default access mode of the fleet's devices' public URLs (a device's own
+    /// setting wins): `public`, `basic --user U --password-file P` or `link`, each with
+    /// an optional `--allow` list of addresses. Without MODE, shows the setting.
+    Access {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Fleet name.
+        name: String,
+        #[command(flatten)]
+        access: access::AccessArgs,
+    },
     /// Switch the public URL of every device in the fleet (and the fleet's default).
     PublicUrl {
         #[command(flatten)]
@@ -94,6 +105,9 @@ pub(super) async fn run(cmd: FleetCommand) -> anyhow::Result<()> {
         FleetCommand::Delete { api, name } => {
             api.client().delete(&format!("/v1/fleets/{name}")).await?;
             println!("fleet {name} deleted");
+        }
+        FleetCommand::Access { api, name, access } => {
+            access::fleet(&api, &name, access).await?;
         }
         FleetCommand::PublicUrl { api, name, state } => {
             let v: types::FleetSwitched = api

@@ -15,6 +15,7 @@ use http::Method;
 use protocol::DeviceUuid;
 use tokio_util::sync::CancellationToken;
 
+mod access;
 #[cfg(feature = "bundle-create")]
 mod bundles;
 mod device;

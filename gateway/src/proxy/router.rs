@@ -191,6 +191,16 @@ impl Router {
         };
 
         let mut req = req;
+        // Who may visit (allow-list, Basic, share links): from the cache, no database
+        // round trip per request. The gateway's own credentials leave the request here.
+        if let Some(answer) = self
+            .sessions
+            .access
+            .admit(&self.store, uuid, peer.ip(), scheme, &mut req)
+            .await
+        {
+            return answer;
+        }
         let upgrade = is_upgrade(req.headers());
         let visitor_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         // Error pages only need to know whether the visitor accepts HTML.

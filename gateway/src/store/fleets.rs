@@ -184,6 +184,11 @@ impl Store {
                 .execute(&mut *c)
                 .await?
                 .rows_affected();
+            // Its access default too: a new fleet of the same name starts public.
+            sqlx::query("DELETE FROM public_access WHERE scope = 'fleet' AND owner = $1")
+                .bind(name)
+                .execute(&mut *c)
+                .await?;
             sqlx::query("DELETE FROM fleets WHERE name = $1")
                 .bind(name)
                 .execute(&mut *c)

@@ -126,6 +126,10 @@ const MIGRATIONS: &[Migration] = &[
         postgres: None,
     },
     Migration {
+        sqlite: include_str!("migrations/0012_public_url_access_modes.sql"),
+        postgres: None,
+    },
+    Migration {
         sqlite: include_str!("migrations/0013_dashboard_users_and_sessions.sql"),
         postgres: None,
     },
@@ -150,6 +154,7 @@ const QUERY_BUCKETS: &[f64] = &[
     10.0,
 ];
 
+mod access;
 mod actions;
 mod audit;
 #[cfg(test)]
@@ -168,6 +173,7 @@ pub mod test_pg;
 mod tokens;
 mod users;
 
+pub use access::{AccessRecord, AccessScope, EffectiveAccess};
 pub use actions::ActionRecord;
 pub use audit::AuditRecord;
 pub use device_pages::{DeviceListFilter, DeviceListRow};

@@ -41,6 +41,11 @@ pub enum Wake {
     PublicUrl(DeviceUuid),
     /// The public URLs of the fleet's devices were switched (`fleet-url:<name>`).
     FleetPublicUrl(String),
+    /// Who may visit the device's public URL changed (`access:<uuid>`): every node drops
+    /// its cached setting (visitors are admitted by the node they reach).
+    Access(DeviceUuid),
+    /// The fleet's default access setting changed (`fleet-access:<name>`).
+    FleetAccess(String),
     /// The device was deleted (`deleted:<uuid>`): close its tunnel, once the database
     /// confirms it.
     Deleted(DeviceUuid),
@@ -78,6 +83,8 @@ impl Wake {
             "fleet" => Wake::Fleet(name()?),
             "url" => Wake::PublicUrl(uuid()?),
             "fleet-url" => Wake::FleetPublicUrl(name()?),
+            "access" => Wake::Access(uuid()?),
+            "fleet-access" => Wake::FleetAccess(name()?),
             "deleted" => Wake::Deleted(uuid()?),
             "tail" => {
                 let (device, node) = rest.split_once(':')?;
@@ -114,6 +121,8 @@ impl fmt::Display for Wake {
             Wake::Fleet(n) => write!(f, "fleet:{n}"),
             Wake::PublicUrl(u) => write!(f, "url:{u}"),
             Wake::FleetPublicUrl(n) => write!(f, "fleet-url:{n}"),
+            Wake::Access(u) => write!(f, "access:{u}"),
+            Wake::FleetAccess(n) => write!(f, "fleet-access:{n}"),
             Wake::Deleted(u) => write!(f, "deleted:{u}"),
             Wake::Tail { device, node } => write!(f, "tail:{device}:{node}"),
             Wake::Logs(u) => write!(f, "logs:{u}"),
@@ -229,6 +238,8 @@ mod tests {
             Wake::Fleet("with:colon".into()),
             Wake::PublicUrl(uuid()),
             Wake::FleetPublicUrl("kiosks".into()),
+            Wake::Access(uuid()),
+            Wake::FleetAccess("kiosks".into()),
             Wake::Deleted(uuid()),
             Wake::Tail {
                 device: uuid(),
