@@ -112,3 +112,146 @@ pub fn psql_value(url: &str, sql: &str) -> String {
     assert!(o.status.success(), "psql {sql:?}: {o:?}");
     String::from_utf8(o.stdout).unwrap().trim().to_string()
 }
+
+/// One node's place: data dir, id and ports (public HTTP, tunnel, peer link, API).
+pub struct NodeSpec {
+    pub data: std::path::PathBuf,
+    pub id: String,
+    pub http: u16,
+    pub tunnel: u16,
+    pub peer: u16,
+    pub api: u16,
+}
+
+impl NodeSpec {
+    /// Fresh ports for node `id`, its data dir under `dir`.
+    pub fn new(dir: &Path, id: &str) -> Self {
+        Self {
+            data: dir.join(id),
+            id: id.to_string(),
+            http: crate::free_port_tcp(),
+            tunnel: crate::free_port_udp(),
+            peer: crate::free_port_udp(),
+            api: crate::free_port_tcp(),
+        }
+    }
+
+    /// `serve` of this node on the database at `url`.
+    pub fn start(&self, url: &str) -> ServeProc {
+        let ports = (self.http, self.tunnel, self.peer);
+        node(&self.data, url, &self.id, ports, Some(self.api))
+    }
+
+    /// The node's management API.
+    pub fn api_addr(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::from(([127, 0, 0, 1], self.api))
+    }
+}
+
+/// Starts `specs` on `url`, the first one first (it makes the fleet CA, which the others
+/// then copy); waits until each one serves.
+pub async fn start_nodes(specs: &[NodeSpec], urls: &[&str]) -> Vec<ServeProc> {
+    let mut procs = vec![specs[0].start(urls[0])];
+    assert!(
+        serving(specs[0].http).await,
+        "node {} did not start",
+        specs[0].id
+    );
+    for (s, url) in specs.iter().zip(urls).skip(1) {
+        share_ca(&specs[0].data, &s.data);
+        procs.push(s.start(url));
+    }
+    for s in &specs[1..] {
+        assert!(serving(s.http).await, "node {} did not start", s.id);
+    }
+    procs
+}
+
+/// `device add --public-url` with a gateway list (the tunnel ports of `tunnels`, in
+/// order), its file written to `out`; the new uuid.
+pub fn add_device(data: &Path, url: &str, tunnels: &[u16], out: &Path) -> String {
+    let list: Vec<String> = tunnels.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    std::fs::create_dir_all(out.parent().unwrap()).unwrap();
+    let added = offline(
+        data,
+        url,
+        &[
+            "device",
+            "add",
+            "--public-url",
+            "--gateway",
+            &list.join(","),
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    );
+    let uuid = added.lines().last().unwrap().trim().to_string();
+    assert_eq!(uuid.len(), 32, "{added}");
+    uuid
+}
+
+/// `url` with its `host:port` replaced by `127.0.0.1:port` (the database through a relay).
+pub fn via_port(url: &str, port: u16) -> String {
+    let (scheme_user, rest) = url.split_once('@').expect("postgres://user@host:port/db");
+    let (_, db) = rest.split_once('/').expect("a database name");
+    format!("{scheme_user}@127.0.0.1:{port}/{db}")
+}
+
+/// The `host:port` of the server in `url`.
+pub fn server_addr(url: &str) -> std::net::SocketAddr {
+    let rest = url.split_once('@').expect("user@").1;
+    rest.split('/').next().unwrap().parse().expect("host:port")
+}
+
+/// Whether the device answers through `http` with 200 and a page naming `name`.
+pub async fn serves(http: u16, host: &str, name: &str) -> bool {
+    matches!(try_get(http, host).await,
+        Some((s, body)) if s == http::StatusCode::OK
+            && String::from_utf8_lossy(&body).contains(name))
+}
+
+/// Waits until every `(host, name)` answers with its own page through `http`, for at most
+/// `limit` in all; the first that does not.
+pub async fn all_served(
+    devices: &[(String, String)],
+    http: u16,
+    limit: Duration,
+) -> Result<(), String> {
+    let deadline = tokio::time::Instant::now() + limit;
+    for (host, name) in devices {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let ok = eventually(left, || async {
+            serves(http, host, name).await.then_some(())
+        })
+        .await
+        .is_some();
+        if !ok {
+            let last = try_get(http, host).await.map(|(s, _)| s);
+            return Err(format!(
+                "{host} ({name}) through port {http}: last answer {last:?}"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// How many devices' routes name node `id` (psql on `url`).
+pub fn routed_to(url: &str, id: &str) -> usize {
+    psql_value(
+        url,
+        &format!("SELECT count(*) FROM device_routes WHERE node = '{id}'"),
+    )
+    .parse()
+    .unwrap()
+}
+
+/// Whether node `id`'s lease runs, by the database's clock.
+pub fn lease_runs(url: &str, id: &str) -> bool {
+    psql_value(
+        url,
+        &format!(
+            "SELECT count(*) FROM nodes WHERE id = '{id}' AND lease_until > \
+             CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)"
+        ),
+    ) == "1"
+}
