@@ -255,3 +255,133 @@ pub fn lease_runs(url: &str, id: &str) -> bool {
         ),
     ) == "1"
 }
+
+/// A device of the cluster tests: a real `edge-agent run --engine none` process with a
+/// data dir of its own, a host shell (`/bin/sh`, `DEVICE_NAME` in its environment) and a
+/// blink LED file, serving a backend page that names it. Its log (info, on stdout) goes to
+/// `agent.log` in its dir, where [`ClusterDevice::blinks`] counts the blinks it ran.
+pub struct ClusterDevice {
+    pub uuid: String,
+    pub host: String,
+    pub name: String,
+    pub dir: std::path::PathBuf,
+    pub backend: crate::Backend,
+    pub agent: crate::Proc,
+}
+
+impl ClusterDevice {
+    /// Adds device `name` (gateway list: `tunnels`, in order) through the node with data
+    /// dir `data`, and starts its agent.
+    pub async fn start(
+        data: &Path,
+        url: &str,
+        tunnels: &[u16],
+        dir: std::path::PathBuf,
+        name: &str,
+    ) -> Self {
+        let out = dir.join("device.toml");
+        let uuid = add_device(data, url, tunnels, &out);
+        let backend = crate::Backend::spawn(name).await;
+        let log = std::fs::File::create(dir.join("agent.log")).unwrap();
+        let led = dir.join("led");
+        let mut cmd = procs::agent_command(
+            &out,
+            backend.addr,
+            &["--engine", "none", "--shell", "/bin/sh"],
+        );
+        cmd.args(["--led".as_ref(), led.as_os_str()])
+            .env("RUST_LOG", "edge_agent=info")
+            .env("NO_COLOR", "1")
+            .env("DEVICE_NAME", name)
+            .stdout(log);
+        Self {
+            host: crate::device_host(&uuid),
+            uuid,
+            name: name.to_string(),
+            agent: crate::Proc::spawn(&mut cmd),
+            backend,
+            dir,
+        }
+    }
+
+    /// How many blinks the agent ran (its "blink requested" log lines).
+    pub fn blinks(&self) -> usize {
+        std::fs::read_to_string(self.dir.join("agent.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("blink requested"))
+            .count()
+    }
+
+    /// `(host, name)`, for [`all_served`].
+    pub fn page(&self) -> (String, String) {
+        (self.host.clone(), self.name.clone())
+    }
+}
+
+/// Queues a blink for `uuid` through the API at `api` and waits (30 s at most) until it
+/// has run; its final status.
+pub async fn blink_through(api: std::net::SocketAddr, token: &str, uuid: &str) -> String {
+    let path = format!("/v1/devices/{uuid}/actions");
+    let body = serde_json::json!({"action": "blink"});
+    let Some((s, v)) = procs::api_json(api, token, "POST", &path, Some(body)).await else {
+        return format!("the API at {api} did not answer");
+    };
+    if s != http::StatusCode::ACCEPTED {
+        return format!("queueing answered {s}: {v}");
+    }
+    let id = v["id"].as_str().unwrap_or_default().to_string();
+    let done = eventually(Duration::from_secs(30), || async {
+        let (_, v) = procs::api_json(api, token, "GET", &format!("/v1/actions/{id}"), None).await?;
+        let status = v["status"].as_str()?.to_string();
+        matches!(status.as_str(), "succeeded" | "failed" | "expired").then_some(status)
+    })
+    .await;
+    done.unwrap_or_else(|| format!("action {id} did not finish within 30 s"))
+}
+
+/// The stored log lines of `uuid` (up to 10,000, oldest first) through the API at `api`.
+pub async fn device_logs(
+    api: std::net::SocketAddr,
+    token: &str,
+    uuid: &str,
+) -> Option<Vec<serde_json::Value>> {
+    let path = format!("/v1/devices/{uuid}/logs?limit=10000");
+    let (s, v) = procs::api_json(api, token, "GET", &path, None).await?;
+    (s == http::StatusCode::OK).then(|| v["lines"].as_array().cloned().unwrap_or_default())
+}
+
+/// Opens the terminal WebSocket of `uuid` on the API at `api`, runs `echo` of the device's
+/// `DEVICE_NAME` and a sum, and returns what came back (10 s at most).
+pub async fn terminal_echo(api: std::net::SocketAddr, token: &str, uuid: &str) -> String {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let url = format!("ws://{api}/v1/devices/{uuid}/terminal?cols=80&rows=24");
+    let mut req = url.into_client_request().unwrap();
+    req.headers_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let connect = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio_tungstenite::connect_async(req),
+    );
+    let mut ws = match connect.await {
+        Ok(Ok((ws, _))) => ws,
+        Ok(Err(e)) => return format!("terminal refused: {e}"),
+        Err(_) => return "terminal did not open within 10 s".into(),
+    };
+    crate::terminal::type_line(&mut ws, "echo \"on-$DEVICE_NAME-$((6*7))\"; exit").await;
+    let mut out = String::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), async {
+        use futures_util::StreamExt;
+        while let Some(Ok(m)) = ws.next().await {
+            match m {
+                tokio_tungstenite::tungstenite::Message::Binary(b) => {
+                    out.push_str(&String::from_utf8_lossy(&b));
+                }
+                tokio_tungstenite::tungstenite::Message::Close(_) => break,
+                _ => {}
+            }
+        }
+    })
+    .await;
+    out
+}
