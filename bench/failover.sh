@@ -94,8 +94,25 @@ node() {  # NAME DATA HTTP TUNNEL PEER
     --peer-listen "127.0.0.1:$5" >"$TMP/$1.log" 2>&1 &
   PIDS+=("$!")
 }
-HTTP_A=$(free_port tcp); TUN_A=$(free_port both); PEER_A=$(free_port both)
-HTTP_B=$(free_port tcp); TUN_B=$(free_port both); PEER_B=$(free_port both)
+# Node b starts after the swarm's COUNT UDP sockets took their ephemeral ports: its ports
+# come from below the kernel's ephemeral range, so that none of them is taken by then.
+low_port() {
+  python3 - <<'EOF'
+import random, socket, sys
+lo = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+for _ in range(500):
+    port = random.randrange(10000, max(10001, lo))
+    try:
+        for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+            s = socket.socket(socket.AF_INET, kind); s.bind(("127.0.0.1", port)); s.close()
+    except OSError:
+        continue
+    print(port); sys.exit(0)
+sys.exit("no free port below the ephemeral range")
+EOF
+}
+HTTP_A=$(low_port); TUN_A=$(low_port); PEER_A=$(low_port)
+HTTP_B=$(low_port); TUN_B=$(low_port); PEER_B=$(low_port)
 node a "$TMP/a" "$HTTP_A" "$TUN_A" "$PEER_A"
 A_PID=$!
 for _ in $(seq 1 100); do [[ -s "$TMP/a/ca.key" ]] && break; sleep 0.1; done
