@@ -12,6 +12,13 @@
 //! while holding: the agents connected right now, those whose first connection has ended
 //! (a gateway restart is noticed one agent at a time), and those connected again since.
 //!
+//! `SWARM_DATABASE=postgres://…` registers the devices in that database instead of the
+//! data dir's SQLite file (a cluster's nodes share it; the data dir still holds the fleet
+//! CA). `SWARM_PUBLIC_URL=1` turns each device's public URL on, and `SWARM_TARGET=HOST:PORT`
+//! is where the agents send it (default `127.0.0.1:80`). `GATEWAY_ADDR` may be a comma
+//! list of nodes, tried in order as a device file's `gateway` is. `bench/failover.sh`
+//! uses these.
+//!
 //! `SWARM_TRANSPORT` is the agents' transport (`edge_agent::dial::TransportMode`), default
 //! `quic`. With `tcp` the agents dial TLS over TCP on the same `host:port` as
 //! `GATEWAY_ADDR` (the gateway's `--tunnel-tcp-listen` default).
@@ -40,13 +47,17 @@ async fn main() -> anyhow::Result<()> {
         .parse()
         .map_err(|e| anyhow::anyhow!("SWARM_TRANSPORT: {e}"))?;
 
+    let database = std::env::var("SWARM_DATABASE").ok();
+    let public_url = std::env::var("SWARM_PUBLIC_URL").is_ok_and(|v| v == "1");
+    let target = std::env::var("SWARM_TARGET").ok();
+
     let ca = certs::Ca::load_or_create(&data_dir)?;
-    let store = gateway::store::Store::open(&data_dir).await?;
+    let store = gateway::store::Store::open_database(database.as_deref(), &data_dir).await?;
     let t0 = Instant::now();
     let mut configs = Vec::with_capacity(count);
     for _ in 0..count {
         let uuid = certs::random_uuid();
-        store.add_device(uuid, false).await?;
+        store.add_device(uuid, public_url).await?;
         let id = ca.issue_device(uuid)?;
         configs.push(AgentConfig {
             uuid: uuid.to_string(),
@@ -66,13 +77,16 @@ async fn main() -> anyhow::Result<()> {
     eprintln!("connecting {count} agents over {mode} to {gateway}");
     let mut states = Vec::with_capacity(count);
     for cfg in configs {
-        let options = AgentOptions {
+        let mut options = AgentOptions {
             route: Route {
                 mode,
                 ..Route::default()
             },
             ..AgentOptions::default()
         };
+        if let Some(t) = &target {
+            options.target.clone_from(t);
+        }
         let agent = Agent::new(cfg, options)?;
         states.push(agent.state());
         tokio::spawn(agent.run(shutdown.clone()));

@@ -75,13 +75,22 @@ impl Node {
     ) {
         let every = ttl / 4;
         let mut last_ok = Instant::now();
+        // The lease's own connection (PostgreSQL), so that a pool busy with a reconnection
+        // herd never delays a renewal (`Store::renew_lease_on`).
+        let mut own = None;
         loop {
             // Bounded: a database that stopped answering must not hold the loop past the
-            // moment to fence (the pool would wait 30 s for a connection).
-            let renewed =
-                tokio::time::timeout(every, store.renew_lease(&self.id, self.peer_addr(), ttl))
-                    .await
-                    .unwrap_or_else(|_| Err(StoreError::Timeout(every)));
+            // moment to fence (a silent network cut leaves a query waiting forever).
+            let renewed = tokio::time::timeout(
+                every,
+                store.renew_lease_on(&mut own, &self.id, self.peer_addr(), ttl),
+            )
+            .await
+            .unwrap_or_else(|_| {
+                // Abandoned half way: the connection's state is unknown.
+                own = None;
+                Err(StoreError::Timeout(every))
+            });
             match renewed {
                 Ok(_) => {
                     last_ok = Instant::now();
@@ -89,19 +98,27 @@ impl Node {
                         info!(node = %self.id, "database lease renewed again; taking tunnels");
                     }
                     // Actions queued through another node: that node could only store
-                    // them; the holder of the tunnel delivers them.
-                    match store.devices_with_pending_actions(&self.id).await {
-                        Ok(devices) => {
+                    // them; the holder of the tunnel delivers them. Both queries run on
+                    // the pool, bounded like the renewal so that a busy pool cannot hold
+                    // up the next renewal; a round skipped is done again the next time.
+                    match tokio::time::timeout(every, store.devices_with_pending_actions(&self.id))
+                        .await
+                    {
+                        Ok(Ok(devices)) => {
                             for d in devices {
                                 sessions.kick(&d);
                             }
                         }
-                        Err(e) => warn!(error = %e, "cannot look for queued actions"),
+                        Ok(Err(e)) => warn!(error = %e, "cannot look for queued actions"),
+                        Err(_) => warn!("no answer within {every:?} looking for queued actions"),
                     }
-                    match store.sweep_dead_nodes(FORGET_DEAD_AFTER).await {
-                        Ok(0) => {}
-                        Ok(n) => info!(routes = n, "cleared the routes of dead gateway nodes"),
-                        Err(e) => warn!(error = %e, "cannot clear dead nodes' routes"),
+                    match tokio::time::timeout(every, store.sweep_dead_nodes(FORGET_DEAD_AFTER))
+                        .await
+                    {
+                        Ok(Ok(0)) => {}
+                        Ok(Ok(n)) => info!(routes = n, "cleared the routes of dead gateway nodes"),
+                        Ok(Err(e)) => warn!(error = %e, "cannot clear dead nodes' routes"),
+                        Err(_) => warn!("no answer within {every:?} clearing dead nodes' routes"),
                     }
                 }
                 Err(e) if last_ok.elapsed() >= ttl => {

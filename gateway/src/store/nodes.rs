@@ -50,6 +50,22 @@ fn now_sql(store: &Store) -> &'static str {
     }
 }
 
+/// A lease's length in milliseconds, as the SQL binds it.
+fn ttl_ms(ttl: Duration) -> i64 {
+    i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX / 2)
+}
+
+/// The upsert that takes or renews a lease: `$1` node, `$2` peer address, `$3` length in
+/// milliseconds; returns the expiry.
+fn renew_sql(store: &Store) -> String {
+    let now = now_sql(store);
+    format!(
+        "INSERT INTO nodes (id, peer_addr, started_at, lease_until) VALUES ($1, $2, {now}, {now} + $3) \
+         ON CONFLICT (id) DO UPDATE SET peer_addr = excluded.peer_addr, lease_until = excluded.lease_until \
+         RETURNING lease_until"
+    )
+}
+
 impl Store {
     /// The database's clock, unix milliseconds.
     pub async fn db_now_ms(&self) -> Result<i64, StoreError> {
@@ -68,22 +84,59 @@ impl Store {
         peer_addr: Option<&str>,
         ttl: Duration,
     ) -> Result<i64, StoreError> {
-        let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX / 2);
-        let now = now_sql(self);
-        let q = format!(
-            "INSERT INTO nodes (id, peer_addr, started_at, lease_until) VALUES ($1, $2, {now}, {now} + $3) \
-             ON CONFLICT (id) DO UPDATE SET peer_addr = excluded.peer_addr, lease_until = excluded.lease_until \
-             RETURNING lease_until"
-        );
+        let q = renew_sql(self);
         on_write!(self, |p| {
             let r = sqlx::query(&q)
                 .bind(node)
                 .bind(peer_addr)
-                .bind(ttl_ms)
+                .bind(ttl_ms(ttl))
                 .fetch_one(p)
                 .await?;
             Ok(r.at(0)?)
         })
+    }
+
+    /// As [`Store::renew_lease`], on PostgreSQL over `own`, a connection of the lease's
+    /// own outside the pool (opened here when `None`, and dropped again when the renewal
+    /// fails). A pool busy with a reconnection herd (thousands of connects, each waiting
+    /// its turn for one of the pool's connections) must not hold the renewal up past the
+    /// lease: the node would fence itself, closing every tunnel and starting the herd
+    /// again, while the database answers fine. The caller drops `own` too when it
+    /// abandons a renewal half way (the connection's state is then unknown). On SQLite,
+    /// where one node takes no lease anyone else reads, this is `renew_lease`.
+    pub async fn renew_lease_on(
+        &self,
+        own: &mut Option<sqlx::PgConnection>,
+        node: &str,
+        peer_addr: Option<&str>,
+        ttl: Duration,
+    ) -> Result<i64, StoreError> {
+        let Pool::Postgres(pool) = &self.pool else {
+            return self.renew_lease(node, peer_addr, ttl).await;
+        };
+        let conn = match own {
+            Some(c) => c,
+            None => {
+                use sqlx::Connection;
+                own.insert(sqlx::PgConnection::connect_with(&pool.connect_options()).await?)
+            }
+        };
+        let q = renew_sql(self);
+        let started = std::time::Instant::now();
+        let r = sqlx::query(&q)
+            .bind(node)
+            .bind(peer_addr)
+            .bind(ttl_ms(ttl))
+            .fetch_one(&mut *conn)
+            .await;
+        self.query_times.observe(started.elapsed());
+        match r {
+            Ok(r) => Ok(r.at(0)?),
+            Err(e) => {
+                *own = None;
+                Err(e.into())
+            }
+        }
     }
 
     /// Gives up `node`'s lease (a clean shutdown), clearing the routes it held and marking
@@ -285,6 +338,45 @@ mod tests {
 
     fn uuid(n: u8) -> DeviceUuid {
         format!("{n:032x}").parse().unwrap()
+    }
+
+    /// A reconnection herd holds every pooled connection (each connect waits its turn):
+    /// the lease is still renewed at once, on its own connection. On the pool, as before,
+    /// this renewal waited for the pool's acquire timeout (10 s) and the node fenced
+    /// itself.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lease_is_renewed_while_every_pooled_connection_is_busy() {
+        let Some(store) = crate::store::test_pg::store().await else {
+            return;
+        };
+        let Pool::Postgres(pool) = &store.pool else {
+            unreachable!("test_pg::store is on PostgreSQL")
+        };
+        let max = pool.options().get_max_connections() as usize;
+        let mut held = Vec::new();
+        while held.len() < max {
+            held.push(pool.acquire().await.unwrap());
+        }
+        let waits = tokio::time::timeout(Duration::from_millis(500), pool.acquire()).await;
+        assert!(waits.is_err(), "the pool still had a connection to give");
+
+        let mut own = None;
+        let ttl = Duration::from_secs(10);
+        for _ in 0..3 {
+            let renewed = tokio::time::timeout(
+                Duration::from_secs(2),
+                store.renew_lease_on(&mut own, "n", Some("10.0.0.1:7000"), ttl),
+            )
+            .await
+            .expect("the renewal waited for the busy pool")
+            .unwrap();
+            assert!(renewed > now_ms(), "{renewed}");
+            assert!(own.is_some(), "no connection of the lease's own is kept");
+        }
+        drop(held);
+        let live = store.live_nodes().await.unwrap();
+        assert_eq!(live.len(), 1);
+        assert_eq!(live[0].peer_addr.as_deref(), Some("10.0.0.1:7000"));
     }
 
     both_backends! {
