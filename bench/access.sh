@@ -36,27 +36,9 @@ source "$REPO/bench/lib.sh"
 log() { echo "access: $*" >&2; }
 ulimit -n 65536 2>/dev/null || true
 
-NGINX_PORT=$(free_port tcp)
-mkdir -p "$TMP/www" "$TMP/nginx"
+mkdir -p "$TMP/www"
 head -c 1024 /dev/urandom | base64 -w0 | head -c 1024 >"$TMP/www/index.html"
-cat >"$TMP/nginx/nginx.conf" <<EOF
-worker_processes 1;
-pid $TMP/nginx/nginx.pid;
-error_log $TMP/nginx/error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  client_body_temp_path $TMP/nginx/client_body;
-  proxy_temp_path $TMP/nginx/proxy;
-  fastcgi_temp_path $TMP/nginx/fastcgi;
-  uwsgi_temp_path $TMP/nginx/uwsgi;
-  scgi_temp_path $TMP/nginx/scgi;
-  keepalive_requests 1000000;
-  server { listen 127.0.0.1:$NGINX_PORT; root $TMP/www; }
-}
-EOF
-nginx -p "$TMP/nginx" -e "$TMP/nginx/error.log" -c "$TMP/nginx/nginx.conf" -g 'daemon off;' &
-PIDS+=("$!")
+start_nginx
 
 HTTP=$(free_port tcp); TUN=$(free_port both); API=$(free_port tcp)
 RUST_LOG=warn "$BIN/gateway" serve --data-dir "$TMP/gw" --domain "$DOMAIN" \

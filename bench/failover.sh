@@ -41,51 +41,21 @@ TMP="$(mktemp -d /tmp/tunnel-failover.XXXXXX)"
 chmod 755 "$TMP"
 # shellcheck source=bench/lib.sh
 source "$REPO/bench/lib.sh"
-PG_STOP=""
-failover_cleanup() {
-  [[ -n "$PG_STOP" ]] && runuser -u postgres -- "$PGBIN/pg_ctl" -D "$TMP/pg" -m immediate stop >/dev/null 2>&1 || true
-  cleanup
-}
-trap failover_cleanup EXIT
 log() { echo "failover: $*" >&2; }
 ulimit -n 65536 2>/dev/null || true
 now() { date +%s.%N; }
 since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
 
 # --- PostgreSQL (refuses to run as root: as the postgres user, in a dir it owns)
-PGPORT=$(free_port tcp)
-mkdir -p "$TMP/pg" "$TMP/pgsock"
-chown postgres "$TMP/pg" "$TMP/pgsock"
-runuser -u postgres -- "$PGBIN/initdb" -D "$TMP/pg" -U postgres --auth=trust >"$TMP/initdb.log" 2>&1 \
-  || { cat "$TMP/initdb.log" >&2; exit 1; }
-runuser -u postgres -- "$PGBIN/pg_ctl" -D "$TMP/pg" -l "$TMP/pg/server.log" -w \
-  -o "-p $PGPORT -k $TMP/pgsock -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200" start >/dev/null
-PG_STOP=1
-URL="postgres://postgres@127.0.0.1:$PGPORT/postgres"
+start_postgres -c max_connections=200
+URL="$PG_URL"
 sql() { "$PGBIN/psql" -h 127.0.0.1 -p "$PGPORT" -U postgres -Atc "$1"; }
 routed_to() { sql "SELECT count(*) FROM device_routes WHERE node = '$1'"; }
 
 # --- nginx: every device's web UI
-NGINX_PORT=$(free_port tcp)
-mkdir -p "$TMP/www" "$TMP/nginx"
+mkdir -p "$TMP/www"
 echo "device page" >"$TMP/www/index.html"
-cat >"$TMP/nginx/nginx.conf" <<EOF
-worker_processes 1;
-pid $TMP/nginx/nginx.pid;
-error_log $TMP/nginx/error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  client_body_temp_path $TMP/nginx/client_body;
-  proxy_temp_path $TMP/nginx/proxy;
-  fastcgi_temp_path $TMP/nginx/fastcgi;
-  uwsgi_temp_path $TMP/nginx/uwsgi;
-  scgi_temp_path $TMP/nginx/scgi;
-  server { listen 127.0.0.1:$NGINX_PORT; root $TMP/www; }
-}
-EOF
-nginx -p "$TMP/nginx" -e "$TMP/nginx/error.log" -c "$TMP/nginx/nginx.conf" -g 'daemon off;' &
-PIDS+=("$!")
+start_nginx
 
 # --- two nodes, one fleet CA
 node() {  # NAME DATA HTTP TUNNEL PEER
