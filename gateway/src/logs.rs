@@ -161,7 +161,7 @@ pub(crate) async fn serve_stream(
                     wire::write_frame(&mut send, &LogsMessage::Ack { upto }.to_frame()).await?;
                     // A tail on another node reads them from the database.
                     if !lines.is_empty() && hub.followed_elsewhere(&device) {
-                        crate::wake::tell(&store, crate::store::Wake::Logs(device)).await;
+                        store.tell_nodes(crate::store::Wake::Logs(device)).await;
                     }
                 }
                 other => debug!(?other, "ignoring logs message"),

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use crate::{api, listener, logs, metrics, node, peer, proxy, tunnel, wake};
+use crate::{api, dashboard, listener, logs, metrics, node, peer, proxy, tunnel, wake};
 use crate::{Gateway, GatewayError};
 
 impl Gateway {
@@ -205,6 +205,8 @@ impl Gateway {
                 allowed_origins: Arc::new(self.cfg.allowed_origins.clone()),
                 metrics: Arc::clone(&metrics),
             },
+            // The dashboard's pages share the management listener.
+            dashboard::routes(),
             shutdown.clone(),
         ));
         let tcp = tokio::spawn(tunnel::accept_tcp_loop(

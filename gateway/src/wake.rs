@@ -40,13 +40,9 @@ pub const PING_EVERY: Duration = Duration::from_secs(15);
 const RECONNECT_FIRST: Duration = Duration::from_millis(500);
 const RECONNECT_MAX: Duration = Duration::from_secs(10);
 
-/// Tells every node of the cluster about `wake` (a no-op on SQLite). A failure is only
-/// logged: the change itself is stored; actions still arrive by the holder's poll, and a
-/// target at the device's next reconnect.
+/// Tells every node of the cluster about `wake` ([`Store::tell_nodes`]).
 pub async fn tell(store: &Store, wake: Wake) {
-    if let Err(e) = store.notify_wake(&wake).await {
-        warn!(error = %e, %wake, "cannot tell the other gateway nodes");
-    }
+    store.tell_nodes(wake).await;
 }
 
 /// Listens for wake-ups until `shutdown` and acts on them for the sessions this node

@@ -85,7 +85,15 @@ pub(crate) struct ApiState {
 type ApiResult<T> = Result<Json<T>, ApiError>;
 
 /// Builds the API router.
-pub(crate) fn router(state: ApiState) -> Router {
+/// Whether the management listener serves HTTPS (a browser session's cookie is then
+/// `Secure`). Put into each request's extensions by [`serve`].
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Secure(pub(crate) bool);
+
+/// The management router: the API's routes, then `pages` (the dashboard, which the
+/// caller passes in so that the API does not depend on it), then the API's JSON
+/// fallbacks.
+pub(crate) fn router(state: ApiState, pages: Router<ApiState>) -> Router {
     Router::new()
         .route("/openapi.json", get(|| async { Json(openapi::document()) }))
         .route("/metrics", get(metrics))
@@ -132,7 +140,7 @@ pub(crate) fn router(state: ApiState) -> Router {
         .merge(terminal::routes())
         .merge(logs::routes())
         .merge(releases::routes())
-        .merge(crate::dashboard::routes())
+        .merge(pages)
         .fallback(|| async { ApiError::not_found("no such endpoint; see /openapi.json") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -184,12 +192,13 @@ pub(crate) async fn serve(
     limits: crate::listener::ListenerConfig,
     backoff: auth::BackoffConfig,
     state: ApiState,
+    pages: Router<ApiState>,
     shutdown: CancellationToken,
 ) {
     let backoff = Arc::new(auth::AuthBackoff::new(backoff));
     // The dashboard marks its session cookie `Secure` when the browser reached it by HTTPS.
-    let secure = crate::dashboard::Secure(limits.tls.is_some());
-    let app = router(state).layer(axum::middleware::from_fn_with_state(
+    let secure = Secure(limits.tls.is_some());
+    let app = router(state, pages).layer(axum::middleware::from_fn_with_state(
         backoff,
         auth::backoff_gate,
     ));

@@ -34,10 +34,7 @@ use crate::store::StoreError;
 pub(crate) use auth::create_login_link;
 pub(crate) use auth::{hash_password, Signed};
 
-/// Whether the management listener serves HTTPS (the session cookie is then `Secure`).
-/// Put into each request's extensions by `api::serve`.
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct Secure(pub(crate) bool);
+pub(crate) use crate::api::Secure;
 
 const CSS: &str = include_str!("dashboard.css");
 const JS: &str = include_str!("dashboard.js");

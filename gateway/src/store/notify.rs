@@ -159,6 +159,15 @@ impl WakeListener {
 }
 
 impl Store {
+    /// Tells every node of the cluster about `wake` (a no-op on SQLite). A failure is only
+    /// logged: the change itself is stored; actions still arrive by the holder's poll, and
+    /// a target at the device's next reconnect.
+    pub async fn tell_nodes(&self, wake: Wake) {
+        if let Err(e) = self.notify_wake(&wake).await {
+            tracing::warn!(error = %e, %wake, "cannot tell the other gateway nodes");
+        }
+    }
+
     /// Tells every node listening on this database (this one included) about `wake`.
     /// A no-op on SQLite. Call it after the change is committed: the receiver reads it.
     pub async fn notify_wake(&self, wake: &Wake) -> Result<(), StoreError> {
