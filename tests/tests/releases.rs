@@ -486,21 +486,29 @@ async fn an_offline_bundle_applies_without_the_gateway_and_local_mode_sets_a_tar
     let mut agent = TestAgent::spawn_with(cfg, opts);
     agent.connected().await;
     let key = edge_agent::provision::api_key(&data).unwrap();
-    let out = tokio::process::Command::new("curl")
-        .args([
-            "-s",
-            "-X",
-            "POST",
-            "-H",
-            "content-type: application/json",
-            "--data-binary",
-            &target.to_string(),
-            &format!("http://{local}/v2/local/target-state?apikey={key}"),
-        ])
-        .output()
+    // The reconciler starts once the engine first answers, which can be after the agent is
+    // connected on a loaded machine: until then the local API says it runs none.
+    let post = || async {
+        let out = tokio::process::Command::new("curl")
+            .args([
+                "-s",
+                "-X",
+                "POST",
+                "-H",
+                "content-type: application/json",
+                "--data-binary",
+                &target.to_string(),
+                &format!("http://{local}/v2/local/target-state?apikey={key}"),
+            ])
+            .output()
+            .await
+            .unwrap();
+        let answer = String::from_utf8_lossy(&out.stdout).into_owned();
+        (!answer.contains("runs no reconciler")).then_some(answer)
+    };
+    let answer = eventually(Duration::from_secs(60), post)
         .await
-        .unwrap();
-    let answer = String::from_utf8_lossy(&out.stdout);
+        .expect("the agent's reconciler never started");
     assert!(answer.contains("success"), "{answer}");
     let page = eventually(Duration::from_secs(60), || async {
         let body = host_page(port).await?;
