@@ -50,7 +50,7 @@ mod shared_port;
 
 use activity::*;
 pub(crate) use limits::*;
-pub(crate) use shared_port::{demux, AcceptFrom};
+pub(crate) use shared_port::{demux, route, AcceptFrom, Route};
 
 /// Fds kept free for the gateway's own files (database, WAL, engine calls, logs) when
 /// the total connection cap is derived from the fd limit.

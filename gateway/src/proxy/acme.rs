@@ -112,7 +112,7 @@ pub(crate) async fn run(cfg: AcmeConfig, files: Arc<CertFiles>, shutdown: Cancel
                 match issued {
                     Ok(not_after) => {
                         files.reload_and_say("issued by ACME");
-                        info!(domain = %cfg.domain, expires = %humantime(not_after), "ACME: certificate issued");
+                        info!(domain = %cfg.domain, expires = %unix_secs(not_after), "ACME: certificate issued");
                         retry = RETRY_MIN;
                         continue;
                     }
@@ -159,7 +159,7 @@ fn renew_window(renew_before: Duration, lifetime: Duration) -> Duration {
     renew_before.min(lifetime / 3)
 }
 
-fn humantime(t: SystemTime) -> String {
+fn unix_secs(t: SystemTime) -> String {
     let secs = t
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());

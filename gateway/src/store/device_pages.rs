@@ -148,34 +148,6 @@ impl Store {
         .collect())
     }
 
-    /// The newest `limit` audit entries about `target` (a device uuid), newest first.
-    pub async fn audit_for(
-        &self,
-        target: &str,
-        limit: i64,
-    ) -> Result<Vec<AuditRecord>, StoreError> {
-        on_pool!(self, |p| sqlx::query(
-            "SELECT seq, at, actor, action, target, detail FROM audit_log
-             WHERE target = $1 ORDER BY seq DESC LIMIT $2",
-        )
-        .bind(target)
-        .bind(limit)
-        .fetch_all(p)
-        .await?
-        .iter()
-        .map(|r| {
-            Ok(AuditRecord {
-                seq: r.col("seq")?,
-                at: r.col("at")?,
-                actor: r.col("actor")?,
-                action: r.col("action")?,
-                target: r.col("target")?,
-                detail: r.col("detail")?,
-            })
-        })
-        .collect())
-    }
-
     /// The query plan SQLite picks for an unfiltered page (`EXPLAIN QUERY PLAN`), for the
     /// test that the listing walks an index instead of sorting every device.
     #[cfg(test)]

@@ -10,7 +10,7 @@ use tokio_util::task::TaskTracker;
 use tracing::warn;
 
 use super::{serve_incoming, TunnelCtx};
-use crate::listener::{ConnLimiter, LogEvery};
+use crate::listener::{route, ConnLimiter, LogEvery, Route};
 use crate::metrics::HandshakeFailure;
 
 /// TCP connections still in their TLS or multiplexer handshake, at most: a TCP
@@ -81,10 +81,8 @@ pub(crate) async fn accept_tcp_loop(
             let handshake = async move {
                 let _slot = slot;
                 let stream = transport::tls_tcp::accept_tls(tcp, |hello| {
-                    let ours = hello.alpn().is_some_and(|mut offered| {
-                        offered.any(|p| p == certs::ALPN || p == certs::PROVISION_ALPN)
-                    });
-                    ours.then_some(tls)
+                    // The same test the shared port routes by: a tunnel ALPN or nothing.
+                    (route(hello.alpn()) == Route::Tunnel).then_some(tls)
                 })
                 .await?;
                 transport::tls_tcp::accept(stream, &mux).await
