@@ -118,3 +118,35 @@ pub fn connects(log: &Path) -> usize {
         .filter(|l| l.contains(" connected") && l.contains("gateway="))
         .count()
 }
+
+/// A TCP forwarder in this process from `listen` to `to`: how a process in a namespace
+/// reaches a server that listens on the host's loopback only (the tests' PostgreSQL).
+/// Stops accepting when dropped.
+pub struct TcpForward {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl TcpForward {
+    pub async fn start(listen: SocketAddr, to: SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind(listen).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(to).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        });
+        Self { addr, task }
+    }
+}
+
+impl Drop for TcpForward {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
