@@ -74,7 +74,12 @@ pub async fn get(addr: SocketAddr, host: &str) -> Option<(http::StatusCode, byte
 
 /// `gateway device add --public-url --gateway LIST --out OUT` on the host (with
 /// `--database URL` when given); the new uuid.
-pub fn device_add(data: &Path, database: Option<&str>, gateways: &[SocketAddr], out: &Path) -> String {
+pub fn device_add(
+    data: &Path,
+    database: Option<&str>,
+    gateways: &[SocketAddr],
+    out: &Path,
+) -> String {
     let list: Vec<String> = gateways.iter().map(ToString::to_string).collect();
     std::fs::create_dir_all(out.parent().unwrap()).unwrap();
     let mut cmd = Command::new(bin("gateway"));
@@ -99,14 +104,21 @@ pub fn device_add(data: &Path, database: Option<&str>, gateways: &[SocketAddr], 
 pub fn agent(ns: &Ns, cfg: &Path, target: SocketAddr, extra: &[&str], log: &Path) -> Proc {
     let log = std::fs::File::create(log).unwrap();
     let mut cmd = ns.command(bin("edge-agent"));
-    cmd.args(["run", "--local-api", "127.0.0.1:0", "--engine", "none", "--config"])
-        .arg(cfg)
-        .args(["--target", &target.to_string()])
-        .args(extra)
-        .env("RUST_LOG", "edge_agent=info")
-        .env("NO_COLOR", "1")
-        .stdout(log)
-        .stderr(Stdio::null());
+    cmd.args([
+        "run",
+        "--local-api",
+        "127.0.0.1:0",
+        "--engine",
+        "none",
+        "--config",
+    ])
+    .arg(cfg)
+    .args(["--target", &target.to_string()])
+    .args(extra)
+    .env("RUST_LOG", "edge_agent=info")
+    .env("NO_COLOR", "1")
+    .stdout(log)
+    .stderr(Stdio::null());
     Proc::spawn(&mut cmd)
 }
 

@@ -126,12 +126,20 @@ impl Net {
         self.add_namespace(&name);
         let port = format!("p{k}");
         ip(&[
-            "link", "add", "eth0", "netns", &name, "type", "veth", "peer", "name", &port,
-            "netns", &self.hub,
+            "link", "add", "eth0", "netns", &name, "type", "veth", "peer", "name", &port, "netns",
+            &self.hub,
         ]);
         ip(&["-n", &self.hub, "link", "set", &port, "master", "br0", "up"]);
         let addr = Ipv4Addr::new(10, self.subnet, 0, k);
-        ip(&["-n", &name, "addr", "add", &format!("{addr}/24"), "dev", "eth0"]);
+        ip(&[
+            "-n",
+            &name,
+            "addr",
+            "add",
+            &format!("{addr}/24"),
+            "dev",
+            "eth0",
+        ]);
         ip(&["-n", &name, "link", "set", "eth0", "up"]);
         Ns { name, addr }
     }
@@ -269,7 +277,10 @@ impl Rule {
     /// Packets the rule has dropped so far.
     pub fn packets(&self) -> u64 {
         let out = Command::new("ip")
-            .args(["netns", "exec", &self.hub, "nft", "-a", "list", "chain", "bridge", "e2e", "forward"])
+            .args([
+                "netns", "exec", &self.hub, "nft", "-a", "list", "chain", "bridge", "e2e",
+                "forward",
+            ])
             .output()
             .expect("nft list");
         let text = String::from_utf8_lossy(&out.stdout);
@@ -291,7 +302,9 @@ impl Drop for Rule {
     fn drop(&mut self) {
         for h in &self.handles {
             let _ = Command::new("ip")
-                .args(["netns", "exec", &self.hub, "nft", "delete", "rule", "bridge", "e2e"])
+                .args([
+                    "netns", "exec", &self.hub, "nft", "delete", "rule", "bridge", "e2e",
+                ])
                 .args(["forward", "handle", &h.to_string()])
                 .output();
         }

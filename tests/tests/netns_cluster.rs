@@ -43,7 +43,14 @@ impl Node {
         self.proc = Some(in_netns::serve(
             &self.ns,
             &self.data,
-            &["--database", database, "--node-id", &self.id, "--peer-listen", &peer],
+            &[
+                "--database",
+                database,
+                "--node-id",
+                &self.id,
+                "--peer-listen",
+                &peer,
+            ],
         ));
     }
 
@@ -175,6 +182,18 @@ impl Cluster {
         Ok(())
     }
 
+    /// The indexes of the devices whose routes name node `id`.
+    fn held_by(&self, id: &str) -> Vec<usize> {
+        let held = psql_value(
+            &self.url,
+            &format!("SELECT string_agg(device, ',') FROM device_routes WHERE node = '{id}'"),
+        );
+        let held: Vec<&str> = held.split(',').collect();
+        (0..self.devices.len())
+            .filter(|&i| held.contains(&self.devices[i].uuid.as_str()))
+            .collect()
+    }
+
     /// The node that holds device `uuid`'s tunnel, by its route.
     fn holder(&self, uuid: &str) -> String {
         psql_value(
@@ -192,7 +211,11 @@ async fn serves(http: SocketAddr, d: &Device) -> bool {
 
 /// GET / for `host` through `http` with a client deadline of `limit`: the status (`None`
 /// when no answer came in time or the connection failed) and how long it took.
-async fn timed_get(http: SocketAddr, host: &str, limit: Duration) -> (Option<StatusCode>, Duration) {
+async fn timed_get(
+    http: SocketAddr,
+    host: &str,
+    limit: Duration,
+) -> (Option<StatusCode>, Duration) {
     let t = Instant::now();
     let req = http::Request::builder()
         .uri(format!("http://{http}/"))
@@ -209,7 +232,9 @@ async fn timed_get(http: SocketAddr, host: &str, limit: Duration) -> (Option<Sta
 fn is_clean_failure(s: Option<StatusCode>) -> bool {
     matches!(
         s,
-        Some(StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT)
+        Some(
+            StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT
+        )
     )
 }
 
@@ -247,7 +272,10 @@ async fn a_cut_peer_link_between_two_live_nodes_fails_cleanly_and_in_bounded_tim
                 tokio::join!(
                     timed_get(a.http(), &c.devices[1].host, Duration::from_secs(60)),
                     async {
-                        tokio::join!(serves(cc.http(), &c.devices[0]), serves(b.http(), &c.devices[2]))
+                        tokio::join!(
+                            serves(cc.http(), &c.devices[0]),
+                            serves(b.http(), &c.devices[2])
+                        )
                     }
                 )
             }
@@ -264,7 +292,13 @@ async fn a_cut_peer_link_between_two_live_nodes_fails_cleanly_and_in_bounded_tim
     let dropped = rule.packets();
     let fmt = |v: &[(Option<StatusCode>, Duration)]| {
         v.iter()
-            .map(|(s, t)| format!("{}:{:.1}s", s.map_or("none".into(), |s| s.as_u16().to_string()), t.as_secs_f64()))
+            .map(|(s, t)| {
+                format!(
+                    "{}:{:.1}s",
+                    s.map_or("none".into(), |s| s.as_u16().to_string()),
+                    t.as_secs_f64()
+                )
+            })
             .collect::<Vec<_>>()
             .join(" ")
     };
@@ -275,7 +309,10 @@ async fn a_cut_peer_link_between_two_live_nodes_fails_cleanly_and_in_bounded_tim
         fmt(&through_a)
     );
     assert!(dropped > 0, "nft dropped nothing: the test tested nothing");
-    for (who, v) in [("b for device 0", &through_b), ("a for device 1", &through_a)] {
+    for (who, v) in [
+        ("b for device 0", &through_b),
+        ("a for device 1", &through_a),
+    ] {
         for (s, took) in v {
             assert!(
                 is_clean_failure(*s),
@@ -307,6 +344,8 @@ async fn a_cut_peer_link_between_two_live_nodes_fails_cleanly_and_in_bounded_tim
 struct Sample {
     /// When it was sent, from the start of the load.
     at: Duration,
+    /// When it ended.
+    done: Duration,
     ok: bool,
 }
 
@@ -323,7 +362,12 @@ struct Step {
 /// A failure window of one device: its first failed request to its first success after.
 #[derive(Debug)]
 struct Window {
+    /// When its first failed request was sent.
     from: Duration,
+    /// When that request ended (a request under way when its node was stopped was sent
+    /// before the stop).
+    first_done: Duration,
+    /// When its first successful request after was sent.
     to: Duration,
     failures: usize,
 }
@@ -338,6 +382,7 @@ fn windows(samples: &[Sample]) -> (Vec<Window>, bool) {
             (None, false) => {
                 open = Some(Window {
                     from: s.at,
+                    first_done: s.done,
                     to: s.at,
                     failures: 1,
                 })
@@ -359,7 +404,10 @@ fn windows(samples: &[Sample]) -> (Vec<Window>, bool) {
 fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name)
         .ok()
-        .map(|v| v.parse().unwrap_or_else(|_| panic!("{name}={v:?} is not a number")))
+        .map(|v| {
+            v.parse()
+                .unwrap_or_else(|_| panic!("{name}={v:?} is not a number"))
+        })
         .unwrap_or(default)
 }
 
@@ -373,7 +421,8 @@ fn env_or(name: &str, default: u64) -> u64 {
 /// `ROLLING_SETTLE` (seconds of load between steps) make it longer
 /// (`bench/rolling_restart.sh`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_rolling_restart_under_steady_load_fails_requests_only_in_each_devices_reconnect_window() {
+async fn a_rolling_restart_under_steady_load_fails_requests_only_in_each_devices_reconnect_window()
+{
     let devices = env_or("ROLLING_DEVICES", 6) as usize;
     let rate = env_or("ROLLING_RATE", 4);
     let rounds = env_or("ROLLING_ROUNDS", 1);
@@ -408,7 +457,11 @@ async fn a_rolling_restart_under_steady_load_fails_requests_only_in_each_devices
                         let ok = matches!(in_netns::get(http, &host).await,
                             Some((s, body)) if s == StatusCode::OK
                                 && String::from_utf8_lossy(&body).contains(&name));
-                        Sample { at, ok }
+                        Sample {
+                            at,
+                            done: t0.elapsed(),
+                            ok,
+                        }
                     }));
                 }
                 let mut samples = Vec::new();
@@ -427,11 +480,10 @@ async fn a_rolling_restart_under_steady_load_fails_requests_only_in_each_devices
             let next = (k + 1) % 3;
             via.store(next, Ordering::Relaxed);
             let id = c.nodes[k].id.clone();
-            let held: Vec<usize> = (0..c.devices.len())
-                .filter(|&i| c.holder(&c.devices[i].uuid) == id)
-                .collect();
+            let held = tokio::task::block_in_place(|| c.held_by(&id));
             let from = t0.elapsed();
-            c.nodes[k].stop();
+            // The wait for the node to exit blocks; the load goes on meanwhile.
+            tokio::task::block_in_place(|| c.nodes[k].stop());
             let url = c.node_url.clone();
             c.nodes[k].start(&url);
             assert!(
@@ -446,7 +498,12 @@ async fn a_rolling_restart_under_steady_load_fails_requests_only_in_each_devices
                 "restarted node {id} at {from:.1?} (it held devices {held:?}); all served through node {} at {to:.1?}",
                 c.nodes[next].id
             );
-            steps.push(Step { node: id, from, to, held });
+            steps.push(Step {
+                node: id,
+                from,
+                to,
+                held,
+            });
             // Load goes on between steps, as in a real rolling restart.
             tokio::time::sleep(settle).await;
         }
@@ -467,11 +524,30 @@ async fn a_rolling_restart_under_steady_load_fails_requests_only_in_each_devices
         }
         let shown: Vec<String> = ws
             .iter()
-            .map(|w| format!("{:.2}s ({} failed, from {:.1?})", (w.to - w.from).as_secs_f64(), w.failures, w.from))
+            .map(|w| {
+                format!(
+                    "{:.2}s ({} failed, from {:.1?})",
+                    (w.to - w.from).as_secs_f64(),
+                    w.failures,
+                    w.from
+                )
+            })
             .collect();
-        println!("{name}: {} requests, {failed} failed; windows: {}", samples.len(), if shown.is_empty() { "none".into() } else { shown.join(", ") });
+        println!(
+            "{name}: {} requests, {failed} failed; windows: {}",
+            samples.len(),
+            if shown.is_empty() {
+                "none".into()
+            } else {
+                shown.join(", ")
+            }
+        );
         for w in &ws {
-            let step = steps.iter().find(|s| w.from >= s.from && w.from <= s.to);
+            // The window of a step: its first failure ended after the node was stopped,
+            // and was sent before the step was over.
+            let step = steps
+                .iter()
+                .find(|s| w.first_done >= s.from && w.from <= s.to);
             match step {
                 Some(s) if s.held.contains(&i) => {}
                 Some(s) => problems.push(format!(
@@ -494,7 +570,10 @@ async fn a_rolling_restart_under_steady_load_fails_requests_only_in_each_devices
     }
     all_windows.sort();
     let max = all_windows.last().copied().unwrap_or_default();
-    let p50 = all_windows.get(all_windows.len() / 2).copied().unwrap_or_default();
+    let p50 = all_windows
+        .get(all_windows.len() / 2)
+        .copied()
+        .unwrap_or_default();
     println!(
         "rolling restart of 3 nodes ({rounds} round(s)), {} devices at {rate} req/s each: {total} requests; {} reconnect windows, p50 {p50:.2?}, max {max:.2?}",
         c.devices.len(),

@@ -246,7 +246,10 @@ impl Peers {
             // the link stays, for the other streams on it.
             Err(_) => return Err(link_err(format!("no answer in {ANSWER_TIMEOUT:?}"))),
             Ok(Err(e)) => {
-                if matches!(conn.close_reason(), Some(transport::ConnectionError::TimedOut)) {
+                if matches!(
+                    conn.close_reason(),
+                    Some(transport::ConnectionError::TimedOut)
+                ) {
                     self.silent(holder);
                 }
                 return Err(link_err(e.to_string()));
