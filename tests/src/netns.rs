@@ -45,6 +45,7 @@ pub struct Net {
     spaces: Mutex<Vec<String>>,
     next_host: AtomicU8,
     claim: PathBuf,
+    host_if: String,
 }
 
 /// A namespace of a [`Net`], with its address on the net's bridge.
@@ -82,6 +83,9 @@ impl Net {
         let tag = format!("{PREFIX}{pid}-{n}");
         let (subnet, claim) = claim_subnet();
         let hub = format!("{tag}-hub");
+        // The host's end of its veth: a name unique on the host (at most 15 bytes).
+        let host_if = format!("e2e{pid}h{n}");
+        assert!(host_if.len() <= 15, "interface name {host_if} too long");
         let net = Self {
             tag,
             subnet,
@@ -89,13 +93,11 @@ impl Net {
             spaces: Mutex::new(Vec::new()),
             next_host: AtomicU8::new(2),
             claim,
+            host_if: host_if.clone(),
         };
         net.add_namespace(&hub);
         ip(&["-n", &hub, "link", "add", "br0", "type", "bridge"]);
         ip(&["-n", &hub, "link", "set", "br0", "up"]);
-        // The host's end: a name unique on the host (at most 15 bytes).
-        let host_if = format!("e2e{pid}h{n}");
-        assert!(host_if.len() <= 15, "interface name {host_if} too long");
         ip(&[
             "link", "add", &host_if, "type", "veth", "peer", "name", "host", "netns", &hub,
         ]);
@@ -116,6 +118,21 @@ impl Net {
     /// The host's address on the net.
     pub fn host(&self) -> Ipv4Addr {
         Ipv4Addr::new(10, self.subnet, 0, 1)
+    }
+
+    /// The namespaces made so far (the hub first).
+    pub fn namespaces(&self) -> Vec<String> {
+        self.spaces.lock().unwrap().clone()
+    }
+
+    /// The host's end of the veth into the hub.
+    pub fn host_interface(&self) -> &str {
+        &self.host_if
+    }
+
+    /// The file that claims this net's subnet.
+    pub fn claim(&self) -> &std::path::Path {
+        &self.claim
     }
 
     /// A new namespace `<tag>-<role>` on the next free address of the net.
@@ -153,7 +170,13 @@ impl Net {
     /// Drops `pct` percent of the packets between `a` and `b`, each way, at random.
     pub fn loss(&self, a: Ipv4Addr, b: Ipv4Addr, pct: u8) -> Rule {
         assert!(pct <= 100, "loss of {pct} %");
-        let handles = self.both_ways(a, b, &format!("numgen random mod 100 < {pct}"));
+        // nft takes 0..=99 after `<`; 100 % is every packet.
+        let matches = if pct == 100 {
+            String::new()
+        } else {
+            format!("numgen random mod 100 < {pct}")
+        };
+        let handles = self.both_ways(a, b, &matches);
         self.rule(handles, format!("{pct} % loss {a} <-> {b}"))
     }
 
@@ -205,7 +228,13 @@ impl Default for Net {
 
 impl Drop for Net {
     fn drop(&mut self) {
-        // Namespaces first (their veths and rules go with them), then the claim.
+        // The host's veth first (the kernel tears a deleted namespace down in the
+        // background, and with it the veth's far end, so it could outlive the test for
+        // a moment), then the namespaces (their veths and rules go with them), then the
+        // claim.
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_if])
+            .output();
         for name in self.spaces.lock().unwrap().drain(..).rev() {
             let _ = Command::new("ip").args(["netns", "del", &name]).output();
         }

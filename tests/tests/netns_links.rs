@@ -245,13 +245,14 @@ async fn blackhole(mode: TransportMode) {
     tokio::time::sleep((cut + outage).saturating_duration_since(Instant::now())).await;
     let dropped = rule.packets();
     drop(rule);
+    let held = cut.elapsed();
     let back_after = l
         .wait_serving(Duration::from_secs(60))
         .await
         .expect("the device did not come back within 60 s of the link");
     assert!(online(&api, &token, &l.uuid).await);
     eprintln!(
-        "kernel blackhole over {mode} for {outage:?}: nft dropped {dropped} packets; offline after {offline_after:?} (agent idle timeout {idle_timeout:?}); serving again {back_after:?} after the rule went"
+        "kernel blackhole over {mode} for {held:.1?} (at least {outage:?}, and until the device showed offline): nft dropped {dropped} packets; offline after {offline_after:?} (agent idle timeout {idle_timeout:?}); serving again {back_after:?} after the rule went"
     );
     assert!(dropped > 0, "nft dropped nothing: the test tested nothing");
     assert!(
@@ -293,4 +294,110 @@ async fn a_kernel_blackhole_over_quic_shows_offline_then_the_device_is_back_with
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kernel_blackhole_over_tcp_shows_offline_then_the_device_is_back_with_every_line_once() {
     blackhole(TransportMode::Tcp).await;
+}
+
+// ---- the harness itself ----
+
+/// Connects to `addr` and reads its greeting; `None` when nothing answers within 2 s.
+async fn greeting(addr: SocketAddr) -> Option<String> {
+    use tokio::io::AsyncReadExt;
+    let work = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+        let mut buf = String::new();
+        s.read_to_string(&mut buf).await.ok()?;
+        Some(buf)
+    };
+    tokio::time::timeout(Duration::from_secs(2), work)
+        .await
+        .ok()
+        .flatten()
+}
+
+/// The harness the tests above stand on: a namespace's own address reachable from the
+/// host, a runtime whose sockets are made inside the namespace, a rule that cuts one
+/// port and nothing else (and counts what it dropped), and everything gone (namespaces,
+/// the host's veth, the subnet claim, rules left in place) after a test that panics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_namespace_harness_cuts_one_port_only_and_cleans_up_after_a_panic() {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let test = tokio::spawn(async move {
+        let net = Net::new();
+        let ns = net.space("probe");
+        let rt = ns.runtime();
+        let at = ns.at(0);
+        let (one, two) = rt
+            .spawn(async move {
+                let mut addrs = Vec::new();
+                for word in ["one", "two"] {
+                    let l = tokio::net::TcpListener::bind(at).await.unwrap();
+                    addrs.push(l.local_addr().unwrap());
+                    tokio::spawn(async move {
+                        while let Ok((mut s, _)) = l.accept().await {
+                            use tokio::io::AsyncWriteExt;
+                            let _ = s.write_all(word.as_bytes()).await;
+                        }
+                    });
+                }
+                (addrs[0], addrs[1])
+            })
+            .await
+            .unwrap();
+        assert_eq!(greeting(one).await.as_deref(), Some("one"));
+        assert_eq!(greeting(two).await.as_deref(), Some("two"));
+        let rule = net.cut_port(
+            net.host(),
+            ns.addr,
+            e2e_tests::netns::Proto::Tcp,
+            one.port(),
+        );
+        assert_eq!(
+            greeting(one).await,
+            None,
+            "{rule:?} let port {} through",
+            one.port()
+        );
+        assert_eq!(
+            greeting(two).await.as_deref(),
+            Some("two"),
+            "{rule:?} cut another port"
+        );
+        assert!(rule.packets() > 0, "{rule:?} counted nothing");
+        drop(rule);
+        assert_eq!(
+            greeting(one).await.as_deref(),
+            Some("one"),
+            "the rule outlived its guard"
+        );
+        // Left in place: the net's cleanup must take it too.
+        let _loss = net.loss(net.host(), ns.addr, 100);
+        let _ = tx.send((
+            net.namespaces(),
+            net.host_interface().to_string(),
+            net.claim().to_path_buf(),
+        ));
+        panic!("a test that fails with its namespaces up");
+    });
+    assert!(test.await.unwrap_err().is_panic());
+    let (names, host_if, claim) = rx.await.unwrap();
+    assert_eq!(names.len(), 2, "{names:?}");
+    let list = std::process::Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .unwrap();
+    let list = String::from_utf8_lossy(&list.stdout);
+    for n in &names {
+        assert!(
+            !list.lines().any(|l| l.split_whitespace().next() == Some(n)),
+            "namespace {n} is still there: {list}"
+        );
+    }
+    let link = std::process::Command::new("ip")
+        .args(["link", "show", &host_if])
+        .output()
+        .unwrap();
+    assert!(
+        !link.status.success(),
+        "the host's veth {host_if} is still there"
+    );
+    assert!(!claim.exists(), "{} is still there", claim.display());
 }
