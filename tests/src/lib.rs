@@ -29,6 +29,8 @@ pub type TestBody = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 pub mod browser;
 pub mod cluster;
 pub mod engine;
+pub mod in_netns;
+pub mod netns;
 pub mod procs;
 pub mod relay;
 pub mod terminal;
@@ -311,7 +313,13 @@ pub struct Backend {
 
 impl Backend {
     pub async fn spawn(name: &str) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::spawn_at("127.0.0.1:0".parse().unwrap(), name).await
+    }
+
+    /// [`Backend::spawn`] on `addr` (another address than loopback, for devices in a
+    /// network namespace).
+    pub async fn spawn_at(addr: SocketAddr, name: &str) -> Self {
+        let listener = TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
         let token = shutdown.clone();
@@ -667,8 +675,13 @@ pub struct Api {
 
 impl Api {
     pub fn new(gw: &TestGateway) -> Self {
+        Self::at(gw.api_addr)
+    }
+
+    /// A client of the management API at `addr` (a `gateway serve` process).
+    pub fn at(addr: SocketAddr) -> Self {
         Self {
-            addr: gw.api_addr,
+            addr,
             client: http_client(),
         }
     }

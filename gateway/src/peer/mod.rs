@@ -33,10 +33,18 @@ use crate::store::Store;
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a peer link's handshake may take.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
-/// After a failed dial, how long a node counts as unreachable: requests for its devices
-/// get "offline" at once instead of each waiting out a dial (a killed node's lease, and
-/// so its routes, lasts up to `LEASE_TTL` longer than the node).
+/// After a failed dial, or a link that went silent under a request, how long a node
+/// counts as unreachable: requests for its devices fail at once instead of each waiting
+/// out a dial (a killed node's lease, and so its routes, lasts up to `LEASE_TTL` longer
+/// than the node; a node cut off from this one keeps its lease).
 const DOWN_FOR: Duration = Duration::from_secs(5);
+/// A peer link with no packet from the other node for this long is dead. Nodes of one
+/// cluster sit on one network, and the link sends a keep-alive every
+/// [`LINK_KEEP_ALIVE`]: five missed in a row is a cut, not a slow node. (It was 10 s:
+/// a visitor of a device behind a cut link waited 10 s for its 503.)
+const LINK_IDLE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Keep-alive interval of an idle peer link.
+const LINK_KEEP_ALIVE: Duration = Duration::from_secs(1);
 
 /// Why a stream to a device on another node could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -80,8 +88,9 @@ pub(crate) struct Peers {
     links: DashMap<String, Connection>,
     dialing: tokio::sync::Mutex<()>,
     routes: DashMap<DeviceUuid, Holder>,
-    /// Nodes whose last dial failed, until when they count as unreachable.
-    down: DashMap<String, std::time::Instant>,
+    /// Nodes whose last dial failed or whose link timed out, until when they count as
+    /// unreachable. Shared with each link's watcher task.
+    down: Arc<DashMap<String, std::time::Instant>>,
 }
 
 /// Forgets a device's cached route unless disarmed: an open that fails, or whose visitor
@@ -123,7 +132,7 @@ impl Peers {
             links: DashMap::new(),
             dialing: tokio::sync::Mutex::new(()),
             routes: DashMap::new(),
-            down: DashMap::new(),
+            down: Arc::new(DashMap::new()),
         })
     }
 
@@ -233,8 +242,18 @@ impl Peers {
             .map_err(|e| link_err(e.to_string()))?;
         let mut answer = [0u8; 1];
         match tokio::time::timeout(ANSWER_TIMEOUT, recv.read_exact(&mut answer)).await {
+            // The link is alive (it would have timed out first) but the holder is slow:
+            // the link stays, for the other streams on it.
             Err(_) => return Err(link_err(format!("no answer in {ANSWER_TIMEOUT:?}"))),
-            Ok(Err(e)) => return Err(link_err(e.to_string())),
+            Ok(Err(e)) => {
+                if matches!(
+                    conn.close_reason(),
+                    Some(transport::ConnectionError::TimedOut)
+                ) {
+                    self.silent(holder);
+                }
+                return Err(link_err(e.to_string()));
+            }
             Ok(Ok(())) => {}
         }
         match PeerAnswer::from_u8(answer[0]) {
@@ -275,7 +294,20 @@ impl Peers {
         dialled
     }
 
-    /// Whether `node`'s last dial failed less than [`DOWN_FOR`] ago.
+    /// The link to `holder`'s node timed out under a request (no packet from the node
+    /// for [`LINK_IDLE_TIMEOUT`]): the node is unreachable from here for [`DOWN_FOR`], so
+    /// that the retry in [`Peers::open`] (and the requests after it) fail at once
+    /// instead of each spending [`DIAL_TIMEOUT`] on a dial into the same silence. A
+    /// device that moved meanwhile is still found: the retry reads the route again
+    /// first. (The link's watcher in [`Peers::dial`] marks the same, but may run only
+    /// after the retry; the dead link itself is dropped by [`Peers::live_link`].)
+    fn silent(&self, holder: &Holder) {
+        self.down
+            .insert(holder.node.clone(), std::time::Instant::now() + DOWN_FOR);
+    }
+
+    /// Whether `node`'s last dial failed (or its link went silent) less than
+    /// [`DOWN_FOR`] ago.
     fn is_down(&self, node: &str) -> bool {
         match self.down.get(node).map(|t| *t) {
             Some(until) if std::time::Instant::now() < until => true,
@@ -312,6 +344,17 @@ impl Peers {
         info!(node = %holder.node, %addr, "peer link up");
         self.down.remove(&holder.node);
         self.links.insert(holder.node.clone(), conn.clone());
+        // A link that times out (a cut between the nodes) marks its node unreachable the
+        // moment it does, also when no request was waiting on it: the next request then
+        // fails at once instead of spending DIAL_TIMEOUT on a dial into the silence.
+        // Ends with the link.
+        let (down, node, watched) = (Arc::clone(&self.down), holder.node.clone(), conn.clone());
+        tokio::spawn(async move {
+            if matches!(watched.closed().await, transport::ConnectionError::TimedOut) {
+                warn!(%node, "peer link timed out; the node counts as unreachable for a while");
+                down.insert(node, std::time::Instant::now() + DOWN_FOR);
+            }
+        });
         Ok(conn)
     }
 
@@ -331,11 +374,11 @@ fn transport_config() -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
     t.max_concurrent_bidi_streams(65_536u32.into());
     t.max_concurrent_uni_streams(0u32.into());
-    t.keep_alive_interval(Some(Duration::from_secs(2)));
+    t.keep_alive_interval(Some(LINK_KEEP_ALIVE));
     t.max_idle_timeout(Some(
-        Duration::from_secs(10)
+        LINK_IDLE_TIMEOUT
             .try_into()
-            .expect("10 s is a valid idle timeout"),
+            .expect("5 s is a valid idle timeout"),
     ));
     t
 }
