@@ -144,11 +144,13 @@ async fn browser_publishes_a_release_after_an_error_and_pins_the_fleet_and_a_dev
         "document.querySelector('form.pin-device select').value = '{v2}'; return 1"
     ))
     .await;
+    // Marks this document, to see the next one come (the select already shows v2 here).
+    b.script("window.__before = true; return 1").await;
     let save = b.find("form.pin-device button[type=submit]").await;
     b.click(&save).await;
     wait_for(
         &b,
-        "return document.querySelector('form.pin-device select').value",
+        "return window.__before === undefined && document.querySelector('form.pin-device select').value",
         json!(v2),
         Duration::from_secs(10),
     )
