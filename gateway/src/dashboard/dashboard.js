@@ -6,6 +6,8 @@
 
 (function () {
   const body = document.body;
+  // Every open event stream, closed when the page is left (see "back/forward" below).
+  const streams = [];
 
   // --- presence: rows and the device header switch online/offline without a reload ---
   function setPresence(uuid, online, transport) {
@@ -47,6 +49,7 @@
   function livePresence() {
     if (!document.querySelector("[data-uuid]") || !window.EventSource) return;
     const es = new EventSource("/events");
+    streams.push(es);
     es.onopen = function () { body.dataset.live = "open"; };
     es.onerror = function () { body.dataset.live = "reconnecting"; };
     es.addEventListener("presence", function (e) {
@@ -63,6 +66,7 @@
     if (!pre || !window.EventSource) return;
     const state = document.querySelector("[data-log-state]");
     const es = new EventSource(pre.dataset.logSrc);
+    streams.push(es);
     const MAX = 1000;
     let count = 0;
     es.onopen = function () { if (state) state.textContent = "live"; };
@@ -295,6 +299,17 @@
     closeBtn.addEventListener("click", function () { if (ws) ws.close(); });
     window.addEventListener("resize", function () { if (fit && !box.hidden) fit.fit(); });
   }
+
+  // --- back/forward: a page kept in the browser's back/forward cache would keep its
+  // event streams open, and a browser opens only 6 HTTP/1.1 connections to one host: a
+  // few pages later, the next click would wait for a free one. So the streams close when
+  // the page is left, and a page shown again from that cache is loaded afresh.
+  window.addEventListener("pagehide", function () {
+    streams.forEach(function (es) { es.close(); });
+  });
+  window.addEventListener("pageshow", function (e) {
+    if (e.persisted) location.reload();
+  });
 
   livePresence();
   liveLogs();
