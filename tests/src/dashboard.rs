@@ -193,11 +193,13 @@ pub fn docs_dir() -> PathBuf {
     dir
 }
 
-
 /// Signs in through the form with hyper; returns the `Cookie` header value for the
 /// session (`gw_session=…`).
 pub async fn session(gw: &TestGateway, user: &str, password: &str) -> String {
-    format!("gw_session={}", cookie_value(&sign_in(gw, user, password).await))
+    format!(
+        "gw_session={}",
+        cookie_value(&sign_in(gw, user, password).await)
+    )
 }
 
 /// Percent-encodes `pairs` as a form body.
@@ -246,7 +248,10 @@ pub async fn browser_sign_in(b: &Browser, base: &str, user: &str, password: &str
 
 /// Waits until `js` (a script that returns a value) returns `want` in the browser.
 pub async fn wait_for(b: &Browser, js: &str, want: Value, limit: Duration) {
-    let got = eventually(limit, || async { (b.script(js).await == want).then_some(()) }).await;
+    let got = eventually(limit, || async {
+        (b.script(js).await == want).then_some(())
+    })
+    .await;
     if got.is_none() {
         let last = b.script(js).await;
         panic!("{js} never returned {want} (last: {last})");

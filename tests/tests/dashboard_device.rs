@@ -44,10 +44,7 @@ async fn viewers_see_no_forms_and_posts_need_the_role_and_the_csrf_token() {
         1,
         "a viewer sees forms besides signing out: {page}"
     );
-    assert!(
-        !page.contains("/terminal"),
-        "a viewer sees the terminal"
-    );
+    assert!(!page.contains("/terminal"), "a viewer sees the terminal");
     assert!(
         page.contains("Read-only for you (viewer)"),
         "the env section says why it is read-only"
@@ -195,7 +192,6 @@ async fn viewers_see_no_forms_and_posts_need_the_role_and_the_csrf_token() {
     assert_eq!(v["error"]["code"], "not_found");
 }
 
-
 /// Opens the dashboard's terminal WebSocket with these headers; the upgrade's refusal as
 /// its status.
 async fn session_terminal(
@@ -277,8 +273,7 @@ async fn the_session_terminal_needs_the_pages_origin_its_csrf_token_and_an_opera
     // The cookie is not an API credential: the token endpoint still wants a token.
     let url = format!("ws://{}/v1/devices/{uuid}/terminal", gw.api_addr);
     let mut req = url.into_client_request().unwrap();
-    req.headers_mut()
-        .insert("cookie", ocookie.parse().unwrap());
+    req.headers_mut().insert("cookie", ocookie.parse().unwrap());
     match tokio_tungstenite::connect_async(req).await {
         Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
             assert_eq!(resp.status(), StatusCode::UNAUTHORIZED)
@@ -312,11 +307,9 @@ async fn the_session_terminal_needs_the_pages_origin_its_csrf_token_and_an_opera
     })
     .await
     .expect("terminal.close audited as the user");
-    assert!(audit
-        .iter()
-        .any(|e| e["action"] == "terminal.open"
-            && e["actor"] == "user:ann"
-            && e["target"] == uuid.as_str()));
+    assert!(audit.iter().any(|e| e["action"] == "terminal.open"
+        && e["actor"] == "user:ann"
+        && e["target"] == uuid.as_str()));
     agent.stop().await;
 }
 
@@ -366,7 +359,10 @@ async fn env_edits_need_the_role_and_the_csrf_token_and_bad_names_are_shown() {
     assert_eq!(s, StatusCode::BAD_REQUEST);
     assert!(page.contains("data-refused=\"env\""), "{page}");
     assert!(page.contains("is not a variable name"), "{page}");
-    assert!(page.contains("value=\"2FAST\""), "the typed name is kept: {page}");
+    assert!(
+        page.contains("value=\"2FAST\""),
+        "the typed name is kept: {page}"
+    );
     // Set for all and for one service, then unset one: through the API's handler.
     for (name, service) in [("DEBUG", ""), ("PORT", "web")] {
         let (s, h, _) = http(
@@ -392,9 +388,23 @@ async fn env_edits_need_the_role_and_the_csrf_token_and_bad_names_are_shown() {
             ("service", service),
         ])
     };
-    let (s, _, _) = http(&gw, "POST", &path, Some(&ocookie), Some(&unset("DEBUG", ""))).await;
+    let (s, _, _) = http(
+        &gw,
+        "POST",
+        &path,
+        Some(&ocookie),
+        Some(&unset("DEBUG", "")),
+    )
+    .await;
     assert_eq!(s, StatusCode::SEE_OTHER);
-    let (s, _, page) = http(&gw, "POST", &path, Some(&ocookie), Some(&unset("PORT", "db"))).await;
+    let (s, _, page) = http(
+        &gw,
+        "POST",
+        &path,
+        Some(&ocookie),
+        Some(&unset("PORT", "db")),
+    )
+    .await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
     assert!(
         page.contains("there is no variable &quot;PORT&quot; for service &quot;db&quot;"),
@@ -476,7 +486,10 @@ async fn browser_edits_env_and_runs_a_command_in_the_embedded_terminal() {
         Duration::from_secs(20),
     )
     .await;
-    assert_eq!(b.script("return location.pathname").await, format!("/devices/{uuid}"));
+    assert_eq!(
+        b.script("return location.pathname").await,
+        format!("/devices/{uuid}")
+    );
     let input = b.find("#terminal .xterm-helper-textarea").await;
     b.type_into(&input, "echo $((6*7))\u{E007}").await;
     eventually(Duration::from_secs(20), || async {

@@ -97,7 +97,9 @@ async fn browser_selects_two_devices_and_blinks_both() {
     for d in [&one, &two] {
         assert!(
             matches!(
-                std::fs::read_to_string(d.led()).unwrap_or_default().as_str(),
+                std::fs::read_to_string(d.led())
+                    .unwrap_or_default()
+                    .as_str(),
                 "0" | "1"
             ),
             "{} did not blink",
@@ -143,9 +145,17 @@ async fn group_actions_need_the_role_the_csrf_token_and_a_selection() {
     // A viewer sees no checkboxes or group buttons, and its POST is refused.
     let (page, vcsrf) = page_and_csrf(&gw, &vcookie, "/devices").await;
     assert!(!page.contains("name=\"uuid\""), "a viewer sees checkboxes");
-    assert!(!page.contains("data-bulk-action"), "a viewer sees group buttons");
+    assert!(
+        !page.contains("data-bulk-action"),
+        "a viewer sees group buttons"
+    );
     let blink_both = |csrf: &str| {
-        form_body(&[("csrf", csrf), ("uuid", &a), ("uuid", &b), ("action", "blink")])
+        form_body(&[
+            ("csrf", csrf),
+            ("uuid", &a),
+            ("uuid", &b),
+            ("action", "blink"),
+        ])
     };
     let (s, _, _) = http(
         &gw,
@@ -184,7 +194,11 @@ async fn group_actions_need_the_role_the_csrf_token_and_a_selection() {
             "unknown group action",
         ),
         (
-            form_body(&[("csrf", &ocsrf), ("uuid", "not-a-uuid"), ("action", "blink")]),
+            form_body(&[
+                ("csrf", &ocsrf),
+                ("uuid", "not-a-uuid"),
+                ("action", "blink"),
+            ]),
             "is not a device uuid",
         ),
     ] {
@@ -212,7 +226,12 @@ async fn group_actions_need_the_role_the_csrf_token_and_a_selection() {
     }
     for u in [&a, &b] {
         let (_, actions) = api
-            .call("GET", &format!("/v1/devices/{u}/actions"), Some(&admin), None)
+            .call(
+                "GET",
+                &format!("/v1/devices/{u}/actions"),
+                Some(&admin),
+                None,
+            )
             .await;
         assert_eq!(actions.as_array().unwrap().len(), 1, "{actions}");
         assert_eq!(actions[0]["requested_by"], "user:ann");
@@ -265,6 +284,9 @@ async fn group_actions_need_the_role_the_csrf_token_and_a_selection() {
     )
     .await;
     assert_eq!(s, StatusCode::OK, "{page}");
-    assert!(page.contains(&format!("data-uuid-failed=\"{b}\"")), "{page}");
+    assert!(
+        page.contains(&format!("data-uuid-failed=\"{b}\"")),
+        "{page}"
+    );
     assert_eq!(page.matches("data-action-id=").count(), 1, "{page}");
 }

@@ -10,8 +10,10 @@ use e2e_tests::*;
 use http::StatusCode;
 use serde_json::json;
 
-const GOOD_V1: &str = "services:\n  web:\n    image: edge-test/web:v1\n    ports:\n      - \"8080:80\"\n";
-const GOOD_V2: &str = "services:\n  web:\n    image: edge-test/web:v2\n    ports:\n      - \"8080:80\"\n";
+const GOOD_V1: &str =
+    "services:\n  web:\n    image: edge-test/web:v1\n    ports:\n      - \"8080:80\"\n";
+const GOOD_V2: &str =
+    "services:\n  web:\n    image: edge-test/web:v2\n    ports:\n      - \"8080:80\"\n";
 /// Line 5 is the bad port, at key `services.web.ports[0]`.
 const BAD: &str = "services:\n  web:\n    image: edge-test/web:v1\n    ports:\n      - \"80x\"\n";
 
@@ -77,7 +79,10 @@ async fn browser_publishes_a_release_after_an_error_and_pins_the_fleet_and_a_dev
         .script("return document.querySelector('[data-refused=compose]').textContent")
         .await;
     let alert = alert.as_str().unwrap();
-    assert!(alert.starts_with("Line 5, key services.web.ports[0]: "), "{alert}");
+    assert!(
+        alert.starts_with("Line 5, key services.web.ports[0]: "),
+        "{alert}"
+    );
     assert!(alert.contains("invalid port \"80x\""), "{alert}");
     assert_eq!(
         b.script("return document.querySelector('textarea[name=compose]').value")
@@ -156,7 +161,12 @@ async fn browser_publishes_a_release_after_an_error_and_pins_the_fleet_and_a_dev
     )
     .await;
     let (_, target) = api
-        .call("GET", &format!("/v1/devices/{uuid}/target"), Some(&admin), None)
+        .call(
+            "GET",
+            &format!("/v1/devices/{uuid}/target"),
+            Some(&admin),
+            None,
+        )
         .await;
     assert_eq!(target["source"], "device_pin", "{target}");
     assert_eq!(target["target"]["release"], v2.as_str(), "{target}");
@@ -167,6 +177,19 @@ async fn browser_publishes_a_release_after_an_error_and_pins_the_fleet_and_a_dev
     );
     b.goto(&format!("{base}/fleets/signs")).await;
     b.screenshot(&docs_dir().join("releases-desktop.png")).await;
+    // At phone width neither page scrolls sideways (tables scroll inside their card).
+    b.resize(390, 844).await;
+    for path in ["/fleets/signs".to_string(), format!("/devices/{uuid}")] {
+        b.goto(&format!("{base}{path}")).await;
+        assert_eq!(
+            b.script("return document.documentElement.scrollWidth <= window.innerWidth")
+                .await,
+            true,
+            "{path} scrolls sideways at 390 px"
+        );
+    }
+    b.goto(&format!("{base}/fleets/signs")).await;
+    b.screenshot(&docs_dir().join("releases-phone.png")).await;
     let (_, audit) = api
         .call("GET", "/v1/audit?limit=50", Some(&admin), None)
         .await;
@@ -222,7 +245,10 @@ async fn release_pin_and_fleet_env_forms_need_their_roles_and_the_csrf_token() {
     assert!(!vpage.contains("form class=\"act publish\""), "{vpage}");
     assert!(opage.contains("form class=\"act publish\""), "{opage}");
     // Fleet variables: the admin's form only.
-    assert!(!opage.contains("env-set"), "an operator sees the fleet env form");
+    assert!(
+        !opage.contains("env-set"),
+        "an operator sees the fleet env form"
+    );
     assert!(opage.contains("Read-only for you (operator)"), "{opage}");
     assert!(apage.contains("env-set"), "{apage}");
 
@@ -238,12 +264,42 @@ async fn release_pin_and_fleet_env_forms_need_their_roles_and_the_csrf_token() {
     };
     let pin_device = format!("/devices/{uuid}/pin");
     for (what, cookie, path, form) in [
-        ("viewer publishes", &vcookie, "/fleets/signs/releases", publish(&vcsrf, GOOD_V1)),
-        ("viewer pins", &vcookie, "/fleets/signs/pin", form_body(&[("csrf", &vcsrf), ("release", "")])),
-        ("viewer pins a device", &vcookie, pin_device.as_str(), form_body(&[("csrf", &vcsrf), ("release", "")])),
-        ("operator without CSRF", &ocookie, "/fleets/signs/releases", publish("", GOOD_V1)),
-        ("operator with another's CSRF", &ocookie, "/fleets/signs/releases", publish(&vcsrf, GOOD_V1)),
-        ("operator sets fleet env", &ocookie, "/fleets/signs/env", env(&ocsrf)),
+        (
+            "viewer publishes",
+            &vcookie,
+            "/fleets/signs/releases",
+            publish(&vcsrf, GOOD_V1),
+        ),
+        (
+            "viewer pins",
+            &vcookie,
+            "/fleets/signs/pin",
+            form_body(&[("csrf", &vcsrf), ("release", "")]),
+        ),
+        (
+            "viewer pins a device",
+            &vcookie,
+            pin_device.as_str(),
+            form_body(&[("csrf", &vcsrf), ("release", "")]),
+        ),
+        (
+            "operator without CSRF",
+            &ocookie,
+            "/fleets/signs/releases",
+            publish("", GOOD_V1),
+        ),
+        (
+            "operator with another's CSRF",
+            &ocookie,
+            "/fleets/signs/releases",
+            publish(&vcsrf, GOOD_V1),
+        ),
+        (
+            "operator sets fleet env",
+            &ocookie,
+            "/fleets/signs/env",
+            env(&ocsrf),
+        ),
         ("admin without CSRF", &acookie, "/fleets/signs/env", env("")),
     ] {
         let (s, _, _) = http(&gw, "POST", path, Some(cookie), Some(&form)).await;
@@ -312,7 +368,14 @@ async fn release_pin_and_fleet_env_forms_need_their_roles_and_the_csrf_token() {
     assert_eq!(s, StatusCode::NOT_FOUND);
 
     // The admin sets a fleet variable, through the API's handler.
-    let (s, h, _) = http(&gw, "POST", "/fleets/signs/env", Some(&acookie), Some(&env(&acsrf))).await;
+    let (s, h, _) = http(
+        &gw,
+        "POST",
+        "/fleets/signs/env",
+        Some(&acookie),
+        Some(&env(&acsrf)),
+    )
+    .await;
     assert_eq!(s, StatusCode::SEE_OTHER);
     assert_eq!(h["location"], "/fleets/signs#env");
     let (_, vars) = api

@@ -46,8 +46,8 @@ use tokio_util::sync::CancellationToken;
 
 use auth::{Caller, Role};
 pub(crate) use error::ApiError;
-pub(crate) use terminal::upgrade as terminal_upgrade;
 use error::JsonObject;
+pub(crate) use terminal::upgrade as terminal_upgrade;
 
 use crate::sessions::Sessions;
 use crate::store::{DeviceRecord, Store};

@@ -87,11 +87,7 @@ struct Outcome {
 /// device, then the browser goes to their live status page; a public-URL switch answers
 /// with what it did to each device. A device that fails (deleted meanwhile, ...) is named
 /// with its reason; the others still run.
-pub(super) async fn run(
-    signed: Signed,
-    State(st): St,
-    body: Bytes,
-) -> Result<Response, DashError> {
+pub(super) async fn run(signed: Signed, State(st): St, body: Bytes) -> Result<Response, DashError> {
     let (uuids, f) = parse(&body)?;
     signed.check_post(&f, Role::Operator)?;
     let action = f.get("action").cloned().unwrap_or_default();
@@ -157,7 +153,9 @@ pub(super) async fn run(
     }
     let failed = outcomes.iter().any(|o| o.result.is_err());
     if !failed && !queued.is_empty() {
-        return Ok(Redirect::to(&format!("/devices/bulk?ids={}", queued.join(","))).into_response());
+        return Ok(
+            Redirect::to(&format!("/devices/bulk?ids={}", queued.join(","))).into_response(),
+        );
     }
     let actions = load(&st, &queued).await?;
     Ok(page(&st, &signed, label, &actions, &outcomes)

@@ -148,6 +148,7 @@
       }
       form.classList.toggle("has-selection", n > 0);
     }
+    form.classList.add("js-ready");
     if (all) {
       all.addEventListener("change", function () {
         boxes().forEach(function (b) { b.checked = all.checked; });

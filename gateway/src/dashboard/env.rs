@@ -114,7 +114,10 @@ pub(super) fn apply(rows: Vec<Row>, f: &HashMap<String, String>) -> Result<Env, 
             // The value is kept as typed (spaces included), only the name and service
             // are trimmed.
             let value = f.get("value").cloned().unwrap_or_default();
-            match rows.iter_mut().find(|(s, k, _)| *s == service && *k == name) {
+            match rows
+                .iter_mut()
+                .find(|(s, k, _)| *s == service && *k == name)
+            {
                 Some(row) => row.2 = value,
                 None => rows.push((service, name, value)),
             }
@@ -212,7 +215,11 @@ mod tests {
             &form(&[("op", "unset"), ("name", "B"), ("service", "db")]),
         )
         .unwrap_err();
-        assert!(e.message.contains("\"B\" for service \"db\""), "{}", e.message);
+        assert!(
+            e.message.contains("\"B\" for service \"db\""),
+            "{}",
+            e.message
+        );
         let e = apply(vec![], &form(&[("op", "set"), ("name", "")])).unwrap_err();
         assert!(e.message.contains("name"), "{}", e.message);
     }

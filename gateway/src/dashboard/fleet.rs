@@ -129,16 +129,16 @@ pub(super) async fn env_post(
     let rows = st.store.env("fleet", &name).await?;
     let refusal = match env::apply(rows, &f) {
         Err(r) => r,
-        Ok(vars) => match crate::api::replace_fleet_env(st.clone(), signed.caller(), &name, vars)
-            .await
-        {
-            Ok(()) => {
-                return Ok(
-                    Redirect::to(&format!("/fleets/{}#env", urlencode(&name))).into_response()
-                )
+        Ok(vars) => {
+            match crate::api::replace_fleet_env(st.clone(), signed.caller(), &name, vars).await {
+                Ok(()) => {
+                    return Ok(
+                        Redirect::to(&format!("/fleets/{}#env", urlencode(&name))).into_response()
+                    )
+                }
+                Err(e) => env::refused(e, &f)?,
             }
-            Err(e) => env::refused(e, &f)?,
-        },
+        }
     };
     render(&st, &signed, &name, Some(&refusal), None).await
 }

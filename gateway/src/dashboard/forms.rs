@@ -22,7 +22,7 @@ pub(super) struct Refusal {
     /// The fields as posted, to fill the form again.
     pub(super) fields: HashMap<String, String>,
     /// Where in the posted text the error is (compose files): 1-based line, key path.
-    pub(super) at: Option<(Option<usize>, String)>,
+    pub(super) at: Option<Box<(Option<usize>, String)>>,
 }
 
 impl Refusal {
@@ -68,7 +68,7 @@ pub(super) fn alert(refusal: Option<&Refusal>, form: &str) -> Markup {
     html! {
         @if let Some(r) = refusal.filter(|r| r.form == form) {
             p.alert.alert-error role="alert" data-refused=(form) {
-                @if let Some((line, key)) = &r.at {
+                @if let Some((line, key)) = r.at.as_deref() {
                     @if let Some(l) = line { strong data-error-line=(l) { "Line " (l) } }
                     @if !key.is_empty() && key != "." {
                         @if line.is_some() { ", " } "key " code data-error-key=(key) { (key) }

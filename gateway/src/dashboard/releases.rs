@@ -184,12 +184,16 @@ pub(super) async fn publish(
         // parses again and would refuse the same file.
         let mut r = Refusal::new("compose", e.message.clone(), &f);
         r.status = StatusCode::UNPROCESSABLE_ENTITY;
-        r.at = Some((e.line, e.path));
+        r.at = Some(Box::new((e.line, e.path)));
         Some(r)
     } else {
         match crate::api::publish_release(st.clone(), signed.caller(), &fleet, text).await {
             Ok(rel) => {
-                let again = if rel.created == Some(false) { "&same=1" } else { "" };
+                let again = if rel.created == Some(false) {
+                    "&same=1"
+                } else {
+                    ""
+                };
                 let to = format!(
                     "/fleets/{}?published={}{again}#releases",
                     urlencode(&fleet),
@@ -212,9 +216,14 @@ pub(super) async fn pin_fleet(
 ) -> Result<Response, DashError> {
     let f = form(&body)?;
     signed.check_post(&f, Role::Operator)?;
-    let release = f.get("release").map(|r| r.trim().to_string()).filter(|r| !r.is_empty());
+    let release = f
+        .get("release")
+        .map(|r| r.trim().to_string())
+        .filter(|r| !r.is_empty());
     match crate::api::pin_fleet(st.clone(), signed.caller(), &fleet, release).await {
-        Ok(()) => Ok(Redirect::to(&format!("/fleets/{}#releases", urlencode(&fleet))).into_response()),
+        Ok(()) => {
+            Ok(Redirect::to(&format!("/fleets/{}#releases", urlencode(&fleet))).into_response())
+        }
         Err(e) => {
             let r = Refusal::from_api(e, "pin", &f)?;
             super::fleet::render(&st, &signed, &fleet, Some(&r), None).await
@@ -232,7 +241,10 @@ pub(super) async fn pin_device(
     let f = form(&body)?;
     signed.check_post(&f, Role::Operator)?;
     let uuid = parse_uuid(&uuid)?;
-    let release = f.get("release").map(|r| r.trim().to_string()).filter(|r| !r.is_empty());
+    let release = f
+        .get("release")
+        .map(|r| r.trim().to_string())
+        .filter(|r| !r.is_empty());
     match crate::api::pin_device(st.clone(), signed.caller(), uuid, release).await {
         Ok(()) => Ok(Redirect::to(&format!("/devices/{uuid}")).into_response()),
         Err(e) => {
