@@ -394,3 +394,88 @@ async fn release_pin_and_fleet_env_forms_need_their_roles_and_the_csrf_token() {
         "{audit}"
     );
 }
+
+// ---- benchmark (run by bench/dashboard/fleet.sh) ----
+
+/// Time to serve a fleet page (`/fleets/{name}`) whose fleet has `BENCH_DEVICES` (default
+/// 10,000) devices and `BENCH_RELEASES` (default 20) releases: the page counts, per
+/// release, the devices that should run it. Then one of its devices' pages (which lists
+/// the releases for the pin form). Sequential requests on loopback.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark: bench/dashboard/fleet.sh"]
+async fn bench_fleet_page() {
+    let var = |k: &str, d: usize| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let (n, releases, rounds) = (
+        var("BENCH_DEVICES", 10_000),
+        var("BENCH_RELEASES", 20),
+        var("BENCH_ITERATIONS", 50),
+    );
+    let gw = TestGateway::spawn().await;
+    let store = gateway::store::Store::open(&gw.data_dir).await.unwrap();
+    store.create_fleet("big", false).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut last = None;
+    for i in 0..n {
+        let mut bytes = [0u8; 16];
+        bytes[8..].copy_from_slice(&(i as u64).to_be_bytes());
+        let uuid = protocol::DeviceUuid::from_bytes(bytes);
+        store.register_device(uuid, Some("big")).await.unwrap();
+        last = Some(uuid);
+    }
+    for r in 0..releases {
+        let text = GOOD_V1.replace(":v1", &format!(":v{r}"));
+        // The content hash, as compose::release_hash makes it (SHA-256 hex of the text).
+        let hash = certs::sha256_hex(text.as_bytes());
+        store
+            .create_release("big", &text, &hash, "bench")
+            .await
+            .unwrap();
+    }
+    eprintln!(
+        "{n} devices and {releases} releases stored in {:?}",
+        started.elapsed()
+    );
+    let (_, operator, _) = tokens(&gw).await;
+    let (s, h) = post_login(&gw, &format!("token={operator}")).await;
+    assert_eq!(s, StatusCode::SEE_OTHER);
+    let cookie = format!(
+        "gw_session={}",
+        cookie_value(set_cookie(&h, "gw_session").unwrap())
+    );
+    let device = last.unwrap();
+    println!("| page | p50 ms | p90 ms | max ms | bytes |");
+    println!("|---|---:|---:|---:|---:|");
+    for (name, path) in [
+        (
+            format!("fleet page ({n} devices, {releases} releases)"),
+            "/fleets/big".to_string(),
+        ),
+        ("device page".to_string(), format!("/devices/{device}")),
+    ] {
+        let mut samples = Vec::with_capacity(rounds);
+        let mut size = 0;
+        for i in 0..rounds + 5 {
+            let t = std::time::Instant::now();
+            let (s, _, page) = http(&gw, "GET", &path, Some(&cookie), None).await;
+            let took = t.elapsed();
+            assert_eq!(s, StatusCode::OK, "{path}");
+            if i >= 5 {
+                samples.push(took);
+            }
+            size = page.len();
+        }
+        samples.sort();
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        println!(
+            "| {name} | {:.2} | {:.2} | {:.2} | {size} |",
+            ms(samples[samples.len() / 2]),
+            ms(samples[samples.len() * 9 / 10]),
+            ms(*samples.last().unwrap()),
+        );
+    }
+}

@@ -145,22 +145,35 @@ pub(super) fn device_pin_form(
     }
 }
 
-/// Each release with how many devices of `fleet` should run it.
+/// Each release, newest first, with how many devices of `fleet` should run it: those
+/// pinned to it, plus (for the fleet's pin, else its newest) those that follow the fleet.
 pub(super) async fn with_counts(
     st: &crate::api::ApiState,
     fleet: &str,
 ) -> Result<Vec<(ReleaseRecord, i64)>, DashError> {
-    let mut out = Vec::new();
-    for r in st.store.releases(fleet).await? {
-        let filter = crate::store::DeviceListFilter {
-            fleet: Some(fleet.to_string()),
-            release: Some(r.id.clone()),
-            ..Default::default()
-        };
-        let (_, n) = st.store.device_page(&filter, 0, 0).await?;
-        out.push((r, n));
-    }
-    Ok(out)
+    let releases = st.store.releases(fleet).await?;
+    let pin = st.store.fleet_pin(fleet).await?;
+    let pins = st.store.pins_in_fleet(fleet).await?;
+    let count = |id: Option<&str>| {
+        pins.iter()
+            .filter(|(p, _)| p.as_deref() == id)
+            .map(|(_, n)| n)
+            .sum::<i64>()
+    };
+    let default = pin.or_else(|| releases.first().map(|r| r.id.clone()));
+    let following = count(None);
+    Ok(releases
+        .into_iter()
+        .map(|r| {
+            let extra = if default.as_deref() == Some(r.id.as_str()) {
+                following
+            } else {
+                0
+            };
+            let n = count(Some(&r.id)) + extra;
+            (r, n)
+        })
+        .collect())
 }
 
 /// `POST /fleets/{name}/releases`.
