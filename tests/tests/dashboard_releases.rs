@@ -103,7 +103,21 @@ async fn browser_publishes_a_release_after_an_error_and_pins_the_fleet_and_a_dev
         Duration::from_secs(10),
     )
     .await;
-    publish(&b, GOOD_V2).await;
+    // The second one from a file: the script reads it into the box.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("docker-compose.yml");
+    std::fs::write(&file, GOOD_V2).unwrap();
+    let pick = b.find("input[data-compose-file]").await;
+    b.type_into(&pick, file.to_str().unwrap()).await;
+    wait_for(
+        &b,
+        "return document.querySelector('form.publish textarea[name=compose]').value",
+        json!(GOOD_V2),
+        Duration::from_secs(10),
+    )
+    .await;
+    let go = b.find("form.publish button[type=submit]").await;
+    b.click(&go).await;
     wait_for(
         &b,
         "return document.querySelectorAll('table.releases tbody tr').length",
