@@ -47,6 +47,7 @@ use tokio_util::sync::CancellationToken;
 use auth::{Caller, Role};
 pub(crate) use error::ApiError;
 use error::JsonObject;
+pub(crate) use terminal::upgrade as terminal_upgrade;
 
 use crate::sessions::Sessions;
 use crate::store::{DeviceRecord, Store};
@@ -280,6 +281,93 @@ pub(crate) async fn replace_tags(
     put_tags(caller, State(st), DeviceParam(uuid), Ok(JsonObject(tags)))
         .await
         .map(drop)
+}
+
+/// Replaces a device's environment variables for the dashboard through the API's own
+/// handler (as `PUT /v1/devices/{uuid}/env`: operator and up, names checked, audited as
+/// `device.env`, the device retargeted).
+pub(crate) async fn replace_device_env(
+    st: ApiState,
+    caller: Caller,
+    uuid: DeviceUuid,
+    env: Env,
+) -> Result<(), ApiError> {
+    put_device_env(caller, State(st), DeviceParam(uuid), Ok(JsonObject(env)))
+        .await
+        .map(drop)
+}
+
+/// Replaces a fleet's environment variables for the dashboard through the API's own
+/// handler (as `PUT /v1/fleets/{name}/env`: admin only, audited as `fleet.env`).
+pub(crate) async fn replace_fleet_env(
+    st: ApiState,
+    caller: Caller,
+    fleet: &str,
+    env: Env,
+) -> Result<(), ApiError> {
+    put_fleet_env(
+        caller,
+        State(st),
+        Ok(Path(fleet.to_string())),
+        Ok(JsonObject(env)),
+    )
+    .await
+    .map(drop)
+}
+
+/// Publishes a compose file as a release of `fleet` for the dashboard through the API's
+/// own handler (as `POST /v1/fleets/{name}/releases`: operator and up, the compose file
+/// validated, audited as `release.create`, the fleet's devices retargeted).
+pub(crate) async fn publish_release(
+    st: ApiState,
+    caller: Caller,
+    fleet: &str,
+    compose: String,
+) -> Result<Release, ApiError> {
+    let (_, Json(r)) = releases::create_release(
+        caller,
+        State(st),
+        Ok(Path(fleet.to_string())),
+        Ok(JsonObject(NewRelease { compose })),
+    )
+    .await?;
+    Ok(r)
+}
+
+/// Pins a fleet to a release (`None`: back to its newest) for the dashboard through the
+/// API's own handler (as `PUT /v1/fleets/{name}/pin`).
+pub(crate) async fn pin_fleet(
+    st: ApiState,
+    caller: Caller,
+    fleet: &str,
+    release: Option<String>,
+) -> Result<(), ApiError> {
+    releases::pin_fleet(
+        caller,
+        State(st),
+        Ok(Path(fleet.to_string())),
+        Ok(JsonObject(Pin { release })),
+    )
+    .await
+    .map(drop)
+}
+
+/// Pins a device to a release (`None`: back to following its fleet) for the dashboard
+/// through the API's own handler (as `PUT /v1/devices/{uuid}/pin`).
+pub(crate) async fn pin_device(
+    st: ApiState,
+    caller: Caller,
+    uuid: DeviceUuid,
+    release: Option<String>,
+) -> Result<(), ApiError> {
+    releases::pin_device(
+        caller,
+        State(st),
+        DeviceParam(uuid),
+        Ok(JsonObject(Pin { release })),
+    )
+    .await
+    .map(drop)
 }
 
 /// The `{uuid}` path parameter, parsed (400 `invalid_uuid` when malformed).

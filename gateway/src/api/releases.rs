@@ -59,7 +59,7 @@ impl From<crate::store::TargetSource> for TargetSource {
     }
 }
 
-async fn create_release(
+pub(super) async fn create_release(
     caller: Caller,
     State(st): State<ApiState>,
     name: Result<Path<String>, PathRejection>,
@@ -156,7 +156,7 @@ async fn release_target(
     Ok(Json(targets::release_target(&st.store, &rel).await?))
 }
 
-async fn pin_fleet(
+pub(super) async fn pin_fleet(
     caller: Caller,
     State(st): State<ApiState>,
     name: Result<Path<String>, PathRejection>,
@@ -186,7 +186,7 @@ async fn pin_fleet(
     }))
 }
 
-async fn pin_device(
+pub(super) async fn pin_device(
     caller: Caller,
     State(st): State<ApiState>,
     DeviceParam(uuid): DeviceParam,

@@ -185,6 +185,20 @@ async fn open(
     let Path(uuid) = uuid?;
     let uuid = parse_uuid(&uuid)?;
     let Query(q) = q?;
+    upgrade(st, caller, uuid, q, ws).await
+}
+
+/// The rest of opening a terminal once the caller is known to be an operator (from a
+/// token here, from a dashboard session in `dashboard::terminal`): the target and size
+/// checked, the device online, then the WebSocket relayed to a `Terminal` stream.
+pub(crate) async fn upgrade(
+    st: ApiState,
+    caller: Caller,
+    uuid: DeviceUuid,
+    q: TerminalQuery,
+    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Result<Response, ApiError> {
+    caller.require(Role::Operator)?;
     let target = match q.service.as_deref().filter(|s| !s.is_empty()) {
         None => TerminalTarget::Host,
         Some(s) => TerminalTarget::parse(s).map_err(|e| {

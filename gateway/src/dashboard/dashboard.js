@@ -6,6 +6,8 @@
 
 (function () {
   const body = document.body;
+  // Every open event stream, closed when the page is left (see "back/forward" below).
+  const streams = [];
 
   // --- presence: rows and the device header switch online/offline without a reload ---
   function setPresence(uuid, online, transport) {
@@ -47,6 +49,7 @@
   function livePresence() {
     if (!document.querySelector("[data-uuid]") || !window.EventSource) return;
     const es = new EventSource("/events");
+    streams.push(es);
     es.onopen = function () { body.dataset.live = "open"; };
     es.onerror = function () { body.dataset.live = "reconnecting"; };
     es.addEventListener("presence", function (e) {
@@ -63,6 +66,7 @@
     if (!pre || !window.EventSource) return;
     const state = document.querySelector("[data-log-state]");
     const es = new EventSource(pre.dataset.logSrc);
+    streams.push(es);
     const MAX = 1000;
     let count = 0;
     es.onopen = function () { if (state) state.textContent = "live"; };
@@ -125,8 +129,194 @@
     form.querySelectorAll("button").forEach(function (b) { b.disabled = true; });
   });
 
+  // --- group actions on the devices table: select rows, count them, confirm ---
+  function bulkActions() {
+    const form = document.querySelector("form[data-bulk]");
+    if (!form) return;
+    const all = form.querySelector("[data-select-all]");
+    const boxes = function () { return form.querySelectorAll('input[name="uuid"]'); };
+    const count = form.querySelector("[data-bulk-count]");
+    const chosen = form.querySelector("[data-bulk-chosen]");
+    function update() {
+      const n = [...boxes()].filter(function (b) { return b.checked; }).length;
+      count.textContent = n === 0 ? "Select devices for a group action"
+        : n + " device" + (n === 1 ? "" : "s") + " selected";
+      form.querySelectorAll("[data-bulk-action]").forEach(function (b) { b.disabled = n === 0; });
+      if (all) {
+        all.checked = n > 0 && n === boxes().length;
+        all.indeterminate = n > 0 && n < boxes().length;
+      }
+      form.classList.toggle("has-selection", n > 0);
+    }
+    form.classList.add("js-ready");
+    if (all) {
+      all.addEventListener("change", function () {
+        boxes().forEach(function (b) { b.checked = all.checked; });
+        update();
+      });
+    }
+    form.addEventListener("change", function (e) {
+      if (e.target.name === "uuid") update();
+    });
+    form.querySelectorAll("[data-bulk-action]").forEach(function (b) {
+      b.addEventListener("click", function (e) {
+        if (b.dataset.confirm && !window.confirm(b.dataset.confirm)) {
+          e.preventDefault();
+          return;
+        }
+        chosen.value = b.value;
+      });
+    });
+    update();
+  }
+
+  // --- the publish form: a compose file chosen from disk goes into the text box ---
+  function composeFile() {
+    const input = document.querySelector("[data-compose-file]");
+    if (!input || !window.FileReader) return;
+    input.addEventListener("change", function () {
+      const file = input.files && input.files[0];
+      if (!file) return;
+      const reader = new FileReader();
+      reader.onload = function () {
+        input.form.querySelector('textarea[name="compose"]').value = String(reader.result);
+      };
+      reader.readAsText(file);
+    });
+  }
+
+  // --- the terminal inside the device page (xterm.js, loaded on first use) ---
+  // The WebSocket is the dashboard's own (/devices/{uuid}/terminal): the session cookie
+  // and the page's CSRF token authenticate it, so no token is asked for.
+  function embeddedTerminal() {
+    const card = document.querySelector("[data-terminal]");
+    if (!card) return;
+    const openBtn = card.querySelector("[data-term-open]");
+    const closeBtn = card.querySelector("[data-term-close]");
+    const status = card.querySelector("[data-term-status]");
+    const box = card.querySelector("[data-term-box]");
+    const service = card.querySelector("[data-term-service]");
+    let assets = null;
+    let ws = null;
+    let term = null;
+    let fit = null;
+    function script(src) {
+      return new Promise(function (resolve, reject) {
+        const s = document.createElement("script");
+        s.src = src;
+        s.onload = resolve;
+        s.onerror = reject;
+        document.head.appendChild(s);
+      });
+    }
+    function load() {
+      if (!assets) {
+        const css = document.createElement("link");
+        css.rel = "stylesheet";
+        css.href = "/assets/terminal/xterm.css";
+        document.head.appendChild(css);
+        assets = script("/assets/terminal/xterm.js").then(function () {
+          return script("/assets/terminal/addon-fit.js");
+        });
+      }
+      return assets;
+    }
+    function setState(text, state) {
+      status.textContent = text;
+      card.dataset.termState = state;
+    }
+    function ended() {
+      openBtn.disabled = false;
+      closeBtn.hidden = true;
+      service.disabled = false;
+    }
+    function start() {
+      if (term) term.dispose();
+      box.hidden = false;
+      term = new Terminal({ cursorBlink: true, scrollback: 5000, fontFamily: "monospace" });
+      fit = new FitAddon.FitAddon();
+      term.loadAddon(fit);
+      term.open(box);
+      fit.fit();
+      term.focus();
+      const q = new URLSearchParams({
+        cols: String(term.cols), rows: String(term.rows), csrf: card.dataset.csrf
+      });
+      if (service.value) q.set("service", service.value);
+      const proto = location.protocol === "https:" ? "wss:" : "ws:";
+      const sock = new WebSocket(proto + "//" + location.host + card.dataset.terminal + "?" + q.toString());
+      ws = sock;
+      sock.binaryType = "arraybuffer";
+      const enc = new TextEncoder();
+      let done = false;
+      const t = term;
+      sock.onopen = function () {
+        setState("connected to " + (service.value ? "service " + service.value : "the host"), "open");
+        closeBtn.hidden = false;
+      };
+      sock.onmessage = function (ev) {
+        if (typeof ev.data !== "string") { t.write(new Uint8Array(ev.data)); return; }
+        let msg;
+        try { msg = JSON.parse(ev.data); } catch (e) { return; }
+        if (msg.type === "exit") {
+          done = true;
+          card.dataset.termExit = String(msg.code);
+          t.write("\r\n\x1b[2m[session ended: exit status " + msg.code + "]\x1b[0m\r\n");
+          setState("exited with status " + msg.code, "exited");
+        } else if (msg.type === "error") {
+          done = true;
+          t.write("\r\n\x1b[31m[" + msg.message + "]\x1b[0m\r\n");
+          setState("error: " + msg.message, "error");
+        }
+      };
+      sock.onclose = function (ev) {
+        if (!done) {
+          // A refused upgrade (offline device, expired session) is a close without a reason.
+          setState("disconnected" + (ev.reason ? ": " + ev.reason
+            : " (is the device online? reload the page if you were signed out)"), "closed");
+        }
+        if (ws === sock) ended();
+      };
+      t.onData(function (d) { if (sock.readyState === 1) sock.send(enc.encode(d)); });
+      t.onBinary(function (d) {
+        if (sock.readyState !== 1) return;
+        const b = new Uint8Array(d.length);
+        for (let i = 0; i < d.length; i++) b[i] = d.charCodeAt(i) & 255;
+        sock.send(b);
+      });
+      t.onResize(function (s) {
+        if (sock.readyState === 1) sock.send(JSON.stringify({ type: "resize", cols: s.cols, rows: s.rows }));
+      });
+    }
+    openBtn.addEventListener("click", function () {
+      openBtn.disabled = true;
+      service.disabled = true;
+      setState("connecting\u2026", "connecting");
+      load().then(start, function () {
+        setState("the terminal's script did not load", "error");
+        ended();
+      });
+    });
+    closeBtn.addEventListener("click", function () { if (ws) ws.close(); });
+    window.addEventListener("resize", function () { if (fit && !box.hidden) fit.fit(); });
+  }
+
+  // --- back/forward: a page kept in the browser's back/forward cache would keep its
+  // event streams open, and a browser opens only 6 HTTP/1.1 connections to one host: a
+  // few pages later, the next click would wait for a free one. So the streams close when
+  // the page is left, and a page shown again from that cache is loaded afresh.
+  window.addEventListener("pagehide", function () {
+    streams.forEach(function (es) { es.close(); });
+  });
+  window.addEventListener("pageshow", function (e) {
+    if (e.persisted) location.reload();
+  });
+
   livePresence();
   liveLogs();
   liveActions();
+  bulkActions();
+  composeFile();
+  embeddedTerminal();
   body.dataset.ready = "1";
 })();

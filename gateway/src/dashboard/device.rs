@@ -1,13 +1,18 @@
-//! `/devices/{uuid}`: one device's state, services, release, tags and environment, its
-//! public URL, actions (CSRF-protected forms that go through the API's own handlers), its
-//! recent actions (refreshed by the script), live logs, and its audit entries.
+//! `/devices/{uuid}`: one device's state, services, release (and its pin), tags and
+//! environment (editable, see [`super::env`]), its public URL, actions (CSRF-protected
+//! forms that go through the API's own handlers), its recent actions (refreshed by the
+//! script), the embedded terminal ([`super::terminal`]), live logs, and its audit
+//! entries.
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
+use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use maud::{html, Markup};
 use serde_json::Value;
 
+use super::env::{self, Scope};
+use super::forms::Refusal;
 use super::layout::{self, Nav};
 use super::{form, parse_uuid, urlencode, DashError, Signed, St};
 use crate::api::auth::Role;
@@ -45,9 +50,20 @@ pub(super) async fn page(
     signed: Signed,
     State(st): St,
     Path(uuid): Path<String>,
-) -> Result<Html<String>, DashError> {
+) -> Result<Response, DashError> {
     let uuid = parse_uuid(&uuid)?;
-    let d = device_or_404(&st, uuid).await?;
+    render(&st, &signed, uuid, None).await
+}
+
+/// The device page, with a form's refusal shown beside that form (the page's status is
+/// then the refusal's).
+pub(super) async fn render(
+    st: &ApiState,
+    signed: &Signed,
+    uuid: protocol::DeviceUuid,
+    refusal: Option<&Refusal>,
+) -> Result<Response, DashError> {
+    let d = device_or_404(st, uuid).await?;
     let path = st.sessions.path(&uuid);
     let online = path.is_some() || (d.online && st.store.is_postgres());
     let name = d
@@ -69,6 +85,17 @@ pub(super) async fn page(
         .unwrap_or_default();
     let uuid_s = uuid.as_str();
     let csrf = signed.csrf.as_str();
+    let service_names: Vec<String> = rec["services"]
+        .as_array()
+        .map(|l| l.iter().filter_map(|s| text(&s["name"])).collect())
+        .unwrap_or_default();
+    let fleet_releases = match &d.fleet {
+        Some(f) if signed.can_act() => st.store.releases(f).await?,
+        _ => Vec::new(),
+    };
+    let device_pin = target.as_ref().and_then(|(r, src)| {
+        (*src == crate::store::TargetSource::DevicePin).then_some(r.id.as_str())
+    });
     let body = html! {
         div.page-head.device-head data-uuid=(uuid_s) {
             div {
@@ -78,7 +105,7 @@ pub(super) async fn page(
             }
             @if signed.can_act() {
                 div.head-actions {
-                    a.btn.btn-quiet href={ "/terminal/" (uuid_s) } target="_blank" rel="noopener" { "Open terminal" }
+                    a.btn.btn-quiet href="#terminal" { "Terminal" }
                 }
             }
         }
@@ -115,6 +142,9 @@ pub(super) async fn page(
                     dt { "Update" } dd { @match text(&rec["update_status"]) { Some(u) => (layout::status_badge(&u)), None => (layout::none()) } }
                     @if let Some(e) = text(&rec["error"]) { dt { "Error" } dd.bad-text { (e) } }
                 }
+                @if signed.can_act() {
+                    (super::releases::device_pin_form(uuid_s, &fleet_releases, device_pin, signed, refusal))
+                }
                 (services(rec))
             }
             section.card {
@@ -149,13 +179,14 @@ pub(super) async fn page(
                         }
                     }
                 }
-                h2 { "Environment" }
-                @if env.is_empty() { p.muted { "No device variables." } } @else {
-                    table.compact { tbody { @for (svc, k, v) in &env {
-                        tr { td { code { (k) } } td { code { (v) } } td.muted { @if svc.is_empty() { "all services" } @else { (svc) } } }
-                    } } }
-                }
             }
+        }
+        section.card id="env" {
+            h2 { "Environment" }
+            p.muted { "Device variables win over the fleet's"
+                @if let Some(f) = &d.fleet { " (" a href={ "/fleets/" (urlencode(f)) "#env" } { (f) } ")" } "." }
+            (env::section(Scope::Device(uuid_s), &env, signed.can_act(), signed, &service_names, refusal))
+            @if !signed.can_act() { (env::read_only_note(Scope::Device(uuid_s), signed)) }
         }
         section.card id="actions" {
             div.section-head {
@@ -180,6 +211,7 @@ pub(super) async fn page(
                 }
             }
         }
+        @if signed.can_act() { (super::terminal::section(uuid_s, &service_names, signed, online)) }
         section.card {
             div.section-head { h2 { "Logs" } span.muted data-log-state { "connecting…" } }
             pre.logs data-log-src={ "/devices/" (uuid_s) "/logs" } {}
@@ -196,7 +228,33 @@ pub(super) async fn page(
             }
         }
     };
-    Ok(layout::page(&name, &signed, Nav::Devices, body))
+    let status = refusal.map_or(StatusCode::OK, |r| r.status);
+    Ok((status, layout::page(&name, signed, Nav::Devices, body)).into_response())
+}
+
+/// `POST /devices/{uuid}/env` (operator and up): `op=set|unset`, `name`, `value`,
+/// `service`, `csrf`; a refusal comes back on the page beside the form.
+pub(super) async fn env_post(
+    signed: Signed,
+    State(st): St,
+    Path(uuid): Path<String>,
+    body: Bytes,
+) -> Result<Response, DashError> {
+    let f = form(&body)?;
+    signed.check_post(&f, Role::Operator)?;
+    let uuid = parse_uuid(&uuid)?;
+    device_or_404(&st, uuid).await?;
+    let rows = st.store.env("device", uuid.as_str()).await?;
+    let refusal = match env::apply(rows, &f) {
+        Err(r) => r,
+        Ok(vars) => {
+            match crate::api::replace_device_env(st.clone(), signed.caller(), uuid, vars).await {
+                Ok(()) => return Ok(Redirect::to(&format!("/devices/{uuid}#env")).into_response()),
+                Err(e) => env::refused(e, &f)?,
+            }
+        }
+    };
+    render(&st, &signed, uuid, Some(&refusal)).await
 }
 
 fn source(s: crate::store::TargetSource) -> &'static str {
@@ -231,7 +289,7 @@ fn services(rec: &Value) -> Markup {
 }
 
 /// An action's status as the API shows it (a pending one past its TTL is expired).
-fn status_of(a: &ActionRecord) -> &str {
+pub(super) fn status_of(a: &ActionRecord) -> &str {
     if a.status == "pending" && a.expires_at <= crate::store::now_unix() {
         "expired"
     } else {

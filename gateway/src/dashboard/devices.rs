@@ -140,16 +140,25 @@ pub(super) async fn page(
                 @else { "No devices yet. Add one with " code { "gateway device add" } " or a provisioning key." }
             }
         } @else {
+            @let selectable = signed.can_act();
+            // Operators get a checkbox a row and the group-action bar; the form wraps the
+            // table so that the checkboxes are its fields.
+            form.bulk method="post" action="/devices/bulk" data-bulk[selectable] {
+            @if selectable { (super::bulk::bar(&signed)) }
             div.table-wrap {
                 table.devices data-live-presence {
                     thead { tr {
+                        @if selectable {
+                            th.select { input type="checkbox" data-select-all aria-label="Select every device on this page"; }
+                        }
                         th { "Device" } th { "Fleet" } th { "Online" } th.hide-sm { "Status" }
                         th { "Last seen" } th.hide-sm { "Transport" } th.hide-sm { "Release" } th.hide-sm { "IP" }
                     } }
                     tbody {
-                        @for r in &rows { (row(&st, r)) }
+                        @for r in &rows { (row(&st, r, selectable)) }
                     }
                 }
+            }
             }
             @if pages > 1 {
                 nav.pager aria-label="pages" {
@@ -165,7 +174,7 @@ pub(super) async fn page(
 
 /// One table row. Presence and transport come from the session registry (the live
 /// truth); the rest from the store.
-fn row(st: &ApiState, r: &DeviceListRow) -> Markup {
+fn row(st: &ApiState, r: &DeviceListRow, selectable: bool) -> Markup {
     let d = &r.device;
     let path = st.sessions.path(&d.uuid);
     // On PostgreSQL another node may hold the tunnel: then the store's flag says so.
@@ -181,6 +190,9 @@ fn row(st: &ApiState, r: &DeviceListRow) -> Markup {
         .unwrap_or_default();
     html! {
         tr data-uuid=(uuid) class=(if online { "is-online" } else { "is-offline" }) {
+            @if selectable {
+                td.select { input type="checkbox" name="uuid" value=(uuid) aria-label={ "Select " (name) }; }
+            }
             td.device-cell {
                 a.device-name href={ "/devices/" (uuid) } { (name) }
                 code.uuid.muted { (uuid) }

@@ -1,5 +1,6 @@
 //! `/fleets`: each fleet with its device and online counts, newest release, pin and
-//! public-URL default.
+//! public-URL default; the name leads to the fleet's page (releases, environment), the
+//! count to its devices.
 
 use axum::extract::State;
 use axum::response::Html;
@@ -37,8 +38,8 @@ pub(super) async fn page(signed: Signed, State(st): St) -> Result<Html<String>, 
                     tbody {
                         @for (f, devices, on, newest, pin) in &rows {
                             tr data-fleet=(f.name) {
-                                td { a.device-name href={ "/devices?fleet=" (urlencode(&f.name)) } { (f.name) } }
-                                td.num { (devices) }
+                                td { a.device-name href={ "/fleets/" (urlencode(&f.name)) } { (f.name) } }
+                                td.num { a href={ "/devices?fleet=" (urlencode(&f.name)) } { (devices) } }
                                 td.num {
                                     span.badge.online[*on > 0].offline[*on == 0] { (on) " online" }
                                 }

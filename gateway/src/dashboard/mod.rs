@@ -7,19 +7,27 @@
 //!
 //! * `/login`, `/login/once?t=`, `/logout`: sign-in with a dashboard user's password or an
 //!   API token, one-time links, sign-out ([`auth`]).
-//! * `/devices` (the home page), `/devices/{uuid}`, `/fleets`: the pages ([`devices`],
-//!   [`device`], [`fleets`]).
+//! * `/devices` (the home page), `/devices/{uuid}`, `/fleets`, `/fleets/{name}`: the
+//!   pages ([`devices`], [`device`], [`fleets`], [`fleet`]); group actions
+//!   ([`bulk`]), environment variables ([`env`]), releases and pins ([`releases`]), the
+//!   embedded terminal ([`terminal`]).
 //! * `/events`, `/devices/{uuid}/logs`: live presence and log lines ([`events`]).
 //!
 //! Every POST carries the session's CSRF token; actions go through the API's own handlers
 //! (same checks and audit entries, with actor `user:<name>` or `token:<id>`).
 
 mod auth;
+mod bulk;
 mod device;
 mod devices;
+mod env;
 mod events;
+mod fleet;
 mod fleets;
+mod forms;
 mod layout;
+mod releases;
+mod terminal;
 
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderValue, StatusCode};
@@ -47,6 +55,8 @@ pub(crate) fn routes() -> Router<ApiState> {
         .route("/login/once", get(auth::login_once))
         .route("/logout", post(auth::logout))
         .route("/devices", get(devices::page))
+        .route("/devices/bulk", get(bulk::status_page).post(bulk::run))
+        .route("/devices/bulk/rows", get(bulk::status_rows))
         .route("/devices/{uuid}", get(device::page))
         .route(
             "/devices/{uuid}/actions",
@@ -54,8 +64,15 @@ pub(crate) fn routes() -> Router<ApiState> {
         )
         .route("/devices/{uuid}/public-url", post(device::public_url))
         .route("/devices/{uuid}/tags", post(device::tags))
+        .route("/devices/{uuid}/env", post(device::env_post))
+        .route("/devices/{uuid}/pin", post(releases::pin_device))
+        .route("/devices/{uuid}/terminal", get(terminal::open))
         .route("/devices/{uuid}/logs", get(events::logs))
         .route("/fleets", get(fleets::page))
+        .route("/fleets/{name}", get(fleet::page))
+        .route("/fleets/{name}/releases", post(releases::publish))
+        .route("/fleets/{name}/pin", post(releases::pin_fleet))
+        .route("/fleets/{name}/env", post(fleet::env_post))
         .route("/events", get(events::presence))
         .route("/assets/dashboard/{file}", get(asset))
 }

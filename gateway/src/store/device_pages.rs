@@ -148,6 +148,25 @@ impl Store {
         .collect())
     }
 
+    /// How many of `fleet`'s devices are pinned to each release, and (`None`) how many
+    /// follow the fleet: one pass along `devices_fleet`, where counting the devices that
+    /// should run each release with [`Store::device_page`] took one pass per release.
+    pub async fn pins_in_fleet(
+        &self,
+        fleet: &str,
+    ) -> Result<Vec<(Option<String>, i64)>, StoreError> {
+        on_pool!(self, |p| sqlx::query(
+            "SELECT pinned_release, COUNT(*) AS n FROM devices
+             WHERE fleet = $1 AND NOT revoked GROUP BY pinned_release",
+        )
+        .bind(fleet)
+        .fetch_all(p)
+        .await?
+        .iter()
+        .map(|r| Ok((r.col("pinned_release")?, r.col("n")?)))
+        .collect())
+    }
+
     /// The query plan SQLite picks for an unfiltered page (`EXPLAIN QUERY PLAN`), for the
     /// test that the listing walks an index instead of sorting every device.
     #[cfg(test)]
@@ -245,6 +264,14 @@ mod tests {
             let (rows, _) = store.device_page(&DeviceListFilter { fleet: Some("f".into()), ..Default::default() }, 50, 0).await.unwrap();
             assert!(rows.iter().all(|row| row.release.as_deref() == Some(r.id.as_str())));
             assert_eq!(store.online_per_fleet().await.unwrap(), [("f".to_string(), 1)]);
+            let mut pins = store.pins_in_fleet("f").await.unwrap();
+            pins.sort();
+            assert_eq!(pins, [(None, 2)]);
+            store.pin_device(uuid(4), Some(&r.id)).await.unwrap();
+            let mut pins = store.pins_in_fleet("f").await.unwrap();
+            pins.sort();
+            assert_eq!(pins, [(None, 1), (Some(r.id.clone()), 1)]);
+            assert_eq!(store.pins_in_fleet("nope").await.unwrap(), []);
         }
     }
 }

@@ -1,0 +1,270 @@
+//! Helpers of the dashboard tests (`tests/dashboard*.rs`): users made with the `gateway
+//! user` CLI, hyper as the browser where headers and cookies are asserted, sign-in in
+//! headless Chromium, agents whose blink writes a file.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use http::{HeaderMap, StatusCode};
+use serde_json::Value;
+
+use crate::browser::Browser;
+use crate::{bin, body, eventually, fast_agent_options, http_client, Api, TestAgent, TestGateway};
+
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true")
+}
+
+/// Adds a dashboard user with `gateway user add`, the password on stdin.
+pub fn user_add(gw: &TestGateway, name: &str, role: &str, password: &str) {
+    let mut child = Command::new(bin("gateway"))
+        .args(["user", "add", name, "--role", role, "--data-dir"])
+        .arg(&gw.data_dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    writeln!(child.stdin.take().unwrap(), "{password}").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "user add: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// One HTTP exchange with the management listener: status, headers, body text.
+pub async fn http(
+    gw: &TestGateway,
+    method: &str,
+    path: &str,
+    cookie: Option<&str>,
+    form: Option<&str>,
+) -> (StatusCode, HeaderMap, String) {
+    let mut req = http::Request::builder()
+        .method(method)
+        .uri(format!("http://{}{}", gw.api_addr, path));
+    if let Some(c) = cookie {
+        req = req.header("cookie", c);
+    }
+    if form.is_some() {
+        req = req.header("content-type", "application/x-www-form-urlencoded");
+    }
+    let resp = http_client()
+        .request(req.body(body(form.unwrap_or("").to_string())).unwrap())
+        .await
+        .unwrap();
+    let (parts, b) = resp.into_parts();
+    let bytes = http_body_util::BodyExt::collect(b)
+        .await
+        .unwrap()
+        .to_bytes();
+    (
+        parts.status,
+        parts.headers,
+        String::from_utf8_lossy(&bytes).into_owned(),
+    )
+}
+
+/// The `Set-Cookie` header that sets `name`.
+pub fn set_cookie<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    h.get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with(&format!("{name}=")))
+}
+
+pub fn cookie_value(set_cookie: &str) -> String {
+    set_cookie
+        .split(';')
+        .next()
+        .unwrap()
+        .split_once('=')
+        .unwrap()
+        .1
+        .to_string()
+}
+
+/// The value of the first hidden `csrf` field in a page.
+pub fn csrf_in(html: &str) -> String {
+    let at = html
+        .find("name=\"csrf\" value=\"")
+        .unwrap_or_else(|| panic!("no csrf field in {html}"));
+    let rest = &html[at + "name=\"csrf\" value=\"".len()..];
+    rest[..rest.find('"').unwrap()].to_string()
+}
+
+/// Signs in through the form with hyper; returns the `gw_session` Set-Cookie header.
+pub async fn sign_in(gw: &TestGateway, user: &str, password: &str) -> String {
+    let (status, form_resp) = post_login(gw, &format!("user={user}&password={password}")).await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    set_cookie(&form_resp, "gw_session")
+        .expect("a session cookie")
+        .to_string()
+}
+
+/// Loads the sign-in form and posts `fields` with its CSRF nonce.
+pub async fn post_login(gw: &TestGateway, fields: &str) -> (StatusCode, HeaderMap) {
+    let (s, h, page) = http(gw, "GET", "/login", None, None).await;
+    assert_eq!(s, StatusCode::OK);
+    let nonce = cookie_value(set_cookie(&h, "gw_login").expect("the sign-in form's cookie"));
+    assert_eq!(csrf_in(&page), nonce);
+    let (s, h, _) = http(
+        gw,
+        "POST",
+        "/login",
+        Some(&format!("gw_login={nonce}")),
+        Some(&format!("csrf={nonce}&{fields}")),
+    )
+    .await;
+    (s, h)
+}
+
+pub async fn api_ok(api: &Api, token: &str, method: &str, path: &str, body: Value) -> Value {
+    let (s, v) = api.call(method, path, Some(token), Some(body)).await;
+    assert!(s.is_success(), "{method} {path}: {s} {v}");
+    v
+}
+
+/// An agent whose blink writes an LED file (as in actions.rs).
+pub struct Device {
+    dir: tempfile::TempDir,
+    pub cfg: edge_agent::AgentConfig,
+}
+
+impl Device {
+    pub async fn new(gw: &TestGateway) -> Self {
+        Self {
+            dir: tempfile::tempdir().unwrap(),
+            cfg: gw.add_device(false).await,
+        }
+    }
+
+    pub fn led(&self) -> PathBuf {
+        self.dir.path().join("led")
+    }
+
+    /// Starts the agent, shipping its log lines through `logs`.
+    pub fn start(&self, logs: edge_agent::logs::LogPipeline) -> TestAgent {
+        self.start_with(Some(logs), |_| {})
+    }
+
+    /// Starts the agent with a host shell for terminals (`/bin/sh`), shipping no logs.
+    pub fn start_with_shell(&self) -> TestAgent {
+        self.start_with(None, |o| o.terminal.shell = Some("/bin/sh".into()))
+    }
+
+    /// Starts the agent with its LED file and harmless reboot/shutdown commands, then
+    /// `tweak` on the options.
+    pub fn start_with(
+        &self,
+        logs: Option<edge_agent::logs::LogPipeline>,
+        tweak: impl FnOnce(&mut edge_agent::AgentOptions),
+    ) -> TestAgent {
+        let data = self.dir.path().join("data");
+        let mut hooks = edge_agent::device::Hooks::defaults(&data);
+        hooks.led = Some(self.led());
+        hooks.hostname_file = self.dir.path().join("hostname");
+        hooks.locks_root = self.dir.path().join("locks");
+        hooks.reboot = vec!["true".into()];
+        hooks.shutdown = vec!["true".into()];
+        let mut opts = fast_agent_options("127.0.0.1:9".parse().unwrap());
+        opts.data_dir = Some(data);
+        opts.hooks = Some(hooks);
+        opts.logs = logs;
+        tweak(&mut opts);
+        TestAgent::spawn_with(self.cfg.clone(), opts)
+    }
+}
+
+/// Where the screenshots go: `docs/dashboard/` when `DASHBOARD_SCREENSHOTS=docs` (to
+/// refresh the ones in the docs), else a temporary folder, so that a test run leaves the
+/// checkout as it was.
+pub fn docs_dir() -> PathBuf {
+    let dir = if std::env::var("DASHBOARD_SCREENSHOTS").as_deref() == Ok("docs") {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/dashboard")
+    } else {
+        std::env::temp_dir().join(format!("dashboard-screenshots-{}", std::process::id()))
+    };
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Signs in through the form with hyper; returns the `Cookie` header value for the
+/// session (`gw_session=…`).
+pub async fn session(gw: &TestGateway, user: &str, password: &str) -> String {
+    format!(
+        "gw_session={}",
+        cookie_value(&sign_in(gw, user, password).await)
+    )
+}
+
+/// Percent-encodes `pairs` as a form body.
+pub fn form_body(pairs: &[(&str, &str)]) -> String {
+    let enc = |s: &str| {
+        let mut out = String::new();
+        for b in s.bytes() {
+            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+                out.push(b as char);
+            } else {
+                out.push_str(&format!("%{b:02X}"));
+            }
+        }
+        out
+    };
+    pairs
+        .iter()
+        .map(|(k, v)| format!("{}={}", enc(k), enc(v)))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+/// GETs `path` with the session cookie and returns the page and its CSRF token.
+pub async fn page_and_csrf(gw: &TestGateway, cookie: &str, path: &str) -> (String, String) {
+    let (s, _, page) = http(gw, "GET", path, Some(cookie), None).await;
+    assert_eq!(s, StatusCode::OK, "GET {path}: {page}");
+    let csrf = csrf_in(&page);
+    (page, csrf)
+}
+
+/// Signs `user` in through the sign-in form in the browser and waits for the devices page.
+pub async fn browser_sign_in(b: &Browser, base: &str, user: &str, password: &str) {
+    b.goto(&format!("{base}/login")).await;
+    let u = b.find("input[name=user]").await;
+    b.type_into(&u, user).await;
+    let pw = b.find("input[name=password]").await;
+    b.type_into(&pw, password).await;
+    let submit = b.find("button[type=submit]").await;
+    b.click(&submit).await;
+    eventually(Duration::from_secs(10), || async {
+        (b.script("return location.pathname").await == "/devices").then_some(())
+    })
+    .await
+    .expect("signed in and on the devices page");
+}
+
+/// Waits until `js` (a script that returns a value) returns `want` in the browser.
+pub async fn wait_for(b: &Browser, js: &str, want: Value, limit: Duration) {
+    let got = eventually(limit, || async {
+        (b.script(js).await == want).then_some(())
+    })
+    .await;
+    if got.is_none() {
+        let last = b.script(js).await;
+        panic!("{js} never returned {want} (last: {last})");
+    }
+}
+
+/// The browser, or `None` (and a SKIPPED line) when chromedriver is not installed; with
+/// `CI=true` a missing one fails the test.
+pub async fn browser(width: u32, height: u32) -> Option<Browser> {
+    let b = Browser::start_sized(width, height).await;
+    if b.is_none() {
+        assert!(!in_ci(), "chromedriver is missing and CI=true");
+        println!("SKIPPED: chromedriver not installed (apt-get install chromium chromium-driver)");
+    }
+    b
+}
