@@ -264,6 +264,27 @@ async fn browser_sign_in_live_presence_filters_blink_and_screenshots() {
     })
     .await
     .expect("a new log line in the live view");
+    // The text filter re-opens the view with only the matching lines.
+    pipeline
+        .sink()
+        .push(log_line("kiosk-cam", "rotated the camera".to_string()));
+    let view = "return document.querySelector('pre.logs').textContent";
+    eventually(Duration::from_secs(20), || async {
+        let text = b.script(view).await;
+        text.as_str()?.contains("rotated the camera").then_some(())
+    })
+    .await
+    .expect("the camera's line in the live view");
+    let q = b.find("form[data-log-filter] input[name=q]").await;
+    b.type_into(&q, "lobby").await;
+    eventually(Duration::from_secs(20), || async {
+        let text = b.script(view).await;
+        let text = text.as_str()?;
+        (text.contains("served the lobby page") && !text.contains("rotated the camera"))
+            .then_some(())
+    })
+    .await
+    .expect("the filtered view shows only the lobby line");
     b.screenshot(&docs_dir().join("device-desktop.png")).await;
 
     // Phone width.

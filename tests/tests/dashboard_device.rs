@@ -39,10 +39,11 @@ async fn viewers_see_no_forms_and_posts_need_the_role_and_the_csrf_token() {
         !page.contains("data-action="),
         "a viewer sees action buttons"
     );
+    // Signing out and the log view's filters (a GET form) are all a viewer gets.
     assert_eq!(
-        page.matches("<form").count(),
+        page.matches("<form").count() - page.matches("data-log-filter").count(),
         1,
-        "a viewer sees forms besides signing out: {page}"
+        "a viewer sees forms besides signing out and the log filters: {page}"
     );
     assert!(!page.contains("/terminal"), "a viewer sees the terminal");
     assert!(
@@ -521,4 +522,86 @@ async fn device_env(api: &Api, admin: &str, uuid: &str) -> serde_json::Value {
         .await;
     assert_eq!(s, StatusCode::OK, "{v}");
     v
+}
+
+#[tokio::test]
+async fn the_log_download_takes_the_pages_filters() {
+    let gw = TestGateway::spawn().await;
+    let dev = Device::new(&gw).await;
+    let uuid = dev.cfg.uuid.clone();
+    user_add(&gw, "vic", "viewer", "viewer-password");
+    let cookie = session(&gw, "vic", "viewer-password").await;
+    let logs = tempfile::tempdir().unwrap();
+    let pipeline = edge_agent::logs::LogPipeline::start(logs.path(), 1 << 20).unwrap();
+    let mut agent = dev.start(pipeline.clone());
+    agent.connected().await;
+    for (svc, msg) in [
+        ("web", "GET / 200"),
+        ("web", "GET /x 404"),
+        ("db", "checkpoint"),
+    ] {
+        pipeline.sink().push(log_line(svc, msg.to_string()));
+    }
+    let download = |query: &'static str| {
+        let (gw, cookie, uuid) = (&gw, cookie.clone(), uuid.clone());
+        async move {
+            let path = format!("/devices/{uuid}/logs/download{query}");
+            let (s, h, body) = http(gw, "GET", &path, Some(&cookie), None).await;
+            assert_eq!(s, StatusCode::OK, "{path}: {body}");
+            let lines: Vec<serde_json::Value> = body
+                .lines()
+                .map(|l| serde_json::from_str(l).expect("an NDJSON line"))
+                .collect();
+            (h, lines)
+        }
+    };
+    let messages = |lines: &[serde_json::Value], svc: &str| -> Vec<String> {
+        lines
+            .iter()
+            .filter(|l| l["serviceName"] == svc)
+            .map(|l| l["message"].as_str().unwrap().to_string())
+            .collect()
+    };
+    eventually(Duration::from_secs(20), || async {
+        let (_, lines) = download("").await;
+        (messages(&lines, "web").len() == 2 && messages(&lines, "db").len() == 1).then_some(())
+    })
+    .await
+    .expect("the three lines were stored and downloaded");
+
+    let (h, lines) = download("?service=web&q=404&stderr=").await;
+    assert!(
+        h["content-disposition"]
+            .to_str()
+            .unwrap()
+            .starts_with("attachment"),
+        "{h:?}"
+    );
+    assert_eq!(messages(&lines, "web"), ["GET /x 404"]);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    // Only stderr: none of these lines.
+    let (_, lines) = download("?service=web&stderr=on").await;
+    assert!(lines.is_empty(), "{lines:?}");
+    // The agent's own lines: no service's.
+    let (_, lines) = download("?service=%40agent").await;
+    assert!(
+        lines.iter().all(|l| l["serviceName"].is_null()),
+        "{lines:?}"
+    );
+
+    // No session: to the sign-in page; an unknown device: 404.
+    let path = format!("/devices/{uuid}/logs/download");
+    let (s, h, _) = http(&gw, "GET", &path, None, None).await;
+    assert!(s.is_redirection(), "{s}");
+    assert!(h["location"].to_str().unwrap().starts_with("/login"));
+    let (s, _, _) = http(
+        &gw,
+        "GET",
+        "/devices/00000000000000000000000000000000/logs/download",
+        Some(&cookie),
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    agent.stop().await;
 }

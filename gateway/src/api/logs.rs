@@ -81,7 +81,7 @@ fn time_param(name: &str, v: &str) -> Result<i64, ApiError> {
 }
 
 /// The store query for a request's parameters.
-fn to_query(p: &Params) -> Result<LogQuery, ApiError> {
+pub(super) fn to_query(p: &Params) -> Result<LogQuery, ApiError> {
     if let Some(l) = p.limit {
         if !(1..=10_000).contains(&l) {
             return Err(ApiError::bad_request(
@@ -138,7 +138,7 @@ async fn query(
 }
 
 /// Every matching line as newline-delimited JSON, streamed page by page.
-async fn export(
+pub(super) async fn export(
     caller: Caller,
     State(st): State<ApiState>,
     DeviceParam(uuid): DeviceParam,
@@ -275,7 +275,11 @@ async fn relay_ws(mut socket: WebSocket, mut rx: mpsc::Receiver<Arc<StoredLine>>
 /// lines stored by the node holding the device's tunnel are read from the store when it
 /// says so (`tail:`/`logs:` wake-ups, see [`crate::logs`]), and once every
 /// [`crate::logs::TAIL_RENEW`] in case a wake-up was missed.
-fn live(st: &ApiState, uuid: DeviceUuid, q: LogQuery) -> mpsc::Receiver<Arc<StoredLine>> {
+pub(super) fn live(
+    st: &ApiState,
+    uuid: DeviceUuid,
+    q: LogQuery,
+) -> mpsc::Receiver<Arc<StoredLine>> {
     let (tx, rx) = mpsc::channel(1024);
     let sub = st.logs.subscribe();
     let elsewhere = st

@@ -238,6 +238,39 @@ async fn metrics(
         .into_response())
 }
 
+/// A device's log lines for the dashboard's live view, through the API's own tail (the
+/// same filters and parameter checks as `GET /v1/devices/{uuid}/logs/stream`, and in a
+/// cluster the lines another node stores too): the backlog `p` asks for, then every new
+/// matching line.
+pub(crate) async fn log_tail(
+    st: &ApiState,
+    caller: &Caller,
+    uuid: DeviceUuid,
+    p: &types::LogParams,
+) -> Result<tokio::sync::mpsc::Receiver<std::sync::Arc<crate::store::StoredLine>>, ApiError> {
+    caller.require(auth::Role::Viewer)?;
+    device_or_404(st, uuid).await?;
+    let q = logs::to_query(p)?;
+    Ok(logs::live(st, uuid, q))
+}
+
+/// A device's log download for the dashboard: the API's NDJSON export
+/// (`GET /v1/devices/{uuid}/logs/export`) with the same filters.
+pub(crate) async fn export_logs(
+    st: ApiState,
+    caller: Caller,
+    uuid: DeviceUuid,
+    p: types::LogParams,
+) -> Result<axum::response::Response, ApiError> {
+    logs::export(
+        caller,
+        State(st),
+        DeviceParam(uuid),
+        Ok(axum::extract::Query(p)),
+    )
+    .await
+}
+
 /// Queues an action for the dashboard through the API's own handler: the same checks
 /// (role, action name, TTL, device), audit entry and wake-up as `POST
 /// /v1/devices/{uuid}/actions`.

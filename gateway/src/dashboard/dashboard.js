@@ -65,13 +65,37 @@
     const pre = document.querySelector("[data-log-src]");
     if (!pre || !window.EventSource) return;
     const state = document.querySelector("[data-log-state]");
-    const es = new EventSource(pre.dataset.logSrc);
-    streams.push(es);
+    const filter = document.querySelector("form[data-log-filter]");
     const MAX = 1000;
     let count = 0;
-    es.onopen = function () { if (state) state.textContent = "live"; };
-    es.onerror = function () { if (state) state.textContent = "reconnecting\u2026"; };
-    es.addEventListener("line", function (e) {
+    let es = null;
+    // The filters' query (service, q, stderr), as the stream and the download take it.
+    function query() {
+      if (!filter) return "";
+      const q = new URLSearchParams(new FormData(filter)).toString();
+      return q ? "?" + q : "";
+    }
+    function open() {
+      if (es) { es.close(); streams.splice(streams.indexOf(es), 1); }
+      pre.textContent = "";
+      count = 0;
+      if (state) state.textContent = "connecting\u2026";
+      es = new EventSource(pre.dataset.logSrc + query());
+      streams.push(es);
+      es.onopen = function () { if (state) state.textContent = "live"; };
+      es.onerror = function () { if (state) state.textContent = "reconnecting\u2026"; };
+      es.addEventListener("line", line);
+      es.addEventListener("gap", gap);
+    }
+    if (filter) {
+      let typing = null;
+      // The text field re-opens once typing pauses; a select or a checkbox at once.
+      filter.addEventListener("input", function (e) {
+        clearTimeout(typing);
+        typing = setTimeout(open, e.target.name === "q" ? 400 : 0);
+      });
+    }
+    function line(e) {
       const l = JSON.parse(e.data);
       const atEnd = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4;
       const row = document.createElement("div");
@@ -93,13 +117,14 @@
       pre.appendChild(row);
       if (++count > MAX) { pre.removeChild(pre.firstChild); count--; }
       if (atEnd) pre.scrollTop = pre.scrollHeight;
-    });
-    es.addEventListener("gap", function () {
+    }
+    function gap() {
       const row = document.createElement("div");
       row.className = "sys";
       row.textContent = "\u2026 some lines were skipped (the view fell behind) \u2026";
       pre.appendChild(row);
-    });
+    }
+    open();
   }
 
   // --- recent actions: refreshed every 1.5 s while one is unfinished ---

@@ -214,6 +214,7 @@ pub(super) async fn render(
         @if signed.can_act() { (super::terminal::section(uuid_s, &service_names, signed, online)) }
         section.card {
             div.section-head { h2 { "Logs" } span.muted data-log-state { "connecting…" } }
+            (log_filters(uuid_s, &service_names))
             pre.logs data-log-src={ "/devices/" (uuid_s) "/logs" } {}
         }
         section.card {
@@ -230,6 +231,26 @@ pub(super) async fn render(
     };
     let status = refusal.map_or(StatusCode::OK, |r| r.status);
     Ok((status, layout::page(&name, signed, Nav::Devices, body)).into_response())
+}
+
+/// The log view's filters: service (or the agent's own lines), text, stderr only. The
+/// script re-opens the live view on a change; without it, the form's submit is the
+/// download of the matching lines.
+fn log_filters(uuid: &str, services: &[String]) -> Markup {
+    html! {
+        form.log-filter method="get" action={ "/devices/" (uuid) "/logs/download" } data-log-filter {
+            label { span.muted { "Service" }
+                select name="service" {
+                    option value="" { "All lines" }
+                    option value=(super::logs::AGENT_LINES) { "The agent's own" }
+                    @for s in services { option value=(s) { (s) } }
+                }
+            }
+            label { span.muted { "Text" } input type="search" name="q" placeholder="contains…"; }
+            label.check { input type="checkbox" name="stderr" value="on"; " stderr only" }
+            button.btn.btn-quiet type="submit" data-log-download { "Download" }
+        }
+    }
 }
 
 /// `POST /devices/{uuid}/env` (operator and up): `op=set|unset`, `name`, `value`,

@@ -11,7 +11,8 @@
 //!   pages ([`devices`], [`device`], [`fleets`], [`fleet`]); group actions
 //!   ([`bulk`]), environment variables ([`env`]), releases and pins ([`releases`]), the
 //!   embedded terminal ([`terminal`]).
-//! * `/events`, `/devices/{uuid}/logs`: live presence and log lines ([`events`]).
+//! * `/events`: live presence ([`events`]); `/devices/{uuid}/logs` and
+//!   `/devices/{uuid}/logs/download`: a device's live log view and its download ([`logs`]).
 //!
 //! Every POST carries the session's CSRF token; actions go through the API's own handlers
 //! (same checks and audit entries, with actor `user:<name>` or `token:<id>`).
@@ -26,6 +27,7 @@ mod fleet;
 mod fleets;
 mod forms;
 mod layout;
+mod logs;
 mod releases;
 mod terminal;
 
@@ -67,7 +69,8 @@ pub(crate) fn routes() -> Router<ApiState> {
         .route("/devices/{uuid}/env", post(device::env_post))
         .route("/devices/{uuid}/pin", post(releases::pin_device))
         .route("/devices/{uuid}/terminal", get(terminal::open))
-        .route("/devices/{uuid}/logs", get(events::logs))
+        .route("/devices/{uuid}/logs", get(logs::live))
+        .route("/devices/{uuid}/logs/download", get(logs::download))
         .route("/fleets", get(fleets::page))
         .route("/fleets/{name}", get(fleet::page))
         .route("/fleets/{name}/releases", post(releases::publish))
