@@ -38,7 +38,7 @@ const CREATE_LOCK_FILE: &str = ".create.lock";
 /// The secret behind the tunnel endpoint's QUIC stateless resets. Kept across restarts so
 /// that a device whose connection the previous run held learns at its next packet that
 /// the connection is gone, instead of waiting out its idle timeout. Not part of
-/// [`FILES`]: it protects nothing, and a lost one is simply made again.
+/// `FILES`: it protects nothing, and a lost one is simply made again.
 pub const RESET_KEY_FILE: &str = "reset.key";
 
 /// The files of a data dir, in the order they are created.

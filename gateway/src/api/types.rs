@@ -5,7 +5,7 @@
 //! Renaming or retyping a field here changes the server and every reader at once, and a
 //! reader that still uses the old name no longer compiles. `openapi.json` stays written by
 //! hand (it carries patterns, limits and prose a derive cannot); the test in
-//! [`super::openapi`] compares each struct's derived JSON Schema with the document's
+//! `api::openapi` compares each struct's derived JSON Schema with the document's
 //! component of the same name: property names, the `required` list and the JSON types.
 //!
 //! Conventions, which the wire format depends on:
@@ -254,7 +254,7 @@ pub struct CreatedKey {
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewAction {
-    /// One of [`super::ACTIONS`].
+    /// One of the API's actions (`blink`, `restart`, `reboot`, …; `api::ACTIONS`).
     pub action: String,
     /// The action's parameters (`appId`, `serviceName`, `patch`, ...).
     #[serde(default)]

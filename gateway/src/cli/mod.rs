@@ -47,6 +47,8 @@ use users::UserCommand;
 /// Gateway for fleets of devices behind NAT: devices dial in over one mutually
 /// authenticated QUIC tunnel each, and their web UIs are served at
 /// http://<uuid>.<domain>/.
+// The doc comment is also `--help`'s text, where `<uuid>` reads as a placeholder.
+#[allow(rustdoc::invalid_html_tags)]
 #[derive(Parser)]
 #[command(version, about, long_about = None)]
 pub struct Cli {
