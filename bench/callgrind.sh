@@ -73,7 +73,10 @@ for _ in $(seq 1 600); do [[ -f "$TMP/gw/gateway.db" ]] && break; sleep 0.1; don
 sleep 2
 UUID=$(timeout 120 "$BIN/gateway" device add --data-dir "$TMP/gw" --public-url \
   --gateway "127.0.0.1:$TUN" --out "$TMP/dev.toml" 2>/dev/null | tail -1)
-vg agent "$BIN/edge-agent" run --config "$TMP/dev.toml" \
+# --engine none: the request path needs no engine, and with one the agent would also ship
+# the output of whatever containers run on this machine (a soak's, a test's), which the
+# gateway then stores, inside the counted window.
+vg agent "$BIN/edge-agent" run --config "$TMP/dev.toml" --engine none \
   --target "127.0.0.1:$NGINX" --local-api 127.0.0.1:0 --transport "$TRANSPORT"
 AG=$!
 HOST="$UUID.devices.localhost"
