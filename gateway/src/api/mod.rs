@@ -238,6 +238,43 @@ async fn metrics(
         .into_response())
 }
 
+/// The access setting in force on a device's public URL, for the dashboard (`GET
+/// /v1/devices/{uuid}/access`'s handler).
+pub(crate) async fn device_access(
+    st: ApiState,
+    caller: Caller,
+    uuid: DeviceUuid,
+) -> Result<Access, ApiError> {
+    let Json(a) = get_device_access(caller, State(st), DeviceParam(uuid)).await?;
+    Ok(a)
+}
+
+/// Sets a device's access mode for the dashboard through `PUT /v1/devices/{uuid}/access`'s
+/// handler: the same checks, password hashing, audit entry, and cache drop on every node.
+pub(crate) async fn set_device_access(
+    st: ApiState,
+    caller: Caller,
+    uuid: DeviceUuid,
+    body: AccessSettings,
+) -> Result<Access, ApiError> {
+    let Json(a) =
+        put_device_access(caller, State(st), DeviceParam(uuid), Ok(JsonObject(body))).await?;
+    Ok(a)
+}
+
+/// A share link for the dashboard through `POST /v1/devices/{uuid}/share-links`'s handler.
+pub(crate) async fn share_device(
+    st: ApiState,
+    caller: Caller,
+    uuid: DeviceUuid,
+    for_secs: i64,
+) -> Result<ShareLink, ApiError> {
+    let body = NewShareLink { for_secs };
+    let (_, Json(link)) =
+        create_share_link(caller, State(st), DeviceParam(uuid), Ok(JsonObject(body))).await?;
+    Ok(link)
+}
+
 /// A device's log lines for the dashboard's live view, through the API's own tail (the
 /// same filters and parameter checks as `GET /v1/devices/{uuid}/logs/stream`, and in a
 /// cluster the lines another node stores too): the backlog `p` asks for, then every new

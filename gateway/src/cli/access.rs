@@ -3,12 +3,12 @@
 
 use std::time::Duration;
 
-use protocol::duration::{Bounds, SECOND};
+use protocol::duration::Bounds;
 
 use super::*;
 
 /// `--for` of `gateway device share`: a second to a year.
-pub(super) const SHARE_FOR: Bounds = Bounds::new(SECOND, Duration::from_secs(365 * 86_400));
+pub(super) const SHARE_FOR: Bounds = crate::config::bounds::SHARE_LINK;
 
 /// The mode and its options, shared by `device access` and `fleet access`.
 #[derive(Args)]

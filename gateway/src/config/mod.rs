@@ -43,6 +43,9 @@ pub mod bounds {
     pub const KEY_EXPIRY: Bounds = Bounds::new(SECOND, TEN_YEARS);
     /// `gateway support grant --for`: support access is for hours or days, not for good.
     pub const SUPPORT_GRANT: Bounds = Bounds::new(SECOND, Duration::from_secs(30 * 86_400));
+    /// A share link's life (`gateway device share --for`, the dashboard's share form): a
+    /// second to a year, as the API's `for_secs`.
+    pub const SHARE_LINK: Bounds = Bounds::new(SECOND, Duration::from_secs(365 * 86_400));
     /// `since`/`until` of the logs API and `gateway logs --since`: how long ago.
     pub const LOGS_AGO: Bounds = Bounds::new(Duration::ZERO, duration::MAX);
     /// `max_header_bytes`: hyper needs 8 KiB; more than 1 MiB of headers is an attack.

@@ -75,6 +75,7 @@ pub(super) async fn render(
     let target = st.store.target_release(uuid).await?;
     let actions = st.store.device_actions(uuid, RECENT_ACTIONS).await?;
     let audit = st.store.audit_for(uuid.as_str(), RECENT_AUDIT).await?;
+    let access = crate::api::device_access(st.clone(), signed.caller(), uuid).await?;
     let empty = Value::Null;
     let state = d.state.as_ref().unwrap_or(&empty);
     let rec = &state["reconciler"];
@@ -161,6 +162,7 @@ pub(super) async fn render(
                         button.btn type="submit" data-action="public-url" { @if d.public_url { "Turn off" } @else { "Turn on" } }
                     }
                 }
+                (super::access::section(uuid_s, &access, signed, refusal))
                 h2 { "Tags" }
                 @if tags.is_empty() { p.muted { "No tags." } } @else {
                     ul.tags { @for (k, v) in &tags { li { a href={ "/devices?tag=" (urlencode(&format!("{k}={v}"))) } { code { (k) "=" (v) } } } } }

@@ -17,6 +17,7 @@
 //! Every POST carries the session's CSRF token; actions go through the API's own handlers
 //! (same checks and audit entries, with actor `user:<name>` or `token:<id>`).
 
+mod access;
 mod auth;
 mod bulk;
 mod device;
@@ -69,6 +70,8 @@ pub(crate) fn routes() -> Router<ApiState> {
         .route("/devices/{uuid}/env", post(device::env_post))
         .route("/devices/{uuid}/pin", post(releases::pin_device))
         .route("/devices/{uuid}/terminal", get(terminal::open))
+        .route("/devices/{uuid}/access", post(access::post))
+        .route("/devices/{uuid}/share-link", post(access::share))
         .route("/devices/{uuid}/logs", get(logs::live))
         .route("/devices/{uuid}/logs/download", get(logs::download))
         .route("/fleets", get(fleets::page))
