@@ -351,6 +351,46 @@ pub struct CreatedToken {
     pub token: String,
 }
 
+/// `POST /v1/support-grants`: a token for one fleet (and its devices) or one device that
+/// expires by itself. Exactly one of `fleet` and `device`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewSupportGrant {
+    /// The fleet the grant reaches (its paths and its devices').
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "String")]
+    pub fleet: Option<String>,
+    /// The device the grant reaches (32 hex).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "String")]
+    pub device: Option<String>,
+    /// `viewer` or `operator` (not `admin`).
+    pub role: String,
+    /// How long it lasts, 1..=2592000 seconds (30 days).
+    pub valid_for_secs: i64,
+    /// A label (who it is for, the ticket). Default is `support`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "String")]
+    pub name: Option<String>,
+}
+
+/// `POST /v1/support-grants` answered: the token, shown once.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct CreatedSupportGrant {
+    /// Public id (revoke by it).
+    pub id: String,
+    /// Label.
+    pub name: String,
+    /// `viewer` or `operator`.
+    pub role: String,
+    /// `fleet:<name>` or `device:<uuid>`.
+    pub scope: String,
+    /// Unix seconds.
+    pub expires_at: i64,
+    /// The bearer token.
+    pub token: String,
+}
+
 /// Query of `GET /v1/audit`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -359,6 +399,12 @@ pub struct AuditQuery {
     pub before: Option<i64>,
     /// How many, 1..=1000. Default is 100.
     pub limit: Option<i64>,
+    /// Only this actor (`user:ann`, `token:<id>`, `cli:root`).
+    pub actor: Option<String>,
+    /// Only this action; one ending in `.` is a prefix (`support.`).
+    pub action: Option<String>,
+    /// Only this target (a device uuid, a fleet name, a token id).
+    pub target: Option<String>,
 }
 
 /// One audit-log entry.

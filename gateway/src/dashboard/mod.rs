@@ -10,10 +10,13 @@
 //! * `/devices` (the home page), `/devices/{uuid}`, `/fleets`: the pages ([`devices`],
 //!   [`device`], [`fleets`]).
 //! * `/events`, `/devices/{uuid}/logs`: live presence and log lines ([`events`]).
+//! * `/admin/...`: keys, tokens, users, support grants and the audit log, for admins
+//!   ([`admin`]).
 //!
 //! Every POST carries the session's CSRF token; actions go through the API's own handlers
 //! (same checks and audit entries, with actor `user:<name>` or `token:<id>`).
 
+mod admin;
 mod auth;
 mod device;
 mod devices;
@@ -58,6 +61,7 @@ pub(crate) fn routes() -> Router<ApiState> {
         .route("/fleets", get(fleets::page))
         .route("/events", get(events::presence))
         .route("/assets/dashboard/{file}", get(asset))
+        .merge(admin::routes())
 }
 
 /// The stylesheet and the script.
