@@ -1,5 +1,6 @@
 //! Live updates over Server-Sent Events: devices coming online and going offline
-//! (`/events`, from the session registry's presence feed), and one device's log lines
+//! (`/events`, from the session registry's presence feed, which the other nodes of a
+//! cluster feed too), and one device's log lines
 //! (`/devices/{uuid}/logs`, from the gateway's `LogHub`). Both need a signed-in session.
 
 use std::convert::Infallible;
@@ -19,8 +20,9 @@ use crate::store::{LogQuery, StoredLine};
 const LOG_BACKLOG: i64 = 200;
 
 /// `GET /events`: `presence` events `{"uuid", "online", "transport"}` as devices connect
-/// and disconnect on this node; `resync` when this stream fell behind (the page reloads
-/// its rows then).
+/// and disconnect, on this node and (on PostgreSQL) on the other nodes of the cluster,
+/// which say so with a `presence:` wake-up (`crate::wake`; `transport` is null for those);
+/// `resync` when this stream fell behind (the page reloads its rows then).
 pub(super) async fn presence(
     _signed: Signed,
     State(st): St,
