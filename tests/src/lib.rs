@@ -28,6 +28,7 @@ pub type TestBody = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 /// Installs a tracing subscriber once (RUST_LOG controls it; quiet by default).
 pub mod browser;
 pub mod cluster;
+pub mod dash;
 pub mod engine;
 pub mod procs;
 pub mod relay;
