@@ -84,7 +84,10 @@ async fn sign_in(api: SocketAddr, token: &str) -> anyhow::Result<String> {
         .body(String::new())?;
     let (_, h, _) = exchange(api, get).await?;
     let login = cookie(&h, "gw_login").ok_or_else(|| anyhow::anyhow!("no gw_login cookie"))?;
-    let nonce = login.split_once('=').map(|(_, v)| v.to_string()).unwrap_or_default();
+    let nonce = login
+        .split_once('=')
+        .map(|(_, v)| v.to_string())
+        .unwrap_or_default();
     let post = http::Request::post("/login")
         .header("host", api.to_string())
         .header("cookie", &login)
@@ -119,7 +122,9 @@ async fn stream(
             f = body.frame() => f,
         };
         let Some(frame) = frame else { return Ok(()) };
-        let Ok(data) = frame?.into_data() else { continue };
+        let Ok(data) = frame?.into_data() else {
+            continue;
+        };
         let now = Instant::now();
         buf.push_str(&String::from_utf8_lossy(&data));
         while let Some(end) = buf.find("\n\n") {

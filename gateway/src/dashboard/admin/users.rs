@@ -11,7 +11,7 @@ use super::{admin_page, confirm_button, field, form_role, refused, require_admin
 use crate::api::auth::Role;
 use crate::api::ApiState;
 use crate::dashboard::layout;
-use crate::dashboard::{form, DashError, Signed, St};
+use crate::dashboard::{form, urlencode, DashError, Signed, St};
 use crate::users::{self, UserError};
 
 /// `GET /admin/users`.
@@ -69,7 +69,7 @@ async fn render(
                                 td {
                                     details.reset {
                                         summary { "Reset" }
-                                        form.inline-form method="post" action={ "/admin/users/" (super::super::urlencode(&u.name)) "/password" } {
+                                        form.inline-form method="post" action={ "/admin/users/" (urlencode(&u.name)) "/password" } {
                                             input type="hidden" name="csrf" value=(csrf);
                                             input name="password" type="password" required minlength=(users::MIN_PASSWORD) autocomplete="new-password" aria-label={ "New password for " (u.name) } placeholder="new password";
                                             button.btn type="submit" { "Set" }
@@ -77,7 +77,7 @@ async fn render(
                                     }
                                 }
                                 td.row-actions {
-                                    (confirm_button(&format!("/admin/users/{}/remove", super::super::urlencode(&u.name)), csrf, "Remove",
+                                    (confirm_button(&format!("/admin/users/{}/remove", urlencode(&u.name)), csrf, "Remove",
                                         &format!("Remove user {}? Their sessions end at once.", u.name)))
                                 }
                             }
