@@ -11,6 +11,18 @@ use e2e_tests::*;
 use http::StatusCode;
 use serde_json::{json, Value};
 
+/// Where the screenshots go: `docs/dashboard/` when `DASHBOARD_SCREENSHOTS=docs`, else a
+/// temporary folder (as in dashboard.rs).
+fn shots_dir() -> std::path::PathBuf {
+    let dir = if std::env::var("DASHBOARD_SCREENSHOTS").as_deref() == Ok("docs") {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/dashboard")
+    } else {
+        std::env::temp_dir().join(format!("dashboard-admin-shots-{}", std::process::id()))
+    };
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
 fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true")
 }
@@ -439,6 +451,8 @@ async fn browser_an_admin_creates_an_api_token_sees_it_once_and_revokes_it() {
         "viewer"
     );
 
+    b.screenshot(&shots_dir().join("admin-tokens-desktop.png"))
+        .await;
     // Shown once: the list, loaded again, has the row but not the secret.
     b.goto(&format!("{base}/admin/tokens")).await;
     let html = b.script("return document.body.innerHTML").await;
@@ -483,5 +497,9 @@ async fn browser_an_admin_creates_an_api_token_sees_it_once_and_revokes_it() {
         overflow, true,
         "the tokens page scrolls sideways at phone width"
     );
-    let _ = http(gw.api_addr, "GET", "/admin", None, None).await;
+    b.screenshot(&shots_dir().join("admin-tokens-phone.png")).await;
+    // Not signed in, an admin page sends the browser to sign in first.
+    let (s, h, _) = http(gw.api_addr, "GET", "/admin/audit", None, None).await;
+    assert_eq!(s, StatusCode::SEE_OTHER);
+    assert_eq!(h["location"], "/login?next=/admin/audit");
 }
