@@ -497,7 +497,8 @@ async fn browser_an_admin_creates_an_api_token_sees_it_once_and_revokes_it() {
         overflow, true,
         "the tokens page scrolls sideways at phone width"
     );
-    b.screenshot(&shots_dir().join("admin-tokens-phone.png")).await;
+    b.screenshot(&shots_dir().join("admin-tokens-phone.png"))
+        .await;
     // Not signed in, an admin page sends the browser to sign in first.
     let (s, h, _) = http(gw.api_addr, "GET", "/admin/audit", None, None).await;
     assert_eq!(s, StatusCode::SEE_OTHER);
