@@ -25,8 +25,10 @@ mod run;
 pub mod sessions;
 pub mod ssh;
 pub mod store;
+pub mod support;
 pub mod targets;
 mod tunnel;
+mod users;
 pub mod wake;
 
 use std::net::SocketAddr;
@@ -42,6 +44,7 @@ use tracing::warn;
 pub use config::ServeConfig;
 use sessions::Sessions;
 use store::{Store, StoreError};
+pub use support::SupportGrant;
 
 /// Errors that stop the gateway or an operator command.
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +75,10 @@ pub enum GatewayError {
     /// An offline command named a fleet or device the store does not have.
     #[error("{0}")]
     NotFound(String),
+    /// A request refused as given (a support grant for the admin role, or for longer
+    /// than 30 days); the message says why.
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// A gateway with its listeners bound, ready to [`run`](Gateway::run).
@@ -394,18 +401,9 @@ pub async fn add_device(
     })
 }
 
-/// A support grant as created: shown once.
-pub struct SupportGrant {
-    /// Public id (revoke by it).
-    pub id: String,
-    /// The token.
-    pub token: String,
-    /// Unix seconds.
-    pub expires_at: i64,
-}
-
 /// Creates a support grant offline (`gateway support grant`): a `role` token that reaches
-/// only `scope` and expires after `valid_for`. The fleet or device must exist.
+/// only `scope` and expires after `valid_for` (see [`support::grant`]). The fleet or device
+/// must exist.
 pub async fn create_support_grant(
     data_dir: &Path,
     database: Option<&str>,
@@ -415,52 +413,10 @@ pub async fn create_support_grant(
     valid_for: Duration,
 ) -> Result<SupportGrant, GatewayError> {
     let (_, store) = datadir::open_existing_in(data_dir, database).await?;
-    let exists = match scope {
-        store::TokenScope::Fleet(f) => store.fleet(f).await?.is_some(),
-        store::TokenScope::Device(d) => match d.parse() {
-            Ok(uuid) => store.device(uuid).await?.is_some(),
-            Err(_) => false,
-        },
-    };
-    if !exists {
-        store.close().await;
-        return Err(GatewayError::NotFound(match scope {
-            store::TokenScope::Fleet(f) => format!("no fleet {f:?}"),
-            store::TokenScope::Device(d) => format!("no device {d}"),
-        }));
-    }
-    let t = api::auth::generate_token();
-    let expires_at = store::now_unix() + i64::try_from(valid_for.as_secs()).unwrap_or(i64::MAX / 2);
-    store
-        .create_grant(
-            &t.id,
-            name,
-            role.as_str(),
-            &t.hash,
-            Some(expires_at),
-            Some(scope),
-        )
-        .await?;
     let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
-    let target = match scope {
-        store::TokenScope::Fleet(f) => format!("fleet:{f}"),
-        store::TokenScope::Device(d) => format!("device:{d}"),
-    };
-    store
-        .audit(
-            &format!("cli:{user}"),
-            "support.grant",
-            &t.id,
-            &serde_json::json!({"name": name, "role": role.as_str(), "scope": target, "expires_at": expires_at})
-                .to_string(),
-        )
-        .await?;
+    let g = support::grant(&store, &format!("cli:{user}"), role, name, scope, valid_for).await;
     store.close().await;
-    Ok(SupportGrant {
-        id: t.id,
-        token: t.token,
-        expires_at,
-    })
+    g
 }
 
 /// Creates an API token offline (`gateway token create`), for bootstrapping the first

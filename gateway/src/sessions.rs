@@ -304,9 +304,25 @@ impl Sessions {
         removed
     }
 
-    /// Devices coming online and going offline on this node, from now on.
+    /// Devices coming online and going offline on this node, from now on, and on the
+    /// other nodes of a cluster (passed on by [`Sessions::relay_presence`]).
     pub fn subscribe_presence(&self) -> tokio::sync::broadcast::Receiver<Presence> {
         self.presence.0.subscribe()
+    }
+
+    /// Whether anyone follows presence changes on this node (a dashboard is open).
+    pub fn presence_watched(&self) -> bool {
+        self.presence.0.receiver_count() > 0
+    }
+
+    /// Passes on a presence change another node of the cluster told about (read back
+    /// from the database), to this node's subscribers. A device whose tunnel is here is
+    /// left to this node's own changes: they are the live truth.
+    pub fn relay_presence(&self, uuid: DeviceUuid, online: bool) {
+        if self.map.contains_key(&uuid) {
+            return;
+        }
+        self.presence.send(uuid, online);
     }
 
     /// Switches the live public-URL flag of `uuid`'s session, if it is connected.

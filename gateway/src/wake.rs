@@ -4,7 +4,9 @@
 //! switches public URLs and closes the tunnels of deleted devices (`docs/cluster.md`).
 //! Every node drops its cached access settings of public URLs on `access:` and
 //! `fleet-access:`, whoever holds the tunnel (`docs/access.md`).
-//! Live log tails use the channel too (`tail:` and `logs:`, see [`crate::logs`]).
+//! Live log tails use the channel too (`tail:` and `logs:`, see [`crate::logs`]), and so
+//! does the dashboard's live presence (`presence:`: a device came online or went offline
+//! on another node).
 //!
 //! The API handlers act locally first (the fast path) and then call [`tell`]; a node
 //! hears its own notifications too, which is harmless, as every step here is idempotent.
@@ -176,6 +178,19 @@ async fn act(store: &Store, sessions: &Sessions, logs: &LogHub, wake: Wake) {
             }
         }
         Wake::Logs(uuid) => logs.stored_elsewhere(uuid),
+        // Another node's device came or went: dashboards open here show it live. Read
+        // back only while one is open, and as stored now (a device that moved between
+        // nodes is told about twice, in either order).
+        Wake::Presence { device, node: from } => {
+            if from == logs.node() || !sessions.presence_watched() {
+                return;
+            }
+            match store.device(device).await {
+                Ok(Some(d)) => sessions.relay_presence(device, d.online && !d.revoked),
+                Ok(None) => sessions.relay_presence(device, false),
+                Err(e) => warn!(error = %e, %device, "cannot read a device's presence"),
+            }
+        }
         Wake::Action(uuid) => {
             sessions.kick(&uuid);
         }

@@ -29,6 +29,7 @@ pub type TestBody = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 pub mod browser;
 pub mod cluster;
 pub mod dashboard;
+pub mod dash;
 pub mod engine;
 pub mod in_netns;
 pub mod netns;

@@ -10,7 +10,13 @@ pub(super) async fn audit_log(
     caller.require(Role::Admin)?;
     let Query(q) = q?;
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
-    let entries = st.store.audit_log(q.before, limit).await?;
+    let blank = |v: Option<String>| v.filter(|s| !s.is_empty());
+    let filter = crate::store::AuditFilter {
+        actor: blank(q.actor),
+        action: blank(q.action),
+        target: blank(q.target),
+    };
+    let entries = st.store.audit_search(&filter, q.before, limit).await?;
     Ok(Json(
         entries
             .into_iter()

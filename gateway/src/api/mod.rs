@@ -17,7 +17,9 @@ mod fleets;
 mod keys;
 mod logs;
 mod openapi;
+pub(crate) mod pages;
 mod releases;
+mod support;
 mod terminal;
 mod tokens;
 pub mod types;
@@ -29,6 +31,7 @@ use devices::*;
 use env::*;
 use fleets::*;
 use keys::*;
+use support::*;
 use tokens::*;
 use types::*;
 
@@ -137,6 +140,14 @@ pub(crate) fn router(state: ApiState, pages: Router<ApiState>) -> Router {
         )
         .route("/v1/tokens", get(list_tokens).post(create_token))
         .route("/v1/tokens/{id}", axum::routing::delete(delete_token))
+        .route(
+            "/v1/support-grants",
+            get(list_support_grants).post(create_support_grant),
+        )
+        .route(
+            "/v1/support-grants/{id}",
+            axum::routing::delete(revoke_support_grant),
+        )
         .route("/v1/audit", get(audit_log))
         .merge(terminal::routes())
         .merge(logs::routes())

@@ -164,6 +164,8 @@ mod drift {
             Request "NewToken" NewToken,
             Response "Token" Token,
             Response "CreatedToken" CreatedToken,
+            Request "NewSupportGrant" NewSupportGrant,
+            Response "CreatedSupportGrant" CreatedSupportGrant,
             Response "AuditEntry" AuditEntry,
             Request "NewRelease" NewRelease,
             Response "Release" Release,

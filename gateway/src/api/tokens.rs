@@ -45,23 +45,20 @@ pub(super) async fn list_tokens(
 ) -> ApiResult<Vec<Token>> {
     caller.require(Role::Admin)?;
     let tokens = st.store.tokens().await?;
-    Ok(Json(
-        tokens
-            .into_iter()
-            .map(|t| Token {
-                id: t.id,
-                name: t.name,
-                role: t.role,
-                created_at: t.created_at,
-                last_used: t.last_used,
-                expires_at: t.expires_at,
-                scope: t.scope.map(|s| match s {
-                    crate::store::TokenScope::Fleet(f) => format!("fleet:{f}"),
-                    crate::store::TokenScope::Device(d) => format!("device:{d}"),
-                }),
-            })
-            .collect(),
-    ))
+    Ok(Json(tokens.into_iter().map(token_view).collect()))
+}
+
+/// A stored token as the API lists it.
+pub(super) fn token_view(t: crate::store::TokenRecord) -> Token {
+    Token {
+        id: t.id,
+        name: t.name,
+        role: t.role,
+        created_at: t.created_at,
+        last_used: t.last_used,
+        expires_at: t.expires_at,
+        scope: t.scope.as_ref().map(crate::support::scope_label),
+    }
 }
 
 pub(super) async fn delete_token(

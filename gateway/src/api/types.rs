@@ -351,6 +351,59 @@ pub struct CreatedToken {
     pub token: String,
 }
 
+/// `POST /v1/support-grants`: a token for one fleet (and its devices) or one device that
+/// expires by itself. Exactly one of `fleet` and `device`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewSupportGrant {
+    /// The fleet the grant reaches (its paths and its devices'). Absent, not null.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "not_null"
+    )]
+    #[schemars(with = "String")]
+    pub fleet: Option<String>,
+    /// The device the grant reaches (32 hex). Absent, not null.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "not_null"
+    )]
+    #[schemars(with = "String")]
+    pub device: Option<String>,
+    /// `viewer` or `operator` (not `admin`).
+    pub role: String,
+    /// How long it lasts, 1..=2592000 seconds (30 days).
+    #[serde(deserialize_with = "whole")]
+    pub valid_for_secs: i64,
+    /// A label (who it is for, the ticket). Default is `support`. Absent, not null.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "not_null"
+    )]
+    #[schemars(with = "String")]
+    pub name: Option<String>,
+}
+
+/// `POST /v1/support-grants` answered: the token, shown once.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct CreatedSupportGrant {
+    /// Public id (revoke by it).
+    pub id: String,
+    /// Label.
+    pub name: String,
+    /// `viewer` or `operator`.
+    pub role: String,
+    /// `fleet:<name>` or `device:<uuid>`.
+    pub scope: String,
+    /// Unix seconds.
+    pub expires_at: i64,
+    /// The bearer token.
+    pub token: String,
+}
+
 /// Query of `GET /v1/audit`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -359,6 +412,12 @@ pub struct AuditQuery {
     pub before: Option<i64>,
     /// How many, 1..=1000. Default is 100.
     pub limit: Option<i64>,
+    /// Only this actor (`user:ann`, `token:<id>`, `cli:root`).
+    pub actor: Option<String>,
+    /// Only this action; one ending in `.` is a prefix (`support.`).
+    pub action: Option<String>,
+    /// Only this target (a device uuid, a fleet name, a token id).
+    pub target: Option<String>,
 }
 
 /// One audit-log entry.
@@ -694,6 +753,17 @@ fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<Strin
     Ok(Some(Option::deserialize(d)?))
 }
 
+/// An optional string that, when present, is a string: `null` is refused (the document
+/// says "absent", not "nullable").
+fn not_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    String::deserialize(d).map(Some)
+}
+
+/// An integer, also written as a whole float (`5.0`), as [`whole_number`]; never null.
+fn whole<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+    whole_number(d)?.ok_or_else(|| serde::de::Error::custom("expected an integer, got null"))
+}
+
 /// An optional integer that may also be written as a whole float (`5.0`): JSON Schema, and
 /// so the OpenAPI document, counts those as integers. `5.5` is still an error.
 fn whole_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
@@ -726,6 +796,28 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(serde_json::to_string(&p).unwrap(), r#"{"fleet":null}"#);
+    }
+
+    #[test]
+    fn a_support_grant_refuses_null_and_takes_whole_floats() {
+        let g: NewSupportGrant =
+            serde_json::from_str(r#"{"fleet": "f", "role": "viewer", "valid_for_secs": 60.0}"#)
+                .unwrap();
+        assert_eq!(
+            (g.fleet.as_deref(), g.device, g.valid_for_secs),
+            (Some("f"), None, 60)
+        );
+        for bad in [
+            r#"{"fleet": "f", "device": null, "role": "viewer", "valid_for_secs": 60}"#,
+            r#"{"fleet": "f", "role": "viewer", "valid_for_secs": null}"#,
+            r#"{"fleet": "f", "role": "viewer", "valid_for_secs": 1.5}"#,
+            r#"{"fleet": "f", "name": null, "role": "viewer", "valid_for_secs": 60}"#,
+        ] {
+            assert!(
+                serde_json::from_str::<NewSupportGrant>(bad).is_err(),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

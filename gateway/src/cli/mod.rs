@@ -190,6 +190,15 @@ enum Command {
         /// How many entries.
         #[arg(long, default_value_t = 50)]
         limit: u32,
+        /// Only entries of this actor (`user:ann`, `token:<id>`, `cli:root`).
+        #[arg(long)]
+        actor: Option<String>,
+        /// Only this action; one ending in `.` is a prefix (`support.`).
+        #[arg(long)]
+        action: Option<String>,
+        /// Only entries about this target (a device uuid, a fleet name, a token id).
+        #[arg(long)]
+        target: Option<String>,
     },
 }
 
@@ -418,7 +427,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
         }
-        Command::Audit { api, limit } => {
+        Command::Audit {
+            api,
+            limit,
+            actor,
+            action,
+            target,
+        } => {
             let entries: Vec<types::AuditEntry> = api
                 .client()
                 .get_query(
@@ -426,6 +441,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     &types::AuditQuery {
                         limit: Some(limit.into()),
                         before: None,
+                        actor,
+                        action,
+                        target,
                     },
                 )
                 .await?;

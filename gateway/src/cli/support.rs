@@ -27,7 +27,8 @@ pub(super) enum SupportCommand {
         #[arg(long, default_value = "support")]
         name: String,
     },
-    /// List support grants with their scope and expiry (via the management API).
+    /// List support grants with their scope and expiry (via the management API; the
+    /// dashboard's Support page and `POST /v1/support-grants` create them too).
     List {
         #[command(flatten)]
         api: ApiArgs,
@@ -88,7 +89,7 @@ pub(super) async fn run(cmd: SupportCommand) -> anyhow::Result<()> {
             println!("{}", g.token);
         }
         SupportCommand::List { api } => {
-            let tokens: Vec<types::Token> = api.client().get("/v1/tokens").await?;
+            let tokens: Vec<types::Token> = api.client().get("/v1/support-grants").await?;
             let now = crate::store::now_unix();
             let mut table = Table::new(["ID", "ROLE", "SCOPE", "NAME", "EXPIRES", "LAST USED"]);
             for t in tokens {
@@ -112,7 +113,9 @@ pub(super) async fn run(cmd: SupportCommand) -> anyhow::Result<()> {
             table.print();
         }
         SupportCommand::Revoke { api, id } => {
-            api.client().delete(&format!("/v1/tokens/{id}")).await?;
+            api.client()
+                .delete(&format!("/v1/support-grants/{id}"))
+                .await?;
             println!("support grant {id} revoked");
         }
     }

@@ -5,9 +5,6 @@ use std::io::{BufRead, IsTerminal, Write};
 
 use super::*;
 
-/// Shortest password `user add` accepts.
-const MIN_PASSWORD: usize = 8;
-
 #[derive(Subcommand)]
 pub(super) enum UserCommand {
     /// Add a dashboard user. The password comes from --password-file, else from stdin
@@ -28,6 +25,17 @@ pub(super) enum UserCommand {
     List {
         #[command(flatten)]
         store: StoreArgs,
+    },
+    /// Give a dashboard user a new password (from --password-file, stdin or the
+    /// terminal, as for `add`); their dashboard sessions end at once.
+    Password {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// The user's name.
+        name: String,
+        /// A file whose first line is the new password.
+        #[arg(long)]
+        password_file: Option<PathBuf>,
     },
     /// Remove a dashboard user; their dashboard sessions end at once.
     Remove {
@@ -50,32 +58,16 @@ pub(super) async fn run(cmd: UserCommand) -> anyhow::Result<()> {
             role,
             password_file,
         } => {
-            valid_user_name(&name)?;
+            crate::users::valid_name(&name)?;
             let role = Role::parse(&role).with_context(|| {
                 format!("--role must be viewer, operator or admin, not {role:?}")
             })?;
             let password = read_password(password_file.as_deref())?;
-            if password.chars().count() < MIN_PASSWORD {
-                anyhow::bail!("the password must be at least {MIN_PASSWORD} characters long");
-            }
-            let hash = crate::dashboard::hash_password(&password)
-                .map_err(|e| anyhow::anyhow!("cannot hash the password: {e}"))?;
             let (_, db) =
                 crate::datadir::open_existing_in(&store.data_dir, store.database()).await?;
-            let added = db.create_user(&name, role.as_str(), &hash).await?;
-            if added {
-                db.audit(
-                    &cli_actor,
-                    "user.add",
-                    &name,
-                    &serde_json::json!({"role": role.as_str()}).to_string(),
-                )
-                .await?;
-            }
+            let added = crate::users::add(&db, &cli_actor, &name, role, &password).await;
             db.close().await;
-            if !added {
-                anyhow::bail!("user {name:?} exists already (remove it first to change it)");
-            }
+            added?;
             println!("user {name} ({}) added", role.as_str());
         }
         UserCommand::List { store } => {
@@ -94,33 +86,27 @@ pub(super) async fn run(cmd: UserCommand) -> anyhow::Result<()> {
             }
             table.print();
         }
+        UserCommand::Password {
+            store,
+            name,
+            password_file,
+        } => {
+            let password = read_password(password_file.as_deref())?;
+            let (_, db) =
+                crate::datadir::open_existing_in(&store.data_dir, store.database()).await?;
+            let reset = crate::users::reset_password(&db, &cli_actor, &name, &password).await;
+            db.close().await;
+            reset?;
+            println!("user {name}: password changed; their sessions ended");
+        }
         UserCommand::Remove { store, name } => {
             let (_, db) =
                 crate::datadir::open_existing_in(&store.data_dir, store.database()).await?;
-            let removed = db.remove_user(&name).await?;
-            if removed {
-                db.audit(&cli_actor, "user.remove", &name, "{}").await?;
-            }
+            let removed = crate::users::remove(&db, &cli_actor, &name).await;
             db.close().await;
-            if !removed {
-                anyhow::bail!("there is no user {name:?}");
-            }
+            removed?;
             println!("user {name} removed");
         }
-    }
-    Ok(())
-}
-
-fn valid_user_name(name: &str) -> anyhow::Result<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '@'));
-    if !ok {
-        anyhow::bail!(
-            "user name {name:?} is not valid: 1 to 64 of letters, digits, `.`, `_`, `-` and `@`"
-        );
     }
     Ok(())
 }

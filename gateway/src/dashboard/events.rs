@@ -1,6 +1,7 @@
 //! Live presence over Server-Sent Events: devices coming online and going offline
-//! (`/events`, from the session registry's presence feed); it needs a signed-in session.
-//! A device's live log lines are [`super::logs`].
+//! (`/events`, from the session registry's presence feed, which the other nodes of a
+//! cluster feed too); it needs a signed-in session. A device's live log lines are
+//! [`super::logs`].
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -15,8 +16,9 @@ use tokio::sync::broadcast::error::RecvError;
 use super::{Signed, St};
 
 /// `GET /events`: `presence` events `{"uuid", "online", "transport"}` as devices connect
-/// and disconnect on this node; `resync` when this stream fell behind (the page reloads
-/// its rows then).
+/// and disconnect, on this node and (on PostgreSQL) on the other nodes of the cluster,
+/// which say so with a `presence:` wake-up (`crate::wake`; `transport` is null for those);
+/// `resync` when this stream fell behind (the page reloads its rows then).
 pub(super) async fn presence(
     _signed: Signed,
     State(st): St,

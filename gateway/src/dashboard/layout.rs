@@ -12,6 +12,8 @@ use super::Signed;
 pub(super) enum Nav {
     Devices,
     Fleets,
+    /// The admin pages (shown to admins only).
+    Admin,
 }
 
 /// A full page for a signed-in user.
@@ -27,6 +29,9 @@ pub(super) fn page(title: &str, signed: &Signed, nav: Nav, body: Markup) -> Html
                 nav.nav {
                     (item(Nav::Devices, "/devices", "Devices"))
                     (item(Nav::Fleets, "/fleets", "Fleets"))
+                    @if signed.role >= crate::api::auth::Role::Admin {
+                        (item(Nav::Admin, "/admin", "Admin"))
+                    }
                 }
                 div.who {
                     span.who-name title=(signed.principal.actor()) { (signed.display()) }

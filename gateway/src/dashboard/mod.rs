@@ -13,11 +13,14 @@
 //!   embedded terminal ([`terminal`]).
 //! * `/events`: live presence ([`events`]); `/devices/{uuid}/logs` and
 //!   `/devices/{uuid}/logs/download`: a device's live log view and its download ([`logs`]).
+//! * `/admin/...`: keys, tokens, users, support grants and the audit log, for admins
+//!   ([`admin`]).
 //!
 //! Every POST carries the session's CSRF token; actions go through the API's own handlers
 //! (same checks and audit entries, with actor `user:<name>` or `token:<id>`).
 
 mod access;
+mod admin;
 mod auth;
 mod bulk;
 mod device;
@@ -81,6 +84,7 @@ pub(crate) fn routes() -> Router<ApiState> {
         .route("/fleets/{name}/env", post(fleet::env_post))
         .route("/events", get(events::presence))
         .route("/assets/dashboard/{file}", get(asset))
+        .merge(admin::routes())
 }
 
 /// The stylesheet and the script.

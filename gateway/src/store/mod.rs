@@ -175,7 +175,7 @@ mod users;
 
 pub use access::{AccessRecord, AccessScope, EffectiveAccess};
 pub use actions::ActionRecord;
-pub use audit::AuditRecord;
+pub use audit::{AuditFilter, AuditRecord};
 pub use device_pages::{DeviceListFilter, DeviceListRow};
 pub use devices::DeviceRecord;
 pub use fleets::{FleetDeletion, FleetRecord};

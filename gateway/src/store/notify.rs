@@ -3,7 +3,7 @@
 //! tunnel must act on, and a `LISTEN`ing connection per node (`docs/cluster.md`).
 //!
 //! A payload only names what changed (`action:<uuid>`, `target:<uuid>`, `fleet:<name>`,
-//! …); the receiver reads the current state from the database itself, so a late, repeated
+//! `presence:<uuid>:<node>`, …); the receiver reads the current state from the database itself, so a late, repeated
 //! or forged payload can at worst cause one needless re-read. On SQLite there is one node
 //! and nothing to tell: [`Store::notify_wake`] does nothing and there is no listener.
 //!
@@ -60,6 +60,14 @@ pub enum Wake {
     /// Lines of the device were stored (`logs:<uuid>`): live tails on every node read
     /// them from the database.
     Logs(DeviceUuid),
+    /// The device came online or went offline on `node` (`presence:<uuid>:<node id>`):
+    /// nodes with a dashboard open read its state from the database and pass it on live.
+    Presence {
+        /// The device.
+        device: DeviceUuid,
+        /// The node whose tunnel of it started or ended.
+        node: String,
+    },
     /// A node checking that its own listener still hears the channel
     /// (`ping:<nonce>:<node id>`); the other nodes ignore it.
     Ping {
@@ -97,6 +105,16 @@ impl Wake {
                 }
             }
             "logs" => Wake::Logs(uuid()?),
+            "presence" => {
+                let (device, node) = rest.split_once(':')?;
+                if node.is_empty() {
+                    return None;
+                }
+                Wake::Presence {
+                    device: device.parse().ok()?,
+                    node: node.to_string(),
+                }
+            }
             "ping" => {
                 let (nonce, node) = rest.split_once(':')?;
                 if node.is_empty() {
@@ -126,6 +144,7 @@ impl fmt::Display for Wake {
             Wake::Deleted(u) => write!(f, "deleted:{u}"),
             Wake::Tail { device, node } => write!(f, "tail:{device}:{node}"),
             Wake::Logs(u) => write!(f, "logs:{u}"),
+            Wake::Presence { device, node } => write!(f, "presence:{device}:{node}"),
             Wake::Ping { nonce, node } => write!(f, "ping:{nonce}:{node}"),
         }
     }
@@ -255,6 +274,10 @@ mod tests {
                 node: "node:b".into(),
             },
             Wake::Logs(uuid()),
+            Wake::Presence {
+                device: uuid(),
+                node: "node:b".into(),
+            },
             Wake::Ping {
                 nonce: 7,
                 node: "node:a".into(),
@@ -286,6 +309,9 @@ mod tests {
             "tail:0123456789abcdef0123456789abcdef",
             "tail:0123456789abcdef0123456789abcdef:",
             "logs:",
+            "presence:0123456789abcdef0123456789abcdef",
+            "presence:0123456789abcdef0123456789abcdef:",
+            "presence:x:a",
             "ping:",
             "ping:x:a",
             "ping:1:",

@@ -141,6 +141,31 @@ impl Store {
         Ok(n == 1)
     }
 
+    /// Replaces a user's password hash and ends their sessions (a reset password signs
+    /// everyone out who used the old one). Returns `false` if there is no such user.
+    pub async fn set_user_password(
+        &self,
+        name: &str,
+        password_hash: &str,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.write_tx(&[]).await?;
+        let n = on_tx!(tx, |c| {
+            let n = sqlx::query("UPDATE dashboard_users SET password_hash = $1 WHERE name = $2")
+                .bind(password_hash)
+                .bind(name)
+                .execute(&mut *c)
+                .await?
+                .rows_affected();
+            sqlx::query("DELETE FROM dashboard_sessions WHERE user_name = $1")
+                .bind(name)
+                .execute(&mut *c)
+                .await?;
+            n
+        });
+        tx.commit().await?;
+        Ok(n == 1)
+    }
+
     /// Records a user's sign-in time.
     pub async fn user_signed_in(&self, name: &str) -> Result<(), StoreError> {
         on_write!(self, |p| sqlx::query(
@@ -326,6 +351,12 @@ mod tests {
             store.create_dashboard_session("s4", &ann, "c4", 60).await.unwrap();
             assert!(store.delete_dashboard_session("s4").await.unwrap());
             assert!(!store.delete_dashboard_session("s4").await.unwrap());
+            // A new password ends the sessions signed in with the old one.
+            store.create_dashboard_session("s5", &ann, "c5", 60).await.unwrap();
+            assert!(store.set_user_password("ann", "h9").await.unwrap());
+            assert_eq!(store.dashboard_session("s5").await.unwrap(), None);
+            assert_eq!(store.user("ann").await.unwrap().unwrap().password_hash, "h9");
+            assert!(!store.set_user_password("nobody", "h9").await.unwrap());
             assert!(store.remove_user("ann").await.unwrap());
             assert!(!store.remove_user("ann").await.unwrap());
             assert_eq!(store.dashboard_session("s1").await.unwrap(), None);

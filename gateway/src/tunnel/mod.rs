@@ -320,7 +320,11 @@ async fn serve_session(
         .route_connect(uuid, ctx.node.id(), Some(&remote_ip))
         .await
     {
-        Ok(epoch) => Some(epoch),
+        Ok(epoch) => {
+            // Dashboards open on the other nodes of a cluster show it online live.
+            tell_presence(&ctx, uuid).await;
+            Some(epoch)
+        }
         Err(e) => {
             warn!(error = %e, "cannot record device online");
             None
@@ -456,13 +460,26 @@ async fn serve_session(
     };
     if ctx.sessions.remove_if_current(&uuid, session.id) {
         if let Some(epoch) = epoch {
-            if let Err(e) = ctx.store.route_disconnect(uuid, ctx.node.id(), epoch).await {
-                warn!(error = %e, "cannot record device offline");
+            match ctx.store.route_disconnect(uuid, ctx.node.id(), epoch).await {
+                Ok(true) => tell_presence(&ctx, uuid).await,
+                // A newer connect (here or elsewhere) holds the device: it told.
+                Ok(false) => {}
+                Err(e) => warn!(error = %e, "cannot record device offline"),
             }
         }
     }
     info!(session = session.id, %reason, "device disconnected");
     Ok(())
+}
+
+/// Tells the other nodes of a cluster that `uuid` came online or went offline here (a
+/// no-op on SQLite).
+async fn tell_presence(ctx: &TunnelCtx, uuid: DeviceUuid) {
+    let wake = crate::store::Wake::Presence {
+        device: uuid,
+        node: ctx.node.id().to_string(),
+    };
+    ctx.store.tell_nodes(wake).await;
 }
 
 /// Sends the device's target state when it differs from what this session last sent.
