@@ -23,6 +23,11 @@ pub(super) enum UserCommand {
         /// A file whose first line is the password.
         #[arg(long)]
         password_file: Option<PathBuf>,
+        /// Limit the user to this fleet's devices (repeat for several fleets). Default:
+        /// every fleet. A limited user's dashboard shows only these fleets' devices, and
+        /// login-mode public URLs let them into these fleets' devices only.
+        #[arg(long = "fleet", value_name = "FLEET")]
+        fleets: Vec<String>,
     },
     /// List dashboard users (never their password hashes).
     List {
@@ -49,6 +54,7 @@ pub(super) async fn run(cmd: UserCommand) -> anyhow::Result<()> {
             name,
             role,
             password_file,
+            fleets,
         } => {
             valid_user_name(&name)?;
             let role = Role::parse(&role).with_context(|| {
@@ -60,15 +66,28 @@ pub(super) async fn run(cmd: UserCommand) -> anyhow::Result<()> {
             }
             let hash = crate::dashboard::hash_password(&password)
                 .map_err(|e| anyhow::anyhow!("cannot hash the password: {e}"))?;
+            let mut fleets = fleets;
+            fleets.sort();
+            fleets.dedup();
             let (_, db) =
                 crate::datadir::open_existing_in(&store.data_dir, store.database()).await?;
-            let added = db.create_user(&name, role.as_str(), &hash).await?;
+            for f in &fleets {
+                if db.fleet(f).await?.is_none() {
+                    db.close().await;
+                    anyhow::bail!(
+                        "--fleet {f:?}: there is no such fleet (gateway fleet list shows them)"
+                    );
+                }
+            }
+            let added = db
+                .create_user_in_fleets(&name, role.as_str(), &hash, &fleets)
+                .await?;
             if added {
                 db.audit(
                     &cli_actor,
                     "user.add",
                     &name,
-                    &serde_json::json!({"role": role.as_str()}).to_string(),
+                    &serde_json::json!({"role": role.as_str(), "fleets": fleets}).to_string(),
                 )
                 .await?;
             }
@@ -76,18 +95,29 @@ pub(super) async fn run(cmd: UserCommand) -> anyhow::Result<()> {
             if !added {
                 anyhow::bail!("user {name:?} exists already (remove it first to change it)");
             }
-            println!("user {name} ({}) added", role.as_str());
+            let scope = if fleets.is_empty() {
+                "every fleet".to_string()
+            } else {
+                format!("fleets {}", fleets.join(", "))
+            };
+            println!("user {name} ({}, {scope}) added", role.as_str());
         }
         UserCommand::List { store } => {
             let (_, db) =
                 crate::datadir::open_existing_in(&store.data_dir, store.database()).await?;
             let users = db.users().await?;
             db.close().await;
-            let mut table = Table::new(["NAME", "ROLE", "CREATED", "LAST SIGN-IN"]);
+            let mut table = Table::new(["NAME", "ROLE", "FLEETS", "CREATED", "LAST SIGN-IN"]);
             for u in users {
+                let fleets = if u.fleets.is_empty() {
+                    "(all)".to_string()
+                } else {
+                    u.fleets.join(",")
+                };
                 table.row([
                     u.name,
                     u.role,
+                    fleets,
                     ago(u.created_at),
                     u.last_login.map(ago).unwrap_or_else(|| "never".into()),
                 ]);
