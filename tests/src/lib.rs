@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 pub type TestBody = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 
 /// Installs a tracing subscriber once (RUST_LOG controls it; quiet by default).
+pub mod access;
 pub mod browser;
 pub mod cluster;
 pub mod engine;

@@ -41,8 +41,8 @@ pub(crate) use basic::hash_password;
 use basic::{backoff_key, basic_pair, verify_password, Backoff};
 pub(crate) use links::share_token;
 use links::{cookie_values, query_param, redirect_with_cookie, scrub, verify, Check, Purpose};
-pub(crate) use login::{LOGIN_COOKIE, TICKET_PARAM};
 use login::WhoCache;
+pub(crate) use login::{LOGIN_COOKIE, TICKET_PARAM};
 pub(crate) use rules::{Cidr, Mode, ModeError};
 
 /// The cookie a share link leaves on the device's host.
@@ -268,8 +268,7 @@ impl AccessCache {
                 false
             }
             Rule::Login { fleet } => {
-                if let Some(answer) = self.login(store, uuid, fleet.as_deref(), scheme, req).await
-                {
+                if let Some(answer) = self.login(store, uuid, fleet.as_deref(), scheme, req).await {
                     return Some(answer);
                 }
                 false

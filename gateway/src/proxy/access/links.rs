@@ -151,7 +151,10 @@ pub(super) fn scrub<B>(req: &mut Request<B>, strip_authorization: bool) {
                     .map(str::trim)
                     .filter(|c| {
                         !c.is_empty()
-                            && !c.split('=').next().is_some_and(|n| OWN_COOKIES.contains(&n))
+                            && !c
+                                .split('=')
+                                .next()
+                                .is_some_and(|n| OWN_COOKIES.contains(&n))
                     })
                     .collect();
                 (!rest.is_empty()).then(|| HeaderValue::from_str(&rest.join("; ")).ok())?
@@ -269,7 +272,10 @@ mod tests {
     fn scrub_takes_out_only_the_gateways_own() {
         let mut req = Request::builder()
             .uri("http://d.example/p?a=1&gw_share=123.ab&b=2&gw_ticket=1.2.3.4")
-            .header("cookie", "theirs=1; gw_access=5.aa; other=x; gw_login=1.ab.cd")
+            .header(
+                "cookie",
+                "theirs=1; gw_access=5.aa; other=x; gw_login=1.ab.cd",
+            )
             .header("cookie", "gw_access=6.bb")
             .header("authorization", "Basic eDp5")
             .body(())

@@ -93,8 +93,7 @@ impl WhoCache {
                 self.entries.clear();
             }
         }
-        self.entries
-            .insert(session.to_string(), (now, who.clone()));
+        self.entries.insert(session.to_string(), (now, who.clone()));
         Ok(who)
     }
 
@@ -373,9 +372,8 @@ fn redirect_with_cookie<B>(
     scheme: Scheme,
     req: &Request<B>,
 ) -> Response<Body> {
-    let mut set = format!(
-        "{LOGIN_COOKIE}={value}; Path=/; Max-Age={max_age}; HttpOnly; SameSite=Lax"
-    );
+    let mut set =
+        format!("{LOGIN_COOKIE}={value}; Path=/; Max-Age={max_age}; HttpOnly; SameSite=Lax");
     if scheme == Scheme::Https {
         set.push_str("; Secure");
     }
@@ -425,7 +423,10 @@ mod tests {
         else {
             panic!("a fresh ticket is valid");
         };
-        assert_eq!((expires_at, s.as_str()), (1000 + TICKET_TTL_SECS, session.as_str()));
+        assert_eq!(
+            (expires_at, s.as_str()),
+            (1000 + TICKET_TTL_SECS, session.as_str())
+        );
         assert_eq!(nonce.len(), 32);
         assert_eq!(open_ticket(SECRET, b, &t, 1000), TicketCheck::Invalid);
         assert_eq!(

@@ -44,9 +44,8 @@ const SESSION_TTL_SECS: i64 = 12 * 3600;
 const MAX_FORM: usize = 16 * 1024;
 /// An argon2id hash of a random password: a missing user costs a verification too, so
 /// that timing does not tell which names exist.
-static NOBODY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-    hash_password(&certs::random_hex(16)).unwrap_or_default()
-});
+static NOBODY: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| hash_password(&certs::random_hex(16)).unwrap_or_default());
 
 /// What the form and the page carry along: the device to go back to, and its path.
 #[derive(Debug, Default)]
@@ -238,8 +237,7 @@ async fn sign_in(
                 &principal.actor(),
                 "dashboard.sign_in",
                 "public",
-                &json!({"with": "password", "from": peer.to_string(), "via": "public"})
-                    .to_string(),
+                &json!({"with": "password", "from": peer.to_string(), "via": "public"}).to_string(),
             )
             .await
     };
@@ -360,7 +358,12 @@ fn with_cookies(mut resp: Response<Body>, cookies: Option<[HeaderValue; 2]>) -> 
 }
 
 /// The sign-in form, with a fresh CSRF nonce in a hidden field and in its cookie.
-fn form(target: &Target, error: Option<&str>, status: StatusCode, scheme: Scheme) -> Response<Body> {
+fn form(
+    target: &Target,
+    error: Option<&str>,
+    status: StatusCode,
+    scheme: Scheme,
+) -> Response<Body> {
     let nonce = certs::random_hex(16);
     let device = target.device.map(|d| d.to_string()).unwrap_or_default();
     let mut resp = page(
@@ -384,12 +387,15 @@ fn form(target: &Target, error: Option<&str>, status: StatusCode, scheme: Scheme
             }
         },
     );
-    resp.headers_mut()
-        .append(header::SET_COOKIE, set_cookie(FORM_COOKIE, &nonce, 600, scheme));
+    resp.headers_mut().append(
+        header::SET_COOKIE,
+        set_cookie(FORM_COOKIE, &nonce, 600, scheme),
+    );
     resp
 }
 
-const STYLE: &str = "body{font-family:system-ui,sans-serif;background:#f4f6f8;color:#1d2733;margin:0}\
+const STYLE: &str =
+    "body{font-family:system-ui,sans-serif;background:#f4f6f8;color:#1d2733;margin:0}\
 main{max-width:24rem;margin:10vh auto;background:#fff;border-radius:10px;padding:2rem;\
 box-shadow:0 2px 12px rgba(0,0,0,.08)}h1{font-size:1.4rem;margin-top:0}label{display:block;\
 margin:.8rem 0;font-weight:600}input{display:block;width:100%;box-sizing:border-box;\
@@ -449,7 +455,11 @@ fn unavailable() -> Response<Body> {
 }
 
 fn set_cookie(name: &str, value: &str, max_age: i64, scheme: Scheme) -> HeaderValue {
-    let secure = if scheme == Scheme::Https { "; Secure" } else { "" };
+    let secure = if scheme == Scheme::Https {
+        "; Secure"
+    } else {
+        ""
+    };
     HeaderValue::from_str(&format!(
         "{name}={value}; HttpOnly; SameSite=Lax; Path=/; Max-Age={max_age}{secure}"
     ))
