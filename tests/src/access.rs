@@ -1,9 +1,12 @@
-//! Shared by the access-control tests (`tests/tests/access*.rs`, `docs/access.md`): a
-//! device web server that records what it received, a visitor request with a chosen
-//! `Host`, and a gateway with connected devices and API tokens.
+//! Shared by the access-control tests (`tests/tests/access*.rs`, `user_fleets.rs`,
+//! `docs/access.md`): a device web server that records what it received, a visitor
+//! request with a chosen `Host`, a gateway with connected devices and API tokens, and for
+//! login mode users made with the `gateway user` CLI and the bare domain's sign-in form.
 
 use std::convert::Infallible;
+use std::io::Write;
 use std::net::SocketAddr;
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 
 use http::{HeaderMap, StatusCode};
@@ -219,4 +222,203 @@ pub fn cli(s: &Setup, args: &[&str]) -> (bool, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// The bare domain of the test gateways (`devices.localhost`): login mode's sign-in page.
+pub const BARE: &str = "devices.localhost";
+
+/// `gateway user add NAME --role R [--fleet F]...`, the password on stdin.
+pub fn user_add(gw: &TestGateway, name: &str, role: &str, fleets: &[&str], password: &str) {
+    let mut cmd = Command::new(bin("gateway"));
+    cmd.args(["user", "add", name, "--role", role, "--data-dir"])
+        .arg(&gw.data_dir);
+    for f in fleets {
+        cmd.args(["--fleet", f]);
+    }
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    writeln!(child.stdin.take().unwrap(), "{password}").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "user add: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `gateway user ARGS --data-dir …`: (success, stdout, stderr).
+pub fn user_cli(gw: &TestGateway, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(bin("gateway"))
+        .arg("user")
+        .args(args)
+        .arg("--data-dir")
+        .arg(&gw.data_dir)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// One request to the public listener (`host`), with a method, cookies and a form body.
+pub async fn public(
+    gw: &TestGateway,
+    method: &str,
+    host: &str,
+    path: &str,
+    cookie: Option<&str>,
+    form: Option<&str>,
+) -> (StatusCode, HeaderMap, String) {
+    let mut req = http::Request::builder()
+        .method(method)
+        .uri(format!("http://{}{path}", gw.http_addr))
+        .header("host", host)
+        .header("accept", "text/html");
+    if let Some(c) = cookie {
+        req = req.header("cookie", c);
+    }
+    if form.is_some() {
+        req = req.header("content-type", "application/x-www-form-urlencoded");
+    }
+    let resp = http_client()
+        .request(req.body(body(form.unwrap_or("").to_string())).unwrap())
+        .await
+        .unwrap();
+    let (parts, b) = resp.into_parts();
+    let bytes = b.collect().await.unwrap().to_bytes();
+    (
+        parts.status,
+        parts.headers,
+        String::from_utf8_lossy(&bytes).into_owned(),
+    )
+}
+
+/// The `Set-Cookie` header that sets `name`.
+pub fn set_cookie(h: &HeaderMap, name: &str) -> Option<String> {
+    h.get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with(&format!("{name}=")))
+        .map(String::from)
+}
+
+/// `name=value` of a `Set-Cookie` header.
+pub fn pair(set_cookie: &str) -> String {
+    set_cookie.split(';').next().unwrap().to_string()
+}
+
+pub fn location(h: &HeaderMap) -> String {
+    h["location"].to_str().unwrap().to_string()
+}
+
+/// The path and query of an absolute URL, and its host.
+pub fn split_url(url: &str) -> (String, String) {
+    let rest = url.split_once("://").unwrap().1;
+    let slash = rest.find('/').unwrap();
+    (rest[..slash].to_string(), rest[slash..].to_string())
+}
+
+/// Percent-encodes a form value.
+pub fn enc(v: &str) -> String {
+    v.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~/".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+pub fn csrf_in(html: &str) -> String {
+    let at = html
+        .find("name=\"csrf\" value=\"")
+        .unwrap_or_else(|| panic!("no csrf field in {html}"));
+    let rest = &html[at + "name=\"csrf\" value=\"".len()..];
+    rest[..rest.find('"').unwrap()].to_string()
+}
+
+/// Loads the bare domain's sign-in form at `path` and posts `user`/`password` with its
+/// CSRF nonce: the answer to the post.
+pub async fn sign_in(
+    gw: &TestGateway,
+    path: &str,
+    user: &str,
+    password: &str,
+) -> (StatusCode, HeaderMap, String) {
+    let (st, h, page) = public(gw, "GET", BARE, path, None, None).await;
+    assert_eq!(st, StatusCode::OK, "{page}");
+    let nonce = pair(&set_cookie(&h, "gw_portal_form").expect("the form's cookie"));
+    let csrf = csrf_in(&page);
+    assert_eq!(nonce, format!("gw_portal_form={csrf}"));
+    let device = page
+        .split("name=\"device\" value=\"")
+        .nth(1)
+        .map(|r| r[..r.find('"').unwrap()].to_string())
+        .unwrap_or_default();
+    let next = page
+        .split("name=\"next\" value=\"")
+        .nth(1)
+        .map(|r| r[..r.find('"').unwrap()].replace("&amp;", "&"))
+        .unwrap_or_default();
+    let form = format!(
+        "csrf={csrf}&device={device}&next={}&user={user}&password={password}",
+        enc(&next)
+    );
+    public(gw, "POST", BARE, "/login", Some(&nonce), Some(&form)).await
+}
+
+/// Two fleets, a device in each (in login mode: the first by its own setting, the second
+/// by its fleet's default), and users `ann` (kiosks only) and `root` (every fleet).
+pub async fn login_setup() -> Setup {
+    let s = Setup::new(2).await;
+    for (i, fleet) in ["kiosks", "cams"].into_iter().enumerate() {
+        let (st, _) = s
+            .api
+            .call(
+                "POST",
+                "/v1/fleets",
+                Some(&s.admin),
+                Some(json!({"name": fleet})),
+            )
+            .await;
+        assert_eq!(st, StatusCode::CREATED);
+        let (st, _) = s
+            .api
+            .call(
+                "PATCH",
+                &format!("/v1/devices/{}", s.uuid(i)),
+                Some(&s.operator),
+                Some(json!({"fleet": fleet})),
+            )
+            .await;
+        assert_eq!(st, StatusCode::OK);
+    }
+    let (st, v) = s.set_device(0, json!({"mode": "login"})).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(
+        (v["mode"].as_str(), v["source"].as_str()),
+        (Some("login"), Some("device"))
+    );
+    let (st, v) = s
+        .api
+        .call(
+            "PUT",
+            "/v1/fleets/cams/access",
+            Some(&s.admin),
+            Some(json!({"mode": "login"})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    user_add(&s.gw, "ann", "viewer", &["kiosks"], "ann-password-1");
+    user_add(&s.gw, "root", "admin", &[], "root-password-1");
+    s
 }

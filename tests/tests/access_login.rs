@@ -1,217 +1,17 @@
-//! `login` mode on public URLs (`docs/access.md`) and users limited to fleets
-//! (`docs/dashboard.md`): a real gateway and agents, users made with the `gateway user`
-//! CLI, a recording backend on the device side, hyper as the visitor (the sign-in page on
-//! the bare domain, the ticket, the device host's cookie), and one headless Chromium run
-//! of the whole flow.
+//! `login` mode on public URLs (`docs/access.md`): a real gateway and agents, users made
+//! with the `gateway user` CLI, a recording backend on the device side, hyper as the
+//! visitor (the sign-in page on the bare domain, the ticket, the device host's cookie),
+//! curl over HTTPS for the Secure cookies, and one headless Chromium run of the whole
+//! flow. The dashboard side of users limited to fleets is in `user_fleets.rs`.
 
-use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use e2e_tests::access::*;
 use e2e_tests::browser::Browser;
 use e2e_tests::*;
-use http::{HeaderMap, StatusCode};
-use http_body_util::BodyExt;
+use http::StatusCode;
 use serde_json::json;
-
-const BARE: &str = "devices.localhost";
-
-/// `gateway user add NAME --role R [--fleet F]...`, the password on stdin.
-fn user_add(gw: &TestGateway, name: &str, role: &str, fleets: &[&str], password: &str) {
-    let mut cmd = Command::new(bin("gateway"));
-    cmd.args(["user", "add", name, "--role", role, "--data-dir"])
-        .arg(&gw.data_dir);
-    for f in fleets {
-        cmd.args(["--fleet", f]);
-    }
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    writeln!(child.stdin.take().unwrap(), "{password}").unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "user add: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// `gateway user ARGS --data-dir …`: (success, stdout, stderr).
-fn user_cli(gw: &TestGateway, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(bin("gateway"))
-        .arg("user")
-        .args(args)
-        .arg("--data-dir")
-        .arg(&gw.data_dir)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-/// One request to the public listener (`host`), with a method, cookies and a form body.
-async fn public(
-    gw: &TestGateway,
-    method: &str,
-    host: &str,
-    path: &str,
-    cookie: Option<&str>,
-    form: Option<&str>,
-) -> (StatusCode, HeaderMap, String) {
-    let mut req = http::Request::builder()
-        .method(method)
-        .uri(format!("http://{}{path}", gw.http_addr))
-        .header("host", host)
-        .header("accept", "text/html");
-    if let Some(c) = cookie {
-        req = req.header("cookie", c);
-    }
-    if form.is_some() {
-        req = req.header("content-type", "application/x-www-form-urlencoded");
-    }
-    let resp = http_client()
-        .request(req.body(body(form.unwrap_or("").to_string())).unwrap())
-        .await
-        .unwrap();
-    let (parts, b) = resp.into_parts();
-    let bytes = b.collect().await.unwrap().to_bytes();
-    (
-        parts.status,
-        parts.headers,
-        String::from_utf8_lossy(&bytes).into_owned(),
-    )
-}
-
-/// The `Set-Cookie` header that sets `name`.
-fn set_cookie(h: &HeaderMap, name: &str) -> Option<String> {
-    h.get_all("set-cookie")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .find(|v| v.starts_with(&format!("{name}=")))
-        .map(String::from)
-}
-
-/// `name=value` of a `Set-Cookie` header.
-fn pair(set_cookie: &str) -> String {
-    set_cookie.split(';').next().unwrap().to_string()
-}
-
-fn location(h: &HeaderMap) -> String {
-    h["location"].to_str().unwrap().to_string()
-}
-
-/// The path and query of an absolute URL, and its host.
-fn split_url(url: &str) -> (String, String) {
-    let rest = url.split_once("://").unwrap().1;
-    let slash = rest.find('/').unwrap();
-    (rest[..slash].to_string(), rest[slash..].to_string())
-}
-
-/// Percent-encodes a form value.
-fn enc(v: &str) -> String {
-    v.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-_.~/".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
-}
-
-fn csrf_in(html: &str) -> String {
-    let at = html
-        .find("name=\"csrf\" value=\"")
-        .unwrap_or_else(|| panic!("no csrf field in {html}"));
-    let rest = &html[at + "name=\"csrf\" value=\"".len()..];
-    rest[..rest.find('"').unwrap()].to_string()
-}
-
-/// Loads the bare domain's sign-in form at `path` and posts `user`/`password` with its
-/// CSRF nonce: the answer to the post.
-async fn sign_in(
-    gw: &TestGateway,
-    path: &str,
-    user: &str,
-    password: &str,
-) -> (StatusCode, HeaderMap, String) {
-    let (st, h, page) = public(gw, "GET", BARE, path, None, None).await;
-    assert_eq!(st, StatusCode::OK, "{page}");
-    let nonce = pair(&set_cookie(&h, "gw_portal_form").expect("the form's cookie"));
-    let csrf = csrf_in(&page);
-    assert_eq!(nonce, format!("gw_portal_form={csrf}"));
-    let device = page
-        .split("name=\"device\" value=\"")
-        .nth(1)
-        .map(|r| r[..r.find('"').unwrap()].to_string())
-        .unwrap_or_default();
-    let next = page
-        .split("name=\"next\" value=\"")
-        .nth(1)
-        .map(|r| r[..r.find('"').unwrap()].replace("&amp;", "&"))
-        .unwrap_or_default();
-    let form = format!(
-        "csrf={csrf}&device={device}&next={}&user={user}&password={password}",
-        enc(&next)
-    );
-    public(gw, "POST", BARE, "/login", Some(&nonce), Some(&form)).await
-}
-
-/// Two fleets, a device in each (in login mode: the first by its own setting, the second
-/// by its fleet's default), and users `ann` (kiosks only) and `root` (every fleet).
-async fn login_setup() -> Setup {
-    let s = Setup::new(2).await;
-    for (i, fleet) in ["kiosks", "cams"].into_iter().enumerate() {
-        let (st, _) = s
-            .api
-            .call(
-                "POST",
-                "/v1/fleets",
-                Some(&s.admin),
-                Some(json!({"name": fleet})),
-            )
-            .await;
-        assert_eq!(st, StatusCode::CREATED);
-        let (st, _) = s
-            .api
-            .call(
-                "PATCH",
-                &format!("/v1/devices/{}", s.uuid(i)),
-                Some(&s.operator),
-                Some(json!({"fleet": fleet})),
-            )
-            .await;
-        assert_eq!(st, StatusCode::OK);
-    }
-    let (st, v) = s.set_device(0, json!({"mode": "login"})).await;
-    assert_eq!(st, StatusCode::OK, "{v}");
-    assert_eq!(
-        (v["mode"].as_str(), v["source"].as_str()),
-        (Some("login"), Some("device"))
-    );
-    let (st, v) = s
-        .api
-        .call(
-            "PUT",
-            "/v1/fleets/cams/access",
-            Some(&s.admin),
-            Some(json!({"mode": "login"})),
-        )
-        .await;
-    assert_eq!(st, StatusCode::OK, "{v}");
-    user_add(&s.gw, "ann", "viewer", &["kiosks"], "ann-password-1");
-    user_add(&s.gw, "root", "admin", &[], "root-password-1");
-    s
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sign_in_on_the_bare_domain_then_a_ticket_for_that_device_only() {
@@ -455,112 +255,6 @@ async fn removed_users_and_other_fleets_are_refused_and_the_allow_list_still_app
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_user_limited_to_fleets_sees_only_their_devices_on_the_dashboard() {
-    let s = login_setup().await;
-    let (u0, u1) = (s.uuid(0).to_string(), s.uuid(1).to_string());
-    let (ok, out, err) = user_cli(&s.gw, &["list"]);
-    assert!(ok, "{err}");
-    let ann = out
-        .lines()
-        .find(|l| l.starts_with("ann"))
-        .unwrap_or_default();
-    assert!(ann.contains("kiosks"), "{out}");
-    let root = out
-        .lines()
-        .find(|l| l.starts_with("root"))
-        .unwrap_or_default();
-    assert!(root.contains("(all)"), "{out}");
-    // A fleet that does not exist is refused by name, and nothing is added.
-    let mut child = Command::new(bin("gateway"))
-        .args([
-            "user",
-            "add",
-            "bob",
-            "--role",
-            "viewer",
-            "--fleet",
-            "nope",
-            "--data-dir",
-        ])
-        .arg(&s.gw.data_dir)
-        .stdin(Stdio::piped())
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    writeln!(child.stdin.take().unwrap(), "bob-password-1").unwrap();
-    let out = child.wait_with_output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("\"nope\""), "{err}");
-    assert!(!user_cli(&s.gw, &["list"]).1.contains("bob"));
-
-    // ann signs in to the dashboard (the management listener).
-    let dash =
-        |method: &'static str, path: String, cookie: Option<String>, form: Option<String>| {
-            let addr = s.gw.api_addr;
-            async move {
-                let mut req = http::Request::builder()
-                    .method(method)
-                    .uri(format!("http://{addr}{path}"));
-                if let Some(c) = cookie {
-                    req = req.header("cookie", c);
-                }
-                if form.is_some() {
-                    req = req.header("content-type", "application/x-www-form-urlencoded");
-                }
-                let resp = http_client()
-                    .request(req.body(body(form.unwrap_or_default())).unwrap())
-                    .await
-                    .unwrap();
-                let (parts, b) = resp.into_parts();
-                let text =
-                    String::from_utf8_lossy(&b.collect().await.unwrap().to_bytes()).into_owned();
-                (parts.status, parts.headers, text)
-            }
-        };
-    let (_, h, page) = dash("GET", "/login".into(), None, None).await;
-    let nonce = pair(&set_cookie(&h, "gw_login").unwrap());
-    let form = format!("csrf={}&user=ann&password=ann-password-1", csrf_in(&page));
-    let (st, h, _) = dash("POST", "/login".into(), Some(nonce), Some(form)).await;
-    assert_eq!(st, StatusCode::SEE_OTHER);
-    let session = pair(&set_cookie(&h, "gw_session").unwrap());
-    let get = |path: &str| dash("GET", path.to_string(), Some(session.clone()), None);
-
-    // The devices list is held to ann's fleet; another fleet, another fleet's device and
-    // the overview of every fleet are refused.
-    let (st, h, _) = get("/devices?online=online").await;
-    assert_eq!(st, StatusCode::SEE_OTHER);
-    assert_eq!(location(&h), "/devices?fleet=kiosks&online=online");
-    let (st, _, page) = get("/devices?fleet=kiosks").await;
-    assert_eq!(st, StatusCode::OK);
-    assert!(page.contains(&u0) && !page.contains(&u1), "{page}");
-    for path in [
-        "/devices?fleet=cams".to_string(),
-        format!("/devices/{u1}"),
-        format!("/devices/{u1}/logs"),
-        "/fleets".to_string(),
-        "/events".to_string(),
-    ] {
-        let (st, _, page) = get(&path).await;
-        assert_eq!(st, StatusCode::FORBIDDEN, "{path}");
-        assert!(page.contains("kiosks"), "{path}: {page}");
-    }
-    let (st, _, page) = get(&format!("/devices/{u0}")).await;
-    assert_eq!(st, StatusCode::OK);
-    assert!(page.contains(&u0));
-    // A form post on the other fleet's device is refused before its handler runs.
-    let csrf = csrf_in(&page);
-    let (st, _, _) = dash(
-        "POST",
-        format!("/devices/{u1}/tags"),
-        Some(session.clone()),
-        Some(format!("csrf={csrf}&tags=a%3Db")),
-    )
-    .await;
-    assert_eq!(st, StatusCode::FORBIDDEN);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn browser_switches_a_device_to_login_and_signs_in_to_reach_it() {
     let s = login_setup().await;
     let Some(b) = Browser::start().await else {
@@ -611,4 +305,122 @@ async fn browser_switches_a_device_to_login_and_signs_in_to_reach_it() {
             assert!(!c.to_str().unwrap().contains("gw_"), "{c:?}");
         }
     }
+}
+
+/// `curl -i` over HTTPS to `host` (resolved to loopback) trusting `ca`: the response head
+/// and body as one text.
+fn curl_https(ca: &std::path::Path, host: &str, port: u16, args: &[&str], path: &str) -> String {
+    let bare = host.split(':').next().unwrap();
+    let o = Command::new("curl")
+        .args(["-sS", "-i", "--max-time", "10", "--cacert"])
+        .arg(ca)
+        .args(["--resolve", &format!("{bare}:{port}:127.0.0.1")])
+        .args(args)
+        .arg(format!("https://{bare}:{port}{path}"))
+        .output()
+        .expect("curl (apt-get install curl)");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// The value of header `name` in a `curl -i` answer.
+fn header_of(answer: &str, name: &str) -> Vec<String> {
+    answer
+        .lines()
+        .take_while(|l| !l.trim().is_empty())
+        .filter_map(|l| l.split_once(':'))
+        .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.trim().to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn over_https_the_sign_in_and_device_cookies_are_secure() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("wild.pem"), dir.path().join("wild.key"));
+    let ca = certs::Ca::load_or_create(&dir.path().join("ca")).unwrap();
+    // The bare domain needs its own name in the certificate, beside the wildcard.
+    let id = ca
+        .issue_server(&["*.devices.localhost".into(), BARE.into()])
+        .unwrap();
+    std::fs::write(&cert, &id.cert_pem).unwrap();
+    std::fs::write(&key, &id.key_pem).unwrap();
+    let ca_pem = dir.path().join("ca").join("ca.pem");
+    let port = free_port_tcp();
+    let s = Setup::with(1, |c| {
+        c.https_listen = Some(format!("127.0.0.1:{port}").parse().unwrap());
+        c.https_cert = Some(cert.clone());
+        c.https_key = Some(key.clone());
+    })
+    .await;
+    let (st, _) = s.set_device(0, json!({"mode": "login"})).await;
+    assert_eq!(st, StatusCode::OK);
+    user_add(&s.gw, "ann", "viewer", &[], "ann-password-1");
+    let host = s.host(0);
+
+    let first = eventually(Duration::from_secs(30), || async {
+        let a = curl_https(&ca_pem, &host, port, &[], "/x");
+        a.starts_with("HTTP/2 303").then_some(a)
+    })
+    .await
+    .expect("a 303 to the sign-in page over HTTPS");
+    let to = header_of(&first, "location").remove(0);
+    assert!(
+        to.starts_with(&format!("https://{BARE}:{port}/login?device=")),
+        "{to}"
+    );
+    let path = &to[to.find("/login").unwrap()..];
+    let form = curl_https(&ca_pem, BARE, port, &[], path);
+    let csrf = csrf_in(&form);
+    let form_cookie = header_of(&form, "set-cookie")
+        .into_iter()
+        .find(|c| c.starts_with("gw_portal_form="))
+        .expect("the form's cookie");
+    assert!(form_cookie.contains("; Secure"), "{form_cookie}");
+    let post = curl_https(
+        &ca_pem,
+        BARE,
+        port,
+        &[
+            "-H",
+            &format!("cookie: {}", pair(&form_cookie)),
+            "--data",
+            &format!(
+                "csrf={csrf}&device={}&next=/x&user=ann&password=ann-password-1",
+                s.uuid(0)
+            ),
+        ],
+        "/login",
+    );
+    let portal = header_of(&post, "set-cookie")
+        .into_iter()
+        .find(|c| c.starts_with("gw_portal="))
+        .unwrap_or_else(|| panic!("no session: {post}"));
+    for attr in ["; Secure", "; HttpOnly", "; SameSite=Lax"] {
+        assert!(portal.contains(attr), "{portal} lacks {attr}");
+    }
+    let back = header_of(&post, "location").remove(0);
+    assert!(
+        back.starts_with(&format!("https://{host}:{port}/x?gw_ticket=")),
+        "{back}"
+    );
+    let exchanged = curl_https(&ca_pem, &host, port, &[], &back[back.find("/x").unwrap()..]);
+    let device_cookie = header_of(&exchanged, "set-cookie")
+        .into_iter()
+        .find(|c| c.starts_with("gw_login="))
+        .unwrap_or_else(|| panic!("no device cookie: {exchanged}"));
+    for attr in ["; Secure", "; HttpOnly", "; SameSite=Lax"] {
+        assert!(device_cookie.contains(attr), "{device_cookie} lacks {attr}");
+    }
+    let page = curl_https(
+        &ca_pem,
+        &host,
+        port,
+        &["-H", &format!("cookie: {}", pair(&device_cookie))],
+        "/x",
+    );
+    assert!(
+        page.starts_with("HTTP/2 200") && page.ends_with("ok /x"),
+        "{page}"
+    );
 }
