@@ -102,10 +102,8 @@ pub(crate) async fn handle(
             if let Some(session) = session {
                 match access.who.get(store, &session).await {
                     Ok(Some(who)) => {
-                        return onward(
-                            access, store, &target, &session, &who.user, scheme, host, None,
-                        )
-                        .await
+                        return onward(access, store, &target, &session, &who.user, scheme, host)
+                            .await
                     }
                     Ok(None) => {}
                     Err(e) => {
@@ -251,22 +249,15 @@ async fn sign_in(
         set_cookie(PORTAL_COOKIE, &id, SESSION_TTL_SECS, scheme),
         set_cookie(FORM_COOKIE, "", 0, scheme),
     ];
-    onward(
-        access,
-        store,
-        &target,
-        &session,
-        &user,
-        scheme,
-        host,
-        Some(cookies),
-    )
-    .await
+    let mut resp = onward(access, store, &target, &session, &user, scheme, host).await;
+    for v in cookies {
+        resp.headers_mut().append(header::SET_COOKIE, v);
+    }
+    resp
 }
 
 /// Signed in as `user` (session `session`): to the device with a ticket when it may see
 /// it, a 403 when not, a small page when no device was asked for.
-#[allow(clippy::too_many_arguments)]
 async fn onward(
     access: &AccessCache,
     store: &Store,
@@ -275,9 +266,8 @@ async fn onward(
     user: &str,
     scheme: Scheme,
     host: &str,
-    cookies: Option<[HeaderValue; 2]>,
 ) -> Response<Body> {
-    let mut resp = match target.device {
+    match target.device {
         None => page(
             StatusCode::OK,
             "Signed in",
@@ -290,13 +280,10 @@ async fn onward(
             let fleet = match store.device(uuid).await {
                 Ok(Some(d)) if !d.revoked => d.fleet,
                 Ok(_) => {
-                    return with_cookies(
-                        error_page(
-                            StatusCode::NOT_FOUND,
-                            "There is no such device.",
-                            &http::HeaderMap::new(),
-                        ),
-                        cookies,
+                    return error_page(
+                        StatusCode::NOT_FOUND,
+                        "There is no such device.",
+                        &http::HeaderMap::new(),
                     )
                 }
                 Err(e) => {
@@ -306,7 +293,7 @@ async fn onward(
             };
             let who = match access.who.get(store, session).await {
                 Ok(Some(w)) => w,
-                Ok(None) => return with_cookies(unavailable(), cookies),
+                Ok(None) => return unavailable(),
                 Err(e) => {
                     warn!(error = %e, "cannot read a sign-in session");
                     return unavailable();
@@ -341,20 +328,7 @@ async fn onward(
                 redirect(&to)
             }
         }
-    };
-    if let Some(c) = cookies {
-        for v in c {
-            resp.headers_mut().append(header::SET_COOKIE, v);
-        }
     }
-    resp
-}
-
-fn with_cookies(mut resp: Response<Body>, cookies: Option<[HeaderValue; 2]>) -> Response<Body> {
-    for v in cookies.into_iter().flatten() {
-        resp.headers_mut().append(header::SET_COOKIE, v);
-    }
-    resp
 }
 
 /// The sign-in form, with a fresh CSRF nonce in a hidden field and in its cookie.
