@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # Access modes on a public URL: req/s and p99 of `public`, `basic` (the password checked
-# with argon2 once, then from the cache) and `link` (the signed cookie checked per
-# request), one after the other against the same device, then `public` again.
+# with argon2 once, then from the cache), `link` (the signed cookie checked per request)
+# and `login` (the device host's signed cookie checked per request, and who its session
+# is, from a cache re-read every 5 s), one after the other against the same device, then
+# `public` again.
 #
 # One `gateway serve` on its SQLite data dir, one `edge-agent run --engine none`, nginx
 # (1 worker) serving a 1 KiB file as the device's web UI; wrk on loopback. The modes are
-# switched live through the CLI (`gateway device access`), the agent stays connected.
+# switched live through the CLI (`gateway device access`), the agent stays connected. For
+# `login` the script signs a dashboard user (`gateway user add`) in on the bare domain's
+# sign-in page with curl and exchanges the ticket for the device host's cookie.
 #
 #   bench/access.sh                 # builds release binaries first
 #   SKIP_BUILD=1 BIN=/path/to/release DURATION=10 bench/access.sh
@@ -105,6 +109,22 @@ COOKIE="$(curl -s -o /dev/null -D - -H "Host: $HOST" "http://127.0.0.1:$HTTP$PAT
 wait_status 200 "Cookie: $COOKIE"
 load link "Cookie: $COOKIE"
 
+printf 'bench-password\n' | "$BIN/gateway" user add bench --role viewer --data-dir "$TMP/gw" >/dev/null
+"$BIN/gateway" device access "$UUID" login >/dev/null
+wait_status 303
+FORM="$(curl -s -D "$TMP/form.h" -H "Host: $DOMAIN" "http://127.0.0.1:$HTTP/login?device=$UUID&next=/")"
+CSRF="$(grep -o 'name="csrf" value="[0-9a-f]*"' <<<"$FORM" | head -1 | sed 's/.*value="//; s/"//')"
+FORM_COOKIE="$(awk -F'[:;] *' 'tolower($1) == "set-cookie" && $2 ~ /^gw_portal_form=/ { print $2 }' "$TMP/form.h")"
+[[ -n "$CSRF" && -n "$FORM_COOKIE" ]] || { log "no sign-in form on the bare domain"; exit 1; }
+TICKET_URL="$(curl -s -o /dev/null -w '%{redirect_url}' -H "Host: $DOMAIN" -H "Cookie: $FORM_COOKIE" \
+  --data "csrf=$CSRF&device=$UUID&next=/&user=bench&password=bench-password" "http://127.0.0.1:$HTTP/login")"
+[[ "$TICKET_URL" == *gw_ticket=* ]] || { log "sign-in did not send back a ticket ($TICKET_URL)"; exit 1; }
+LOGIN_COOKIE="$(curl -s -o /dev/null -D - -H "Host: $HOST" "http://127.0.0.1:$HTTP/${TICKET_URL#*://*/}" \
+  | awk -F'[:;] *' 'tolower($1) == "set-cookie" { print $2 }')"
+[[ "$LOGIN_COOKIE" == gw_login=* ]] || { log "no cookie for the ticket"; exit 1; }
+wait_status 200 "Cookie: $LOGIN_COOKIE"
+load login "Cookie: $LOGIN_COOKIE"
+
 "$BIN/gateway" device access "$UUID" public >/dev/null
 wait_status 200
 load public2
@@ -112,7 +132,7 @@ load public2
 echo
 echo "access modes, $(date -u +%FT%TZ), $(nproc) CPUs ($(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)), wrk -t$THREADS -c$CONNS -d${DURATION}s, 1 KiB"
 printf '| mode | req/s | p99 (ms) | ÷ mean public |\n|---|---:|---:|---:|\n'
-for m in public basic link public2; do
+for m in public basic link login public2; do
   awk -v m="$m" -v r="${RPS[$m]}" -v p="${P99[$m]}" -v a="${RPS[public]}" -v b="${RPS[public2]}" \
     'BEGIN { printf "| %s | %d | %s | %.2fx |\n", m, r, p, r / ((a + b) / 2) }'
 done

@@ -23,6 +23,9 @@ pub(crate) enum UserError {
     /// There is no user of that name.
     #[error("there is no user {0:?}")]
     NoSuchUser(String),
+    /// A fleet to limit the user to does not exist.
+    #[error("--fleet {0:?}: there is no such fleet (gateway fleet list shows them)")]
+    NoSuchFleet(String),
     /// argon2 failed to hash the password.
     #[error("cannot hash the password: {0}")]
     Hash(String),
@@ -57,18 +60,31 @@ async fn hash(password: &str) -> Result<String, UserError> {
         .map_err(|e| UserError::Hash(e.to_string()))
 }
 
-/// Adds user `name` with `role` and `password` (stored as an argon2id hash), for `actor`
-/// (`user.add` in the audit log).
+/// Adds user `name` with `role` and `password` (stored as an argon2id hash), limited to
+/// `fleets` (empty: every fleet; each must exist), for `actor` (`user.add` in the audit
+/// log).
 pub(crate) async fn add(
     store: &Store,
     actor: &str,
     name: &str,
     role: Role,
     password: &str,
+    fleets: &[String],
 ) -> Result<(), UserError> {
     valid_name(name)?;
+    let mut fleets = fleets.to_vec();
+    fleets.sort();
+    fleets.dedup();
+    for f in &fleets {
+        if store.fleet(f).await?.is_none() {
+            return Err(UserError::NoSuchFleet(f.clone()));
+        }
+    }
     let hash = hash(password).await?;
-    if !store.create_user(name, role.as_str(), &hash).await? {
+    if !store
+        .create_user_in_fleets(name, role.as_str(), &hash, &fleets)
+        .await?
+    {
         return Err(UserError::Exists(name.to_string()));
     }
     store
@@ -76,7 +92,7 @@ pub(crate) async fn add(
             actor,
             "user.add",
             name,
-            &serde_json::json!({"role": role.as_str()}).to_string(),
+            &serde_json::json!({"role": role.as_str(), "fleets": fleets}).to_string(),
         )
         .await?;
     Ok(())

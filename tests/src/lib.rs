@@ -26,10 +26,11 @@ use tokio_util::sync::CancellationToken;
 pub type TestBody = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 
 /// Installs a tracing subscriber once (RUST_LOG controls it; quiet by default).
+pub mod access;
 pub mod browser;
 pub mod cluster;
-pub mod dashboard;
 pub mod dash;
+pub mod dashboard;
 pub mod engine;
 pub mod in_netns;
 pub mod netns;

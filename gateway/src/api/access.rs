@@ -37,9 +37,6 @@ async fn record_of(body: AccessSettings, device: bool) -> Result<Option<AccessRe
         None
     } else {
         Some(body.mode.parse::<Mode>().map_err(|e| match e {
-            ModeError::NotAvailable(_) => {
-                ApiError::bad_request("mode_not_available", e.to_string())
-            }
             ModeError::Unknown(_) => ApiError::bad_request(
                 "invalid_mode",
                 if device {
@@ -103,14 +100,14 @@ async fn record_of(body: AccessSettings, device: bool) -> Result<Option<AccessRe
                 .map_err(internal)?;
             (Some(user), Some(hash))
         }
-        Mode::Public | Mode::Link if credentials => {
+        Mode::Public | Mode::Link | Mode::Login if credentials => {
             return Err(ApiError::bad_request(
                 "invalid_settings",
                 format!("a user and password are for basic, not {}", mode.as_str()),
             ))
         }
         Mode::Public if !device && allow.is_empty() => return Ok(None),
-        Mode::Public | Mode::Link => (None, None),
+        Mode::Public | Mode::Link | Mode::Login => (None, None),
     };
     Ok(Some(AccessRecord {
         mode: mode.as_str().to_string(),

@@ -690,8 +690,8 @@ pub struct TerminalQuery {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AccessSettings {
-    /// `public`, `basic` or `link`; for a device also `inherit` (follow its fleet again).
-    /// `login` is reserved and refused for now.
+    /// `public`, `basic`, `link` or `login`; for a device also `inherit` (follow its fleet
+    /// again).
     pub mode: String,
     /// `basic`: the user name (no `:`).
     #[serde(default)]
@@ -708,7 +708,7 @@ pub struct AccessSettings {
 /// The access setting of a device's public URL (the one in force) or of a fleet.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Access {
-    /// `public`, `basic` or `link`.
+    /// `public`, `basic`, `link` or `login`.
     pub mode: String,
     /// Where it comes from: `device` (its own), `fleet` (its fleet's default) or
     /// `default` (nobody set one: public).

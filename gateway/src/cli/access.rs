@@ -13,8 +13,9 @@ pub(super) const SHARE_FOR: Bounds = crate::config::bounds::SHARE_LINK;
 /// The mode and its options, shared by `device access` and `fleet access`.
 #[derive(Args)]
 pub(super) struct AccessArgs {
-    /// public, basic or link (for a device also inherit: follow its fleet again). Without
-    /// a mode, the setting in force is shown.
+    /// public, basic, link or login (signed-in dashboard users of the device's fleet; for a
+    /// device also inherit: follow its fleet again). Without a mode, the setting in force
+    /// is shown.
     mode: Option<String>,
     /// basic: the user name.
     #[arg(long)]

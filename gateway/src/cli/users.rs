@@ -20,6 +20,11 @@ pub(super) enum UserCommand {
         /// A file whose first line is the password.
         #[arg(long)]
         password_file: Option<PathBuf>,
+        /// Limit the user to this fleet's devices (repeat for several fleets). Default:
+        /// every fleet. A limited user's dashboard shows only these fleets' devices, and
+        /// login-mode public URLs let them into these fleets' devices only.
+        #[arg(long = "fleet", value_name = "FLEET")]
+        fleets: Vec<String>,
     },
     /// List dashboard users (never their password hashes).
     List {
@@ -57,6 +62,7 @@ pub(super) async fn run(cmd: UserCommand) -> anyhow::Result<()> {
             name,
             role,
             password_file,
+            fleets,
         } => {
             crate::users::valid_name(&name)?;
             let role = Role::parse(&role).with_context(|| {
@@ -65,21 +71,35 @@ pub(super) async fn run(cmd: UserCommand) -> anyhow::Result<()> {
             let password = read_password(password_file.as_deref())?;
             let (_, db) =
                 crate::datadir::open_existing_in(&store.data_dir, store.database()).await?;
-            let added = crate::users::add(&db, &cli_actor, &name, role, &password).await;
+            let added = crate::users::add(&db, &cli_actor, &name, role, &password, &fleets).await;
             db.close().await;
             added?;
-            println!("user {name} ({}) added", role.as_str());
+            let scope = if fleets.is_empty() {
+                "every fleet".to_string()
+            } else {
+                let mut f = fleets.clone();
+                f.sort();
+                f.dedup();
+                format!("fleets {}", f.join(", "))
+            };
+            println!("user {name} ({}, {scope}) added", role.as_str());
         }
         UserCommand::List { store } => {
             let (_, db) =
                 crate::datadir::open_existing_in(&store.data_dir, store.database()).await?;
             let users = db.users().await?;
             db.close().await;
-            let mut table = Table::new(["NAME", "ROLE", "CREATED", "LAST SIGN-IN"]);
+            let mut table = Table::new(["NAME", "ROLE", "FLEETS", "CREATED", "LAST SIGN-IN"]);
             for u in users {
+                let fleets = if u.fleets.is_empty() {
+                    "(all)".to_string()
+                } else {
+                    u.fleets.join(",")
+                };
                 table.row([
                     u.name,
                     u.role,
+                    fleets,
                     ago(u.created_at),
                     u.last_login.map(ago).unwrap_or_else(|| "never".into()),
                 ]);

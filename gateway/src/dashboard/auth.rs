@@ -10,6 +10,12 @@
 //! Wrong passwords and tokens answer 401 and count towards the management listener's
 //! per-address back-off (`api::auth::AuthBackoff`), which answers 429 once an address has
 //! failed too often.
+//!
+//! A user limited to fleets (`gateway user add --fleet`) is held to them here, before any
+//! page handler runs ([`scope_check`]): a device's pages only for a device of those
+//! fleets, the devices list only filtered to one of them, and nothing else but
+//! signing out (the fleet overview, live presence and any page about every fleet are
+//! refused with 403).
 
 use std::net::SocketAddr;
 
@@ -122,12 +128,74 @@ impl FromRequestParts<ApiState> for Signed {
                 format!("the stored role {:?} is unknown", s.role),
             )
         })?;
+        let fleets = match &s.principal {
+            Principal::User(name) => st.store.user_fleets(name).await?,
+            Principal::Token(_) => Vec::new(),
+        };
+        if !fleets.is_empty() {
+            scope_check(st, &fleets, &parts.uri).await?;
+        }
         Ok(Self {
             principal: s.principal,
             role,
             csrf: s.csrf,
         })
     }
+}
+
+/// Holds a user limited to `fleets` to them: `/devices/{uuid}[/…]` of a device in one of
+/// them, `/devices?fleet=F` with `F` one of them (without `fleet`: redirected to the first),
+/// `/logout`; everything else is refused (a page added later is closed to them until it
+/// says otherwise here).
+async fn scope_check(
+    st: &ApiState,
+    fleets: &[String],
+    uri: &axum::http::Uri,
+) -> Result<(), DashError> {
+    let path = uri.path();
+    let list = fleets.join(", ");
+    let refuse = |what: &str| {
+        DashError::forbidden(format!(
+            "{what}: your user sees only the devices of fleet{} {list}",
+            if fleets.len() == 1 { "" } else { "s" }
+        ))
+    };
+    if path == "/logout" {
+        return Ok(());
+    }
+    if path == "/devices" {
+        let pairs: Vec<(String, String)> =
+            serde_urlencoded::from_str(uri.query().unwrap_or("")).unwrap_or_default();
+        let asked = pairs
+            .iter()
+            .rev()
+            .find(|(k, _)| k == "fleet")
+            .map(|(_, v)| v.trim())
+            .filter(|v| !v.is_empty());
+        return match asked {
+            Some(f) if fleets.iter().any(|mine| mine == f) => Ok(()),
+            Some(f) => Err(refuse(&format!("fleet {f:?} is not yours"))),
+            None => {
+                let mut rest: Vec<(String, String)> =
+                    pairs.into_iter().filter(|(k, _)| k != "fleet").collect();
+                rest.insert(0, ("fleet".into(), fleets[0].clone()));
+                let q = serde_urlencoded::to_string(&rest).unwrap_or_default();
+                Err(DashError::Redirect(format!("/devices?{q}")))
+            }
+        };
+    }
+    if let Some(rest) = path.strip_prefix("/devices/") {
+        let first = rest.split('/').next().unwrap_or("");
+        let Ok(uuid) = first.parse::<protocol::DeviceUuid>() else {
+            return Err(refuse("this page covers devices of every fleet"));
+        };
+        let fleet = st.store.device(uuid).await?.and_then(|d| d.fleet);
+        return match fleet {
+            Some(f) if fleets.contains(&f) => Ok(()),
+            _ => Err(refuse(&format!("device {uuid} is not in your fleets"))),
+        };
+    }
+    Err(refuse("this page covers every fleet"))
 }
 
 /// The value of cookie `name` in the request's `Cookie` headers.

@@ -110,6 +110,8 @@ async fn asset(Path(file): Path<String>) -> Response {
 pub(crate) enum DashError {
     /// No valid session: redirect to `/login?next=<this path>`.
     SignIn(String),
+    /// Somewhere else on this listener (a fleet-limited user's devices list, filtered).
+    Redirect(String),
     /// An error page.
     Page(StatusCode, String),
 }
@@ -148,6 +150,7 @@ impl IntoResponse for DashError {
                 let to = format!("/login?next={}", urlencode(&next));
                 Redirect::to(&to).into_response()
             }
+            Self::Redirect(to) => Redirect::to(&to).into_response(),
             Self::Page(status, message) => {
                 (status, layout::error_page(status, &message)).into_response()
             }

@@ -1,6 +1,9 @@
 //! Who may visit a device's public URL (`docs/access.md`): an IP/CIDR allow-list, checked
-//! first, then the mode: `public`, `basic` (HTTP Basic, argon2-hashed password) or `link`
-//! (signed share links that leave a signed cookie for the device's host).
+//! first, then the mode: `public`, `basic` (HTTP Basic, argon2-hashed password), `link`
+//! (signed share links that leave a signed cookie for the device's host) or `login`
+//! (dashboard users who may see the device's fleet, signed in on the bare domain's page,
+//! [`portal`], and sent back with a ticket that becomes a cookie for the device's host,
+//! [`login`]).
 //!
 //! The hot path never waits on the database: the setting in force for a device is read
 //! once and kept in [`AccessCache`] (on the session registry), dropped when the API
@@ -9,11 +12,14 @@
 //! password is verified with argon2 once, then remembered for [`BASIC_OK_TTL`]; failures
 //! are counted per client address and refused for a while past a threshold.
 //!
-//! What the gateway reads here is its own: the `gw_access` cookie, the `gw_share` query
-//! parameter and, in `basic` mode, the `Authorization` header never reach the device.
+//! What the gateway reads here is its own: the `gw_access` and `gw_login` cookies, the
+//! `gw_share` and `gw_ticket` query parameters and, in `basic` mode, the `Authorization`
+//! header never reach the device.
 
 mod basic;
 mod links;
+mod login;
+pub(crate) mod portal;
 mod rules;
 
 use std::fmt;
@@ -35,6 +41,8 @@ pub(crate) use basic::hash_password;
 use basic::{backoff_key, basic_pair, verify_password, Backoff};
 pub(crate) use links::share_token;
 use links::{cookie_values, query_param, redirect_with_cookie, scrub, verify, Check, Purpose};
+use login::WhoCache;
+pub(crate) use login::{LOGIN_COOKIE, TICKET_PARAM};
 pub(crate) use rules::{Cidr, Mode, ModeError};
 
 /// The cookie a share link leaves on the device's host.
@@ -69,13 +77,18 @@ enum Rule {
         hash: String,
     },
     Link,
+    /// Signed-in dashboard users who may see `fleet` (the device's, when it was read).
+    Login {
+        fleet: Option<String>,
+    },
     /// A stored row this gateway cannot apply (a mode of a newer version, a bad entry):
     /// everyone is refused rather than let in.
     Refuse(String),
 }
 
 impl Policy {
-    fn of(access: &EffectiveAccess) -> Self {
+    /// `fleet`: the device's fleet (read for `login` mode only).
+    fn of(access: &EffectiveAccess, fleet: Option<String>) -> Self {
         let loaded = Instant::now();
         let Some(r) = access.record() else {
             return Self {
@@ -89,6 +102,7 @@ impl Policy {
             _ if allow.is_err() => Rule::Refuse(format!("bad allow-list entry: {allow:?}")),
             (Ok(Mode::Public), _, _) => Rule::Public,
             (Ok(Mode::Link), _, _) => Rule::Link,
+            (Ok(Mode::Login), _, _) => Rule::Login { fleet },
             (Ok(Mode::Basic), Some(user), Some(hash)) => Rule::Basic {
                 user: user.clone(),
                 hash: hash.clone(),
@@ -117,6 +131,8 @@ pub(crate) struct AccessCache {
     basic_ok: DashMap<[u8; 32], Instant>,
     backoff: Backoff,
     verifying: tokio::sync::Semaphore,
+    /// Who each login-mode session is (user, fleets), for a few seconds.
+    who: WhoCache,
 }
 
 impl Default for AccessCache {
@@ -128,6 +144,7 @@ impl Default for AccessCache {
             basic_ok: DashMap::new(),
             backoff: Backoff::default(),
             verifying: tokio::sync::Semaphore::new(PARALLEL_VERIFIES),
+            who: WhoCache::default(),
         }
     }
 }
@@ -177,7 +194,16 @@ impl AccessCache {
             }
         }
         let generation = self.generation.load(Ordering::Acquire);
-        let p = Arc::new(Policy::of(&store.effective_access(uuid).await?));
+        let access = store.effective_access(uuid).await?;
+        // Login mode needs the device's fleet (whose users may come in); a fleet move
+        // drops the cached policy like a setting change (`target:` wake-ups).
+        let fleet = match access.record() {
+            Some(r) if r.mode == Mode::Login.as_str() => {
+                store.device(uuid).await?.and_then(|d| d.fleet)
+            }
+            _ => None,
+        };
+        let p = Arc::new(Policy::of(&access, fleet));
         if let Rule::Refuse(why) = &p.rule {
             warn!(device = %uuid, why, "public URL access setting cannot be applied; refusing visitors");
         }
@@ -237,6 +263,12 @@ impl AccessCache {
             }
             Rule::Link => {
                 if let Some(answer) = self.link(store, uuid, scheme, req).await {
+                    return Some(answer);
+                }
+                false
+            }
+            Rule::Login { fleet } => {
+                if let Some(answer) = self.login(store, uuid, fleet.as_deref(), scheme, req).await {
                     return Some(answer);
                 }
                 false

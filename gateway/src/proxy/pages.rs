@@ -47,6 +47,52 @@ pub(crate) fn error_page(
     resp
 }
 
+/// As [`error_page`], with a link under the detail (`label` → `href`): a 401 that offers
+/// the sign-in page, a 303 whose body says where it goes.
+pub(crate) fn link_page(
+    status: StatusCode,
+    detail: &str,
+    label: &str,
+    href: &str,
+    request_headers: &HeaderMap,
+) -> Response<Body> {
+    let title = format!(
+        "{} {}",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("Error")
+    );
+    let wants_html = request_headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/html"));
+    let (content_type, body) = if wants_html {
+        (
+            "text/html; charset=utf-8",
+            format!(
+                "<!doctype html><html><head><meta charset=\"utf-8\"><title>{title}</title>\
+                 <style>body{{font-family:system-ui,sans-serif;margin:4em auto;max-width:40em;color:#222}}\
+                 h1{{font-size:1.4em}}p{{color:#555}}</style></head>\
+                 <body><h1>{title}</h1><p>{}</p><p><a href=\"{}\">{}</a></p><hr><p><small>edge gateway</small></p></body></html>\n",
+                escape(detail),
+                escape(href).replace('"', "&quot;"),
+                escape(label)
+            ),
+        )
+    } else {
+        (
+            "text/plain; charset=utf-8",
+            format!("{title}: {detail}\n{label}: {href}\n"),
+        )
+    };
+    let mut resp = Response::new(Body::Right(Full::new(Bytes::from(body))));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
 fn escape(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")

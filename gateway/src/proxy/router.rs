@@ -117,6 +117,14 @@ impl Router {
         self.domain.device(host)
     }
 
+    /// Whether a `Host` value is the bare `<domain>` (any case, optional port and trailing
+    /// dot).
+    fn is_bare_domain(&self, host: &str) -> bool {
+        let h = protocol::host::strip_port(host);
+        let h = h.strip_suffix('.').unwrap_or(h);
+        !self.domain.as_str().is_empty() && h.eq_ignore_ascii_case(self.domain.as_str())
+    }
+
     async fn handle(
         &self,
         req: Request<Incoming>,
@@ -145,6 +153,19 @@ impl Router {
                 .to_string(),
         };
         let Some(uuid) = self.device_from_host(&host) else {
+            // The bare domain serves login mode's sign-in page (the management listener,
+            // where the dashboard is, is loopback-only by default).
+            if self.is_bare_domain(&host) {
+                return super::access::portal::handle(
+                    &self.sessions.access,
+                    &self.store,
+                    req,
+                    peer.ip(),
+                    scheme,
+                    &host,
+                )
+                .await;
+            }
             return error_page(
                 StatusCode::NOT_FOUND,
                 "There is no device at this address.",

@@ -137,6 +137,10 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("migrations/0014_support_grants_tokens_that_expire_and_reac.sql"),
         postgres: None,
     },
+    Migration {
+        sqlite: include_str!("migrations/0015_user_fleet_scopes_and_login_tickets.sql"),
+        postgres: None,
+    },
 ];
 
 /// Handle to the database; cheap to clone.

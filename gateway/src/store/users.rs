@@ -1,5 +1,6 @@
-//! Dashboard users (argon2 password hashes), their browser sessions (only the SHA-256 of
-//! the cookie's id is stored) and one-time login links.
+//! Dashboard users (argon2 password hashes) and the fleets they are limited to, their
+//! browser sessions (only the SHA-256 of the cookie's id is stored), one-time login links,
+//! and the used nonces of login-mode tickets (single use).
 
 use super::*;
 
@@ -16,6 +17,8 @@ pub struct UserRecord {
     pub created_at: i64,
     /// Last sign-in, unix seconds.
     pub last_login: Option<i64>,
+    /// The fleets this user sees, by name; empty: every fleet.
+    pub fleets: Vec<String>,
 }
 
 /// Who a dashboard session (or login link) acts as.
@@ -68,32 +71,81 @@ pub struct DashboardSession {
 }
 
 impl Store {
-    /// Adds a user. Returns `false` if one of that name exists.
+    /// Adds a user who sees every fleet. Returns `false` if one of that name exists.
     pub async fn create_user(
         &self,
         name: &str,
         role: &str,
         password_hash: &str,
     ) -> Result<bool, StoreError> {
-        let n = on_write!(self, |p| {
-            sqlx::query(
-            "INSERT INTO dashboard_users (name, role, password_hash, created_at) VALUES ($1, $2, $3, $4)
-             ON CONFLICT (name) DO NOTHING",
-        )
-        .bind(name)
-        .bind(role)
-        .bind(password_hash)
-        .bind(now_unix())
-        .execute(p)
-        .await?
-        .rows_affected()
+        self.create_user_in_fleets(name, role, password_hash, &[])
+            .await
+    }
+
+    /// Adds a user who sees only `fleets` (empty: every fleet), in one transaction.
+    /// Returns `false` if one of that name exists (and changes nothing).
+    pub async fn create_user_in_fleets(
+        &self,
+        name: &str,
+        role: &str,
+        password_hash: &str,
+        fleets: &[String],
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.write_tx(&[]).await?;
+        let n = on_tx!(tx, |c| {
+            let n = sqlx::query(
+                "INSERT INTO dashboard_users (name, role, password_hash, created_at) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (name) DO NOTHING",
+            )
+            .bind(name)
+            .bind(role)
+            .bind(password_hash)
+            .bind(now_unix())
+            .execute(&mut *c)
+            .await?
+            .rows_affected();
+            if n == 1 {
+                // Rows left by an earlier user of the same name (removed before 0015's
+                // cleanup existed) must not narrow or widen this one.
+                sqlx::query("DELETE FROM dashboard_user_fleets WHERE user_name = $1")
+                    .bind(name)
+                    .execute(&mut *c)
+                    .await?;
+                for f in fleets {
+                    sqlx::query(
+                        "INSERT INTO dashboard_user_fleets (user_name, fleet) VALUES ($1, $2)
+                         ON CONFLICT (user_name, fleet) DO NOTHING",
+                    )
+                    .bind(name)
+                    .bind(f)
+                    .execute(&mut *c)
+                    .await?;
+                }
+            }
+            n
         });
+        tx.commit().await?;
         Ok(n == 1)
     }
 
-    /// Looks a user up.
-    pub async fn user(&self, name: &str) -> Result<Option<UserRecord>, StoreError> {
+    /// The fleets `name` is limited to, sorted (empty: every fleet, or no such user).
+    pub async fn user_fleets(&self, name: &str) -> Result<Vec<String>, StoreError> {
         on_pool!(self, |p| {
+            sqlx::query(
+                "SELECT fleet FROM dashboard_user_fleets WHERE user_name = $1 ORDER BY fleet",
+            )
+            .bind(name)
+            .fetch_all(p)
+            .await?
+            .iter()
+            .map(|r| r.at::<String>(0).map_err(StoreError::from))
+            .collect()
+        })
+    }
+
+    /// Looks a user up (with the fleets they are limited to).
+    pub async fn user(&self, name: &str) -> Result<Option<UserRecord>, StoreError> {
+        let user = on_pool!(self, |p| {
             sqlx::query(
             "SELECT name, role, password_hash, created_at, last_login FROM dashboard_users WHERE name = $1",
         )
@@ -102,12 +154,17 @@ impl Store {
         .await?
         .map(|r| user_from_row(&r))
         .transpose()
-        })
+        })?;
+        let Some(mut u) = user else {
+            return Ok(None);
+        };
+        u.fleets = self.user_fleets(name).await?;
+        Ok(Some(u))
     }
 
-    /// All users, by name.
+    /// All users, by name (with the fleets they are limited to).
     pub async fn users(&self) -> Result<Vec<UserRecord>, StoreError> {
-        on_pool!(self, |p| {
+        let mut users: Vec<UserRecord> = on_pool!(self, |p| {
             sqlx::query(
             "SELECT name, role, password_hash, created_at, last_login FROM dashboard_users ORDER BY name",
         )
@@ -115,8 +172,24 @@ impl Store {
         .await?
         .iter()
         .map(user_from_row)
-        .collect()
-        })
+        .collect::<Result<_, StoreError>>()
+        })?;
+        let scopes: Vec<(String, String)> = on_pool!(self, |p| {
+            sqlx::query("SELECT user_name, fleet FROM dashboard_user_fleets ORDER BY fleet")
+                .fetch_all(p)
+                .await?
+                .iter()
+                .map(|r| -> Result<(String, String), StoreError> {
+                    Ok((r.col("user_name")?, r.col("fleet")?))
+                })
+                .collect::<Result<_, StoreError>>()
+        })?;
+        for (user, fleet) in scopes {
+            if let Some(u) = users.iter_mut().find(|u| u.name == user) {
+                u.fleets.push(fleet);
+            }
+        }
+        Ok(users)
     }
 
     /// Removes a user and ends their sessions. Returns `false` if there is no such user.
@@ -128,6 +201,10 @@ impl Store {
                 .execute(&mut *c)
                 .await?;
             sqlx::query("DELETE FROM dashboard_login_links WHERE user_name = $1")
+                .bind(name)
+                .execute(&mut *c)
+                .await?;
+            sqlx::query("DELETE FROM dashboard_user_fleets WHERE user_name = $1")
                 .bind(name)
                 .execute(&mut *c)
                 .await?;
@@ -308,6 +385,32 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Uses up a login-mode ticket's `nonce` (valid until `expires_at`, unix seconds):
+    /// `true` the first time, `false` when it was used already. Expired nonces are
+    /// dropped on the way (a ticket past its expiry is refused before it gets here).
+    pub async fn use_login_ticket(&self, nonce: &str, expires_at: i64) -> Result<bool, StoreError> {
+        let mut tx = self.write_tx(&[]).await?;
+        let n = on_tx!(tx, |c| {
+            sqlx::query("DELETE FROM login_tickets WHERE expires_at < $1")
+                .bind(now_unix())
+                .execute(&mut *c)
+                .await?;
+            sqlx::query(
+                "INSERT INTO login_tickets (nonce, expires_at) VALUES ($1, $2)
+                 ON CONFLICT (nonce) DO NOTHING",
+            )
+            .bind(nonce)
+            .bind(expires_at)
+            .execute(&mut *c)
+            .await?
+            .rows_affected()
+        });
+        tx.commit().await?;
+        Ok(n == 1)
+    }
+}
+
 fn user_from_row(r: &impl DbRow) -> Result<UserRecord, StoreError> {
     Ok(UserRecord {
         name: r.col("name")?,
@@ -315,6 +418,7 @@ fn user_from_row(r: &impl DbRow) -> Result<UserRecord, StoreError> {
         password_hash: r.col("password_hash")?,
         created_at: r.col("created_at")?,
         last_login: r.col("last_login")?,
+        fleets: Vec::new(),
     })
 }
 
@@ -360,6 +464,36 @@ mod tests {
             assert!(store.remove_user("ann").await.unwrap());
             assert!(!store.remove_user("ann").await.unwrap());
             assert_eq!(store.dashboard_session("s1").await.unwrap(), None);
+        }
+
+        async fn users_may_be_limited_to_fleets(store) {
+            let fleets = vec!["kiosks".to_string(), "cams".to_string()];
+            assert!(store.create_user_in_fleets("sam", "viewer", "h", &fleets).await.unwrap());
+            assert!(store.create_user("root", "admin", "h").await.unwrap());
+            assert_eq!(store.user_fleets("sam").await.unwrap(), ["cams", "kiosks"]);
+            assert_eq!(store.user("sam").await.unwrap().unwrap().fleets, ["cams", "kiosks"]);
+            assert!(store.user("root").await.unwrap().unwrap().fleets.is_empty());
+            let all = store.users().await.unwrap();
+            assert_eq!(all.iter().map(|u| (u.name.as_str(), u.fleets.len())).collect::<Vec<_>>(), [("root", 0), ("sam", 2)]);
+            // A second add of the name changes nothing.
+            assert!(!store.create_user_in_fleets("sam", "viewer", "h", &[]).await.unwrap());
+            assert_eq!(store.user_fleets("sam").await.unwrap().len(), 2);
+            // Removed and added again: the old scope is gone with the user.
+            assert!(store.remove_user("sam").await.unwrap());
+            assert!(store.user_fleets("sam").await.unwrap().is_empty());
+            assert!(store.create_user("sam", "viewer", "h").await.unwrap());
+            assert!(store.user("sam").await.unwrap().unwrap().fleets.is_empty());
+        }
+
+        async fn login_tickets_are_used_once(store) {
+            let later = now_unix() + 60;
+            assert!(store.use_login_ticket("n1", later).await.unwrap());
+            assert!(!store.use_login_ticket("n1", later).await.unwrap());
+            assert!(store.use_login_ticket("n2", later).await.unwrap());
+            // Expired rows are dropped by the next use.
+            assert!(store.use_login_ticket("old", now_unix() - 5).await.unwrap());
+            assert!(store.use_login_ticket("n3", later).await.unwrap());
+            assert!(store.use_login_ticket("old", now_unix() - 5).await.unwrap());
         }
 
         async fn login_links_are_single_use_and_expire(store) {

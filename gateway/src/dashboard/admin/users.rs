@@ -97,7 +97,7 @@ fn notice_of(e: UserError) -> Result<(Markup, StatusCode), DashError> {
     let status = match &e {
         UserError::InvalidName(_) | UserError::ShortPassword => StatusCode::BAD_REQUEST,
         UserError::Exists(_) => StatusCode::CONFLICT,
-        UserError::NoSuchUser(_) => StatusCode::NOT_FOUND,
+        UserError::NoSuchUser(_) | UserError::NoSuchFleet(_) => StatusCode::NOT_FOUND,
         UserError::Store(_) | UserError::Hash(_) => {
             return Err(DashError::Page(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -116,7 +116,7 @@ pub(super) async fn add(signed: Signed, State(st): St, body: Bytes) -> Result<Re
     let name = field(&f, "name").unwrap_or("");
     let password = f.get("password").map(String::as_str).unwrap_or("");
     let actor = signed.principal.actor();
-    match users::add(&st.store, &actor, name, role, password).await {
+    match users::add(&st.store, &actor, name, role, password, &[]).await {
         Ok(()) => Ok(Redirect::to("/admin/users").into_response()),
         Err(e) => {
             let (n, status) = notice_of(e)?;

@@ -8,7 +8,7 @@ use protocol::DeviceUuid;
 
 use super::super::forwarding::Scheme;
 use super::super::pages::Body;
-use super::{COOKIE, SHARE_PARAM};
+use super::{COOKIE, LOGIN_COOKIE, SHARE_PARAM, TICKET_PARAM};
 
 /// What a signature is for: a link's token cannot be used as a cookie, or the reverse.
 #[derive(Debug, Clone, Copy)]
@@ -68,7 +68,7 @@ pub(super) fn verify(
     }
 }
 
-fn unhex32(s: &str) -> Option<[u8; 32]> {
+pub(super) fn unhex32(s: &str) -> Option<[u8; 32]> {
     if s.len() != 64 {
         return None;
     }
@@ -123,18 +123,24 @@ pub(super) fn redirect_with_cookie<B>(
     resp
 }
 
+/// The gateway's own cookies on a device host.
+const OWN_COOKIES: [&str; 2] = [COOKIE, LOGIN_COOKIE];
+/// The gateway's own query parameters on a device host.
+const OWN_PARAMS: [&str; 2] = [SHARE_PARAM, TICKET_PARAM];
+
 /// Takes the gateway's own credentials out of a request before it is forwarded: the
-/// `gw_access` cookie, the `gw_share` parameter and (`basic` mode) `Authorization`.
+/// `gw_access` and `gw_login` cookies, the `gw_share` and `gw_ticket` parameters and
+/// (`basic` mode) `Authorization`.
 pub(super) fn scrub<B>(req: &mut Request<B>, strip_authorization: bool) {
     if strip_authorization {
         req.headers_mut().remove(header::AUTHORIZATION);
     }
     let headers = req.headers_mut();
-    if headers
-        .get_all(header::COOKIE)
-        .iter()
-        .any(|v| memfind(v.as_bytes(), COOKIE.as_bytes()))
-    {
+    if headers.get_all(header::COOKIE).iter().any(|v| {
+        OWN_COOKIES
+            .iter()
+            .any(|c| memfind(v.as_bytes(), c.as_bytes()))
+    }) {
         let kept: Vec<HeaderValue> = headers
             .get_all(header::COOKIE)
             .iter()
@@ -143,7 +149,13 @@ pub(super) fn scrub<B>(req: &mut Request<B>, strip_authorization: bool) {
                 let rest: Vec<&str> = s
                     .split(';')
                     .map(str::trim)
-                    .filter(|c| !c.is_empty() && c.split('=').next() != Some(COOKIE))
+                    .filter(|c| {
+                        !c.is_empty()
+                            && !c
+                                .split('=')
+                                .next()
+                                .is_some_and(|n| OWN_COOKIES.contains(&n))
+                    })
                     .collect();
                 (!rest.is_empty()).then(|| HeaderValue::from_str(&rest.join("; ")).ok())?
             })
@@ -154,8 +166,13 @@ pub(super) fn scrub<B>(req: &mut Request<B>, strip_authorization: bool) {
         }
     }
     let query = req.uri().query().unwrap_or("");
-    if memfind(query.as_bytes(), SHARE_PARAM.as_bytes()) {
-        let rest = without_param(query, SHARE_PARAM);
+    if OWN_PARAMS
+        .iter()
+        .any(|p| memfind(query.as_bytes(), p.as_bytes()))
+    {
+        let rest = OWN_PARAMS
+            .iter()
+            .fold(query.to_string(), |q, p| without_param(&q, p));
         let pq = if rest.is_empty() {
             req.uri().path().to_string()
         } else {
@@ -254,8 +271,11 @@ mod tests {
     #[test]
     fn scrub_takes_out_only_the_gateways_own() {
         let mut req = Request::builder()
-            .uri("http://d.example/p?a=1&gw_share=123.ab&b=2")
-            .header("cookie", "theirs=1; gw_access=5.aa; other=x")
+            .uri("http://d.example/p?a=1&gw_share=123.ab&b=2&gw_ticket=1.2.3.4")
+            .header(
+                "cookie",
+                "theirs=1; gw_access=5.aa; other=x; gw_login=1.ab.cd",
+            )
             .header("cookie", "gw_access=6.bb")
             .header("authorization", "Basic eDp5")
             .body(())

@@ -13,6 +13,8 @@ pub(crate) enum Mode {
     Basic,
     /// Share links made by `gateway device share`.
     Link,
+    /// Signed-in dashboard users who may see the device's fleet.
+    Login,
 }
 
 impl Mode {
@@ -22,6 +24,7 @@ impl Mode {
             Mode::Public => "public",
             Mode::Basic => "basic",
             Mode::Link => "link",
+            Mode::Login => "login",
         }
     }
 }
@@ -29,11 +32,8 @@ impl Mode {
 /// Why a mode name was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub(crate) enum ModeError {
-    /// A mode that is planned but not built.
-    #[error("mode {0:?} is not available yet; use public, basic or link")]
-    NotAvailable(String),
-    /// Anything else.
-    #[error("unknown access mode {0:?}; use public, basic or link")]
+    /// Not a mode.
+    #[error("unknown access mode {0:?}; use public, basic, link or login")]
     Unknown(String),
 }
 
@@ -45,8 +45,7 @@ impl FromStr for Mode {
             "public" => Ok(Mode::Public),
             "basic" => Ok(Mode::Basic),
             "link" => Ok(Mode::Link),
-            // The dashboard's sign-in, later: the stored mode column takes it as is.
-            "login" => Err(ModeError::NotAvailable(s.into())),
+            "login" => Ok(Mode::Login),
             _ => Err(ModeError::Unknown(s.into())),
         }
     }
@@ -153,12 +152,10 @@ mod tests {
     }
 
     #[test]
-    fn modes_parse_and_login_is_not_there_yet() {
+    fn modes_parse_and_refuse_unknown_names() {
         assert_eq!("basic".parse::<Mode>(), Ok(Mode::Basic));
-        assert!(matches!(
-            "login".parse::<Mode>(),
-            Err(ModeError::NotAvailable(_))
-        ));
+        assert_eq!("login".parse::<Mode>(), Ok(Mode::Login));
+        assert_eq!(Mode::Login.as_str(), "login");
         assert!(matches!(
             "Public".parse::<Mode>(),
             Err(ModeError::Unknown(_))
