@@ -94,6 +94,56 @@ pub fn node(
     procs::serve(data, http, tunnel, &args)
 }
 
+/// Two nodes on the database at `url`, with data dirs under `dir`: node a, holding the
+/// CA and one registered device (its agent is the test's to start), and node b with an
+/// API listener and a's CA. Both serve when this returns.
+pub struct TwoNodes {
+    pub a: ServeProc,
+    pub b: ServeProc,
+    /// Node b's management API port.
+    pub api_b: u16,
+    /// An admin token.
+    pub token: String,
+    pub uuid: String,
+    /// The device's file, dialling node a.
+    pub device_file: std::path::PathBuf,
+}
+
+/// See [`TwoNodes`].
+pub async fn two_nodes(dir: &Path, url: &str) -> TwoNodes {
+    let (data_a, data_b) = (dir.join("a"), dir.join("b"));
+    let (http_a, tunnel_a) = (crate::free_port_tcp(), crate::free_port_udp());
+    let a = node(
+        &data_a,
+        url,
+        "a",
+        (http_a, tunnel_a, crate::free_port_udp()),
+        None,
+    );
+    assert!(serving(http_a).await, "node a did not start");
+    let device_file = dir.join("device").join("device.toml");
+    std::fs::create_dir_all(device_file.parent().unwrap()).unwrap();
+    let (token, uuid) = token_and_device(&data_a, url, tunnel_a, &device_file);
+    share_ca(&data_a, &data_b);
+    let (http_b, api_b) = (crate::free_port_tcp(), crate::free_port_tcp());
+    let b = node(
+        &data_b,
+        url,
+        "b",
+        (http_b, crate::free_port_udp(), crate::free_port_udp()),
+        Some(api_b),
+    );
+    assert!(serving(http_b).await, "node b did not start");
+    TwoNodes {
+        a,
+        b,
+        api_b,
+        token,
+        uuid,
+        device_file,
+    }
+}
+
 /// Runs `sql` on `url` with psql (Debian's `postgresql-client`, installed with the server).
 pub fn psql(url: &str, sql: &str) {
     let o = Command::new("psql")

@@ -29,7 +29,6 @@ pub type TestBody = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 pub mod access;
 pub mod browser;
 pub mod cluster;
-pub mod dash;
 pub mod dashboard;
 pub mod engine;
 pub mod in_netns;

@@ -7,7 +7,7 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use e2e_tests::cluster::{node, serving, share_ca, token_and_device};
+use e2e_tests::cluster::{two_nodes, TwoNodes};
 use e2e_tests::*;
 use edge_agent::logs::LogPipeline;
 
@@ -27,29 +27,14 @@ async fn logs_f_through_one_node_follows_a_device_on_another() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let (data_a, data_b) = (dir.path().join("a"), dir.path().join("b"));
-    let (http_a, tunnel_a) = (free_port_tcp(), free_port_udp());
-    let _a = node(
-        &data_a,
-        &url,
-        "a",
-        (http_a, tunnel_a, free_port_udp()),
-        None,
-    );
-    assert!(serving(http_a).await, "node a did not start");
-    let out = dir.path().join("device").join("device.toml");
-    std::fs::create_dir_all(out.parent().unwrap()).unwrap();
-    let (token, uuid) = token_and_device(&data_a, &url, tunnel_a, &out);
-    share_ca(&data_a, &data_b);
-    let (http_b, api_b) = (free_port_tcp(), free_port_tcp());
-    let _b = node(
-        &data_b,
-        &url,
-        "b",
-        (http_b, free_port_udp(), free_port_udp()),
-        Some(api_b),
-    );
-    assert!(serving(http_b).await, "node b did not start");
+    let TwoNodes {
+        a: _a,
+        b: _b,
+        api_b,
+        token,
+        uuid,
+        device_file: out,
+    } = two_nodes(dir.path(), &url).await;
 
     // The device's agent, with a log spool, holds its tunnel on node a only.
     let cfg = edge_agent::AgentConfig::load(&out).unwrap();

@@ -6,8 +6,8 @@
 
 use std::time::Duration;
 
-use e2e_tests::cluster::{node, serving, share_ca, token_and_device};
-use e2e_tests::dash::{self, Sse};
+use e2e_tests::cluster::{two_nodes, TwoNodes};
+use e2e_tests::dashboard::{enc, http_at, sign_in_with, sse, Sse};
 use e2e_tests::*;
 use serde_json::Value;
 
@@ -40,34 +40,19 @@ async fn a_dashboard_on_one_node_sees_a_device_on_another_come_and_go() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let (data_a, data_b) = (dir.path().join("a"), dir.path().join("b"));
-    let (http_a, tunnel_a) = (free_port_tcp(), free_port_udp());
-    let _a = node(
-        &data_a,
-        &url,
-        "a",
-        (http_a, tunnel_a, free_port_udp()),
-        None,
-    );
-    assert!(serving(http_a).await, "node a did not start");
-    let out = dir.path().join("device").join("device.toml");
-    std::fs::create_dir_all(out.parent().unwrap()).unwrap();
-    let (token, uuid) = token_and_device(&data_a, &url, tunnel_a, &out);
-    share_ca(&data_a, &data_b);
-    let (http_b, api_b) = (free_port_tcp(), free_port_tcp());
-    let _b = node(
-        &data_b,
-        &url,
-        "b",
-        (http_b, free_port_udp(), free_port_udp()),
-        Some(api_b),
-    );
-    assert!(serving(http_b).await, "node b did not start");
+    let TwoNodes {
+        a: _a,
+        b: _b,
+        api_b,
+        token,
+        uuid,
+        device_file: out,
+    } = two_nodes(dir.path(), &url).await;
     let api_b: std::net::SocketAddr = ([127, 0, 0, 1], api_b).into();
 
     // A dashboard session on node b, its event stream open before the device connects.
-    let cookie = dash::sign_in(api_b, &format!("token={}", dash::enc(&token))).await;
-    let mut events = dash::sse(api_b, "/events", &cookie).await;
+    let cookie = sign_in_with(api_b, &format!("token={}", enc(&token))).await;
+    let mut events = sse(api_b, "/events", &cookie).await;
 
     // The device's tunnel goes to node a only.
     let cfg = edge_agent::AgentConfig::load(&out).unwrap();
@@ -93,7 +78,7 @@ async fn a_dashboard_on_one_node_sees_a_device_on_another_come_and_go() {
     assert!(!online, "{v}");
 
     // The devices page on node b, loaded afresh, agrees (from the store).
-    let (s, _, page) = dash::http(api_b, "GET", "/devices", Some(&cookie), None).await;
+    let (s, _, page) = http_at(api_b, "GET", "/devices", Some(&cookie), None).await;
     assert_eq!(s, 200);
     assert!(page.contains(&uuid), "the device is listed on node b");
 }

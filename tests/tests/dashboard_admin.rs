@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use e2e_tests::browser::Browser;
-use e2e_tests::dash::{enc, http, try_sign_in, Session};
+use e2e_tests::dashboard::{enc, http_at, try_sign_in, Session};
 use e2e_tests::*;
 use http::StatusCode;
 use serde_json::{json, Value};
@@ -500,7 +500,7 @@ async fn browser_an_admin_creates_an_api_token_sees_it_once_and_revokes_it() {
     b.screenshot(&shots_dir().join("admin-tokens-phone.png"))
         .await;
     // Not signed in, an admin page sends the browser to sign in first.
-    let (s, h, _) = http(gw.api_addr, "GET", "/admin/audit", None, None).await;
+    let (s, h, _) = http_at(gw.api_addr, "GET", "/admin/audit", None, None).await;
     assert_eq!(s, StatusCode::SEE_OTHER);
     assert_eq!(h["location"], "/login?next=/admin/audit");
 }
