@@ -89,38 +89,67 @@ pub(super) fn redirect_with_cookie<B>(
     req: &Request<B>,
 ) -> Response<Body> {
     let cookie = signed(secret, Purpose::Cookie, uuid, expires_at);
-    // No Domain attribute: the browser sends it back to this device's host only.
-    let mut set = format!(
-        "{COOKIE}={cookie}; Path=/; Max-Age={}; HttpOnly; SameSite=Lax",
-        expires_at - now
-    );
-    if scheme == Scheme::Https {
-        set.push_str("; Secure");
-    }
-    let rest = without_param(req.uri().query().unwrap_or(""), SHARE_PARAM);
-    let location = if rest.is_empty() {
-        req.uri().path().to_string()
-    } else {
-        format!("{}?{rest}", req.uri().path())
+    let redirect = CookieRedirect {
+        cookie: COOKIE,
+        param: SHARE_PARAM,
+        message: b"Signed in through a share link; redirecting.\n",
     };
-    let mut resp = Response::new(Body::Right(http_body_util::Full::new(
-        bytes::Bytes::from_static(b"Signed in through a share link; redirecting.\n"),
-    )));
-    *resp.status_mut() = StatusCode::SEE_OTHER;
-    let h = resp.headers_mut();
-    if let Ok(v) = HeaderValue::from_str(&location) {
-        h.insert(header::LOCATION, v);
+    redirect.answer(&cookie, expires_at - now, scheme, req)
+}
+
+/// A device host's answer to a credential in its query (a share link's token, a login
+/// ticket): a 303 to the same URL without that parameter, setting the host's own cookie
+/// (HttpOnly, SameSite=Lax, Secure over HTTPS, no `Domain`: this host only).
+pub(super) struct CookieRedirect {
+    /// The cookie's name.
+    pub(super) cookie: &'static str,
+    /// The query parameter the redirect drops.
+    pub(super) param: &'static str,
+    /// The body, for a client that does not follow redirects.
+    pub(super) message: &'static [u8],
+}
+
+impl CookieRedirect {
+    /// The redirect, with the cookie set to `value` for `max_age` seconds.
+    pub(super) fn answer<B>(
+        &self,
+        value: &str,
+        max_age: i64,
+        scheme: Scheme,
+        req: &Request<B>,
+    ) -> Response<Body> {
+        let mut set = format!(
+            "{}={value}; Path=/; Max-Age={max_age}; HttpOnly; SameSite=Lax",
+            self.cookie
+        );
+        if scheme == Scheme::Https {
+            set.push_str("; Secure");
+        }
+        let rest = without_param(req.uri().query().unwrap_or(""), self.param);
+        let location = if rest.is_empty() {
+            req.uri().path().to_string()
+        } else {
+            format!("{}?{rest}", req.uri().path())
+        };
+        let mut resp = Response::new(Body::Right(http_body_util::Full::new(
+            bytes::Bytes::from_static(self.message),
+        )));
+        *resp.status_mut() = StatusCode::SEE_OTHER;
+        let h = resp.headers_mut();
+        if let Ok(v) = HeaderValue::from_str(&location) {
+            h.insert(header::LOCATION, v);
+        }
+        h.insert(
+            header::SET_COOKIE,
+            HeaderValue::from_str(&set).expect("digits, hex and ASCII attributes"),
+        );
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        resp
     }
-    h.insert(
-        header::SET_COOKIE,
-        HeaderValue::from_str(&set).expect("digits, hex and ASCII attributes"),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    resp
 }
 
 /// The gateway's own cookies on a device host.

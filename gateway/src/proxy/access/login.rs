@@ -21,7 +21,7 @@ use tracing::warn;
 
 use super::super::forwarding::Scheme;
 use super::super::pages::{error_page, link_page, Body};
-use super::links::{cookie_values, query_param, unhex32, without_param};
+use super::links::{cookie_values, query_param, unhex32, without_param, CookieRedirect};
 use super::AccessCache;
 use crate::store::{Principal, Store, StoreError};
 
@@ -372,35 +372,12 @@ fn redirect_with_cookie<B>(
     scheme: Scheme,
     req: &Request<B>,
 ) -> Response<Body> {
-    let mut set =
-        format!("{LOGIN_COOKIE}={value}; Path=/; Max-Age={max_age}; HttpOnly; SameSite=Lax");
-    if scheme == Scheme::Https {
-        set.push_str("; Secure");
-    }
-    let rest = without_param(req.uri().query().unwrap_or(""), TICKET_PARAM);
-    let location = if rest.is_empty() {
-        req.uri().path().to_string()
-    } else {
-        format!("{}?{rest}", req.uri().path())
+    let redirect = CookieRedirect {
+        cookie: LOGIN_COOKIE,
+        param: TICKET_PARAM,
+        message: b"Signed in; redirecting.\n",
     };
-    let mut resp = Response::new(Body::Right(http_body_util::Full::new(
-        bytes::Bytes::from_static(b"Signed in; redirecting.\n"),
-    )));
-    *resp.status_mut() = StatusCode::SEE_OTHER;
-    let h = resp.headers_mut();
-    if let Ok(v) = HeaderValue::from_str(&location) {
-        h.insert(header::LOCATION, v);
-    }
-    h.insert(
-        header::SET_COOKIE,
-        HeaderValue::from_str(&set).expect("digits, hex and ASCII attributes"),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    resp
+    redirect.answer(value, max_age, scheme, req)
 }
 
 #[cfg(test)]
