@@ -90,6 +90,10 @@ async fn a_user_limited_to_fleets_sees_only_their_devices_on_the_dashboard() {
     let (st, _, page) = get("/devices?fleet=kiosks").await;
     assert_eq!(st, StatusCode::OK);
     assert!(page.contains(&u0) && !page.contains(&u1), "{page}");
+    assert!(
+        page.contains(r#"<option value="kiosks""#) && !page.contains(r#"<option value="cams""#),
+        "the fleet filter offers only her fleet: {page}"
+    );
     for path in [
         "/devices?fleet=cams".to_string(),
         format!("/devices/{u1}"),

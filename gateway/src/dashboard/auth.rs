@@ -51,6 +51,8 @@ pub(crate) struct Signed {
     pub(crate) principal: Principal,
     pub(crate) role: Role,
     pub(crate) csrf: String,
+    /// The fleets a user limited to fleets may see (empty: every fleet).
+    pub(crate) fleets: Vec<String>,
 }
 
 impl Signed {
@@ -139,6 +141,7 @@ impl FromRequestParts<ApiState> for Signed {
             principal: s.principal,
             role,
             csrf: s.csrf,
+            fleets,
         })
     }
 }

@@ -101,7 +101,12 @@ pub(super) async fn page(
         .store
         .device_page(&filter, PAGE_SIZE, (page - 1) * PAGE_SIZE)
         .await?;
-    let fleets = st.store.fleets().await?;
+    let mut fleets = st.store.fleets().await?;
+    // A user limited to fleets is offered only theirs (the names of the others are not
+    // theirs to see either).
+    if !signed.fleets.is_empty() {
+        fleets.retain(|(f, _)| signed.fleets.contains(&f.name));
+    }
     let pages = ((total + PAGE_SIZE - 1) / PAGE_SIZE).max(1);
     let filtered = filter != DeviceListFilter::default();
     let sel = |v: &Option<String>, want: &str| v.as_deref() == Some(want);
