@@ -19,7 +19,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dashmap::DashMap;
-use futures_util::stream::{FuturesUnordered, StreamExt};
 use protocol::peer::{PeerAnswer, PeerOpen, PEER_OPEN_LEN};
 use protocol::{AppErrorCode, DeviceUuid, StreamHeader, StreamKind};
 use tokio_util::sync::CancellationToken;
@@ -409,6 +408,7 @@ pub(crate) async fn serve(
         };
         let sessions = Arc::clone(&sessions);
         let shutdown = shutdown.clone();
+        let inner = tasks.clone();
         tasks.spawn(async move {
             let remote = incoming.remote_address();
             let conn = match tokio::time::timeout(DIAL_TIMEOUT, transport::quic::accept(incoming))
@@ -435,32 +435,20 @@ pub(crate) async fn serve(
                 }
             };
             info!(%node, %remote, "peer link accepted");
-            // All streams of one link are spliced in this one task, not a task each:
-            // with a task per stream, each write woke the link's (or the tunnel's)
-            // connection driver into tokio's LIFO slot, so it ran, and sent a packet,
-            // after every single stream's write. Here the k streams that one received
-            // packet made ready are all written before the driver runs, and leave in
-            // one packet (or one GSO batch): on the holding node a quarter fewer packets
-            // built and encrypted, and a third of the sendmsg calls, per request
-            // (BENCHMARKS.md, "The peer hop"). The link's driver is one task anyway.
-            let mut streams = FuturesUnordered::new();
             loop {
                 let (send, recv) = tokio::select! {
                     s = conn.accept_bi() => match s { Ok(s) => s, Err(_) => break },
-                    // Drives the splices; `None` (no stream open) must not end the
-                    // loop, so that branch is off while the set is empty.
-                    Some(()) = streams.next(), if !streams.is_empty() => continue,
                     _ = shutdown.cancelled() => {
                         conn.close(AppErrorCode::Shutdown, b"gateway node shutting down");
                         break;
                     }
                 };
                 let sessions = Arc::clone(&sessions);
-                streams.push(serve_stream(send, recv, sessions, max_streams_per_device));
+                // A task per stream. (One task splicing all streams of a link cut node
+                // a's instructions per hop by 10 % and its sendmsg calls by 65 %, but
+                // req/s through the hop did not rise: BENCHMARKS.md, "The peer hop".)
+                inner.spawn(serve_stream(send, recv, sessions, max_streams_per_device));
             }
-            // The link is gone (or closed for shutdown): its streams end with it; each
-            // passes the end on to its device stream.
-            while streams.next().await.is_some() {}
         });
     }
 }
