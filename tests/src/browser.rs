@@ -30,8 +30,10 @@ impl Browser {
             .into_iter()
             .find(|b| Command::new(b).arg("--version").output().is_ok())?;
         let port = free_port_tcp();
+        // A process group of its own: chromedriver starts Chromium (and Chromium its
+        // renderers), which a kill of chromedriver alone would leave running.
         let driver = Proc::spawn(
-            Command::new(driver_bin)
+            std::os::unix::process::CommandExt::process_group(&mut Command::new(driver_bin), 0)
                 .arg(format!("--port={port}"))
                 .stdout(std::process::Stdio::null())
                 .stderr(std::process::Stdio::null()),
@@ -183,6 +185,10 @@ impl Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
+        // chromedriver, Chromium and its helpers: the whole group (see `start_sized`).
+        if let Some(pid) = rustix::process::Pid::from_raw(self.driver.0.id() as i32) {
+            let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+        }
         self.driver.kill9();
     }
 }
