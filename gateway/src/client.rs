@@ -7,6 +7,7 @@
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use serde::de::DeserializeOwned;
@@ -23,6 +24,9 @@ pub enum ClientError {
     /// The API URL is not usable.
     #[error("invalid API URL {0:?}: {1}")]
     BadUrl(String, String),
+    /// The API is https and no CA was given to verify it.
+    #[error("an https API needs its CA: pass --api-ca FILE or set GATEWAY_API_CA")]
+    NoCa,
     /// The CA given for an https API is not usable.
     #[error("the API CA (--api-ca): {0}")]
     Ca(#[source] certs::CertError),
@@ -73,117 +77,9 @@ pub fn with_query<Q: Serialize>(path: &str, query: &Q) -> Result<String, ClientE
 pub struct ApiClient {
     base: String,
     token: Option<String>,
-    http: Client<TlsConnector, Full<Bytes>>,
-}
-
-/// Plain HTTP, or HTTPS trusting the CA file given with `--api-ca`.
-#[derive(Clone)]
-pub struct TlsConnector {
-    http: HttpConnector,
-    tls: Option<tokio_rustls::TlsConnector>,
-}
-
-impl tower_service::Service<http::Uri> for TlsConnector {
-    type Response = hyper_util::rt::TokioIo<MaybeTls>;
-    type Error = Box<dyn std::error::Error + Send + Sync>;
-    type Future = std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
-    >;
-
-    fn poll_ready(
-        &mut self,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Self::Error>> {
-        self.http.poll_ready(cx).map_err(Into::into)
-    }
-
-    fn call(&mut self, uri: http::Uri) -> Self::Future {
-        let https = uri.scheme_str() == Some("https");
-        let host = uri.host().unwrap_or_default().to_string();
-        let tls = self.tls.clone();
-        let mut http = self.http.clone();
-        // HttpConnector refuses https URIs unless told otherwise; TLS is added below.
-        let plain: http::Uri = format!(
-            "http://{}{}",
-            uri.authority().map(|a| a.as_str()).unwrap_or_default(),
-            uri.path()
-        )
-        .parse()
-        .unwrap_or(uri);
-        Box::pin(async move {
-            let tcp = http.call(plain).await?.into_inner();
-            if !https {
-                return Ok(hyper_util::rt::TokioIo::new(MaybeTls::Plain(tcp)));
-            }
-            let tls =
-                tls.ok_or("an https API needs its CA: pass --api-ca FILE or set GATEWAY_API_CA")?;
-            let name = rustls::pki_types::ServerName::try_from(host)?;
-            let stream = tls.connect(name, tcp).await?;
-            Ok(hyper_util::rt::TokioIo::new(MaybeTls::Tls(Box::new(
-                stream,
-            ))))
-        })
-    }
-}
-
-/// A TCP or TLS stream.
-pub enum MaybeTls {
-    /// Plain TCP.
-    Plain(tokio::net::TcpStream),
-    /// TLS over TCP.
-    Tls(Box<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>),
-}
-
-impl hyper_util::client::legacy::connect::Connection for MaybeTls {
-    fn connected(&self) -> hyper_util::client::legacy::connect::Connected {
-        hyper_util::client::legacy::connect::Connected::new()
-    }
-}
-
-impl tokio::io::AsyncRead for MaybeTls {
-    fn poll_read(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Self::Plain(s) => std::pin::Pin::new(s).poll_read(cx, buf),
-            Self::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl tokio::io::AsyncWrite for MaybeTls {
-    fn poll_write(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            Self::Plain(s) => std::pin::Pin::new(s).poll_write(cx, buf),
-            Self::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Self::Plain(s) => std::pin::Pin::new(s).poll_flush(cx),
-            Self::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Self::Plain(s) => std::pin::Pin::new(s).poll_shutdown(cx),
-            Self::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_shutdown(cx),
-        }
-    }
+    http: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    /// An https API and no CA to verify it with: every call says so.
+    missing_ca: bool,
 }
 
 impl ApiClient {
@@ -199,16 +95,27 @@ impl ApiClient {
         token: Option<String>,
         ca_pem: Option<&str>,
     ) -> Result<Self, ClientError> {
-        let tls = ca_pem
-            .map(api_tls_connector)
-            .transpose()
-            .map_err(ClientError::Ca)?;
+        // Plain HTTP, or HTTPS trusting only the API's CA (`--api-ca`); hyper-rustls does
+        // the TLS. Without a CA, an https API is refused at the first call, with the flag
+        // to pass.
+        let missing_ca = ca_pem.is_none() && base.starts_with("https://");
+        let tls = match ca_pem {
+            Some(pem) => api_tls_config(pem).map_err(ClientError::Ca)?,
+            None => api_tls_config_with(rustls::RootCertStore::empty())
+                .expect("the default protocol versions are supported"),
+        };
         let mut http = HttpConnector::new();
         http.enforce_http(false);
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
         Ok(Self {
             base: base.trim_end_matches('/').to_string(),
             token,
-            http: Client::builder(TokioExecutor::new()).build(TlsConnector { http, tls }),
+            http: Client::builder(TokioExecutor::new()).build(connector),
+            missing_ca,
         })
     }
 
@@ -222,6 +129,9 @@ impl ApiClient {
         accept: Option<&str>,
     ) -> Result<http::Response<hyper::body::Incoming>, ClientError> {
         let token = self.token.as_deref().ok_or(ClientError::NoToken)?;
+        if self.missing_ca {
+            return Err(ClientError::NoCa);
+        }
         let url = format!("{}{}", self.base, path);
         let mut req = Request::builder()
             .method(method)
@@ -331,15 +241,29 @@ async fn read_body(resp: http::Response<hyper::body::Incoming>) -> Result<Bytes,
 
 /// A TLS client that trusts only `ca_pem`, the CA of an https management API (`--api-ca`).
 pub fn api_tls_connector(ca_pem: &str) -> Result<tokio_rustls::TlsConnector, certs::CertError> {
+    Ok(tokio_rustls::TlsConnector::from(std::sync::Arc::new(
+        api_tls_config(ca_pem)?,
+    )))
+}
+
+/// The TLS client configuration that trusts only `ca_pem`.
+fn api_tls_config(ca_pem: &str) -> Result<rustls::ClientConfig, certs::CertError> {
     let mut roots = rustls::RootCertStore::empty();
     for c in certs::parse_certs(ca_pem, "API CA")? {
         roots.add(c)?;
     }
-    let cfg = rustls::ClientConfig::builder_with_provider(certs::provider())
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg)))
+    api_tls_config_with(roots)
+}
+
+fn api_tls_config_with(
+    roots: rustls::RootCertStore,
+) -> Result<rustls::ClientConfig, certs::CertError> {
+    Ok(
+        rustls::ClientConfig::builder_with_provider(certs::provider())
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    )
 }
 
 /// A success answer read as `T`: not JSON at all is [`ClientError::BadResponse`], JSON of
