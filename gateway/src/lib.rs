@@ -19,6 +19,7 @@ mod listener;
 pub mod logs;
 pub mod metrics;
 pub mod node;
+mod passwords;
 mod peer;
 mod proxy;
 mod run;

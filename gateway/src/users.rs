@@ -54,7 +54,7 @@ async fn hash(password: &str) -> Result<String, UserError> {
     }
     // argon2 takes tens of milliseconds of CPU: off the async workers.
     let password = password.to_string();
-    tokio::task::spawn_blocking(move || crate::dashboard::hash_password(&password))
+    tokio::task::spawn_blocking(move || crate::passwords::hash_password(&password))
         .await
         .map_err(|e| UserError::Hash(e.to_string()))?
         .map_err(|e| UserError::Hash(e.to_string()))

@@ -2,18 +2,15 @@
 //! its fleet's, or the default), the allow-list, a form to change them (operators), and
 //! share links in `link` mode. Every change goes through the API's own handlers: the
 //! same checks, password hashing, audit entries, and cache drop on every cluster node
-//! (`docs/access.md`).
+//! (`docs/access.md`). The posts' handlers are the device page's
+//! ([`super::device::access_post`], [`super::device::share_link`]), which shows a refusal
+//! beside the form.
 
-use axum::body::Bytes;
-use axum::extract::{Path, State};
-use axum::response::{IntoResponse, Redirect, Response};
 use maud::{html, Markup};
 
 use super::forms::{alert, kept, Refusal};
-use super::layout::{self, Nav};
-use super::{form, parse_uuid, DashError, Signed, St};
-use crate::api::auth::Role;
-use crate::api::types::{Access, AccessSettings};
+use super::Signed;
+use crate::api::types::Access;
 
 /// The modes a device may be set to, with what the form says of each.
 const MODES: &[(&str, &str)] = &[
@@ -94,84 +91,4 @@ pub(super) fn section(
             }
         }
     }
-}
-
-/// `POST /devices/{uuid}/access` (operator and up): `mode`, `user`, `password`, `allow`;
-/// a refusal (a bad CIDR, basic without a password) comes back beside the form.
-pub(super) async fn post(
-    signed: Signed,
-    State(st): St,
-    Path(uuid): Path<String>,
-    body: Bytes,
-) -> Result<Response, DashError> {
-    let f = form(&body)?;
-    signed.check_post(&f, Role::Operator)?;
-    let uuid = parse_uuid(&uuid)?;
-    let field = |name: &str| f.get(name).map(|v| v.trim()).unwrap_or("");
-    let mode = field("mode").to_string();
-    let basic = mode == "basic";
-    let settings = AccessSettings {
-        user: (basic && !field("user").is_empty()).then(|| field("user").to_string()),
-        // A password is never trimmed: spaces may be part of it.
-        password: f
-            .get("password")
-            .filter(|p| basic && !p.is_empty())
-            .cloned(),
-        allow: field("allow")
-            .split([',', '\n', ' '])
-            .map(str::trim)
-            .filter(|a| !a.is_empty())
-            .map(String::from)
-            .collect(),
-        mode,
-    };
-    match crate::api::set_device_access(st.clone(), signed.caller(), uuid, settings).await {
-        Ok(_) => Ok(Redirect::to(&format!("/devices/{uuid}#access")).into_response()),
-        Err(e) => {
-            let mut kept_fields = f.clone();
-            kept_fields.remove("password");
-            let refusal = Refusal::from_api(e, "access", &kept_fields)?;
-            super::device::render(&st, &signed, uuid, Some(&refusal)).await
-        }
-    }
-}
-
-/// `POST /devices/{uuid}/share-link` (operator and up): `for` (`2h`, `7d`; a second to a
-/// year). The link is shown once, on a page of its own.
-pub(super) async fn share(
-    signed: Signed,
-    State(st): St,
-    Path(uuid): Path<String>,
-    body: Bytes,
-) -> Result<Response, DashError> {
-    let f = form(&body)?;
-    signed.check_post(&f, Role::Operator)?;
-    let uuid = parse_uuid(&uuid)?;
-    let text = f.get("for").map(|v| v.trim()).unwrap_or("");
-    let valid = match crate::config::bounds::SHARE_LINK.parse(text) {
-        Ok(d) => d,
-        Err(e) => {
-            let refusal = Refusal::new("share", format!("valid for {text:?}: {e}"), &f);
-            return super::device::render(&st, &signed, uuid, Some(&refusal)).await;
-        }
-    };
-    let for_secs = i64::try_from(valid.as_secs().max(1)).unwrap_or(i64::MAX);
-    let link = match crate::api::share_device(st.clone(), signed.caller(), uuid, for_secs).await {
-        Ok(l) => l,
-        Err(e) => {
-            let refusal = Refusal::from_api(e, "share", &f)?;
-            return super::device::render(&st, &signed, uuid, Some(&refusal)).await;
-        }
-    };
-    let uuid_s = uuid.as_str();
-    let body = html! {
-        div.page-head { h1 { "Share link" } }
-        section.card {
-            p { "Anyone with this link may visit the device's public URL until "
-                (layout::utc(link.expires_at)) ". It is shown only now." }
-            p { code.share-url data-share-url { (link.url) } }
-            p { a href={ "/devices/" (uuid_s) "#access" } { "Back to the device" } }
-        }
-    };
-    Ok(layout::page("Share link", &signed, Nav::Devices, body).into_response())
 }

@@ -19,8 +19,7 @@
 
 use std::net::SocketAddr;
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::Argon2;
+use crate::passwords::{hash_password, verify_password};
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, FromRequestParts, Query, State};
 use axum::http::request::Parts;
@@ -378,28 +377,16 @@ async fn check_password(
 ) -> Result<Option<Principal>, DashError> {
     let record = store.user(user).await?;
     let stored = record.as_ref().map(|u| u.password_hash.clone());
-    let ok = tokio::task::spawn_blocking(move || {
-        let argon = Argon2::default();
-        match stored {
-            Some(h) => PasswordHash::new(&h)
-                .is_ok_and(|h| argon.verify_password(password.as_bytes(), &h).is_ok()),
-            None => {
-                let _ = hash_password(&password);
-                false
-            }
+    let ok = tokio::task::spawn_blocking(move || match stored {
+        Some(h) => verify_password(&password, &h),
+        None => {
+            let _ = hash_password(&password);
+            false
         }
     })
     .await
     .map_err(|e| DashError::Page(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     Ok(ok.then(|| Principal::User(user.to_string())))
-}
-
-/// An argon2id PHC string of `password` with a fresh salt.
-pub(crate) fn hash_password(password: &str) -> Result<String, argon2::password_hash::Error> {
-    let salt = SaltString::generate(&mut argon2::password_hash::rand_core::OsRng);
-    Ok(Argon2::default()
-        .hash_password(password.as_bytes(), &salt)?
-        .to_string())
 }
 
 /// Creates a session for `principal`, audits the sign-in, and redirects to `to` with the
@@ -546,17 +533,5 @@ mod tests {
         assert_eq!(safe_next(Some("//evil.example/")), "/devices");
         assert_eq!(safe_next(Some("https://evil.example/")), "/devices");
         assert_eq!(safe_next(None), "/devices");
-    }
-
-    #[test]
-    fn passwords_hash_and_verify() {
-        let h = hash_password("correct horse").unwrap();
-        let parsed = PasswordHash::new(&h).unwrap();
-        assert!(Argon2::default()
-            .verify_password(b"correct horse", &parsed)
-            .is_ok());
-        assert!(Argon2::default()
-            .verify_password(b"wrong", &parsed)
-            .is_err());
     }
 }

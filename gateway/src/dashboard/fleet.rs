@@ -142,3 +142,71 @@ pub(super) async fn env_post(
     };
     render(&st, &signed, &name, Some(&refusal), None).await
 }
+
+/// `POST /fleets/{name}/releases`.
+pub(super) async fn publish(
+    signed: Signed,
+    State(st): St,
+    Path(fleet): Path<String>,
+    body: Bytes,
+) -> Result<Response, DashError> {
+    let f = form(&body)?;
+    signed.check_post(&f, Role::Operator)?;
+    let text = f.get("compose").cloned().unwrap_or_default();
+    let refusal = if text.trim().is_empty() {
+        Some(Refusal::new(
+            "compose",
+            "paste a compose file, or load one from a file",
+            &f,
+        ))
+    } else if let Err(e) = compose::parse_compose(&text) {
+        // Parsed here too for the error's parts (line, key) apart; the API's handler
+        // parses again and would refuse the same file.
+        let mut r = Refusal::new("compose", e.message.clone(), &f);
+        r.status = StatusCode::UNPROCESSABLE_ENTITY;
+        r.at = Some(Box::new((e.line, e.path)));
+        Some(r)
+    } else {
+        match crate::api::publish_release(st.clone(), signed.caller(), &fleet, text).await {
+            Ok(rel) => {
+                let again = if rel.created == Some(false) {
+                    "&same=1"
+                } else {
+                    ""
+                };
+                let to = format!(
+                    "/fleets/{}?published={}{again}#releases",
+                    urlencode(&fleet),
+                    rel.id
+                );
+                return Ok(Redirect::to(&to).into_response());
+            }
+            Err(e) => Some(Refusal::from_api(e, "compose", &f)?),
+        }
+    };
+    render(&st, &signed, &fleet, refusal.as_ref(), None).await
+}
+
+/// `POST /fleets/{name}/pin`.
+pub(super) async fn pin_fleet(
+    signed: Signed,
+    State(st): St,
+    Path(fleet): Path<String>,
+    body: Bytes,
+) -> Result<Response, DashError> {
+    let f = form(&body)?;
+    signed.check_post(&f, Role::Operator)?;
+    let release = f
+        .get("release")
+        .map(|r| r.trim().to_string())
+        .filter(|r| !r.is_empty());
+    match crate::api::pin_fleet(st.clone(), signed.caller(), &fleet, release).await {
+        Ok(()) => {
+            Ok(Redirect::to(&format!("/fleets/{}#releases", urlencode(&fleet))).into_response())
+        }
+        Err(e) => {
+            let r = Refusal::from_api(e, "pin", &f)?;
+            render(&st, &signed, &fleet, Some(&r), None).await
+        }
+    }
+}

@@ -46,7 +46,7 @@ use crate::store::StoreError;
 
 #[cfg(feature = "demo")]
 pub(crate) use auth::create_login_link;
-pub(crate) use auth::{hash_password, Signed};
+pub(crate) use auth::Signed;
 
 pub(crate) use crate::api::Secure;
 
@@ -71,16 +71,16 @@ pub(crate) fn routes() -> Router<ApiState> {
         .route("/devices/{uuid}/public-url", post(device::public_url))
         .route("/devices/{uuid}/tags", post(device::tags))
         .route("/devices/{uuid}/env", post(device::env_post))
-        .route("/devices/{uuid}/pin", post(releases::pin_device))
+        .route("/devices/{uuid}/pin", post(device::pin_device))
         .route("/devices/{uuid}/terminal", get(terminal::open))
-        .route("/devices/{uuid}/access", post(access::post))
-        .route("/devices/{uuid}/share-link", post(access::share))
+        .route("/devices/{uuid}/access", post(device::access_post))
+        .route("/devices/{uuid}/share-link", post(device::share_link))
         .route("/devices/{uuid}/logs", get(logs::live))
         .route("/devices/{uuid}/logs/download", get(logs::download))
         .route("/fleets", get(fleets::page))
         .route("/fleets/{name}", get(fleet::page))
-        .route("/fleets/{name}/releases", post(releases::publish))
-        .route("/fleets/{name}/pin", post(releases::pin_fleet))
+        .route("/fleets/{name}/releases", post(fleet::publish))
+        .route("/fleets/{name}/pin", post(fleet::pin_fleet))
         .route("/fleets/{name}/env", post(fleet::env_post))
         .route("/events", get(events::presence))
         .route("/assets/dashboard/{file}", get(asset))

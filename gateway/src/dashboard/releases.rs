@@ -8,19 +8,16 @@
 //! * `POST /fleets/{name}/pin`: `release` (an id, or empty for the newest) and `csrf`.
 //! * `POST /devices/{uuid}/pin`: `release` (an id, or empty to follow the fleet).
 //!
+//! The three posts' handlers are on the pages they come back to (`fleet::publish`,
+//! `fleet::pin_fleet`, `device::pin_device`), which show a refusal beside the form.
 //! All three go through the API's handlers (`release.create`, `fleet.pin`, `device.pin`
 //! in the audit log, the devices retargeted).
 
-use axum::body::Bytes;
-use axum::extract::{Path, State};
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Redirect, Response};
 use maud::{html, Markup};
 
 use super::forms::{self, Refusal};
 use super::layout;
-use super::{form, parse_uuid, urlencode, DashError, Signed, St};
-use crate::api::auth::Role;
+use super::{urlencode, DashError, Signed};
 use crate::store::ReleaseRecord;
 
 /// The services a release's compose file names (empty when it no longer parses, which a
@@ -174,95 +171,4 @@ pub(super) async fn with_counts(
             (r, n)
         })
         .collect())
-}
-
-/// `POST /fleets/{name}/releases`.
-pub(super) async fn publish(
-    signed: Signed,
-    State(st): St,
-    Path(fleet): Path<String>,
-    body: Bytes,
-) -> Result<Response, DashError> {
-    let f = form(&body)?;
-    signed.check_post(&f, Role::Operator)?;
-    let text = f.get("compose").cloned().unwrap_or_default();
-    let refusal = if text.trim().is_empty() {
-        Some(Refusal::new(
-            "compose",
-            "paste a compose file, or load one from a file",
-            &f,
-        ))
-    } else if let Err(e) = compose::parse_compose(&text) {
-        // Parsed here too for the error's parts (line, key) apart; the API's handler
-        // parses again and would refuse the same file.
-        let mut r = Refusal::new("compose", e.message.clone(), &f);
-        r.status = StatusCode::UNPROCESSABLE_ENTITY;
-        r.at = Some(Box::new((e.line, e.path)));
-        Some(r)
-    } else {
-        match crate::api::publish_release(st.clone(), signed.caller(), &fleet, text).await {
-            Ok(rel) => {
-                let again = if rel.created == Some(false) {
-                    "&same=1"
-                } else {
-                    ""
-                };
-                let to = format!(
-                    "/fleets/{}?published={}{again}#releases",
-                    urlencode(&fleet),
-                    rel.id
-                );
-                return Ok(Redirect::to(&to).into_response());
-            }
-            Err(e) => Some(Refusal::from_api(e, "compose", &f)?),
-        }
-    };
-    super::fleet::render(&st, &signed, &fleet, refusal.as_ref(), None).await
-}
-
-/// `POST /fleets/{name}/pin`.
-pub(super) async fn pin_fleet(
-    signed: Signed,
-    State(st): St,
-    Path(fleet): Path<String>,
-    body: Bytes,
-) -> Result<Response, DashError> {
-    let f = form(&body)?;
-    signed.check_post(&f, Role::Operator)?;
-    let release = f
-        .get("release")
-        .map(|r| r.trim().to_string())
-        .filter(|r| !r.is_empty());
-    match crate::api::pin_fleet(st.clone(), signed.caller(), &fleet, release).await {
-        Ok(()) => {
-            Ok(Redirect::to(&format!("/fleets/{}#releases", urlencode(&fleet))).into_response())
-        }
-        Err(e) => {
-            let r = Refusal::from_api(e, "pin", &f)?;
-            super::fleet::render(&st, &signed, &fleet, Some(&r), None).await
-        }
-    }
-}
-
-/// `POST /devices/{uuid}/pin`.
-pub(super) async fn pin_device(
-    signed: Signed,
-    State(st): St,
-    Path(uuid): Path<String>,
-    body: Bytes,
-) -> Result<Response, DashError> {
-    let f = form(&body)?;
-    signed.check_post(&f, Role::Operator)?;
-    let uuid = parse_uuid(&uuid)?;
-    let release = f
-        .get("release")
-        .map(|r| r.trim().to_string())
-        .filter(|r| !r.is_empty());
-    match crate::api::pin_device(st.clone(), signed.caller(), uuid, release).await {
-        Ok(()) => Ok(Redirect::to(&format!("/devices/{uuid}")).into_response()),
-        Err(e) => {
-            let r = Refusal::from_api(e, "pin", &f)?;
-            super::device::render(&st, &signed, uuid, Some(&r)).await
-        }
-    }
 }

@@ -124,25 +124,7 @@ pub(super) fn base64_decode(s: &str) -> Option<Vec<u8>> {
     Some(out)
 }
 
-/// The argon2id PHC string of `password` (with a fresh salt), as stored for `basic`.
-pub(crate) fn hash_password(password: &str) -> Result<String, String> {
-    use argon2::password_hash::{PasswordHasher, SaltString};
-    let salt_bytes: [u8; 16] = rand::random();
-    let salt = SaltString::encode_b64(&salt_bytes).map_err(|e| e.to_string())?;
-    argon2::Argon2::default()
-        .hash_password(password.as_bytes(), &salt)
-        .map(|h| h.to_string())
-        .map_err(|e| e.to_string())
-}
-
-pub(super) fn verify_password(password: &str, phc: &str) -> bool {
-    use argon2::password_hash::{PasswordHash, PasswordVerifier};
-    PasswordHash::new(phc).is_ok_and(|h| {
-        argon2::Argon2::default()
-            .verify_password(password.as_bytes(), &h)
-            .is_ok()
-    })
-}
+pub(crate) use crate::passwords::{hash_password, verify_password};
 
 #[cfg(test)]
 mod tests {
@@ -158,15 +140,6 @@ mod tests {
         assert_eq!(basic_pair(&HeaderValue::from_static("Bearer abc")), None);
         assert_eq!(basic_pair(&HeaderValue::from_static("Basic !!!")), None);
         assert_eq!(base64_decode("aGk"), Some(b"hi".to_vec()));
-    }
-
-    #[test]
-    fn passwords_hash_and_verify() {
-        let h = hash_password("pw").unwrap();
-        assert!(h.starts_with("$argon2id$"));
-        assert!(verify_password("pw", &h));
-        assert!(!verify_password("pW", &h));
-        assert!(!verify_password("pw", "not a hash"));
     }
 
     #[test]
