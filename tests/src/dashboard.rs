@@ -20,23 +20,9 @@ pub fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true")
 }
 
-/// Adds a dashboard user with `gateway user add`, the password on stdin.
+/// Adds a dashboard user of every fleet with `gateway user add`, the password on stdin.
 pub fn user_add(gw: &TestGateway, name: &str, role: &str, password: &str) {
-    let mut child = Command::new(bin("gateway"))
-        .args(["user", "add", name, "--role", role, "--data-dir"])
-        .arg(&gw.data_dir)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    writeln!(child.stdin.take().unwrap(), "{password}").unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "user add: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    crate::access::user_add(gw, name, role, &[], password)
 }
 
 /// One HTTP exchange with the management listener: status, headers, body text.
