@@ -3,10 +3,8 @@
 //! headless Chromium, agents whose blink writes a file; sign-in with any fields, a
 //! session that posts with its CSRF token, and a reader of Server-Sent Events.
 
-use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use http::{HeaderMap, StatusCode};
@@ -14,7 +12,7 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 
 use crate::browser::Browser;
-use crate::{bin, body, eventually, fast_agent_options, http_client, Api, TestAgent, TestGateway};
+use crate::{body, eventually, fast_agent_options, http_client, Api, TestAgent, TestGateway};
 
 pub fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true")
