@@ -12,6 +12,8 @@ use http::StatusCode;
 #[tokio::test]
 async fn the_device_page_sets_who_may_visit_and_makes_share_links() {
     let gw = TestGateway::spawn().await;
+    user_add(&gw, "ann", "operator", "operator-password");
+    user_add(&gw, "vic", "viewer", "viewer-password");
     let (viewer, _, admin) = tokens(&gw).await;
     let api = Api::new(&gw);
     let (backend, seen) = recording_backend().await;
@@ -20,8 +22,6 @@ async fn the_device_page_sets_who_may_visit_and_makes_share_links() {
     let host = device_host(&uuid);
     let mut agent = TestAgent::spawn(cfg, backend);
     agent.connected().await;
-    user_add(&gw, "ann", "operator", "operator-password");
-    user_add(&gw, "vic", "viewer", "viewer-password");
     let ann = session(&gw, "ann", "operator-password").await;
     let page_path = format!("/devices/{uuid}");
     let (page, csrf) = page_and_csrf(&gw, &ann, &page_path).await;
