@@ -15,36 +15,7 @@ pub(crate) fn error_page(
     detail: &str,
     request_headers: &HeaderMap,
 ) -> Response<Body> {
-    let title = format!(
-        "{} {}",
-        status.as_u16(),
-        status.canonical_reason().unwrap_or("Error")
-    );
-    let wants_html = request_headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.contains("text/html"));
-    let (content_type, body) = if wants_html {
-        (
-            "text/html; charset=utf-8",
-            format!(
-                "<!doctype html><html><head><meta charset=\"utf-8\"><title>{title}</title>\
-                 <style>body{{font-family:system-ui,sans-serif;margin:4em auto;max-width:40em;color:#222}}\
-                 h1{{font-size:1.4em}}p{{color:#555}}</style></head>\
-                 <body><h1>{title}</h1><p>{}</p><hr><p><small>edge gateway</small></p></body></html>\n",
-                escape(detail)
-            ),
-        )
-    } else {
-        ("text/plain; charset=utf-8", format!("{title}: {detail}\n"))
-    };
-    let mut resp = Response::new(Body::Right(Full::new(Bytes::from(body))));
-    *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    resp.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    resp
+    page(status, detail, None, request_headers)
 }
 
 /// As [`error_page`], with a link under the detail (`label` → `href`): a 401 that offers
@@ -54,6 +25,17 @@ pub(crate) fn link_page(
     detail: &str,
     label: &str,
     href: &str,
+    request_headers: &HeaderMap,
+) -> Response<Body> {
+    page(status, detail, Some((label, href)), request_headers)
+}
+
+/// The page of [`error_page`] and [`link_page`]: HTML when the visitor accepts it, else
+/// one line of text (and the link on a second).
+fn page(
+    status: StatusCode,
+    detail: &str,
+    link: Option<(&str, &str)>,
     request_headers: &HeaderMap,
 ) -> Response<Body> {
     let title = format!(
@@ -66,22 +48,28 @@ pub(crate) fn link_page(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("text/html"));
     let (content_type, body) = if wants_html {
+        let link = link.map_or(String::new(), |(label, href)| {
+            format!(
+                "<p><a href=\"{}\">{}</a></p>",
+                escape(href).replace('"', "&quot;"),
+                escape(label)
+            )
+        });
         (
             "text/html; charset=utf-8",
             format!(
                 "<!doctype html><html><head><meta charset=\"utf-8\"><title>{title}</title>\
                  <style>body{{font-family:system-ui,sans-serif;margin:4em auto;max-width:40em;color:#222}}\
                  h1{{font-size:1.4em}}p{{color:#555}}</style></head>\
-                 <body><h1>{title}</h1><p>{}</p><p><a href=\"{}\">{}</a></p><hr><p><small>edge gateway</small></p></body></html>\n",
-                escape(detail),
-                escape(href).replace('"', "&quot;"),
-                escape(label)
+                 <body><h1>{title}</h1><p>{}</p>{link}<hr><p><small>edge gateway</small></p></body></html>\n",
+                escape(detail)
             ),
         )
     } else {
+        let link = link.map_or(String::new(), |(label, href)| format!("{label}: {href}\n"));
         (
             "text/plain; charset=utf-8",
-            format!("{title}: {detail}\n{label}: {href}\n"),
+            format!("{title}: {detail}\n{link}"),
         )
     };
     let mut resp = Response::new(Body::Right(Full::new(Bytes::from(body))));
